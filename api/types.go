@@ -1,0 +1,195 @@
+// Package api holds the JSON wire types of sidecar's HTTP API and a small Go
+// client for it. The CLI, the tests and applications use it; the server
+// handlers in package httpapi encode the same types.
+package api
+
+import "time"
+
+// Header names.
+const (
+	// HeaderIndex carries the registry index an answer reflects; pass it back
+	// as ?index= for a blocking query.
+	HeaderIndex = "X-Sidecar-Index"
+)
+
+// Health statuses of checks and instances.
+const (
+	StatusPassing  = "passing"
+	StatusWarning  = "warning"
+	StatusCritical = "critical"
+)
+
+// HoldConnection is the value of LockRequest.Hold / CampaignRequest.Hold that
+// ties a hold to the lifetime of the HTTP connection.
+const HoldConnection = "connection"
+
+// Error is the body of every error answer.
+type Error struct {
+	Error string `json:"error"`
+}
+
+// Status is GET /v1/status.
+type Status struct {
+	Node         string   `json:"node"`
+	Role         string   `json:"role"`
+	Leader       string   `json:"leader"`
+	Term         uint64   `json:"term"`
+	CommitIndex  uint64   `json:"commit_index"`
+	AppliedIndex uint64   `json:"applied_index"`
+	Peers        []string `json:"peers"`
+}
+
+// Member is one entry of GET /v1/members.
+type Member struct {
+	Name   string `json:"name"`
+	Addr   string `json:"addr"`
+	Port   int    `json:"port"`
+	Role   string `json:"role"`
+	Status string `json:"status"`
+}
+
+// CheckDefinition is a health check in a registration or config file.
+// Durations are Go duration strings.
+type CheckDefinition struct {
+	ID                      string   `json:"id,omitempty" yaml:"id"`
+	Name                    string   `json:"name,omitempty" yaml:"name"`
+	Type                    string   `json:"type" yaml:"type"`
+	HTTP                    string   `json:"http,omitempty" yaml:"http"`
+	TCP                     string   `json:"tcp,omitempty" yaml:"tcp"`
+	Exec                    []string `json:"exec,omitempty" yaml:"exec"`
+	TTL                     string   `json:"ttl,omitempty" yaml:"ttl"`
+	Interval                string   `json:"interval,omitempty" yaml:"interval"`
+	Timeout                 string   `json:"timeout,omitempty" yaml:"timeout"`
+	SuccessBeforePassing    int      `json:"success_before_passing,omitempty" yaml:"success_before_passing"`
+	FailuresBeforeCritical  int      `json:"failures_before_critical,omitempty" yaml:"failures_before_critical"`
+	DeregisterCriticalAfter string   `json:"deregister_critical_after,omitempty" yaml:"deregister_critical_after"`
+}
+
+// ServiceRegistration is the body of PUT /v1/services.
+type ServiceRegistration struct {
+	ID      string            `json:"id" yaml:"id"`
+	Name    string            `json:"name" yaml:"name"`
+	Address string            `json:"address,omitempty" yaml:"address"`
+	Port    int               `json:"port" yaml:"port"`
+	Tags    []string          `json:"tags,omitempty" yaml:"tags"`
+	Meta    map[string]string `json:"meta,omitempty" yaml:"meta"`
+	Checks  []CheckDefinition `json:"checks,omitempty" yaml:"checks"`
+	// Lease optionally attaches the instance to a lease: revoking or expiring
+	// the lease deregisters the instance.
+	Lease string `json:"lease,omitempty" yaml:"lease"`
+}
+
+// RegisterResponse answers PUT /v1/services.
+type RegisterResponse struct {
+	ID    string `json:"id"`
+	Index uint64 `json:"index"`
+}
+
+// Instance is one entry of GET /v1/services/{name}.
+type Instance struct {
+	ID      string            `json:"id"`
+	Name    string            `json:"name"`
+	Node    string            `json:"node"`
+	Address string            `json:"address"`
+	Port    int               `json:"port"`
+	Tags    []string          `json:"tags"`
+	Meta    map[string]string `json:"meta"`
+	Status  string            `json:"status"`
+	Checks  []CheckStatus     `json:"checks,omitempty"`
+}
+
+// CheckStatus is a check's current state as reported with an instance.
+type CheckStatus struct {
+	ID     string `json:"id"`
+	Name   string `json:"name"`
+	Type   string `json:"type"`
+	Status string `json:"status"`
+	Output string `json:"output,omitempty"`
+}
+
+// LeaseRequest is the body of POST /v1/leases.
+type LeaseRequest struct {
+	TTL string `json:"ttl"`
+}
+
+// Lease answers POST /v1/leases and PUT /v1/leases/{id}/keepalive.
+type Lease struct {
+	ID  string `json:"id"`
+	TTL string `json:"ttl"`
+}
+
+// LockRequest is the body of PUT and DELETE /v1/locks/{name}.
+type LockRequest struct {
+	Lease string `json:"lease,omitempty"`
+	Wait  string `json:"wait,omitempty"`
+	Value string `json:"value,omitempty"`
+	// Hold "connection" streams JSON lines and holds the lock exactly as long
+	// as the HTTP connection.
+	Hold string `json:"hold,omitempty"`
+	// TTL of the dedicated lease of a connection-bound hold (default: the
+	// agent's session TTL).
+	TTL string `json:"ttl,omitempty"`
+	// LockDelay keeps a lock released by lease expiry unavailable this long.
+	LockDelay string `json:"lock_delay,omitempty"`
+}
+
+// LockResult answers PUT /v1/locks/{name} and is each line of a
+// connection-bound lock stream.
+type LockResult struct {
+	Held   bool    `json:"held"`
+	Token  uint64  `json:"token,omitempty"`
+	Lease  string  `json:"lease,omitempty"`
+	Holder *Holder `json:"holder,omitempty"`
+}
+
+// Holder describes who holds a lock or leads an election.
+type Holder struct {
+	Candidate string    `json:"candidate,omitempty"`
+	Node      string    `json:"node"`
+	Lease     string    `json:"lease"`
+	Value     string    `json:"value"`
+	Token     uint64    `json:"token"`
+	Since     time.Time `json:"since"`
+}
+
+// LockInfo answers GET /v1/locks/{name}.
+type LockInfo struct {
+	Holder string    `json:"holder"`
+	Lease  string    `json:"lease"`
+	Value  string    `json:"value"`
+	Token  uint64    `json:"token"`
+	Since  time.Time `json:"since"`
+}
+
+// CampaignRequest is the body of PUT /v1/elections/{name}/campaign.
+type CampaignRequest struct {
+	Candidate string `json:"candidate"`
+	Value     string `json:"value"`
+	Service   string `json:"service,omitempty"`
+	Wait      string `json:"wait,omitempty"`
+	Lease     string `json:"lease,omitempty"`
+	Hold      string `json:"hold,omitempty"`
+	TTL       string `json:"ttl,omitempty"`
+}
+
+// CampaignResult answers a campaign and is each line of a connection-bound
+// campaign stream.
+type CampaignResult struct {
+	Leader    bool    `json:"leader"`
+	Token     uint64  `json:"token,omitempty"`
+	ExpiresIn string  `json:"expires_in,omitempty"`
+	Current   *Holder `json:"current,omitempty"`
+}
+
+// ElectionInfo answers GET /v1/elections/{name}.
+type ElectionInfo struct {
+	Leader *Holder `json:"leader"`
+}
+
+// SelfStatus answers GET /v1/elections/{name}/self.
+type SelfStatus struct {
+	Leader    bool   `json:"leader"`
+	Token     uint64 `json:"token,omitempty"`
+	ExpiresIn string `json:"expires_in,omitempty"`
+	Candidate string `json:"candidate,omitempty"`
+}

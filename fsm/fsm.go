@@ -1,0 +1,188 @@
+// Package fsm is sidecar's replicated registry: nodes, service instances and
+// their check status, leases, locks and elections, and the fencing tokens
+// handed out for them.
+//
+// The registry is a deterministic state machine. Apply reads no clock, draws
+// no random number and does no I/O: every input it needs, the time included,
+// is in the command, so that every replica that applies the same entries
+// holds the same state. The package imports nothing of sidecar's and only
+// raft's types.
+package fsm
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/hashicorp/raft"
+)
+
+// Errors returned in Result.Err. Callers map them to HTTP codes with
+// errors.Is.
+var (
+	ErrInvalid         = errors.New("fsm: invalid command")
+	ErrUnknownNode     = errors.New("fsm: unknown node")
+	ErrUnknownInstance = errors.New("fsm: unknown service instance")
+	ErrUnknownCheck    = errors.New("fsm: unknown check")
+	ErrUnknownLease    = errors.New("fsm: unknown lease")
+	ErrUnknownLock     = errors.New("fsm: unknown lock")
+	ErrUnknownElection = errors.New("fsm: unknown election")
+	ErrNotHolder       = errors.New("fsm: lease does not hold the lock")
+	ErrNotCandidate    = errors.New("fsm: not a candidate")
+	ErrLeaseExists     = errors.New("fsm: lease exists")
+	ErrCheckConflict   = errors.New("fsm: check id used by another instance")
+)
+
+// Result is what applying one command produced.
+type Result struct {
+	Index uint64
+	Err   error
+	// LeaseID is the ID of a granted lease.
+	LeaseID string
+	// Held reports, for lock and campaign commands, whether the lease or
+	// candidate now holds the mutex, and Token its fencing token.
+	Held  bool
+	Token uint64
+	// Holder is the mutex's holder after the command (nil when vacant).
+	Holder *Holder
+}
+
+// Table names a part of the registry with an index of its own, the index of
+// the last entry that changed it. Blocking queries wait on a table's index.
+type Table int
+
+// Tables of the registry.
+const (
+	TableNodes Table = iota
+	TableServices
+	TableLeases
+	TableLocks
+	TableElections
+	numTables
+)
+
+// FSM is the registry. It implements raft.FSM and may be read from any
+// goroutine while Raft applies entries.
+type FSM struct {
+	mu      sync.RWMutex
+	st      *state
+	changed chan struct{}
+}
+
+// New returns an empty registry.
+func New() *FSM {
+	return &FSM{st: newState(), changed: make(chan struct{})}
+}
+
+// Watch returns a channel closed at the next change of the registry. Take it
+// before reading, so that a change between the read and the wait is seen.
+func (f *FSM) Watch() <-chan struct{} {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.changed
+}
+
+// Index is the index of the last entry applied.
+func (f *FSM) Index() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.index
+}
+
+// TableIndex is the index of the last entry that changed a table.
+func (f *FSM) TableIndex(t Table) uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if t < 0 || t >= numTables {
+		return 0
+	}
+	return f.st.tables[t]
+}
+
+// ApplyBytes applies one encoded command at a log index. An entry that does
+// not decode, or a command that is not valid in the current state, changes
+// nothing and reports why in Result.Err.
+func (f *FSM) ApplyBytes(index uint64, data []byte) *Result {
+	cmd, err := Decode(data)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if index > f.st.index {
+		f.st.index = index
+	}
+	if err != nil {
+		return &Result{Index: index, Err: err}
+	}
+	res, changed := f.st.apply(index, cmd)
+	res.Index = index
+	if changed {
+		close(f.changed)
+		f.changed = make(chan struct{})
+	}
+	return res
+}
+
+// Apply implements raft.FSM.
+func (f *FSM) Apply(l *raft.Log) interface{} {
+	if l.Type != raft.LogCommand {
+		return &Result{Index: l.Index}
+	}
+	return f.ApplyBytes(l.Index, l.Data)
+}
+
+// Snapshot implements raft.FSM: it copies the state under the read lock and
+// leaves the encoding to Persist, off Raft's apply path.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return &fsmSnapshot{data: f.st.export()}, nil
+}
+
+// Restore implements raft.FSM. The snapshot is decoded and checked in full
+// before it replaces the state, so a corrupt one leaves the state untouched.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	st, err := readSnapshot(rc)
+	if err != nil {
+		return err
+	}
+	f.replace(st)
+	return nil
+}
+
+func (f *FSM) replace(st *state) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.st = st
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// WriteSnapshot writes the current state in the snapshot format.
+func (f *FSM) WriteSnapshot(w io.Writer) error {
+	f.mu.RLock()
+	data := f.st.export()
+	f.mu.RUnlock()
+	return writeSnapshot(w, data)
+}
+
+// Digest is a hash of the registry's content (not its indexes), equal on
+// every replica that applied the same entries.
+func (f *FSM) Digest() string {
+	f.mu.RLock()
+	data := f.st.export()
+	f.mu.RUnlock()
+	return data.digest()
+}
+
+type fsmSnapshot struct{ data *snapshotData }
+
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	if err := writeSnapshot(sink, s.data); err != nil {
+		_ = sink.Cancel()
+		return fmt.Errorf("persist snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (s *fsmSnapshot) Release() {}

@@ -1,0 +1,202 @@
+package fsm
+
+import (
+	"sort"
+	"strings"
+)
+
+// Reads return copies: callers may keep and change them freely.
+
+// ServiceEntry is an instance with its aggregate health.
+type ServiceEntry struct {
+	Instance *Instance
+	Status   string
+}
+
+// Node returns a node by name.
+func (f *FSM) Node(name string) (*Node, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	n, ok := f.st.nodes[name]
+	if !ok {
+		return nil, false
+	}
+	return n.clone(), true
+}
+
+// Nodes returns every node, sorted by name.
+func (f *FSM) Nodes() []*Node {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]*Node, 0, len(f.st.nodes))
+	for _, name := range sortedKeys(f.st.nodes) {
+		out = append(out, f.st.nodes[name].clone())
+	}
+	return out
+}
+
+// Services maps every service name to the sorted union of its instances'
+// tags.
+func (f *FSM) Services() map[string][]string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	tags := map[string]map[string]bool{}
+	for _, in := range f.st.instances {
+		if tags[in.Name] == nil {
+			tags[in.Name] = map[string]bool{}
+		}
+		for _, t := range in.Tags {
+			tags[in.Name][t] = true
+		}
+	}
+	out := make(map[string][]string, len(tags))
+	for name, set := range tags {
+		list := make([]string, 0, len(set))
+		for t := range set {
+			list = append(list, t)
+		}
+		sort.Strings(list)
+		out[name] = list
+	}
+	return out
+}
+
+// ServiceInstances returns the instances of a service (name matched without
+// regard to case), sorted by node then ID.
+func (f *FSM) ServiceInstances(name string) []ServiceEntry {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	keys := f.st.byService[strings.ToLower(name)]
+	out := make([]ServiceEntry, 0, len(keys))
+	for key := range keys {
+		in := f.st.instances[key]
+		out = append(out, ServiceEntry{Instance: in.clone(), Status: InstanceStatus(in, f.st.nodes[in.Node])})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i].Instance, out[j].Instance
+		if a.Node != b.Node {
+			return a.Node < b.Node
+		}
+		return a.ID < b.ID
+	})
+	return out
+}
+
+// VisitService calls fn for each instance of a service without copying it,
+// under the read lock: fn must not keep the instance nor call into the FSM.
+// It serves hot paths such as DNS.
+func (f *FSM) VisitService(name string, fn func(in *Instance, status string)) bool {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	keys, ok := f.st.byService[strings.ToLower(name)]
+	for key := range keys {
+		in := f.st.instances[key]
+		fn(in, InstanceStatus(in, f.st.nodes[in.Node]))
+	}
+	return ok
+}
+
+// Instance returns one instance of a node.
+func (f *FSM) Instance(node, id string) (*Instance, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	in, ok := f.st.instances[instanceKey{node, id}]
+	if !ok {
+		return nil, false
+	}
+	return in.clone(), true
+}
+
+// NodeInstances returns the instances a node owns, sorted by ID.
+func (f *FSM) NodeInstances(node string) []*Instance {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	var out []*Instance
+	for key, in := range f.st.instances {
+		if key.node == node {
+			out = append(out, in.clone())
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// CheckOwner returns the instance that owns a check of a node.
+func (f *FSM) CheckOwner(node, checkID string) (*Instance, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	key, ok := f.st.checks[instanceKey{node, checkID}]
+	if !ok {
+		return nil, false
+	}
+	return f.st.instances[key].clone(), true
+}
+
+// Lease returns a lease by ID.
+func (f *FSM) Lease(id string) (*Lease, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	l, ok := f.st.leases[id]
+	if !ok {
+		return nil, false
+	}
+	c := *l
+	return &c, true
+}
+
+// Leases returns every lease, sorted by ID.
+func (f *FSM) Leases() []*Lease {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]*Lease, 0, len(f.st.leases))
+	for _, id := range sortedKeys(f.st.leases) {
+		c := *f.st.leases[id]
+		out = append(out, &c)
+	}
+	return out
+}
+
+// Lock returns a lock's state; a vacant lock is still known, so that its
+// last token is kept.
+func (f *FSM) Lock(name string) (*Mutex, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	m, ok := f.st.locks[name]
+	if !ok {
+		return nil, false
+	}
+	return m.clone(), true
+}
+
+// Election returns an election's state.
+func (f *FSM) Election(name string) (*Mutex, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	m, ok := f.st.elections[name]
+	if !ok {
+		return nil, false
+	}
+	return m.clone(), true
+}
+
+// Locks returns every lock, sorted by name.
+func (f *FSM) Locks() []*Mutex {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return cloneMutexes(f.st.locks)
+}
+
+// Elections returns every election, sorted by name.
+func (f *FSM) Elections() []*Mutex {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return cloneMutexes(f.st.elections)
+}
+
+func cloneMutexes(m map[string]*Mutex) []*Mutex {
+	out := make([]*Mutex, 0, len(m))
+	for _, name := range sortedKeys(m) {
+		out = append(out, m[name].clone())
+	}
+	return out
+}

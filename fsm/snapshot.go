@@ -1,0 +1,211 @@
+package fsm
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+)
+
+// ErrCorruptSnapshot wraps every reason a snapshot is refused.
+var ErrCorruptSnapshot = errors.New("fsm: corrupt snapshot")
+
+// snapshotMagic starts every snapshot; the SHA-256 of the JSON body follows
+// on the same line, so a truncated or altered file is caught before any of
+// it is used.
+const snapshotMagic = "sidecar-snapshot v1 "
+
+// maxSnapshotSize bounds what a restore reads into memory.
+const maxSnapshotSize = 1 << 30
+
+type snapshotData struct {
+	Index     uint64      `json:"index"`
+	Tables    []uint64    `json:"tables"`
+	Nodes     []*Node     `json:"nodes"`
+	Instances []*Instance `json:"instances"`
+	Leases    []*Lease    `json:"leases"`
+	Locks     []*Mutex    `json:"locks"`
+	Elections []*Mutex    `json:"elections"`
+}
+
+// export copies the state into its snapshot form, sorted so that equal
+// states give equal bytes. Callers hold the read lock.
+func (s *state) export() *snapshotData {
+	d := &snapshotData{Index: s.index, Tables: append([]uint64(nil), s.tables[:]...)}
+	for _, name := range sortedKeys(s.nodes) {
+		d.Nodes = append(d.Nodes, s.nodes[name].clone())
+	}
+	for _, in := range s.instances {
+		d.Instances = append(d.Instances, in.clone())
+	}
+	sort.Slice(d.Instances, func(i, j int) bool {
+		a, b := d.Instances[i], d.Instances[j]
+		if a.Node != b.Node {
+			return a.Node < b.Node
+		}
+		return a.ID < b.ID
+	})
+	for _, id := range sortedKeys(s.leases) {
+		l := *s.leases[id]
+		d.Leases = append(d.Leases, &l)
+	}
+	for _, name := range sortedKeys(s.locks) {
+		d.Locks = append(d.Locks, s.locks[name].clone())
+	}
+	for _, name := range sortedKeys(s.elections) {
+		d.Elections = append(d.Elections, s.elections[name].clone())
+	}
+	return d
+}
+
+// digest hashes the content without the indexes of the last entries, which
+// differ between a replica that applied a no-op and one that did not.
+func (d *snapshotData) digest() string {
+	c := *d
+	c.Index, c.Tables = 0, nil
+	b, _ := json.Marshal(&c)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+func writeSnapshot(w io.Writer, d *snapshotData) error {
+	body, err := json.Marshal(d)
+	if err != nil {
+		return fmt.Errorf("encode snapshot: %w", err)
+	}
+	sum := sha256.Sum256(body)
+	bw := bufio.NewWriter(w)
+	bw.WriteString(snapshotMagic)
+	bw.WriteString(hex.EncodeToString(sum[:]))
+	bw.WriteByte('\n')
+	bw.Write(body)
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("write snapshot: %w", err)
+	}
+	return nil
+}
+
+// CheckSnapshot reads a whole snapshot and reports whether Restore would
+// take it, without touching any registry. Callers run it before handing a
+// user's file to Raft, which cannot take a restore back.
+func CheckSnapshot(r io.Reader) error {
+	_, err := readSnapshot(r)
+	return err
+}
+
+func corrupt(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrCorruptSnapshot, fmt.Sprintf(format, args...))
+}
+
+func readSnapshot(r io.Reader) (*state, error) {
+	raw, err := io.ReadAll(io.LimitReader(r, maxSnapshotSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read snapshot: %w", err)
+	}
+	if len(raw) > maxSnapshotSize {
+		return nil, corrupt("larger than %d bytes", maxSnapshotSize)
+	}
+	header, body, ok := bytes.Cut(raw, []byte("\n"))
+	if !ok || !strings.HasPrefix(string(header), snapshotMagic) {
+		return nil, corrupt("missing header %q", strings.TrimSpace(snapshotMagic))
+	}
+	want := strings.TrimPrefix(string(header), snapshotMagic)
+	sum := sha256.Sum256(body)
+	if hex.EncodeToString(sum[:]) != want {
+		return nil, corrupt("checksum mismatch (truncated or altered)")
+	}
+	var d snapshotData
+	if err := json.Unmarshal(body, &d); err != nil {
+		return nil, corrupt("decode: %v", err)
+	}
+	return d.build()
+}
+
+// build turns snapshot data into a state, checking every invariant Apply
+// keeps, so that a restored registry is one Apply could have produced.
+func (d *snapshotData) build() (*state, error) {
+	s := newState()
+	s.index = d.Index
+	if len(d.Tables) > int(numTables) {
+		return nil, corrupt("%d table indexes", len(d.Tables))
+	}
+	copy(s.tables[:], d.Tables)
+	for _, n := range d.Nodes {
+		if n == nil || !ValidName(n.Name) || s.nodes[n.Name] != nil {
+			return nil, corrupt("bad or repeated node")
+		}
+		s.nodes[n.Name] = n.clone()
+	}
+	for _, l := range d.Leases {
+		if l == nil || !ValidID(l.ID) || s.leases[l.ID] != nil || checkTTL(l.TTL) != nil {
+			return nil, corrupt("bad or repeated lease")
+		}
+		c := *l
+		s.leases[l.ID] = &c
+	}
+	for _, in := range d.Instances {
+		if in == nil {
+			return nil, corrupt("null instance")
+		}
+		if err := ValidateInstance(in); err != nil {
+			return nil, corrupt("instance: %v", err)
+		}
+		key := instanceKey{in.Node, in.ID}
+		if s.instances[key] != nil || s.nodes[in.Node] == nil {
+			return nil, corrupt("instance %q of node %q repeated or without its node", in.ID, in.Node)
+		}
+		if in.Lease != "" && s.leases[in.Lease] == nil {
+			return nil, corrupt("instance %q on unknown lease", in.ID)
+		}
+		for _, ch := range in.Checks {
+			ck := instanceKey{in.Node, ch.ID}
+			if _, dup := s.checks[ck]; dup || !ValidStatus(ch.Status) {
+				return nil, corrupt("check %q repeated or without status", ch.ID)
+			}
+			s.checks[ck] = key
+		}
+		s.addInstance(key, in.clone())
+	}
+	for _, set := range []struct {
+		list []*Mutex
+		into map[string]*Mutex
+	}{{d.Locks, s.locks}, {d.Elections, s.elections}} {
+		for _, m := range set.list {
+			if err := s.checkMutex(m); err != nil {
+				return nil, err
+			}
+			if set.into[m.Name] != nil {
+				return nil, corrupt("mutex %q repeated", m.Name)
+			}
+			set.into[m.Name] = m.clone()
+		}
+	}
+	return s, nil
+}
+
+func (s *state) checkMutex(m *Mutex) error {
+	if m == nil || !ValidName(m.Name) {
+		return corrupt("bad mutex")
+	}
+	holds := append([]Holder(nil), m.Waiters...)
+	if m.Holder != nil {
+		if m.Holder.Token == 0 || m.Holder.Token > m.LastToken {
+			return corrupt("mutex %q holder token %d beyond last token %d", m.Name, m.Holder.Token, m.LastToken)
+		}
+		holds = append(holds, *m.Holder)
+	}
+	seen := map[string]bool{}
+	for _, h := range holds {
+		if !ValidID(h.ID) || seen[h.ID] || s.leases[h.Lease] == nil {
+			return corrupt("mutex %q: hold %q repeated or on unknown lease", m.Name, h.ID)
+		}
+		seen[h.ID] = true
+	}
+	return nil
+}

@@ -1,0 +1,458 @@
+package fsm
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// state is the registry's content. It is only touched under FSM.mu.
+type state struct {
+	index  uint64
+	tables [numTables]uint64
+
+	nodes     map[string]*Node
+	instances map[instanceKey]*Instance
+	// checks finds the instance of a check: check IDs are unique per node.
+	checks map[instanceKey]instanceKey
+	// byService indexes instances by lower-cased service name, because
+	// service lookups (DNS above all) are by name and case-insensitive.
+	byService map[string]map[instanceKey]struct{}
+	leases    map[string]*Lease
+	locks     map[string]*Mutex
+	elections map[string]*Mutex
+}
+
+type instanceKey struct{ node, id string }
+
+func newState() *state {
+	return &state{
+		nodes:     map[string]*Node{},
+		instances: map[instanceKey]*Instance{},
+		checks:    map[instanceKey]instanceKey{},
+		byService: map[string]map[instanceKey]struct{}{},
+		leases:    map[string]*Lease{},
+		locks:     map[string]*Mutex{},
+		elections: map[string]*Mutex{},
+	}
+}
+
+func (s *state) touch(index uint64, tables ...Table) {
+	for _, t := range tables {
+		s.tables[t] = index
+	}
+}
+
+// apply runs one command. It reports whether anything changed; a command
+// that fails changes nothing.
+func (s *state) apply(index uint64, cmd Command) (*Result, bool) {
+	if err := validate(cmd); err != nil {
+		return &Result{Err: err}, false
+	}
+	switch c := cmd.(type) {
+	case *RegisterNode:
+		return s.registerNode(index, c)
+	case *DeregisterNode:
+		return s.deregisterNode(index, c)
+	case *SetNodeStatus:
+		return s.setNodeStatus(index, c)
+	case *RegisterInstance:
+		return s.registerInstance(index, c)
+	case *DeregisterInstance:
+		return s.deregisterInstance(index, c)
+	case *UpdateCheck:
+		return s.updateCheck(index, c)
+	case *GrantLease:
+		return s.grantLease(index, c)
+	case *RevokeLease:
+		return s.dropLease(index, c.ID, c.Now, false)
+	case *ExpireLease:
+		return s.dropLease(index, c.ID, c.Now, true)
+	case *AcquireLock:
+		return s.acquireLock(index, c)
+	case *ReleaseLock:
+		return s.releaseLock(index, c)
+	case *Campaign:
+		return s.campaign(index, c)
+	case *Resign:
+		return s.resign(index, c)
+	}
+	return &Result{Err: fmt.Errorf("%w: unhandled command %T", ErrInvalid, cmd)}, false
+}
+
+func (s *state) registerNode(index uint64, c *RegisterNode) (*Result, bool) {
+	n, ok := s.nodes[c.Name]
+	if !ok {
+		n = &Node{Name: c.Name}
+		s.nodes[c.Name] = n
+	}
+	n.Address = c.Address
+	n.Meta = cloneMap(c.Meta)
+	n.Status = NodeAlive
+	n.ModifyIndex = index
+	s.touch(index, TableNodes, TableServices)
+	return &Result{}, true
+}
+
+func (s *state) deregisterNode(index uint64, c *DeregisterNode) (*Result, bool) {
+	if _, ok := s.nodes[c.Name]; !ok {
+		return &Result{Err: fmt.Errorf("%w: %q", ErrUnknownNode, c.Name)}, false
+	}
+	delete(s.nodes, c.Name)
+	for key := range s.instances {
+		if key.node == c.Name {
+			s.removeInstance(key)
+		}
+	}
+	s.touch(index, TableNodes, TableServices)
+	return &Result{}, true
+}
+
+func (s *state) setNodeStatus(index uint64, c *SetNodeStatus) (*Result, bool) {
+	n, ok := s.nodes[c.Name]
+	if !ok {
+		return &Result{Err: fmt.Errorf("%w: %q", ErrUnknownNode, c.Name)}, false
+	}
+	if n.Status == c.Status {
+		return &Result{}, false
+	}
+	n.Status = c.Status
+	n.ModifyIndex = index
+	// Instance status derives from node status, so DNS answers change too.
+	s.touch(index, TableNodes, TableServices)
+	return &Result{}, true
+}
+
+func (s *state) registerInstance(index uint64, c *RegisterInstance) (*Result, bool) {
+	in := c.Instance.clone()
+	key := instanceKey{in.Node, in.ID}
+	if _, ok := s.nodes[in.Node]; !ok {
+		return &Result{Err: fmt.Errorf("%w: %q", ErrUnknownNode, in.Node)}, false
+	}
+	if in.Lease != "" {
+		if _, ok := s.leases[in.Lease]; !ok {
+			return &Result{Err: fmt.Errorf("%w: %q", ErrUnknownLease, in.Lease)}, false
+		}
+	}
+	for _, ch := range in.Checks {
+		if owner, ok := s.checks[instanceKey{in.Node, ch.ID}]; ok && owner != key {
+			return &Result{Err: fmt.Errorf("%w: %q", ErrCheckConflict, ch.ID)}, false
+		}
+	}
+	old := s.instances[key]
+	in.CreateIndex = index
+	if old != nil {
+		in.CreateIndex = old.CreateIndex
+		// A re-registration keeps what the checks last reported, so that an
+		// agent restart does not flap its services.
+		prev := map[string]Check{}
+		for _, ch := range old.Checks {
+			prev[ch.ID] = ch
+		}
+		for i := range in.Checks {
+			if p, ok := prev[in.Checks[i].ID]; ok && p.Type == in.Checks[i].Type {
+				in.Checks[i].Status, in.Checks[i].Output = p.Status, p.Output
+			}
+		}
+		s.removeInstance(key)
+	}
+	for i := range in.Checks {
+		if in.Checks[i].Status == "" {
+			in.Checks[i].Status = StatusCritical
+		}
+		in.Checks[i].ModifyIndex = index
+		s.checks[instanceKey{in.Node, in.Checks[i].ID}] = key
+	}
+	in.ModifyIndex = index
+	s.addInstance(key, in)
+	s.touch(index, TableServices)
+	return &Result{}, true
+}
+
+func (s *state) removeInstance(key instanceKey) {
+	in, ok := s.instances[key]
+	if !ok {
+		return
+	}
+	for _, ch := range in.Checks {
+		delete(s.checks, instanceKey{key.node, ch.ID})
+	}
+	delete(s.instances, key)
+	svc := strings.ToLower(in.Name)
+	delete(s.byService[svc], key)
+	if len(s.byService[svc]) == 0 {
+		delete(s.byService, svc)
+	}
+}
+
+func (s *state) addInstance(key instanceKey, in *Instance) {
+	s.instances[key] = in
+	svc := strings.ToLower(in.Name)
+	if s.byService[svc] == nil {
+		s.byService[svc] = map[instanceKey]struct{}{}
+	}
+	s.byService[svc][key] = struct{}{}
+}
+
+func (s *state) deregisterInstance(index uint64, c *DeregisterInstance) (*Result, bool) {
+	key := instanceKey{c.Node, c.ID}
+	if _, ok := s.instances[key]; !ok {
+		return &Result{Err: fmt.Errorf("%w: %q on node %q", ErrUnknownInstance, c.ID, c.Node)}, false
+	}
+	s.removeInstance(key)
+	s.touch(index, TableServices)
+	return &Result{}, true
+}
+
+func (s *state) updateCheck(index uint64, c *UpdateCheck) (*Result, bool) {
+	owner, ok := s.checks[instanceKey{c.Node, c.CheckID}]
+	if !ok {
+		return &Result{Err: fmt.Errorf("%w: %q on node %q", ErrUnknownCheck, c.CheckID, c.Node)}, false
+	}
+	in := s.instances[owner]
+	for i := range in.Checks {
+		ch := &in.Checks[i]
+		if ch.ID != c.CheckID {
+			continue
+		}
+		if ch.Status == c.Status && ch.Output == c.Output {
+			return &Result{}, false
+		}
+		ch.Status, ch.Output, ch.ModifyIndex = c.Status, c.Output, index
+		in.ModifyIndex = index
+		s.touch(index, TableServices)
+		return &Result{}, true
+	}
+	return &Result{Err: fmt.Errorf("%w: %q", ErrUnknownCheck, c.CheckID)}, false
+}
+
+// LeaseIDFromIndex is the ID a lease granted without one gets: derived from
+// the log index, so every replica picks the same.
+func LeaseIDFromIndex(index uint64) string {
+	id := strconv.FormatUint(index, 16)
+	for len(id) < 16 {
+		id = "0" + id
+	}
+	return id
+}
+
+func (s *state) grantLease(index uint64, c *GrantLease) (*Result, bool) {
+	id := c.ID
+	if id == "" {
+		id = LeaseIDFromIndex(index)
+	}
+	if _, ok := s.leases[id]; ok {
+		return &Result{Err: fmt.Errorf("%w: %q", ErrLeaseExists, id)}, false
+	}
+	s.leases[id] = &Lease{ID: id, TTL: c.TTL, Node: c.Node, CreateIndex: index}
+	s.touch(index, TableLeases)
+	return &Result{LeaseID: id}, true
+}
+
+// dropLease revokes or expires a lease: its locks and candidacies go to the
+// next in line within this same entry, its instances are deregistered.
+func (s *state) dropLease(index uint64, id string, now int64, expired bool) (*Result, bool) {
+	if _, ok := s.leases[id]; !ok {
+		return &Result{Err: fmt.Errorf("%w: %q", ErrUnknownLease, id)}, false
+	}
+	delete(s.leases, id)
+	s.touch(index, TableLeases)
+	for _, name := range sortedKeys(s.locks) {
+		m := s.locks[name]
+		if s.dropFromMutex(index, m, id, now, expired) {
+			s.touch(index, TableLocks)
+		}
+	}
+	for _, name := range sortedKeys(s.elections) {
+		m := s.elections[name]
+		if s.dropFromMutex(index, m, id, now, false) {
+			s.touch(index, TableElections)
+		}
+	}
+	for key, in := range s.instances {
+		if in.Lease == id {
+			s.removeInstance(key)
+			s.touch(index, TableServices)
+		}
+	}
+	return &Result{}, true
+}
+
+// dropFromMutex removes every hold of a lease from a mutex and reports
+// whether the mutex changed.
+func (s *state) dropFromMutex(index uint64, m *Mutex, lease string, now int64, expired bool) bool {
+	changed := false
+	kept := m.Waiters[:0]
+	for _, w := range m.Waiters {
+		if w.Lease == lease {
+			changed = true
+			continue
+		}
+		kept = append(kept, w)
+	}
+	m.Waiters = kept
+	if m.Holder != nil && m.Holder.Lease == lease {
+		m.Holder = nil
+		changed = true
+		if expired && m.LockDelay > 0 {
+			m.DelayUntil = now + m.LockDelay
+		} else {
+			s.promote(index, m, now)
+		}
+	}
+	if changed {
+		m.ModifyIndex = index
+	}
+	return changed
+}
+
+// promote hands a vacant mutex to the first waiter. The token is the index
+// of this entry, and never less than one above the last token of the name.
+func (s *state) promote(index uint64, m *Mutex, now int64) {
+	if m.Holder != nil || len(m.Waiters) == 0 || now < m.DelayUntil {
+		return
+	}
+	h := m.Waiters[0]
+	m.Waiters = append(m.Waiters[:0:0], m.Waiters[1:]...)
+	token := index
+	if token <= m.LastToken {
+		token = m.LastToken + 1
+	}
+	h.Token, h.Since = token, now
+	m.LastToken = token
+	m.Holder = &h
+	m.ModifyIndex = index
+}
+
+func (m *Mutex) waiterIndex(id string) int {
+	for i, w := range m.Waiters {
+		if w.ID == id {
+			return i
+		}
+	}
+	return -1
+}
+
+func mutexResult(m *Mutex, id string) *Result {
+	r := &Result{}
+	if m.Holder != nil {
+		h := *m.Holder
+		r.Holder = &h
+		if h.ID == id {
+			r.Held, r.Token = true, h.Token
+		}
+	}
+	return r
+}
+
+// enter puts a would-be holder in line (or updates it in place) and hands
+// the mutex over if it is free. It is shared by locks and elections.
+func (s *state) enter(index uint64, m *Mutex, h Holder, queue bool, now int64) (*Result, bool) {
+	switch {
+	case m.Holder != nil && m.Holder.ID == h.ID:
+		if m.Holder.Lease == h.Lease && m.Holder.Value == h.Value && m.Holder.Service == h.Service && m.Holder.Node == h.Node {
+			return mutexResult(m, h.ID), false
+		}
+		m.Holder.Lease, m.Holder.Value, m.Holder.Service, m.Holder.Node = h.Lease, h.Value, h.Service, h.Node
+	case m.waiterIndex(h.ID) >= 0:
+		m.Waiters[m.waiterIndex(h.ID)] = h
+	case m.Holder == nil && len(m.Waiters) == 0 && now >= m.DelayUntil:
+		m.Waiters = append(m.Waiters, h)
+	case queue:
+		m.Waiters = append(m.Waiters, h)
+	default:
+		return mutexResult(m, h.ID), false
+	}
+	s.promote(index, m, now)
+	m.ModifyIndex = index
+	return mutexResult(m, h.ID), true
+}
+
+func (s *state) acquireLock(index uint64, c *AcquireLock) (*Result, bool) {
+	if _, ok := s.leases[c.Lease]; !ok {
+		return &Result{Err: fmt.Errorf("%w: %q", ErrUnknownLease, c.Lease)}, false
+	}
+	m, existed := s.locks[c.Name]
+	if !existed {
+		m = &Mutex{Name: c.Name}
+	}
+	h := Holder{ID: c.Lease, Lease: c.Lease, Node: c.Node, Value: c.Value}
+	res, changed := s.enter(index, m, h, c.Queue, c.Now)
+	if res.Held && m.Holder.Token == index {
+		// The delay applies to the hold that just began.
+		m.LockDelay = c.LockDelay
+	}
+	if changed {
+		s.locks[c.Name] = m
+		s.touch(index, TableLocks)
+		return res, true
+	}
+	return res, false
+}
+
+func (s *state) releaseLock(index uint64, c *ReleaseLock) (*Result, bool) {
+	m, ok := s.locks[c.Name]
+	if !ok {
+		return &Result{Err: fmt.Errorf("%w: %q", ErrUnknownLock, c.Name)}, false
+	}
+	res, changed, err := s.leave(index, m, c.Lease, c.OnlyWaiting, c.Now)
+	if err != nil {
+		return &Result{Err: fmt.Errorf("%w: lock %q, lease %q", ErrNotHolder, c.Name, c.Lease)}, false
+	}
+	if changed {
+		s.touch(index, TableLocks)
+	}
+	return res, changed
+}
+
+func (s *state) campaign(index uint64, c *Campaign) (*Result, bool) {
+	if _, ok := s.leases[c.Lease]; !ok {
+		return &Result{Err: fmt.Errorf("%w: %q", ErrUnknownLease, c.Lease)}, false
+	}
+	m, existed := s.elections[c.Election]
+	if !existed {
+		m = &Mutex{Name: c.Election}
+	}
+	h := Holder{ID: c.Candidate, Lease: c.Lease, Node: c.Node, Value: c.Value, Service: c.Service}
+	res, changed := s.enter(index, m, h, true, c.Now)
+	if changed {
+		s.elections[c.Election] = m
+		s.touch(index, TableElections)
+	}
+	return res, changed
+}
+
+func (s *state) resign(index uint64, c *Resign) (*Result, bool) {
+	m, ok := s.elections[c.Election]
+	if !ok {
+		return &Result{Err: fmt.Errorf("%w: %q", ErrUnknownElection, c.Election)}, false
+	}
+	res, changed, err := s.leave(index, m, c.Candidate, c.OnlyWaiting, c.Now)
+	if err != nil {
+		return &Result{Err: fmt.Errorf("%w: election %q, candidate %q", ErrNotCandidate, c.Election, c.Candidate)}, false
+	}
+	if changed {
+		s.touch(index, TableElections)
+	}
+	return res, changed
+}
+
+// leave takes id out of a mutex: out of line, or out of the hold (handing
+// it to the next in line) unless onlyWaiting.
+func (s *state) leave(index uint64, m *Mutex, id string, onlyWaiting bool, now int64) (*Result, bool, error) {
+	if m.Holder != nil && m.Holder.ID == id {
+		if onlyWaiting {
+			return mutexResult(m, id), false, nil
+		}
+		m.Holder = nil
+		s.promote(index, m, now)
+		m.ModifyIndex = index
+		return mutexResult(m, id), true, nil
+	}
+	if i := m.waiterIndex(id); i >= 0 {
+		m.Waiters = append(m.Waiters[:i:i], m.Waiters[i+1:]...)
+		m.ModifyIndex = index
+		return mutexResult(m, id), true, nil
+	}
+	return nil, false, ErrNotHolder
+}
