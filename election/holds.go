@@ -1,0 +1,264 @@
+package election
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/sidecarhq/sidecar/api"
+	"github.com/sidecarhq/sidecar/fsm"
+)
+
+// CampaignSpec is a candidacy through this sidecar.
+type CampaignSpec struct {
+	Election  string
+	Candidate string
+	Value     string
+	// Service ties the candidacy to a local instance's health.
+	Service string
+	// Lease to hang on; empty means the node session.
+	Lease string
+	// Wait is how long Campaign waits to lead before it answers.
+	Wait time.Duration
+}
+
+// LockSpec is a lock request through this sidecar.
+type LockSpec struct {
+	Name  string
+	Lease string // empty: the node session
+	Value string
+	// Wait > 0 queues the request and waits that long to be handed the
+	// lock; 0 tries once.
+	Wait      time.Duration
+	LockDelay time.Duration
+}
+
+// Emit receives each change of a connection-bound hold; an error (the
+// client went away) ends the hold.
+type Emit[T any] func(T) error
+
+// Campaign enters a candidate, kept alive by this sidecar until Resign or
+// Close, and waits up to spec.Wait for it to lead.
+func (l *Local) Campaign(ctx context.Context, spec CampaignSpec) (api.CampaignResult, error) {
+	lease, err := l.defaultLease(spec.Lease)
+	if err != nil {
+		return api.CampaignResult{}, err
+	}
+	if _, err := l.backend.Apply(ctx, &fsm.Campaign{
+		Election: spec.Election, Candidate: spec.Candidate, Lease: lease, Node: l.cfg.Node,
+		Value: spec.Value, Service: spec.Service, Now: l.now().UnixNano(),
+	}); err != nil {
+		return api.CampaignResult{}, err
+	}
+	l.mu.Lock()
+	l.candidates[candidateKey{spec.Election, spec.Candidate}] = lease
+	l.mu.Unlock()
+	deadline := l.now().Add(spec.Wait)
+	for {
+		watch := l.reg.Watch()
+		res := l.candidateStatus(spec.Election, spec.Candidate)
+		wait := deadline.Sub(l.now())
+		if res.Leader || wait <= 0 {
+			return res, nil
+		}
+		select {
+		case <-ctx.Done():
+			return res, nil
+		case <-watch:
+		case <-time.After(wait):
+		}
+	}
+}
+
+// Resign withdraws a candidate of this sidecar.
+func (l *Local) Resign(ctx context.Context, election, candidate string) error {
+	_, err := l.backend.Apply(ctx, &fsm.Resign{Election: election, Candidate: candidate, Now: l.now().UnixNano()})
+	if err == nil || errors.Is(err, fsm.ErrNotCandidate) {
+		l.mu.Lock()
+		delete(l.candidates, candidateKey{election, candidate})
+		l.mu.Unlock()
+	}
+	return err
+}
+
+// candidateStatus says whether a candidate leads and its lease is surely
+// live.
+func (l *Local) candidateStatus(election, candidate string) api.CampaignResult {
+	m, ok := l.reg.Election(election)
+	if !ok || m.Holder == nil {
+		return api.CampaignResult{}
+	}
+	res := api.CampaignResult{Current: Holder(m.Holder, true)}
+	if m.Holder.ID != candidate {
+		return res
+	}
+	if s := l.leaseSession(m.Holder.Lease); s != nil {
+		if left := s.ValidUntil().Sub(l.now()); left > 0 {
+			res.Leader, res.Token, res.ExpiresIn = true, m.Holder.Token, left.Round(time.Millisecond).String()
+		}
+	}
+	return res
+}
+
+// Self reports whether a candidate of this sidecar leads the election,
+// judged by this sidecar's own certainty that the lease is live.
+func (l *Local) Self(election string) api.SelfStatus {
+	m, ok := l.reg.Election(election)
+	if !ok || m.Holder == nil {
+		return api.SelfStatus{}
+	}
+	l.mu.Lock()
+	_, ours := l.candidates[candidateKey{election, m.Holder.ID}]
+	l.mu.Unlock()
+	if !ours {
+		return api.SelfStatus{}
+	}
+	res := l.candidateStatus(election, m.Holder.ID)
+	return api.SelfStatus{Leader: res.Leader, Token: res.Token, ExpiresIn: res.ExpiresIn, Candidate: m.Holder.ID}
+}
+
+// WaitSelf is the blocking form of Self: it returns once the elections
+// index exceeds minIndex or the answer flips (self-demotion changes no
+// index), or when ctx ends.
+func (l *Local) WaitSelf(ctx context.Context, election string, minIndex uint64) (api.SelfStatus, uint64) {
+	first := l.Self(election)
+	for {
+		watch := l.reg.Watch()
+		idx := l.reg.TableIndex(fsm.TableElections)
+		st := l.Self(election)
+		if idx > minIndex || st.Leader != first.Leader {
+			return st, idx
+		}
+		var flip <-chan time.Time
+		var changed <-chan struct{}
+		if m, ok := l.reg.Election(election); ok && m.Holder != nil {
+			if s := l.leaseSession(m.Holder.Lease); s != nil {
+				changed = s.Changed()
+				if st.Leader {
+					t := time.NewTimer(s.ValidUntil().Sub(l.now()))
+					defer t.Stop()
+					flip = t.C
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return st, idx
+		case <-watch:
+		case <-changed:
+		case <-flip:
+		}
+	}
+}
+
+// Lock takes a lock, waiting in line up to spec.Wait. A lock held by
+// someone else at the end of the wait is no error: Held is false.
+func (l *Local) Lock(ctx context.Context, spec LockSpec) (api.LockResult, error) {
+	lease, err := l.defaultLease(spec.Lease)
+	if err != nil {
+		return api.LockResult{}, err
+	}
+	spec.Lease = lease
+	res, err := l.acquire(ctx, spec, spec.Wait > 0)
+	if err != nil {
+		return api.LockResult{}, err
+	}
+	if res.Held || spec.Wait <= 0 {
+		return res, nil
+	}
+	deadline := l.now().Add(spec.Wait)
+	for {
+		watch := l.reg.Watch()
+		m, _ := l.reg.Lock(spec.Name)
+		if m != nil && m.Holder != nil && m.Holder.ID == lease {
+			return l.held(spec.Name, m.Holder), nil
+		}
+		if m == nil || m.WaiterIndex(lease) < 0 {
+			// Out of line: the lease was revoked or expired meanwhile.
+			return api.LockResult{Holder: holderOf(m)}, nil
+		}
+		if m.Holder == nil && !l.now().Before(time.Unix(0, m.DelayUntil)) {
+			// A lock delay ended: the next acquire hands it to the head of
+			// the line.
+			if res, err := l.acquire(ctx, spec, true); err != nil || res.Held {
+				return res, err
+			}
+		}
+		wait := deadline.Sub(l.now())
+		if wait <= 0 || ctx.Err() != nil {
+			return l.leaveLine(spec)
+		}
+		if m.Holder == nil && m.DelayUntil > 0 {
+			if d := time.Unix(0, m.DelayUntil).Sub(l.now()); d > 0 && d < wait {
+				wait = d
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-watch:
+		case <-time.After(wait):
+		}
+	}
+}
+
+func holderOf(m *fsm.Mutex) *api.Holder {
+	if m == nil {
+		return nil
+	}
+	return Holder(m.Holder, false)
+}
+
+func (l *Local) acquire(ctx context.Context, spec LockSpec, queue bool) (api.LockResult, error) {
+	res, err := l.backend.Apply(ctx, &fsm.AcquireLock{
+		Name: spec.Name, Lease: spec.Lease, Node: l.cfg.Node, Value: spec.Value,
+		Queue: queue, LockDelay: int64(spec.LockDelay), Now: l.now().UnixNano(),
+	})
+	if err != nil {
+		return api.LockResult{}, err
+	}
+	if res.Held {
+		return l.held(spec.Name, res.Holder), nil
+	}
+	return api.LockResult{Holder: Holder(res.Holder, false)}, nil
+}
+
+func (l *Local) held(name string, h *fsm.Holder) api.LockResult {
+	l.mu.Lock()
+	if !l.locks[lockKey{name, h.Lease}] {
+		l.locks[lockKey{name, h.Lease}] = true
+		l.lockAcquisitions.Inc()
+	}
+	l.mu.Unlock()
+	return api.LockResult{Held: true, Token: h.Token, Lease: h.Lease}
+}
+
+// leaveLine takes a waiter out of line when its wait ended; the registry
+// keeps a lock it was handed just before, and then the answer is held.
+func (l *Local) leaveLine(spec LockSpec) (api.LockResult, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	res, err := l.backend.Apply(ctx, &fsm.ReleaseLock{Name: spec.Name, Lease: spec.Lease, OnlyWaiting: true, Now: l.now().UnixNano()})
+	if err != nil && !errors.Is(err, fsm.ErrNotHolder) {
+		return api.LockResult{}, err
+	}
+	if res != nil && res.Held {
+		return l.held(spec.Name, res.Holder), nil
+	}
+	m, _ := l.reg.Lock(spec.Name)
+	return api.LockResult{Holder: holderOf(m)}, nil
+}
+
+// Unlock releases a lock (or leaves its line).
+func (l *Local) Unlock(ctx context.Context, name, lease string) error {
+	lease, err := l.defaultLease(lease)
+	if err != nil {
+		return err
+	}
+	_, err = l.backend.Apply(ctx, &fsm.ReleaseLock{Name: name, Lease: lease, Now: l.now().UnixNano()})
+	if err == nil || errors.Is(err, fsm.ErrNotHolder) {
+		l.mu.Lock()
+		delete(l.locks, lockKey{name, lease})
+		l.mu.Unlock()
+	}
+	return err
+}

@@ -1,0 +1,249 @@
+package election
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/sidecarhq/sidecar/fsm"
+)
+
+// leaseTracker holds lease deadlines on the Raft leader. Deadlines live only
+// in the leader's memory: a keepalive is a map write, not a log entry. A new
+// leader starts every lease's full TTL afresh, so a lease may outlive its TTL
+// across a leader change but never expires early.
+type leaseTracker struct {
+	s *Server
+
+	mu        sync.Mutex
+	leading   bool
+	ready     chan struct{} // closed once this term's deadlines are loaded
+	deadlines map[string]time.Time
+	ttls      map[string]time.Duration
+	// expiring holds leases whose expiry entry is in flight: a keepalive
+	// that came now would be acknowledged for a lease about to go.
+	expiring  map[string]bool
+	seenIndex uint64 // lease table index last reconciled
+	wake      chan struct{}
+}
+
+func newLeaseTracker(s *Server) *leaseTracker {
+	return &leaseTracker{s: s, ready: make(chan struct{}), wake: make(chan struct{}, 1)}
+}
+
+func (t *leaseTracker) now() time.Time { return t.s.cfg.Now() }
+
+// lead runs while this server leads: it loads every lease with a full TTL,
+// then commits an expiry for each lease whose deadline passes.
+func (t *leaseTracker) lead(ctx context.Context) {
+	// The barrier makes the registry hold every committed lease before the
+	// deadlines are loaded from it.
+	for {
+		err := t.s.raft.Barrier(t.s.cfg.ApplyTimeout).Error()
+		if err == nil {
+			break
+		}
+		t.s.log.Warn("lease tracker barrier failed", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(t.s.cfg.HeartbeatTimeout / 2):
+		}
+	}
+	t.mu.Lock()
+	t.deadlines = map[string]time.Time{}
+	t.ttls = map[string]time.Duration{}
+	t.expiring = map[string]bool{}
+	t.seenIndex = 0
+	t.reconcileLocked()
+	t.leading = true
+	close(t.ready)
+	t.mu.Unlock()
+	t.s.log.Info("lease tracker leading", "leases", len(t.deadlines))
+
+	defer func() {
+		t.mu.Lock()
+		t.leading = false
+		t.deadlines, t.ttls, t.expiring = nil, nil, nil
+		t.ready = make(chan struct{})
+		t.mu.Unlock()
+	}()
+
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		watch := t.s.fsm.Watch()
+		due, next := t.collect()
+		for _, id := range due {
+			if !t.expire(ctx, id) {
+				return
+			}
+		}
+		if len(due) > 0 {
+			continue
+		}
+		wait := time.Hour
+		if !next.IsZero() {
+			wait = next.Sub(t.now())
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-watch:
+		case <-t.wake:
+		case <-timer.C:
+		}
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+	}
+}
+
+// collect reconciles with the registry and returns the leases due now,
+// marked as expiring, and the earliest deadline still ahead.
+func (t *leaseTracker) collect() (due []string, next time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.reconcileLocked()
+	now := t.now()
+	for id, dl := range t.deadlines {
+		if t.expiring[id] {
+			continue
+		}
+		if !dl.After(now) {
+			t.expiring[id] = true
+			due = append(due, id)
+			continue
+		}
+		if next.IsZero() || dl.Before(next) {
+			next = dl
+		}
+	}
+	return due, next
+}
+
+// expire commits a lease's expiry; it reports false when this server no
+// longer leads.
+func (t *leaseTracker) expire(ctx context.Context, id string) bool {
+	ctx, cancel := context.WithTimeout(ctx, t.s.cfg.ApplyTimeout)
+	defer cancel()
+	_, err := t.s.Apply(ctx, &fsm.ExpireLease{ID: id, Now: t.now().UnixNano()})
+	switch {
+	case err == nil, errors.Is(err, fsm.ErrUnknownLease):
+		t.s.m.leaseExpirations.Inc()
+		t.s.log.Debug("lease expired", "lease", id)
+		return true
+	case errors.Is(err, ErrNotLeader), errors.Is(err, ErrShutdown), errors.Is(err, ErrUnknownOutcome), ctx.Err() != nil:
+		return false
+	default:
+		// Try again on the next round; the lease stays marked, so no
+		// keepalive revives it meanwhile.
+		t.s.log.Warn("lease expiry failed", "lease", id, "err", err)
+		t.mu.Lock()
+		delete(t.expiring, id)
+		t.mu.Unlock()
+		return true
+	}
+}
+
+// reconcileLocked adds leases the registry gained (with a full TTL from now)
+// and drops those it lost. Callers hold t.mu.
+func (t *leaseTracker) reconcileLocked() {
+	idx := t.s.fsm.TableIndex(fsm.TableLeases)
+	if idx == t.seenIndex && t.seenIndex != 0 {
+		return
+	}
+	t.seenIndex = idx
+	now := t.now()
+	live := map[string]bool{}
+	for _, l := range t.s.fsm.Leases() {
+		live[l.ID] = true
+		if _, ok := t.deadlines[l.ID]; !ok {
+			ttl := time.Duration(l.TTL)
+			t.deadlines[l.ID] = now.Add(ttl)
+			t.ttls[l.ID] = ttl
+		}
+	}
+	for id := range t.deadlines {
+		if !live[id] {
+			delete(t.deadlines, id)
+			delete(t.ttls, id)
+			delete(t.expiring, id)
+		}
+	}
+}
+
+func (t *leaseTracker) waitReady(ctx context.Context) error {
+	for {
+		t.mu.Lock()
+		leading, ready := t.leading, t.ready
+		t.mu.Unlock()
+		if leading {
+			return nil
+		}
+		if !t.s.IsLeader() {
+			return ErrNotLeader
+		}
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return fmt.Errorf("%w: lease tracker not ready: %v", ErrNotLeader, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func (t *leaseTracker) keepAlive(ctx context.Context, id string) (time.Duration, error) {
+	if err := t.waitReady(ctx); err != nil {
+		return 0, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.leading {
+		return 0, ErrNotLeader
+	}
+	if t.expiring[id] {
+		return 0, fmt.Errorf("%w: %q expired", fsm.ErrUnknownLease, id)
+	}
+	if _, ok := t.deadlines[id]; !ok {
+		// Granted since the last reconcile.
+		t.reconcileLocked()
+	}
+	if _, ok := t.deadlines[id]; !ok {
+		return 0, fmt.Errorf("%w: %q", fsm.ErrUnknownLease, id)
+	}
+	ttl := t.ttls[id]
+	t.deadlines[id] = t.now().Add(ttl)
+	return ttl, nil
+}
+
+func (t *leaseTracker) remaining(id string) (time.Duration, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	dl, ok := t.deadlines[id]
+	if !t.leading || !ok {
+		return 0, false
+	}
+	return dl.Sub(t.now()), true
+}
+
+// resetAll restarts every lease's full TTL (after a snapshot restore).
+func (t *leaseTracker) resetAll() {
+	t.mu.Lock()
+	if t.leading {
+		t.deadlines, t.ttls, t.expiring = map[string]time.Time{}, map[string]time.Duration{}, map[string]bool{}
+		t.seenIndex = 0
+		t.reconcileLocked()
+	}
+	t.mu.Unlock()
+	select {
+	case t.wake <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,346 @@
+package election
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sidecarhq/sidecar/api"
+	"github.com/sidecarhq/sidecar/fsm"
+)
+
+// Backend writes to the registry through the Raft leader. On a server it is
+// the server itself; on a client, a forwarder to the leader.
+type Backend interface {
+	Apply(ctx context.Context, cmd fsm.Command) (*fsm.Result, error)
+	KeepAlive(ctx context.Context, leaseID string) (time.Duration, error)
+}
+
+// LocalConfig configures the holds of one sidecar.
+type LocalConfig struct {
+	// Node is this sidecar's node name, recorded with its holds.
+	Node string
+	// SessionTTL is the TTL of the node session (locks taken without a
+	// lease hang on it) and the default of connection-bound holds.
+	SessionTTL time.Duration
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	// Now is the clock; tests may replace it.
+	Now func() time.Time
+}
+
+// ErrClosed: the sidecar is shutting down.
+var ErrClosed = errors.New("election: sidecar closing")
+
+// Local is what this sidecar holds on behalf of its apps: its sessions,
+// candidacies and locks. It reports leadership only while a session is
+// surely live (self-demotion) and gives everything up on Close.
+type Local struct {
+	cfg     LocalConfig
+	backend Backend
+	reg     *fsm.FSM
+	log     *slog.Logger
+
+	mu         sync.Mutex
+	closed     bool
+	node       *Session
+	sessions   map[string]*Session
+	tracked    map[string]*Session // leases apps keep alive through us
+	candidates map[candidateKey]string
+	locks      map[lockKey]bool
+
+	lockAcquisitions prometheus.Counter
+	collectors       []prometheus.Collector
+}
+
+type candidateKey struct{ election, candidate string }
+type lockKey struct{ name, lease string }
+
+// NewLocal returns the holds of a sidecar writing through backend and
+// reading reg, its copy of the registry.
+func NewLocal(cfg LocalConfig, backend Backend, reg *fsm.FSM) *Local {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.SessionTTL <= 0 {
+		cfg.SessionTTL = 10 * time.Second
+	}
+	l := &Local{
+		cfg:        cfg,
+		backend:    backend,
+		reg:        reg,
+		log:        cfg.Logger.With("component", "election"),
+		sessions:   map[string]*Session{},
+		tracked:    map[string]*Session{},
+		candidates: map[candidateKey]string{},
+		locks:      map[lockKey]bool{},
+		lockAcquisitions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sidecar_lock_acquisitions_total",
+			Help: "Locks acquired through this sidecar.",
+		}),
+	}
+	l.collectors = []prometheus.Collector{l.lockAcquisitions, &electionCollector{l}}
+	if cfg.Registerer != nil {
+		for _, c := range l.collectors {
+			cfg.Registerer.MustRegister(c)
+		}
+	}
+	return l
+}
+
+func (l *Local) now() time.Time { return l.cfg.Now() }
+
+// Start opens the node session, retrying while no leader is known, until
+// ctx ends.
+func (l *Local) Start(ctx context.Context) error {
+	for {
+		s, err := l.NewSession(ctx, l.cfg.SessionTTL)
+		if err == nil {
+			l.mu.Lock()
+			l.node = s
+			l.mu.Unlock()
+			l.log.Info("node session opened", "lease", s.ID(), "ttl", s.TTL())
+			return nil
+		}
+		if !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrUnknownOutcome) {
+			return fmt.Errorf("open node session: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("open node session: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// NodeSession is the session of this sidecar's node (nil before Start).
+func (l *Local) NodeSession() *Session {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.node
+}
+
+func (l *Local) newSessionValue(id string, ttl time.Duration) *Session {
+	return &Session{id: id, ttl: ttl, l: l, changed: make(chan struct{}), done: make(chan struct{}), loopDone: make(chan struct{})}
+}
+
+// NewSession grants a lease of ttl and keeps it alive until Close.
+func (l *Local) NewSession(ctx context.Context, ttl time.Duration) (*Session, error) {
+	l.mu.Lock()
+	closed := l.closed
+	l.mu.Unlock()
+	if closed {
+		return nil, ErrClosed
+	}
+	sent := l.now()
+	res, err := l.backend.Apply(ctx, &fsm.GrantLease{TTL: int64(ttl), Node: l.cfg.Node})
+	if err != nil {
+		return nil, err
+	}
+	s := l.newSessionValue(res.LeaseID, ttl)
+	s.acked(sent)
+	kctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	go s.keepAlive(kctx)
+	l.mu.Lock()
+	l.sessions[s.id] = s
+	l.mu.Unlock()
+	return s, nil
+}
+
+func (l *Local) forgetSession(s *Session) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.sessions, s.id)
+}
+
+// GrantLease grants a lease for an app, which keeps it alive itself through
+// KeepAlive; this sidecar tracks the keepalives it forwards so that holds
+// on the lease demote themselves in time.
+func (l *Local) GrantLease(ctx context.Context, ttl time.Duration) (string, error) {
+	sent := l.now()
+	res, err := l.backend.Apply(ctx, &fsm.GrantLease{TTL: int64(ttl), Node: l.cfg.Node})
+	if err != nil {
+		return "", err
+	}
+	s := l.newSessionValue(res.LeaseID, ttl)
+	s.acked(sent)
+	l.mu.Lock()
+	l.tracked[s.id] = s
+	l.mu.Unlock()
+	return s.id, nil
+}
+
+// KeepAlive forwards an app's keepalive and records its send time.
+func (l *Local) KeepAlive(ctx context.Context, id string) (time.Duration, error) {
+	sent := l.now()
+	ttl, err := l.backend.KeepAlive(ctx, id)
+	l.mu.Lock()
+	s := l.tracked[id]
+	if s == nil && err == nil {
+		s = l.newSessionValue(id, ttl)
+		l.tracked[id] = s
+	}
+	l.mu.Unlock()
+	switch {
+	case err == nil:
+		s.acked(sent)
+	case errors.Is(err, fsm.ErrUnknownLease) && s != nil:
+		s.end(ErrSessionLost)
+	}
+	return ttl, err
+}
+
+// RevokeLease revokes a lease: its locks and candidacies pass to the next
+// in line in the same entry.
+func (l *Local) RevokeLease(ctx context.Context, id string) error {
+	l.mu.Lock()
+	s := l.sessions[id]
+	l.mu.Unlock()
+	if s != nil {
+		return s.Close(ctx)
+	}
+	return l.revoke(ctx, id)
+}
+
+func (l *Local) revoke(ctx context.Context, id string) error {
+	_, err := l.backend.Apply(ctx, &fsm.RevokeLease{ID: id, Now: l.now().UnixNano()})
+	l.mu.Lock()
+	if t := l.tracked[id]; t != nil {
+		t.end(ErrSessionLost)
+		delete(l.tracked, id)
+	}
+	l.mu.Unlock()
+	return err
+}
+
+// leaseSession returns what this sidecar knows of a lease's liveness.
+func (l *Local) leaseSession(id string) *Session {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s := l.sessions[id]; s != nil {
+		return s
+	}
+	return l.tracked[id]
+}
+
+// LeaseRemaining tells how long this sidecar is sure a lease stays live.
+func (l *Local) LeaseRemaining(id string) (time.Duration, bool) {
+	s := l.leaseSession(id)
+	if s == nil {
+		return 0, false
+	}
+	d := s.ValidUntil().Sub(l.now())
+	if d < 0 {
+		d = 0
+	}
+	return d, true
+}
+
+func (l *Local) defaultLease(lease string) (string, error) {
+	if lease != "" {
+		return lease, nil
+	}
+	s := l.NodeSession()
+	if s == nil {
+		return "", fmt.Errorf("%w: node session not open yet", ErrNotLeader)
+	}
+	return s.ID(), nil
+}
+
+// Holder converts a registry holder to its API form.
+func Holder(h *fsm.Holder, election bool) *api.Holder {
+	if h == nil {
+		return nil
+	}
+	out := &api.Holder{Node: h.Node, Lease: h.Lease, Value: h.Value, Token: h.Token, Since: time.Unix(0, h.Since).UTC()}
+	if election {
+		out.Candidate = h.ID
+	}
+	return out
+}
+
+// electionCollector exports sidecar_election_leader{election} for the
+// elections a candidate of this sidecar takes part in.
+type electionCollector struct{ l *Local }
+
+var electionLeaderDesc = prometheus.NewDesc("sidecar_election_leader",
+	"1 while a candidate of this sidecar leads the election and its lease is surely live.", []string{"election"}, nil)
+
+func (c *electionCollector) Describe(ch chan<- *prometheus.Desc) { ch <- electionLeaderDesc }
+
+func (c *electionCollector) Collect(ch chan<- prometheus.Metric) {
+	c.l.mu.Lock()
+	names := map[string]bool{}
+	for k := range c.l.candidates {
+		names[k.election] = true
+	}
+	c.l.mu.Unlock()
+	for name := range names {
+		v := 0.0
+		if c.l.Self(name).Leader {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(electionLeaderDesc, prometheus.GaugeValue, v, name)
+	}
+}
+
+// Close resigns every candidacy and releases every lock taken through this
+// sidecar, then revokes its sessions. The agent calls it on SIGTERM, before
+// leaving the cluster.
+func (l *Local) Close(ctx context.Context) error {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return nil
+	}
+	l.closed = true
+	cands := make([]candidateKey, 0, len(l.candidates))
+	for k := range l.candidates {
+		cands = append(cands, k)
+	}
+	locks := make([]lockKey, 0, len(l.locks))
+	for k := range l.locks {
+		locks = append(locks, k)
+	}
+	sessions := make([]*Session, 0, len(l.sessions))
+	for _, s := range l.sessions {
+		sessions = append(sessions, s)
+	}
+	l.mu.Unlock()
+
+	var errs []error
+	now := l.now().UnixNano()
+	for _, k := range cands {
+		if _, err := l.backend.Apply(ctx, &fsm.Resign{Election: k.election, Candidate: k.candidate, Now: now}); err != nil &&
+			!errors.Is(err, fsm.ErrNotCandidate) && !errors.Is(err, fsm.ErrUnknownElection) {
+			errs = append(errs, fmt.Errorf("resign %s/%s: %w", k.election, k.candidate, err))
+		}
+	}
+	for _, k := range locks {
+		if _, err := l.backend.Apply(ctx, &fsm.ReleaseLock{Name: k.name, Lease: k.lease, Now: now}); err != nil &&
+			!errors.Is(err, fsm.ErrNotHolder) && !errors.Is(err, fsm.ErrUnknownLock) {
+			errs = append(errs, fmt.Errorf("release %s: %w", k.name, err))
+		}
+	}
+	for _, s := range sessions {
+		if err := s.Close(ctx); err != nil && !errors.Is(err, fsm.ErrUnknownLease) {
+			errs = append(errs, fmt.Errorf("revoke session %s: %w", s.ID(), err))
+		}
+	}
+	if l.cfg.Registerer != nil {
+		for _, c := range l.collectors {
+			l.cfg.Registerer.Unregister(c)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,73 @@
+package election
+
+import (
+	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type serverMetrics struct {
+	reg              prometheus.Registerer
+	collectors       []prometheus.Collector
+	applyDuration    prometheus.Histogram
+	leaseExpirations prometheus.Counter
+}
+
+func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
+	m := &serverMetrics{
+		reg: reg,
+		applyDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "sidecar_raft_apply_duration_seconds",
+			Help: "Time from proposing an entry to its apply on this leader.",
+			// From an in-memory commit (tens of µs) to a slow fsync.
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}),
+		leaseExpirations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sidecar_lease_expirations_total",
+			Help: "Leases this server expired as Raft leader.",
+		}),
+	}
+	m.collectors = []prometheus.Collector{
+		m.applyDuration,
+		m.leaseExpirations,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sidecar_raft_leader",
+			Help: "1 while this server is the Raft leader.",
+		}, func() float64 {
+			if s.raft.State() == raft.Leader {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sidecar_raft_state",
+			Help: "Raft state: 0 follower, 1 candidate, 2 leader, 3 shutdown.",
+		}, func() float64 { return float64(s.raft.State()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sidecar_raft_commit_index",
+			Help: "Raft commit index.",
+		}, func() float64 { return float64(s.raft.CommitIndex()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sidecar_raft_applied_index",
+			Help: "Index of the last entry applied to the registry.",
+		}, func() float64 { return float64(s.raft.AppliedIndex()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sidecar_leases_active",
+			Help: "Leases in the registry.",
+		}, func() float64 { return float64(len(s.fsm.Leases())) }),
+	}
+	if reg != nil {
+		for _, c := range m.collectors {
+			reg.MustRegister(c)
+		}
+	}
+	return m
+}
+
+func (m *serverMetrics) unregister() {
+	if m.reg == nil {
+		return
+	}
+	for _, c := range m.collectors {
+		m.reg.Unregister(c)
+	}
+}

@@ -1,0 +1,502 @@
+// Package election runs sidecar's Raft server and builds leases, locks and
+// elections on the registry it replicates: the leader tracks lease deadlines
+// in memory (keepalives never touch the log) and commits an expiry when one
+// passes; sessions keep this sidecar's leases alive and tell, from the send
+// time of the last acknowledged keepalive, how long a hold is surely live.
+package election
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sidecarhq/sidecar/api"
+	"github.com/sidecarhq/sidecar/fsm"
+	"github.com/sidecarhq/sidecar/internal/logadapt"
+)
+
+// Errors of the server.
+var (
+	// ErrNotLeader: this server is not the Raft leader; the caller retries
+	// on the leader.
+	ErrNotLeader = errors.New("election: not the raft leader")
+	// ErrUnknownOutcome: leadership was lost while an entry was in flight;
+	// it may or may not have been committed.
+	ErrUnknownOutcome = errors.New("election: leadership lost, outcome unknown")
+	// ErrShutdown: the server is closing.
+	ErrShutdown = errors.New("election: server shut down")
+)
+
+// ServerConfig configures a Raft server. Start from DefaultServerConfig.
+type ServerConfig struct {
+	// Node is the node name, used as the Raft server ID.
+	Node string
+	// DataDir holds raft.db and snapshots; unused with InMemory.
+	DataDir string
+	// InMemory keeps log, stable store and snapshots in memory (--dev, tests).
+	InMemory bool
+	// RaftAddr is the TCP address Raft listens on; AdvertiseAddr, when set,
+	// is the one peers dial.
+	RaftAddr      string
+	AdvertiseAddr string
+	// Transport replaces the TCP transport (tests use raft's in-memory one).
+	Transport raft.Transport
+	// Bootstrap makes this server bootstrap a cluster of BootstrapServers
+	// (itself alone when empty) if it holds no Raft state yet.
+	Bootstrap        bool
+	BootstrapServers []raft.Server
+
+	// Raft timings. The leader lease must stay below the heartbeat timeout:
+	// a deposed leader then steps down before a successor can be elected,
+	// so it never acknowledges a keepalive after the successor restarted
+	// every lease's TTL.
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	CommitTimeout      time.Duration
+	SnapshotThreshold  uint64
+	SnapshotInterval   time.Duration
+	TrailingLogs       uint64
+	// ApplyTimeout bounds one write when the caller's context has no
+	// deadline.
+	ApplyTimeout time.Duration
+
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	// Now is the clock of lease deadlines; tests may replace it.
+	Now func() time.Time
+}
+
+// DefaultServerConfig returns the production settings.
+func DefaultServerConfig() ServerConfig {
+	return ServerConfig{
+		// Half of raft's WAN-safe 1s defaults: sidecar runs on LANs, and
+		// with pre-vote a flapping link cannot force needless elections, so
+		// a leader kill costs about one election timeout of writes.
+		HeartbeatTimeout:   500 * time.Millisecond,
+		ElectionTimeout:    500 * time.Millisecond,
+		LeaderLeaseTimeout: 250 * time.Millisecond,
+		// Followers learn of commits within this, so their local copies
+		// (and DNS) lag the leader by at most about this much.
+		CommitTimeout: 20 * time.Millisecond,
+		// Snapshot after this many entries: a registry snapshot is small,
+		// and a short log makes restarts fast.
+		SnapshotThreshold: 8192,
+		SnapshotInterval:  30 * time.Second,
+		// Entries kept after a snapshot so a briefly lagging follower
+		// catches up from the log instead of a snapshot.
+		TrailingLogs: 10240,
+		ApplyTimeout: 5 * time.Second,
+	}
+}
+
+// TestServerConfig returns fast timings for in-process tests.
+func TestServerConfig() ServerConfig {
+	c := DefaultServerConfig()
+	c.HeartbeatTimeout = 50 * time.Millisecond
+	c.ElectionTimeout = 50 * time.Millisecond
+	c.LeaderLeaseTimeout = 25 * time.Millisecond
+	c.CommitTimeout = 5 * time.Millisecond
+	c.SnapshotInterval = 100 * time.Millisecond
+	c.ApplyTimeout = 2 * time.Second
+	return c
+}
+
+// Server is one Raft voter holding the registry.
+type Server struct {
+	cfg    ServerConfig
+	log    *slog.Logger
+	fsm    *fsm.FSM
+	raft   *raft.Raft
+	trans  raft.Transport
+	closer []io.Closer
+	leases *leaseTracker
+	m      *serverMetrics
+
+	notify    chan bool
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NewServer opens the stores, starts Raft and, when asked and no state
+// exists, bootstraps the cluster. On error everything opened is closed.
+func NewServer(cfg ServerConfig) (s *Server, err error) {
+	if cfg.Node == "" {
+		return nil, errors.New("election: server needs a node name")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.ApplyTimeout <= 0 {
+		cfg.ApplyTimeout = 5 * time.Second
+	}
+	s = &Server{
+		cfg:    cfg,
+		log:    cfg.Logger.With("component", "raft-server"),
+		fsm:    fsm.New(),
+		notify: make(chan bool, 16),
+		stop:   make(chan struct{}),
+	}
+	defer func() {
+		if err != nil {
+			for i := len(s.closer) - 1; i >= 0; i-- {
+				s.closer[i].Close()
+			}
+		}
+	}()
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.Node)
+	rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	rc.ElectionTimeout = cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
+	rc.CommitTimeout = cfg.CommitTimeout
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.SnapshotInterval = cfg.SnapshotInterval
+	rc.TrailingLogs = cfg.TrailingLogs
+	rc.NotifyCh = s.notify
+	rc.Logger = logadapt.Hclog(cfg.Logger, "raft")
+	if err := raft.ValidateConfig(rc); err != nil {
+		return nil, fmt.Errorf("raft config: %w", err)
+	}
+
+	var (
+		logs   raft.LogStore
+		stable raft.StableStore
+		snaps  raft.SnapshotStore
+	)
+	if cfg.InMemory {
+		mem := raft.NewInmemStore()
+		logs, stable, snaps = mem, mem, raft.NewInmemSnapshotStore()
+	} else {
+		if cfg.DataDir == "" {
+			return nil, errors.New("election: server needs a data dir unless in memory")
+		}
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create data dir: %w", err)
+		}
+		bolt, err := raftboltdb.NewBoltStore(filepath.Join(cfg.DataDir, "raft.db"))
+		if err != nil {
+			return nil, fmt.Errorf("open raft log: %w", err)
+		}
+		s.closer = append(s.closer, bolt)
+		// The cache keeps recent entries out of bolt reads when followers
+		// catch up.
+		cached, err := raft.NewLogCache(512, bolt)
+		if err != nil {
+			return nil, fmt.Errorf("raft log cache: %w", err)
+		}
+		logs, stable = cached, bolt
+		snaps, err = raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, rc.Logger)
+		if err != nil {
+			return nil, fmt.Errorf("open snapshot store: %w", err)
+		}
+	}
+
+	s.trans = cfg.Transport
+	if s.trans == nil {
+		if cfg.InMemory && cfg.RaftAddr == "" {
+			_, s.trans = raft.NewInmemTransport(raft.ServerAddress(cfg.Node))
+		} else {
+			adv := cfg.AdvertiseAddr
+			if adv == "" {
+				adv = cfg.RaftAddr
+			}
+			advAddr, err := net.ResolveTCPAddr("tcp", adv)
+			if err != nil {
+				return nil, fmt.Errorf("raft advertise address %q: %w", adv, err)
+			}
+			tcp, err := raft.NewTCPTransportWithLogger(cfg.RaftAddr, advAddr, 3, 10*time.Second, rc.Logger)
+			if err != nil {
+				return nil, fmt.Errorf("listen raft %s: %w", cfg.RaftAddr, err)
+			}
+			s.trans = tcp
+			s.closer = append(s.closer, tcp)
+		}
+	}
+
+	if cfg.Bootstrap {
+		has, err := raft.HasExistingState(logs, stable, snaps)
+		if err != nil {
+			return nil, fmt.Errorf("inspect raft state: %w", err)
+		}
+		if !has {
+			servers := cfg.BootstrapServers
+			if len(servers) == 0 {
+				servers = []raft.Server{{Suffrage: raft.Voter, ID: rc.LocalID, Address: s.trans.LocalAddr()}}
+			}
+			if err := raft.BootstrapCluster(rc, logs, stable, snaps, s.trans, raft.Configuration{Servers: servers}); err != nil {
+				return nil, fmt.Errorf("bootstrap raft: %w", err)
+			}
+		}
+	}
+
+	r, err := raft.NewRaft(rc, s.fsm, logs, stable, snaps, s.trans)
+	if err != nil {
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	s.raft = r
+	s.leases = newLeaseTracker(s)
+	s.m = newServerMetrics(cfg.Registerer, s)
+
+	s.wg.Add(1)
+	go s.watchLeadership()
+	s.log.Info("raft server started", "node", cfg.Node, "addr", s.trans.LocalAddr(), "in_memory", cfg.InMemory,
+		"heartbeat_timeout", cfg.HeartbeatTimeout, "election_timeout", cfg.ElectionTimeout,
+		"snapshot_threshold", cfg.SnapshotThreshold)
+	return s, nil
+}
+
+// FSM is the registry this server applies to.
+func (s *Server) FSM() *fsm.FSM { return s.fsm }
+
+// Raft exposes the Raft node for membership changes and tests.
+func (s *Server) Raft() *raft.Raft { return s.raft }
+
+// Addr is the Raft address peers reach this server at.
+func (s *Server) Addr() raft.ServerAddress { return s.trans.LocalAddr() }
+
+// IsLeader reports whether this server is the Raft leader.
+func (s *Server) IsLeader() bool { return s.raft.State() == raft.Leader }
+
+// Leader returns the leader's node name and Raft address, empty if none.
+func (s *Server) Leader() (string, raft.ServerAddress) {
+	addr, id := s.raft.LeaderWithID()
+	return string(id), addr
+}
+
+func (s *Server) timeout(ctx context.Context) time.Duration {
+	if dl, ok := ctx.Deadline(); ok {
+		if d := time.Until(dl); d > 0 {
+			return d
+		}
+		return time.Millisecond
+	}
+	return s.cfg.ApplyTimeout
+}
+
+// Apply commits a command through Raft and returns what applying it
+// produced. A command the registry refused returns its result and an error
+// wrapping the fsm sentinel.
+func (s *Server) Apply(ctx context.Context, cmd fsm.Command) (*fsm.Result, error) {
+	data, err := fsm.Encode(cmd)
+	if err != nil {
+		return nil, err
+	}
+	return s.ApplyEncoded(ctx, data)
+}
+
+// ApplyEncoded is Apply for an already encoded command (forwarded writes).
+func (s *Server) ApplyEncoded(ctx context.Context, data []byte) (*fsm.Result, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	f := s.raft.Apply(data, s.timeout(ctx))
+	if err := f.Error(); err != nil {
+		return nil, mapRaftError(err)
+	}
+	s.m.applyDuration.Observe(time.Since(start).Seconds())
+	res, ok := f.Response().(*fsm.Result)
+	if !ok {
+		return nil, fmt.Errorf("election: unexpected apply response %T", f.Response())
+	}
+	if res.Err != nil {
+		return res, res.Err
+	}
+	return res, nil
+}
+
+func mapRaftError(err error) error {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		return fmt.Errorf("%w: %v", ErrNotLeader, err)
+	case errors.Is(err, raft.ErrLeadershipLost):
+		return fmt.Errorf("%w: %v", ErrUnknownOutcome, err)
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return ErrShutdown
+	}
+	return fmt.Errorf("raft apply: %w", err)
+}
+
+// ConsistentRead returns once this server's registry reflects every write
+// acknowledged before the call: it confirms leadership with a quorum and
+// waits until the commit index seen before that is applied.
+func (s *Server) ConsistentRead(ctx context.Context) error {
+	if !s.IsLeader() {
+		return ErrNotLeader
+	}
+	readIndex := s.raft.CommitIndex()
+	if err := s.raft.VerifyLeader().Error(); err != nil {
+		return mapRaftError(err)
+	}
+	for s.fsm.Index() < readIndex {
+		ch := s.fsm.Watch()
+		if s.fsm.Index() >= readIndex {
+			break
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.stop:
+			return ErrShutdown
+		}
+	}
+	return nil
+}
+
+// KeepAlive restarts a lease's full TTL. Only the leader tracks deadlines;
+// a keepalive writes nothing to the log.
+func (s *Server) KeepAlive(ctx context.Context, id string) (time.Duration, error) {
+	return s.leases.keepAlive(ctx, id)
+}
+
+// LeaseRemaining tells, on the leader, how long until a lease's deadline.
+func (s *Server) LeaseRemaining(id string) (time.Duration, bool) {
+	return s.leases.remaining(id)
+}
+
+// Status describes this server's Raft state.
+func (s *Server) Status() api.Status {
+	stats := s.raft.Stats()
+	var term uint64
+	fmt.Sscan(stats["term"], &term)
+	leader, _ := s.Leader()
+	st := api.Status{
+		Node:         s.cfg.Node,
+		Role:         "server",
+		Leader:       leader,
+		Term:         term,
+		CommitIndex:  s.raft.CommitIndex(),
+		AppliedIndex: s.raft.AppliedIndex(),
+		Peers:        []string{},
+	}
+	if f := s.raft.GetConfiguration(); f.Error() == nil {
+		for _, srv := range f.Configuration().Servers {
+			st.Peers = append(st.Peers, string(srv.ID))
+		}
+	}
+	return st
+}
+
+// SaveSnapshot writes the current registry in the snapshot format.
+func (s *Server) SaveSnapshot(w io.Writer) error {
+	return s.fsm.WriteSnapshot(w)
+}
+
+// RestoreSnapshot replaces the registry of the whole cluster with a saved
+// one. The file is checked in full first: Raft cannot take back a restore
+// its state machine fails on.
+func (s *Server) RestoreSnapshot(ctx context.Context, r io.Reader) error {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return fmt.Errorf("read snapshot: %w", err)
+	}
+	if err := fsm.CheckSnapshot(bytes.NewReader(data)); err != nil {
+		return err
+	}
+	if !s.IsLeader() {
+		return ErrNotLeader
+	}
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: int64(len(data))}
+	if err := s.raft.Restore(meta, bytes.NewReader(data), s.timeout(ctx)); err != nil {
+		return fmt.Errorf("raft restore: %w", mapRaftError(err))
+	}
+	// Leases of the restored registry start their full TTL now.
+	s.leases.resetAll()
+	return nil
+}
+
+// TransferLeadership hands leadership to another voter (graceful shutdown).
+func (s *Server) TransferLeadership() error {
+	if !s.IsLeader() {
+		return nil
+	}
+	if err := s.raft.LeadershipTransfer().Error(); err != nil {
+		return fmt.Errorf("leadership transfer: %w", err)
+	}
+	return nil
+}
+
+// Close stops Raft and closes the stores. Safe to call twice.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.stop)
+		if err := s.raft.Shutdown().Error(); err != nil {
+			s.closeErr = fmt.Errorf("raft shutdown: %w", err)
+		}
+		s.wg.Wait()
+		for i := len(s.closer) - 1; i >= 0; i-- {
+			if err := s.closer[i].Close(); err != nil && s.closeErr == nil {
+				s.closeErr = err
+			}
+		}
+		s.m.unregister()
+	})
+	return s.closeErr
+}
+
+// watchLeadership runs leader-only work (the lease tracker) from raft's
+// ordered notifications.
+func (s *Server) watchLeadership() {
+	defer s.wg.Done()
+	var term *leaderTerm
+	defer func() { term.end() }()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case leader := <-s.notify:
+			term.end()
+			term = nil
+			if !leader {
+				s.log.Info("lost raft leadership")
+				continue
+			}
+			s.log.Info("became raft leader")
+			term = startLeaderTerm(s.leases.lead)
+		}
+	}
+}
+
+// leaderTerm is leader-only work running for one term of leadership.
+type leaderTerm struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func startLeaderTerm(work func(context.Context)) *leaderTerm {
+	ctx, cancel := context.WithCancel(context.Background())
+	t := &leaderTerm{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(t.done)
+		work(ctx)
+	}()
+	return t
+}
+
+func (t *leaderTerm) end() {
+	if t == nil {
+		return
+	}
+	t.cancel()
+	<-t.done
+}
