@@ -44,7 +44,7 @@ func (l *Local) Campaign(ctx context.Context, spec CampaignSpec) (api.CampaignRe
 	if err != nil {
 		return api.CampaignResult{}, err
 	}
-	if _, err := l.backend.Apply(ctx, &fsm.Campaign{
+	if _, err := l.apply(ctx, &fsm.Campaign{
 		Election: spec.Election, Candidate: spec.Candidate, Lease: lease, Node: l.cfg.Node,
 		Value: spec.Value, Service: spec.Service, Now: l.now().UnixNano(),
 	}); err != nil {
@@ -72,7 +72,7 @@ func (l *Local) Campaign(ctx context.Context, spec CampaignSpec) (api.CampaignRe
 
 // Resign withdraws a candidate of this sidecar.
 func (l *Local) Resign(ctx context.Context, election, candidate string) error {
-	_, err := l.backend.Apply(ctx, &fsm.Resign{Election: election, Candidate: candidate, Now: l.now().UnixNano()})
+	_, err := l.apply(ctx, &fsm.Resign{Election: election, Candidate: candidate, Now: l.now().UnixNano()})
 	if err == nil || errors.Is(err, fsm.ErrNotCandidate) {
 		l.mu.Lock()
 		delete(l.candidates, candidateKey{election, candidate})
@@ -209,7 +209,7 @@ func holderOf(m *fsm.Mutex) *api.Holder {
 }
 
 func (l *Local) acquire(ctx context.Context, spec LockSpec, queue bool) (api.LockResult, error) {
-	res, err := l.backend.Apply(ctx, &fsm.AcquireLock{
+	res, err := l.apply(ctx, &fsm.AcquireLock{
 		Name: spec.Name, Lease: spec.Lease, Node: l.cfg.Node, Value: spec.Value,
 		Queue: queue, LockDelay: int64(spec.LockDelay), Now: l.now().UnixNano(),
 	})
@@ -237,7 +237,7 @@ func (l *Local) held(name string, h *fsm.Holder) api.LockResult {
 func (l *Local) leaveLine(spec LockSpec) (api.LockResult, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	res, err := l.backend.Apply(ctx, &fsm.ReleaseLock{Name: spec.Name, Lease: spec.Lease, OnlyWaiting: true, Now: l.now().UnixNano()})
+	res, err := l.apply(ctx, &fsm.ReleaseLock{Name: spec.Name, Lease: spec.Lease, OnlyWaiting: true, Now: l.now().UnixNano()})
 	if err != nil && !errors.Is(err, fsm.ErrNotHolder) {
 		return api.LockResult{}, err
 	}
@@ -254,7 +254,7 @@ func (l *Local) Unlock(ctx context.Context, name, lease string) error {
 	if err != nil {
 		return err
 	}
-	_, err = l.backend.Apply(ctx, &fsm.ReleaseLock{Name: name, Lease: lease, Now: l.now().UnixNano()})
+	_, err = l.apply(ctx, &fsm.ReleaseLock{Name: name, Lease: lease, Now: l.now().UnixNano()})
 	if err == nil || errors.Is(err, fsm.ErrNotHolder) {
 		l.mu.Lock()
 		delete(l.locks, lockKey{name, lease})

@@ -142,7 +142,7 @@ func (l *Local) NewSession(ctx context.Context, ttl time.Duration) (*Session, er
 		return nil, ErrClosed
 	}
 	sent := l.now()
-	res, err := l.backend.Apply(ctx, &fsm.GrantLease{TTL: int64(ttl), Node: l.cfg.Node})
+	res, err := l.apply(ctx, &fsm.GrantLease{TTL: int64(ttl), Node: l.cfg.Node})
 	if err != nil {
 		return nil, err
 	}
@@ -168,7 +168,7 @@ func (l *Local) forgetSession(s *Session) {
 // on the lease demote themselves in time.
 func (l *Local) GrantLease(ctx context.Context, ttl time.Duration) (string, error) {
 	sent := l.now()
-	res, err := l.backend.Apply(ctx, &fsm.GrantLease{TTL: int64(ttl), Node: l.cfg.Node})
+	res, err := l.apply(ctx, &fsm.GrantLease{TTL: int64(ttl), Node: l.cfg.Node})
 	if err != nil {
 		return "", err
 	}
@@ -213,7 +213,7 @@ func (l *Local) RevokeLease(ctx context.Context, id string) error {
 }
 
 func (l *Local) revoke(ctx context.Context, id string) error {
-	_, err := l.backend.Apply(ctx, &fsm.RevokeLease{ID: id, Now: l.now().UnixNano()})
+	_, err := l.apply(ctx, &fsm.RevokeLease{ID: id, Now: l.now().UnixNano()})
 	l.mu.Lock()
 	if t := l.tracked[id]; t != nil {
 		t.end(ErrSessionLost)
@@ -255,6 +255,31 @@ func (l *Local) defaultLease(lease string) (string, error) {
 		return "", fmt.Errorf("%w: node session not open yet", ErrNotLeader)
 	}
 	return s.ID(), nil
+}
+
+// apply writes through the backend, then waits until this sidecar's copy of
+// the registry holds the write, so that what it reads next includes it.
+func (l *Local) apply(ctx context.Context, cmd fsm.Command) (*fsm.Result, error) {
+	res, err := l.backend.Apply(ctx, cmd)
+	if res != nil {
+		l.waitIndex(ctx, res.Index)
+	}
+	return res, err
+}
+
+// waitIndex waits until the local registry applied index, or ctx ends.
+func (l *Local) waitIndex(ctx context.Context, index uint64) {
+	for {
+		ch := l.reg.Watch()
+		if l.reg.Index() >= index {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-ch:
+		}
+	}
 }
 
 // Holder converts a registry holder to its API form.

@@ -153,9 +153,25 @@ func (s *Session) Close(ctx context.Context) error {
 		case <-s.done:
 			// Lost already: nothing to revoke.
 		default:
-			err = s.l.revoke(ctx, s.id)
+			err = s.l.revokeRetrying(ctx, s.id)
 			s.end(errors.New("election: session closed"))
 		}
 	})
 	return err
+}
+
+// revokeRetrying revokes a lease, retrying through a leader change until
+// ctx ends.
+func (l *Local) revokeRetrying(ctx context.Context, id string) error {
+	for {
+		err := l.revoke(ctx, id)
+		if err == nil || !(errors.Is(err, ErrNotLeader) || errors.Is(err, ErrUnknownOutcome)) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }

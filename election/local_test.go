@@ -1,0 +1,232 @@
+package election_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sidecarhq/sidecar/api"
+	"github.com/sidecarhq/sidecar/election"
+	"github.com/sidecarhq/sidecar/election/electiontest"
+	"github.com/sidecarhq/sidecar/fsm"
+)
+
+// cutBackend drops keepalives while cut, as a network cut between a
+// sidecar and the leader would.
+type cutBackend struct {
+	election.Backend
+	cut atomic.Bool
+}
+
+func (b *cutBackend) KeepAlive(ctx context.Context, id string) (time.Duration, error) {
+	if b.cut.Load() {
+		return 0, errors.New("network unreachable")
+	}
+	return b.Backend.KeepAlive(ctx, id)
+}
+
+// whenChanged records the moment cond first holds on a registry, watching
+// every change rather than polling.
+func whenChanged(ctx context.Context, reg *fsm.FSM, cond func() bool) <-chan time.Time {
+	out := make(chan time.Time, 1)
+	go func() {
+		for {
+			ch := reg.Watch()
+			if cond() {
+				out <- time.Now()
+				return
+			}
+			select {
+			case <-ctx.Done():
+				close(out)
+				return
+			case <-ch:
+			}
+		}
+	}()
+	return out
+}
+
+func TestLocal_Self_demotesBeforeLeaseExpires(t *testing.T) {
+	c := electiontest.NewCluster(t, 1, nil)
+	srv := c.Servers[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	cb := &cutBackend{Backend: c.Backend()}
+	a := newLocal(t, "node-a", cb, srv.FSM())
+	b := newLocal(t, "node-b", c.Backend(), srv.FSM())
+	const ttl = time.Second
+	sessA, err := a.NewSession(ctx, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sessB, err := b.NewSession(ctx, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := a.Campaign(ctx, election.CampaignSpec{Election: "db", Candidate: "a", Lease: sessA.ID()}); err != nil || !r.Leader {
+		t.Fatalf("campaign a: %+v %v", r, err)
+	}
+	if _, err := b.Campaign(ctx, election.CampaignSpec{Election: "db", Candidate: "b", Lease: sessB.ID()}); err != nil {
+		t.Fatal(err)
+	}
+	// Let a few keepalives through, then cut A off.
+	waitFor(t, 5*time.Second, "a keepalive acknowledged", func() bool {
+		return sessA.ValidUntil().After(time.Now().Add(ttl - ttl/4))
+	})
+	cb.cut.Store(true)
+	trustedUntil := sessA.ValidUntil()
+
+	expired := whenChanged(ctx, srv.FSM(), func() bool {
+		m, _ := srv.FSM().Election("db")
+		return m.Holder == nil || m.Holder.ID != "a"
+	})
+	bLeads := make(chan time.Time, 1)
+	go func() {
+		for ctx.Err() == nil {
+			if b.Self("db").Leader {
+				bLeads <- time.Now()
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	for a.Self("db").Leader {
+		time.Sleep(time.Millisecond)
+	}
+	demoted := time.Now()
+	tExpire := <-expired
+	tB := <-bLeads
+	t.Logf("A demoted itself %v before the servers expired its lease; B led %v after A demoted", tExpire.Sub(demoted), tB.Sub(demoted))
+	if !demoted.Before(tExpire) {
+		t.Fatalf("A reported leader:false at %v, not before the lease expired at %v", demoted, tExpire)
+	}
+	if !demoted.Before(tB) {
+		t.Fatal("B led before A stopped reporting leadership: two leaders")
+	}
+	if demoted.After(trustedUntil.Add(5 * time.Millisecond)) {
+		t.Fatalf("A demoted %v after the last keepalive's send time + TTL - margin", demoted.Sub(trustedUntil))
+	}
+	if st := b.Self("db"); !st.Leader || st.Token <= 0 {
+		t.Fatalf("B self = %+v", st)
+	}
+}
+
+func TestLocal_HoldCampaign_handoverInOneCommit(t *testing.T) {
+	c := electiontest.NewCluster(t, 1, nil)
+	srv := c.Servers[0]
+	a := newLocal(t, "node-a", c.Backend(), srv.FSM())
+	b := newLocal(t, "node-b", c.Backend(), srv.FSM())
+
+	ctxA, dropA := context.WithCancel(context.Background())
+	defer dropA()
+	ctxB, dropB := context.WithCancel(context.Background())
+	defer dropB()
+	linesA := make(chan api.CampaignResult, 16)
+	linesB := make(chan api.CampaignResult, 16)
+	doneA := make(chan error, 1)
+	doneB := make(chan error, 1)
+	go func() {
+		doneA <- a.HoldCampaign(ctxA, election.CampaignSpec{Election: "web", Candidate: "a", Value: "10.0.0.1:80"}, 10*time.Second,
+			func(r api.CampaignResult) error { linesA <- r; return nil })
+	}()
+	first := <-linesA
+	if !first.Leader {
+		t.Fatalf("first line of A = %+v, want leader", first)
+	}
+	go func() {
+		doneB <- b.HoldCampaign(ctxB, election.CampaignSpec{Election: "web", Candidate: "b", Value: "10.0.0.2:80"}, 10*time.Second,
+			func(r api.CampaignResult) error { linesB <- r; return nil })
+	}()
+	if w := <-linesB; w.Leader || w.Current == nil || w.Current.Candidate != "a" {
+		t.Fatalf("first line of B = %+v, want waiting behind a", w)
+	}
+
+	dropA() // the connection of A's client closes
+	if err := <-doneA; err != nil {
+		t.Fatal(err)
+	}
+	got := <-linesB
+	if !got.Leader || got.Token <= first.Token {
+		t.Fatalf("B after A's connection closed = %+v, want leader with token > %d", got, first.Token)
+	}
+	// One commit: the entry that revoked A's hold lease made B the leader.
+	if leases := srv.FSM().TableIndex(fsm.TableLeases); got.Token != leases {
+		t.Fatalf("B's token %d is not the index %d of the revoke of A's lease: handover took more than one entry", got.Token, leases)
+	}
+	dropB()
+	if err := <-doneB; err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := srv.FSM().Election("web"); m.Holder != nil {
+		t.Fatalf("election still led by %+v after both holds ended", m.Holder)
+	}
+}
+
+func TestLocal_Lock_waitsAndTimesOut(t *testing.T) {
+	c := electiontest.NewCluster(t, 1, nil)
+	srv := c.Servers[0]
+	ctx := context.Background()
+	a := newLocal(t, "node-a", c.Backend(), srv.FSM())
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := newLocal(t, "node-b", c.Backend(), srv.FSM())
+	if err := b.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	held, err := a.Lock(ctx, election.LockSpec{Name: "job", Value: "a"})
+	if err != nil || !held.Held {
+		t.Fatalf("a lock = %+v %v", held, err)
+	}
+	start := time.Now()
+	res, err := b.Lock(ctx, election.LockSpec{Name: "job", Wait: 150 * time.Millisecond})
+	if err != nil || res.Held || res.Holder == nil || res.Holder.Value != "a" {
+		t.Fatalf("b lock while held = %+v %v, want not held, holder a", res, err)
+	}
+	if waited := time.Since(start); waited < 150*time.Millisecond {
+		t.Fatalf("b returned after %v, before its wait", waited)
+	}
+	if m, _ := srv.FSM().Lock("job"); len(m.Waiters) != 0 {
+		t.Fatalf("b still in line after its wait: %+v", m.Waiters)
+	}
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		a.Unlock(ctx, "job", "")
+	}()
+	res, err = b.Lock(ctx, election.LockSpec{Name: "job", Wait: 5 * time.Second})
+	if err != nil || !res.Held || res.Token <= held.Token {
+		t.Fatalf("b lock after release = %+v %v, want held with token > %d", res, err, held.Token)
+	}
+}
+
+func TestLocal_Close_releasesHolds(t *testing.T) {
+	c := electiontest.NewCluster(t, 1, nil)
+	srv := c.Servers[0]
+	ctx := context.Background()
+	a := election.NewLocal(election.LocalConfig{Node: "node-a", Logger: electiontest.Logger(t, "a")}, c.Backend(), srv.FSM())
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := a.Lock(ctx, election.LockSpec{Name: "job"}); err != nil || !r.Held {
+		t.Fatal(r, err)
+	}
+	if r, err := a.Campaign(ctx, election.CampaignSpec{Election: "web", Candidate: "a"}); err != nil || !r.Leader {
+		t.Fatal(r, err)
+	}
+	if err := a.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := srv.FSM().Lock("job"); m.Holder != nil {
+		t.Fatalf("lock still held after Close: %+v", m.Holder)
+	}
+	if m, _ := srv.FSM().Election("web"); m.Holder != nil {
+		t.Fatalf("election still led after Close: %+v", m.Holder)
+	}
+	if n := len(srv.FSM().Leases()); n != 0 {
+		t.Fatalf("%d leases left after Close", n)
+	}
+}
