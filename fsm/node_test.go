@@ -89,9 +89,9 @@ func TestFSM_ApplyBytes_deregisterNode(t *testing.T) {
 			},
 		},
 		{
-			name:  "node name can come back with fresh check ids",
-			setup: append(append([]fsm.Command{}, setup...), &fsm.DeregisterNode{Name: "n1"}, regNode("n1")),
-			cmd:   regInst("n1", "other", "web", ttlCheck("c1")),
+			name:   "node name can come back with fresh check ids",
+			setup:  append(append([]fsm.Command{}, setup...), &fsm.DeregisterNode{Name: "n1"}, regNode("n1")),
+			cmd:    regInst("n1", "other", "web", ttlCheck("c1")),
 			tables: []fsm.Table{fsm.TableServices},
 		},
 		{name: "unknown node", setup: setup, cmd: &fsm.DeregisterNode{Name: "n3"}, err: fsm.ErrUnknownNode},

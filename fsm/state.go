@@ -296,21 +296,21 @@ func (s *state) dropFromMutex(index uint64, m *Mutex, lease string, now int64, e
 		changed = true
 		if expired && m.LockDelay > 0 {
 			m.DelayUntil = now + m.LockDelay
-		} else {
-			s.promote(index, m, now)
 		}
 	}
 	if changed {
+		s.promote(index, m, now)
 		m.ModifyIndex = index
 	}
 	return changed
 }
 
-// promote hands a vacant mutex to the first waiter. The token is the index
-// of this entry, and never less than one above the last token of the name.
-func (s *state) promote(index uint64, m *Mutex, now int64) {
+// promote hands a vacant mutex to the first waiter, unless a lock delay
+// runs, and reports whether it did. The token is the index of this entry,
+// and never less than one above the last token of the name.
+func (s *state) promote(index uint64, m *Mutex, now int64) bool {
 	if m.Holder != nil || len(m.Waiters) == 0 || now < m.DelayUntil {
-		return
+		return false
 	}
 	h := m.Waiters[0]
 	m.Waiters = append(m.Waiters[:0:0], m.Waiters[1:]...)
@@ -321,7 +321,11 @@ func (s *state) promote(index uint64, m *Mutex, now int64) {
 	h.Token, h.Since = token, now
 	m.LastToken = token
 	m.Holder = &h
+	// The delay is the one asked for by the hold that begins, also when it
+	// was asked for while waiting in line.
+	m.LockDelay = h.LockDelay
 	m.ModifyIndex = index
+	return true
 }
 
 func (m *Mutex) waiterIndex(id string) int {
@@ -346,26 +350,33 @@ func mutexResult(m *Mutex, id string) *Result {
 }
 
 // enter puts a would-be holder in line (or updates it in place) and hands
-// the mutex over if it is free. It is shared by locks and elections.
+// the mutex over if it is free. It is shared by locks and elections. A
+// request that repeats what the mutex already records changes nothing.
 func (s *state) enter(index uint64, m *Mutex, h Holder, queue bool, now int64) (*Result, bool) {
-	switch {
+	changed := true
+	switch i := m.waiterIndex(h.ID); {
 	case m.Holder != nil && m.Holder.ID == h.ID:
 		if m.Holder.Lease == h.Lease && m.Holder.Value == h.Value && m.Holder.Service == h.Service && m.Holder.Node == h.Node {
 			return mutexResult(m, h.ID), false
 		}
 		m.Holder.Lease, m.Holder.Value, m.Holder.Service, m.Holder.Node = h.Lease, h.Value, h.Service, h.Node
-	case m.waiterIndex(h.ID) >= 0:
-		m.Waiters[m.waiterIndex(h.ID)] = h
-	case m.Holder == nil && len(m.Waiters) == 0 && now >= m.DelayUntil:
-		m.Waiters = append(m.Waiters, h)
-	case queue:
+	case i >= 0:
+		changed = m.Waiters[i] != h
+		m.Waiters[i] = h
+	case queue || m.Holder == nil && len(m.Waiters) == 0 && now >= m.DelayUntil:
 		m.Waiters = append(m.Waiters, h)
 	default:
-		return mutexResult(m, h.ID), false
+		changed = false
 	}
-	s.promote(index, m, now)
-	m.ModifyIndex = index
-	return mutexResult(m, h.ID), true
+	// Whoever asks, a mutex left vacant by a lock delay that ended goes to
+	// the head of its line here.
+	if s.promote(index, m, now) {
+		changed = true
+	}
+	if changed {
+		m.ModifyIndex = index
+	}
+	return mutexResult(m, h.ID), changed
 }
 
 func (s *state) acquireLock(index uint64, c *AcquireLock) (*Result, bool) {
@@ -376,12 +387,8 @@ func (s *state) acquireLock(index uint64, c *AcquireLock) (*Result, bool) {
 	if !existed {
 		m = &Mutex{Name: c.Name}
 	}
-	h := Holder{ID: c.Lease, Lease: c.Lease, Node: c.Node, Value: c.Value}
+	h := Holder{ID: c.Lease, Lease: c.Lease, Node: c.Node, Value: c.Value, LockDelay: c.LockDelay}
 	res, changed := s.enter(index, m, h, c.Queue, c.Now)
-	if res.Held && m.Holder.Token == index {
-		// The delay applies to the hold that just began.
-		m.LockDelay = c.LockDelay
-	}
 	if changed {
 		s.locks[c.Name] = m
 		s.touch(index, TableLocks)
@@ -451,6 +458,7 @@ func (s *state) leave(index uint64, m *Mutex, id string, onlyWaiting bool, now i
 	}
 	if i := m.waiterIndex(id); i >= 0 {
 		m.Waiters = append(m.Waiters[:i:i], m.Waiters[i+1:]...)
+		s.promote(index, m, now)
 		m.ModifyIndex = index
 		return mutexResult(m, id), true, nil
 	}

@@ -81,6 +81,9 @@ type Holder struct {
 	Node    string `json:"node,omitempty"`
 	Value   string `json:"value,omitempty"`
 	Service string `json:"service,omitempty"`
+	// LockDelay (ns) is the lock delay a lock's holder asked for (see
+	// Mutex.LockDelay); a waiter keeps it until its hold begins.
+	LockDelay int64 `json:"lock_delay,omitempty"`
 	// Token is the fencing token: the Raft index of the entry that made this
 	// holder the owner. Zero while waiting.
 	Token uint64 `json:"token,omitempty"`
@@ -97,8 +100,9 @@ type Mutex struct {
 	// LastToken is the greatest token ever handed out for this name; it
 	// survives the mutex going vacant so that tokens never go back.
 	LastToken uint64 `json:"last_token"`
-	// LockDelay (ns) holds a mutex released by lease expiry vacant until
-	// DelayUntil (leader time, unix ns).
+	// LockDelay (ns), the one its current hold asked for, holds a mutex
+	// released by lease expiry vacant until DelayUntil (leader time, unix
+	// ns).
 	LockDelay   int64  `json:"lock_delay,omitempty"`
 	DelayUntil  int64  `json:"delay_until,omitempty"`
 	ModifyIndex uint64 `json:"modify_index"`
