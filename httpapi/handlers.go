@@ -1,0 +1,463 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/sidecarhq/sidecar/api"
+	"github.com/sidecarhq/sidecar/election"
+	"github.com/sidecarhq/sidecar/fsm"
+)
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	return nil
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) error {
+	if err := s.agent.Ready(); err != nil {
+		return fmt.Errorf("%w: %v", errNotReady, err)
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	return nil
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, s.agent.Status())
+	return nil
+}
+
+func (s *Server) members(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, s.agent.Members())
+	return nil
+}
+
+// block runs a read as a blocking query on one table: it answers at once
+// without ?index (or when the table's index already exceeds it), else when
+// the table changes past it or the wait ends, with the same answer then.
+func block[T any](s *Server, w http.ResponseWriter, r *http.Request, table fsm.Table, read func() T) (T, error) {
+	var zero T
+	q, err := parseBlocking(r.URL.Query())
+	if err != nil {
+		return zero, err
+	}
+	if q.Consistent {
+		if err := s.agent.ConsistentRead(r.Context()); err != nil {
+			return zero, err
+		}
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), q.Wait)
+	defer cancel()
+	for {
+		watch := s.reg.Watch()
+		idx := s.reg.TableIndex(table)
+		v := read()
+		if q.Index == 0 || idx > q.Index || ctx.Err() != nil {
+			setIndex(w, idx)
+			return v, nil
+		}
+		select {
+		case <-watch:
+		case <-ctx.Done():
+		}
+	}
+}
+
+// setIndex sets X-Sidecar-Index, never 0, so that a client passing it back
+// always blocks instead of spinning.
+func setIndex(w http.ResponseWriter, idx uint64) {
+	if idx == 0 {
+		idx = 1
+	}
+	w.Header().Set(api.HeaderIndex, strconv.FormatUint(idx, 10))
+}
+
+func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
+	body, err := readBody(w, r)
+	if err != nil {
+		return err
+	}
+	in, err := decodeRegistration(body, s.agent.Node())
+	if err != nil {
+		return err
+	}
+	res, err := s.agent.Apply(r.Context(), &fsm.RegisterInstance{Instance: *in})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, api.RegisterResponse{ID: in.ID, Index: res.Index})
+	return nil
+}
+
+func (s *Server) deregister(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	if err := checkID("instance id", id); err != nil {
+		return err
+	}
+	res, err := s.agent.Apply(r.Context(), &fsm.DeregisterInstance{Node: s.agent.Node(), ID: id})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, api.RegisterResponse{ID: id, Index: res.Index})
+	return nil
+}
+
+func (s *Server) services(w http.ResponseWriter, r *http.Request) error {
+	v, err := block(s, w, r, fsm.TableServices, s.reg.Services)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, v)
+	return nil
+}
+
+func (s *Server) service(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := checkName("service", name); err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	_, passingOnly := q["passing"]
+	tags := q["tag"]
+	v, err := block(s, w, r, fsm.TableServices, func() []api.Instance {
+		out := []api.Instance{}
+		for _, e := range s.reg.ServiceInstances(name) {
+			if passingOnly && e.Status != fsm.StatusPassing {
+				continue
+			}
+			if !hasTags(e.Instance.Tags, tags) {
+				continue
+			}
+			out = append(out, toAPIInstance(e))
+		}
+		return out
+	})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, v)
+	return nil
+}
+
+func hasTags(have, want []string) bool {
+	for _, t := range want {
+		found := false
+		for _, h := range have {
+			if h == t {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+func toAPIInstance(e fsm.ServiceEntry) api.Instance {
+	in := e.Instance
+	out := api.Instance{ID: in.ID, Name: in.Name, Node: in.Node, Address: in.Address, Port: in.Port,
+		Tags: in.Tags, Meta: in.Meta, Status: e.Status}
+	if out.Tags == nil {
+		out.Tags = []string{}
+	}
+	if out.Meta == nil {
+		out.Meta = map[string]string{}
+	}
+	for _, c := range in.Checks {
+		out.Checks = append(out.Checks, api.CheckStatus{ID: c.ID, Name: c.Name, Type: c.Type, Status: c.Status, Output: c.Output})
+	}
+	return out
+}
+
+var checkStatuses = map[string]string{"pass": fsm.StatusPassing, "warn": fsm.StatusWarning, "fail": fsm.StatusCritical}
+
+func (s *Server) updateCheck(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("check_id")
+	status, ok := checkStatuses[r.PathValue("status")]
+	if !ok {
+		return fmt.Errorf("%w: no route %s %s (want pass, warn or fail)", errNotFound, r.Method, r.URL.Path)
+	}
+	if err := checkID("check id", id); err != nil {
+		return err
+	}
+	note := r.URL.Query().Get("note")
+	if len(note) > fsm.MaxOutputLen {
+		return badf("note is longer than %d bytes", fsm.MaxOutputLen)
+	}
+	owner, ok := s.reg.CheckOwner(s.agent.Node(), id)
+	if !ok {
+		return fmt.Errorf("%w: %q on this node", fsm.ErrUnknownCheck, id)
+	}
+	for _, c := range owner.Checks {
+		if c.ID == id && c.Type != "ttl" {
+			return badf("check %q is a %s check; only ttl checks are updated through the API", id, c.Type)
+		}
+	}
+	res, err := s.agent.Apply(r.Context(), &fsm.UpdateCheck{Node: s.agent.Node(), CheckID: id, Status: status, Output: note})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"id": id, "status": status, "index": res.Index})
+	return nil
+}
+
+func (s *Server) grantLease(w http.ResponseWriter, r *http.Request) error {
+	body, err := readBody(w, r)
+	if err != nil {
+		return err
+	}
+	ttl, err := decodeLeaseRequest(body)
+	if err != nil {
+		return err
+	}
+	id, err := s.holds.GrantLease(r.Context(), ttl)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, api.Lease{ID: id, TTL: ttl.String()})
+	return nil
+}
+
+func (s *Server) keepAlive(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	if err := checkID("lease", id); err != nil {
+		return err
+	}
+	ttl, err := s.holds.KeepAlive(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, api.Lease{ID: id, TTL: ttl.String()})
+	return nil
+}
+
+func (s *Server) revokeLease(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	if err := checkID("lease", id); err != nil {
+		return err
+	}
+	if err := s.holds.RevokeLease(r.Context(), id); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"id": id})
+	return nil
+}
+
+// stream answers a connection-bound hold: JSON lines, one per change,
+// flushed at once. The hold ends when the client's connection does.
+func stream[T any](w http.ResponseWriter, r *http.Request, hold func(emit election.Emit[T]) error) error {
+	rc := http.NewResponseController(w)
+	enc := json.NewEncoder(w)
+	started := false
+	err := hold(func(v T) error {
+		if !started {
+			w.Header().Set("Content-Type", "application/x-ndjson")
+			w.WriteHeader(http.StatusOK)
+			started = true
+		}
+		if err := enc.Encode(v); err != nil {
+			return err
+		}
+		return rc.Flush()
+	})
+	if err != nil && started {
+		// The status is sent; the stream just ends. The client sees the
+		// missing last line as a lost hold.
+		return nil
+	}
+	return err
+}
+
+func (s *Server) lock(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := checkName("lock", name); err != nil {
+		return err
+	}
+	body, err := readBody(w, r)
+	if err != nil {
+		return err
+	}
+	req, err := decodeLockRequest(body)
+	if err != nil {
+		return err
+	}
+	spec := election.LockSpec{Name: name, Lease: req.Lease, Value: req.Value, Wait: req.Wait, LockDelay: req.LockDelay}
+	if req.Connection {
+		ttl := req.TTL
+		if ttl == 0 {
+			ttl = s.cfg.SessionTTL
+		}
+		return stream(w, r, func(emit election.Emit[api.LockResult]) error {
+			return s.holds.HoldLock(r.Context(), spec, ttl, emit)
+		})
+	}
+	if req.TTL != 0 {
+		return badf("ttl applies only to a connection-bound hold; lease TTLs are set with POST /v1/leases")
+	}
+	res, err := s.holds.Lock(r.Context(), spec)
+	if err != nil {
+		return err
+	}
+	code := http.StatusOK
+	if !res.Held {
+		code = http.StatusConflict
+	}
+	writeJSON(w, code, res)
+	return nil
+}
+
+func (s *Server) unlock(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := checkName("lock", name); err != nil {
+		return err
+	}
+	body, err := readBody(w, r)
+	if err != nil {
+		return err
+	}
+	var req api.LockRequest
+	if err := decodeJSON(body, &req, true); err != nil {
+		return err
+	}
+	if req.Lease != "" {
+		if err := checkID("lease", req.Lease); err != nil {
+			return err
+		}
+	}
+	if err := s.holds.Unlock(r.Context(), name, req.Lease); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"held": false})
+	return nil
+}
+
+func (s *Server) lockInfo(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := checkName("lock", name); err != nil {
+		return err
+	}
+	m, err := block(s, w, r, fsm.TableLocks, func() *fsm.Mutex { m, _ := s.reg.Lock(name); return m })
+	if err != nil {
+		return err
+	}
+	if m == nil || m.Holder == nil {
+		return fmt.Errorf("%w: lock %q is not held", errNotFound, name)
+	}
+	h := m.Holder
+	writeJSON(w, http.StatusOK, api.LockInfo{Holder: h.Node, Lease: h.Lease, Value: h.Value, Token: h.Token, Since: time.Unix(0, h.Since).UTC()})
+	return nil
+}
+
+func (s *Server) campaign(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := checkName("election", name); err != nil {
+		return err
+	}
+	body, err := readBody(w, r)
+	if err != nil {
+		return err
+	}
+	req, err := decodeCampaignRequest(body)
+	if err != nil {
+		return err
+	}
+	spec := election.CampaignSpec{Election: name, Candidate: req.Candidate, Value: req.Value, Service: req.Service, Lease: req.Lease, Wait: req.Wait}
+	if req.Connection {
+		ttl := req.TTL
+		if ttl == 0 {
+			ttl = s.cfg.SessionTTL
+		}
+		return stream(w, r, func(emit election.Emit[api.CampaignResult]) error {
+			return s.holds.HoldCampaign(r.Context(), spec, ttl, emit)
+		})
+	}
+	if req.TTL != 0 {
+		return badf("ttl applies only to a connection-bound hold; lease TTLs are set with POST /v1/leases")
+	}
+	res, err := s.holds.Campaign(r.Context(), spec)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, res)
+	return nil
+}
+
+func (s *Server) resign(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := checkName("election", name); err != nil {
+		return err
+	}
+	cand := r.URL.Query().Get("candidate")
+	if err := checkID("candidate", cand); err != nil {
+		return err
+	}
+	if err := s.holds.Resign(r.Context(), name, cand); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"leader": false})
+	return nil
+}
+
+func (s *Server) electionInfo(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := checkName("election", name); err != nil {
+		return err
+	}
+	m, err := block(s, w, r, fsm.TableElections, func() *fsm.Mutex { m, _ := s.reg.Election(name); return m })
+	if err != nil {
+		return err
+	}
+	if m == nil || m.Holder == nil {
+		return fmt.Errorf("%w: election %q has no leader", errNotFound, name)
+	}
+	writeJSON(w, http.StatusOK, api.ElectionInfo{Leader: election.Holder(m.Holder, true)})
+	return nil
+}
+
+func (s *Server) self(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := checkName("election", name); err != nil {
+		return err
+	}
+	q, err := parseBlocking(r.URL.Query())
+	if err != nil {
+		return err
+	}
+	var st api.SelfStatus
+	var idx uint64
+	if q.Index == 0 {
+		idx = s.reg.TableIndex(fsm.TableElections)
+		st = s.holds.Self(name)
+	} else {
+		ctx, cancel := context.WithTimeout(r.Context(), q.Wait)
+		st, idx = s.holds.WaitSelf(ctx, name, q.Index)
+		cancel()
+	}
+	setIndex(w, idx)
+	code := http.StatusOK
+	if !st.Leader {
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, st)
+	return nil
+}
+
+func (s *Server) saveSnapshot(w http.ResponseWriter, r *http.Request) error {
+	w.Header().Set("Content-Type", "application/octet-stream")
+	return s.agent.SaveSnapshot(w)
+}
+
+func (s *Server) restoreSnapshot(w http.ResponseWriter, r *http.Request) error {
+	body := http.MaxBytesReader(w, r.Body, s.cfg.MaxSnapshotBytes)
+	if err := s.agent.RestoreSnapshot(r.Context(), body); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "restored"})
+	return nil
+}

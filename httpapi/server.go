@@ -1,0 +1,357 @@
+// Package httpapi serves sidecar's HTTP API (SPEC.md): health and metrics,
+// the registry with blocking queries, leases, locks and elections, and
+// connection-bound holds streamed as JSON lines. It reads and writes through
+// small interfaces, so it runs the same over a server or a client agent.
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sidecarhq/sidecar/api"
+	"github.com/sidecarhq/sidecar/election"
+	"github.com/sidecarhq/sidecar/fsm"
+)
+
+// Registry is the local copy of the registry the API reads.
+type Registry interface {
+	Watch() <-chan struct{}
+	TableIndex(fsm.Table) uint64
+	Services() map[string][]string
+	ServiceInstances(name string) []fsm.ServiceEntry
+	Lock(name string) (*fsm.Mutex, bool)
+	Election(name string) (*fsm.Mutex, bool)
+	CheckOwner(node, checkID string) (*fsm.Instance, bool)
+}
+
+// Agent is the node the API runs on.
+type Agent interface {
+	Node() string
+	Status() api.Status
+	Members() []api.Member
+	// Ready returns nil once the node can serve: joined, a leader known.
+	Ready() error
+	// Apply writes through the Raft leader.
+	Apply(ctx context.Context, cmd fsm.Command) (*fsm.Result, error)
+	// ConsistentRead returns once the local registry holds every write
+	// acknowledged before the call.
+	ConsistentRead(ctx context.Context) error
+	SaveSnapshot(w io.Writer) error
+	RestoreSnapshot(ctx context.Context, r io.Reader) error
+}
+
+// Holds is what this sidecar holds for its apps (election.Local).
+type Holds interface {
+	GrantLease(ctx context.Context, ttl time.Duration) (string, error)
+	KeepAlive(ctx context.Context, id string) (time.Duration, error)
+	RevokeLease(ctx context.Context, id string) error
+	Lock(ctx context.Context, spec election.LockSpec) (api.LockResult, error)
+	Unlock(ctx context.Context, name, lease string) error
+	HoldLock(ctx context.Context, spec election.LockSpec, ttl time.Duration, emit election.Emit[api.LockResult]) error
+	Campaign(ctx context.Context, spec election.CampaignSpec) (api.CampaignResult, error)
+	Resign(ctx context.Context, election, candidate string) error
+	HoldCampaign(ctx context.Context, spec election.CampaignSpec, ttl time.Duration, emit election.Emit[api.CampaignResult]) error
+	Self(election string) api.SelfStatus
+	WaitSelf(ctx context.Context, election string, minIndex uint64) (api.SelfStatus, uint64)
+}
+
+// Config configures the API server.
+type Config struct {
+	// Addr is the listen address (--http-addr).
+	Addr string
+	// SessionTTL is the lease TTL of a connection-bound hold that names
+	// none.
+	SessionTTL time.Duration
+	// MaxSnapshotBytes caps a snapshot restore body.
+	MaxSnapshotBytes int64
+	Logger           *slog.Logger
+	Registerer       prometheus.Registerer
+	Gatherer         prometheus.Gatherer
+}
+
+// DefaultConfig returns the defaults of SPEC.md.
+func DefaultConfig() Config {
+	return Config{
+		Addr:       "127.0.0.1:7080",
+		SessionTTL: 10 * time.Second,
+		// Registry snapshots are small; 1 GiB is the FSM's own limit.
+		MaxSnapshotBytes: 1 << 30,
+	}
+}
+
+// Server is the HTTP API of one sidecar.
+type Server struct {
+	cfg   Config
+	log   *slog.Logger
+	reg   Registry
+	agent Agent
+	holds Holds
+	mux   *http.ServeMux
+
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+
+	mu       sync.Mutex
+	srv      *http.Server
+	ln       net.Listener
+	serveErr chan error
+}
+
+// New builds the API; Start listens.
+func New(cfg Config, reg Registry, agent Agent, holds Holds) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.SessionTTL <= 0 {
+		cfg.SessionTTL = DefaultConfig().SessionTTL
+	}
+	if cfg.MaxSnapshotBytes <= 0 {
+		cfg.MaxSnapshotBytes = DefaultConfig().MaxSnapshotBytes
+	}
+	s := &Server{
+		cfg: cfg, log: cfg.Logger.With("component", "http"), reg: reg, agent: agent, holds: holds,
+		mux: http.NewServeMux(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecar_http_requests_total",
+			Help: "HTTP API requests by route pattern and status code.",
+		}, []string{"route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "sidecar_http_request_duration_seconds",
+			Help: "HTTP API request duration by route pattern (blocking queries include their wait).",
+			// 100µs to ~13s: local reads, Raft writes, and capped waits.
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9),
+		}, []string{"route"}),
+	}
+	if cfg.Registerer != nil {
+		cfg.Registerer.MustRegister(s.requests, s.duration)
+	}
+	s.routes()
+	return s
+}
+
+func (s *Server) routes() {
+	s.handle("GET /healthz", s.healthz)
+	s.handle("GET /readyz", s.readyz)
+	if s.cfg.Gatherer != nil {
+		s.mux.Handle("GET /metrics", s.instrument("GET /metrics",
+			promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})))
+	}
+	s.handle("GET /v1/status", s.status)
+	s.handle("GET /v1/members", s.members)
+	s.handle("PUT /v1/services", s.register)
+	s.handle("DELETE /v1/services/{id}", s.deregister)
+	s.handle("GET /v1/services", s.services)
+	s.handle("GET /v1/services/{name}", s.service)
+	s.handle("PUT /v1/checks/{check_id}/{status}", s.updateCheck)
+	s.handle("POST /v1/leases", s.grantLease)
+	s.handle("PUT /v1/leases/{id}/keepalive", s.keepAlive)
+	s.handle("DELETE /v1/leases/{id}", s.revokeLease)
+	s.handle("PUT /v1/locks/{name}", s.lock)
+	s.handle("DELETE /v1/locks/{name}", s.unlock)
+	s.handle("GET /v1/locks/{name}", s.lockInfo)
+	s.handle("PUT /v1/elections/{name}/campaign", s.campaign)
+	s.handle("DELETE /v1/elections/{name}/campaign", s.resign)
+	s.handle("GET /v1/elections/{name}", s.electionInfo)
+	s.handle("GET /v1/elections/{name}/self", s.self)
+	s.handle("GET /v1/snapshot", s.saveSnapshot)
+	s.handle("PUT /v1/snapshot", s.restoreSnapshot)
+}
+
+// handlerFunc answers a request; a returned error becomes the JSON error
+// answer with the status errors map to.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+func (s *Server) handle(pattern string, h handlerFunc) {
+	s.mux.Handle(pattern, s.instrument(pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := h(w, r); err != nil {
+			s.writeError(w, r, err)
+		}
+	})))
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	if r.code == 0 {
+		r.code = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	if r.code == 0 {
+		r.code = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach Flush on the real writer.
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+func (s *Server) instrument(route string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w}
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				s.log.Error("handler panic", "route", route, "panic", p)
+				if rec.code == 0 {
+					writeJSON(rec, http.StatusInternalServerError, api.Error{Error: "internal error"})
+				}
+			}
+			code := rec.code
+			if code == 0 {
+				code = http.StatusOK
+			}
+			s.requests.WithLabelValues(route, strconv.Itoa(code)).Inc()
+			s.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		}()
+		h.ServeHTTP(rec, r)
+	})
+}
+
+// ServeHTTP answers unknown routes and wrong methods with JSON errors too.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if _, pattern := s.mux.Handler(r); pattern != "" {
+		s.mux.ServeHTTP(w, r)
+		return
+	}
+	var allowed []string
+	for _, m := range []string{http.MethodGet, http.MethodPut, http.MethodPost, http.MethodDelete} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, p := s.mux.Handler(probe); p != "" {
+			allowed = append(allowed, m)
+		}
+	}
+	if len(allowed) > 0 {
+		for _, m := range allowed {
+			w.Header().Add("Allow", m)
+		}
+		writeJSON(w, http.StatusMethodNotAllowed, api.Error{Error: fmt.Sprintf("method %s not allowed on %s", r.Method, r.URL.Path)})
+		return
+	}
+	writeJSON(w, http.StatusNotFound, api.Error{Error: fmt.Sprintf("no route %s %s", r.Method, r.URL.Path)})
+}
+
+// Start listens on cfg.Addr and serves in the background.
+func (s *Server) Start() error {
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen http %s: %w", s.cfg.Addr, err)
+	}
+	srv := &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: 10 * time.Second,
+		// No write timeout: blocking queries and holds stream for long.
+		IdleTimeout: 2 * time.Minute,
+		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	s.mu.Lock()
+	s.srv, s.ln, s.serveErr = srv, ln, make(chan error, 1)
+	s.mu.Unlock()
+	go func() { s.serveErr <- srv.Serve(ln) }()
+	s.log.Info("http api listening", "addr", ln.Addr().String())
+	return nil
+}
+
+// Addr is the bound address (useful with port 0).
+func (s *Server) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return ""
+	}
+	return s.ln.Addr().String()
+}
+
+// Shutdown stops accepting, ends open streams (their holds are released as
+// their contexts end) and waits for handlers until ctx ends. Safe twice.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	srv := s.srv
+	s.srv = nil
+	s.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	err := srv.Shutdown(ctx)
+	if err != nil {
+		srv.Close()
+	}
+	if s.cfg.Registerer != nil {
+		s.cfg.Registerer.Unregister(s.requests)
+		s.cfg.Registerer.Unregister(s.duration)
+	}
+	return err
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(v)
+}
+
+// statusOf maps an error to its HTTP status.
+func statusOf(err error) int {
+	var bad *badRequest
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		return http.StatusRequestEntityTooLarge
+	case errors.As(err, &bad), errors.Is(err, fsm.ErrInvalid):
+		return http.StatusBadRequest
+	case errors.Is(err, errTooLarge):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, fsm.ErrCorruptSnapshot):
+		return http.StatusBadRequest
+	case errors.Is(err, fsm.ErrUnknownNode), errors.Is(err, fsm.ErrUnknownInstance), errors.Is(err, fsm.ErrUnknownCheck),
+		errors.Is(err, fsm.ErrUnknownLease), errors.Is(err, fsm.ErrUnknownLock), errors.Is(err, fsm.ErrUnknownElection),
+		errors.Is(err, errNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, fsm.ErrNotHolder), errors.Is(err, fsm.ErrNotCandidate), errors.Is(err, fsm.ErrLeaseExists),
+		errors.Is(err, fsm.ErrCheckConflict), errors.Is(err, errConflict):
+		return http.StatusConflict
+	case errors.Is(err, election.ErrNotLeader), errors.Is(err, election.ErrUnknownOutcome),
+		errors.Is(err, election.ErrShutdown), errors.Is(err, election.ErrClosed), errors.Is(err, errNotReady):
+		return http.StatusServiceUnavailable
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout
+	case errors.Is(err, context.Canceled):
+		// The client went away; nobody reads this.
+		return 499
+	}
+	return http.StatusInternalServerError
+}
+
+var (
+	errNotFound = errors.New("not found")
+	errConflict = errors.New("conflict")
+	errNotReady = errors.New("not ready")
+)
+
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	code := statusOf(err)
+	if code >= 500 && code != http.StatusServiceUnavailable {
+		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	writeJSON(w, code, api.Error{Error: err.Error()})
+}
