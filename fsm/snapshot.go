@@ -137,7 +137,7 @@ func (d *snapshotData) build() (*state, error) {
 	}
 	copy(s.tables[:], d.Tables)
 	for _, n := range d.Nodes {
-		if n == nil || !ValidName(n.Name) || s.nodes[n.Name] != nil {
+		if n == nil || !ValidName(n.Name) || s.nodes[n.Name] != nil || !validNodeStatus(n.Status) {
 			return nil, corrupt("bad or repeated node")
 		}
 		s.nodes[n.Name] = n.clone()
@@ -175,9 +175,10 @@ func (d *snapshotData) build() (*state, error) {
 	for _, set := range []struct {
 		list []*Mutex
 		into map[string]*Mutex
-	}{{d.Locks, s.locks}, {d.Elections, s.elections}} {
+		lock bool
+	}{{d.Locks, s.locks, true}, {d.Elections, s.elections, false}} {
 		for _, m := range set.list {
-			if err := s.checkMutex(m); err != nil {
+			if err := s.checkMutex(m, set.lock); err != nil {
 				return nil, err
 			}
 			if set.into[m.Name] != nil {
@@ -189,7 +190,9 @@ func (d *snapshotData) build() (*state, error) {
 	return s, nil
 }
 
-func (s *state) checkMutex(m *Mutex) error {
+// checkMutex checks a lock's or an election's holds. A lock is held by
+// leases: the ID of each hold is its lease, which ReleaseLock names.
+func (s *state) checkMutex(m *Mutex, lock bool) error {
 	if m == nil || !ValidName(m.Name) {
 		return corrupt("bad mutex")
 	}
@@ -202,7 +205,7 @@ func (s *state) checkMutex(m *Mutex) error {
 	}
 	seen := map[string]bool{}
 	for _, h := range holds {
-		if !ValidID(h.ID) || seen[h.ID] || s.leases[h.Lease] == nil {
+		if !ValidID(h.ID) || seen[h.ID] || s.leases[h.Lease] == nil || lock && h.ID != h.Lease {
 			return corrupt("mutex %q: hold %q repeated or on unknown lease", m.Name, h.ID)
 		}
 		seen[h.ID] = true

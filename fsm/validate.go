@@ -57,6 +57,10 @@ func ValidStatus(s string) bool {
 	return s == StatusPassing || s == StatusWarning || s == StatusCritical
 }
 
+func validNodeStatus(s string) bool {
+	return s == NodeAlive || s == NodeFailed || s == NodeLeft
+}
+
 // ValidCheckType reports whether s is a check type.
 func ValidCheckType(s string) bool {
 	return s == "http" || s == "tcp" || s == "exec" || s == "ttl"
@@ -184,7 +188,7 @@ func validate(cmd Command) error {
 	case *DeregisterNode:
 		return checkName("node", c.Name)
 	case *SetNodeStatus:
-		if c.Status != NodeAlive && c.Status != NodeFailed && c.Status != NodeLeft {
+		if !validNodeStatus(c.Status) {
 			return invalid("node status %q", c.Status)
 		}
 		return checkName("node", c.Name)
