@@ -104,6 +104,7 @@ type Server struct {
 	duration *prometheus.HistogramVec
 
 	mu       sync.Mutex
+	cancel   context.CancelFunc
 	srv      *http.Server
 	ln       net.Listener
 	serveErr chan error
@@ -258,15 +259,20 @@ func (s *Server) Start() error {
 	if err != nil {
 		return fmt.Errorf("listen http %s: %w", s.cfg.Addr, err)
 	}
+	// Request contexts derive from base, so that Shutdown ends blocking
+	// queries and connection-bound holds (releasing the holds) instead of
+	// waiting for them.
+	base, cancel := context.WithCancel(context.Background())
 	srv := &http.Server{
 		Handler:           s,
+		BaseContext:       func(net.Listener) context.Context { return base },
 		ReadHeaderTimeout: 10 * time.Second,
 		// No write timeout: blocking queries and holds stream for long.
 		IdleTimeout: 2 * time.Minute,
 		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	s.mu.Lock()
-	s.srv, s.ln, s.serveErr = srv, ln, make(chan error, 1)
+	s.srv, s.ln, s.serveErr, s.cancel = srv, ln, make(chan error, 1), cancel
 	s.mu.Unlock()
 	go func() { s.serveErr <- srv.Serve(ln) }()
 	s.log.Info("http api listening", "addr", ln.Addr().String())
@@ -287,12 +293,13 @@ func (s *Server) Addr() string {
 // their contexts end) and waits for handlers until ctx ends. Safe twice.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	srv := s.srv
+	srv, cancel := s.srv, s.cancel
 	s.srv = nil
 	s.mu.Unlock()
 	if srv == nil {
 		return nil
 	}
+	cancel()
 	err := srv.Shutdown(ctx)
 	if err != nil {
 		srv.Close()
