@@ -143,7 +143,9 @@ func TestAPI_registerAndBlockingQuery(t *testing.T) {
 		t.Fatalf("X-Sidecar-Index %q", r.header.Get(api.HeaderIndex))
 	}
 	got := make(chan reply, 1)
-	go func() { got <- do(t, "GET", a.URL+"/v1/services/web?index="+strconv.FormatUint(idx, 10)+"&wait=10s", "") }()
+	go func() {
+		got <- do(t, "GET", a.URL+"/v1/services/web?index="+strconv.FormatUint(idx, 10)+"&wait=10s", "")
+	}()
 	select {
 	case r := <-got:
 		t.Fatalf("blocking query returned before any change: %s", r.body)
