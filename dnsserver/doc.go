@@ -1,0 +1,34 @@
+// Package dnsserver is sidecar's DNS interface: it answers names of its
+// domain (sidecar. by default) from the local copy of the registry and
+// forwards other names to recursors.
+//
+// Names answered, matched without regard to case:
+//
+//	<svc>.service.<domain>              A, AAAA: passing instances, shuffled
+//	                                    SRV: port and target per instance
+//	_<svc>._tcp.service.<domain>        SRV (RFC 2782; _udp too; _<tag> filters)
+//	<tag>[.<tag>...].<svc>.service.<domain>  the same, instances with every tag
+//	<node>.node.<domain>                A, AAAA: the node's address
+//	<election>.leader.<domain>          A, AAAA (CNAME when a host name),
+//	                                    SRV, TXT "token=N"
+//	<hex>.addr.<domain>                 A (8 hex digits), AAAA (32)
+//
+// An SRV target resolves to the instance's own address, and that address is
+// in the additional section: <hex>.addr.<domain> for an instance registered
+// with an IP (7f000001.addr.sidecar. is 127.0.0.1), <node>.node.<domain>
+// for one registered without an address (it uses its node's), and the name
+// itself for one registered with a host name. An instance whose address is
+// a host name is left out of A and AAAA answers.
+//
+// Unknown names get NXDOMAIN, known names without records of the type asked
+// NOERROR with no answer; both carry the SOA. ANY gets one HINFO record
+// (RFC 8482). Answers over UDP that exceed 512 bytes, or the query's EDNS0
+// size up to Config.MaxUDPSize, are truncated with TC set; over TCP they are
+// whole. Every answer section is capped at Config.MaxRecords records, a
+// random sample when a service has more passing instances.
+//
+// The registry is read through Registry, a narrow interface *fsm.FSM
+// satisfies; answering a service name reads its instances in place
+// (VisitService) and builds the answer in pooled memory, so a query of the
+// registry costs few allocations.
+package dnsserver

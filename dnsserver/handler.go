@@ -1,0 +1,663 @@
+package dnsserver
+
+import (
+	"context"
+	"hash/maphash"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/sidecarhq/sidecar/fsm"
+)
+
+// scratch is the working memory of one query, pooled so that the answer of a
+// registry name is built without allocating: records live in the slices
+// below and the answer sections point into them.
+type scratch struct {
+	msg      dns.Msg
+	question [1]dns.Question
+	answer   []dns.RR
+	ns       []dns.RR
+	extra    []dns.RR
+	a        []dns.A
+	aaaa     []dns.AAAA
+	srv      []dns.SRV
+	ips      []byte // backing of A and AAAA addresses
+	opt      dns.OPT
+	hinfo    dns.HINFO
+	txt      dns.TXT
+	cname    dns.CNAME
+	labels   [maxLabels][2]int
+	tags     []string
+	picks    []pick
+	slots    []int32 // open-addressing set of additional names, by index+1
+	buf      []byte  // packed answer
+
+	// Visit state, read by visit: VisitService takes a func, and a func
+	// value built once per scratch (visitFn) does not allocate per query.
+	visitFn  func(in *fsm.Instance, status string)
+	family   int // 4 or 6 to skip instances of the other family, else 0
+	max      int
+	matching int
+}
+
+// pick is one instance chosen for an answer. Its strings point into the
+// registry's instance, which is fine: strings are immutable.
+type pick struct {
+	addr string // the instance's address; "" uses its node's
+	node string
+	port uint16
+	t    target
+	ttl  uint32
+}
+
+func (s *Server) newScratch() *scratch {
+	max := s.cfg.MaxRecords
+	sc := &scratch{
+		answer: make([]dns.RR, 0, max+1),
+		ns:     make([]dns.RR, 0, 1),
+		extra:  make([]dns.RR, 0, max+1),
+		a:      make([]dns.A, 0, max),
+		aaaa:   make([]dns.AAAA, 0, max),
+		srv:    make([]dns.SRV, 0, max),
+		ips:    make([]byte, 0, 16*max),
+		tags:   make([]string, 0, 8),
+		picks:  make([]pick, 0, max),
+		slots:  make([]int32, nextPow2(2*max)),
+		buf:    make([]byte, 8192),
+		max:    max,
+	}
+	sc.visitFn = sc.visit
+	return sc
+}
+
+func nextPow2(n int) int {
+	p := 16
+	for p < n {
+		p <<= 1
+	}
+	return p
+}
+
+// reset prepares the scratch to answer r and returns the reply, its header
+// set as dns.Msg.SetReply would without allocating.
+func (sc *scratch) reset(r *dns.Msg) *dns.Msg {
+	m := &sc.msg
+	m.MsgHdr = dns.MsgHdr{
+		Id:               r.Id,
+		Response:         true,
+		Opcode:           r.Opcode,
+		RecursionDesired: r.RecursionDesired,
+		CheckingDisabled: r.CheckingDisabled,
+	}
+	m.Compress = true
+	m.Question = sc.question[:0]
+	if len(r.Question) > 0 {
+		sc.question[0] = r.Question[0]
+		m.Question = sc.question[:1]
+	}
+	m.Answer, m.Ns, m.Extra = sc.answer[:0], sc.ns[:0], sc.extra[:0]
+	sc.a, sc.aaaa, sc.srv, sc.ips = sc.a[:0], sc.aaaa[:0], sc.srv[:0], sc.ips[:0]
+	sc.tags, sc.picks = sc.tags[:0], sc.picks[:0]
+	return m
+}
+
+// release keeps what the sections grew to for the next query.
+func (sc *scratch) release() {
+	m := &sc.msg
+	sc.answer, sc.ns, sc.extra = m.Answer[:0], m.Ns[:0], m.Extra[:0]
+}
+
+func (sc *scratch) newA(name string, ttl uint32, ip netip.Addr) *dns.A {
+	a4 := ip.As4()
+	start := len(sc.ips)
+	sc.ips = append(sc.ips, a4[:]...)
+	sc.a = append(sc.a, dns.A{
+		Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: ttl},
+		A:   sc.ips[start:len(sc.ips):len(sc.ips)],
+	})
+	return &sc.a[len(sc.a)-1]
+}
+
+func (sc *scratch) newAAAA(name string, ttl uint32, ip netip.Addr) *dns.AAAA {
+	a16 := ip.As16()
+	start := len(sc.ips)
+	sc.ips = append(sc.ips, a16[:]...)
+	sc.aaaa = append(sc.aaaa, dns.AAAA{
+		Hdr:  dns.RR_Header{Name: name, Rrtype: dns.TypeAAAA, Class: dns.ClassINET, Ttl: ttl},
+		AAAA: sc.ips[start:len(sc.ips):len(sc.ips)],
+	})
+	return &sc.aaaa[len(sc.aaaa)-1]
+}
+
+// addrRR returns the A or AAAA record of ip.
+func (sc *scratch) addrRR(name string, ttl uint32, ip netip.Addr) dns.RR {
+	if ip.Is4() {
+		return sc.newA(name, ttl, ip)
+	}
+	return sc.newAAAA(name, ttl, ip)
+}
+
+func (sc *scratch) newSRV(name string, ttl uint32, port uint16, tgt string) *dns.SRV {
+	sc.srv = append(sc.srv, dns.SRV{
+		Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: ttl},
+		// Priority and weight 1 for all: clients pick at random among
+		// equals, and the answer is shuffled anyway.
+		Priority: 1,
+		Weight:   1,
+		Port:     port,
+		Target:   tgt,
+	})
+	return &sc.srv[len(sc.srv)-1]
+}
+
+// visit is the VisitService callback: it keeps a uniform random sample of at
+// most max matching passing instances (reservoir sampling), so that a
+// service larger than the cap spreads its load over every instance.
+func (sc *scratch) visit(in *fsm.Instance, status string) {
+	if status != fsm.StatusPassing || !hasTags(in.Tags, sc.tags) {
+		return
+	}
+	if in.Address != "" {
+		v6 := strings.IndexByte(in.Address, ':') >= 0
+		if sc.family == 4 && v6 || sc.family == 6 && !v6 {
+			return
+		}
+	}
+	sc.matching++
+	p := pick{addr: in.Address, node: in.Node, port: uint16(in.Port)}
+	if len(sc.picks) < sc.max {
+		sc.picks = append(sc.picks, p)
+	} else if j := rand.IntN(sc.matching); j < sc.max {
+		sc.picks[j] = p
+	}
+}
+
+// hasTags reports whether every wanted tag (lower-case) is among tags.
+func hasTags(tags, want []string) bool {
+outer:
+	for _, w := range want {
+		for _, t := range tags {
+			if strings.EqualFold(t, w) {
+				continue outer
+			}
+		}
+		return false
+	}
+	return true
+}
+
+// ServeDNS answers one query. It implements dns.Handler, so it may be used
+// without Start, e.g. behind another server or in tests. It is safe for
+// concurrent use.
+func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
+	start := time.Now()
+	if r == nil || r.Response {
+		return // never answer an answer: it could be a reflection loop
+	}
+	var qtype uint16
+	if len(r.Question) > 0 {
+		qtype = r.Question[0].Qtype
+	}
+	sc := s.pool.Get().(*scratch)
+	rcode := s.serve(sc, w, r)
+	sc.release()
+	s.pool.Put(sc)
+	s.metrics.observe(qtype, rcode, start)
+}
+
+// serve answers r and returns the response code sent.
+func (s *Server) serve(sc *scratch, w dns.ResponseWriter, r *dns.Msg) int {
+	m := sc.reset(r)
+	tcp := isTCP(w)
+
+	// EDNS0: echo an OPT record when the query had one, and honour its
+	// buffer size up to MaxUDPSize (RFC 6891).
+	udpSize := 0
+	if !tcp {
+		udpSize = dns.MinMsgSize
+	}
+	if opt := r.IsEdns0(); opt != nil {
+		sc.opt = dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT, Class: uint16(s.cfg.MaxUDPSize)}}
+		m.Extra = append(m.Extra, &sc.opt)
+		if opt.Version() != 0 {
+			m.Rcode = dns.RcodeBadVers
+			return s.write(w, sc, m, udpSize)
+		}
+		if !tcp {
+			udpSize = min(max(int(opt.UDPSize()), dns.MinMsgSize), s.cfg.MaxUDPSize)
+		}
+	}
+
+	switch {
+	case r.Opcode != dns.OpcodeQuery:
+		m.Rcode = dns.RcodeNotImplemented
+		return s.write(w, sc, m, udpSize)
+	case len(r.Question) != 1:
+		m.Rcode = dns.RcodeFormatError
+		return s.write(w, sc, m, udpSize)
+	}
+	q := &r.Question[0]
+	lower := lowerASCII(q.Name)
+	rel, ok := s.relative(lower)
+	if !ok {
+		return s.forward(sc, w, r, tcp, udpSize)
+	}
+	if q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY {
+		m.Rcode = dns.RcodeRefused
+		return s.write(w, sc, m, udpSize)
+	}
+	m.Authoritative = true
+	m.RecursionAvailable = len(s.cfg.Recursors) > 0
+	s.answer(sc, q, q.Name[:len(rel)], rel)
+	return s.write(w, sc, m, udpSize)
+}
+
+// relative returns a lower-case name without the domain and the dot before
+// it, and whether the name is in the domain at all.
+func (s *Server) relative(lower string) (string, bool) {
+	d := s.cfg.Domain
+	switch {
+	case lower == d:
+		return "", true
+	case len(lower) > len(d) && strings.HasSuffix(lower, d) && lower[len(lower)-len(d)-1] == '.':
+		return lower[:len(lower)-len(d)-1], true
+	}
+	return "", false
+}
+
+// answer fills the reply to a name in the domain; orig is rel as queried.
+func (s *Server) answer(sc *scratch, q *dns.Question, orig, rel string) {
+	m := &sc.msg
+	if rel == "" {
+		s.apex(sc, q)
+		return
+	}
+	n, ok := splitLabels(rel, &sc.labels)
+	if !ok {
+		s.nxdomain(m)
+		return
+	}
+	label := func(i int) string { return rel[sc.labels[i][0]:sc.labels[i][1]] }
+	kind := label(n - 1)
+	switch kind {
+	case kindService, kindNode, kindLeader, kindAddr:
+	default:
+		s.nxdomain(m)
+		return
+	}
+	if n == 1 {
+		// service.<domain> and the like exist only as parents of names.
+		s.nodata(m)
+		return
+	}
+	if kind == kindService {
+		s.service(sc, q, rel, n)
+		return
+	}
+	if n != 2 {
+		s.nxdomain(m)
+		return
+	}
+	lo := label(0)
+	switch kind {
+	case kindNode:
+		s.nodeAnswer(sc, q, orig[:len(lo)], lo)
+	case kindLeader:
+		s.leaderAnswer(sc, q, orig[:len(lo)], lo)
+	case kindAddr:
+		s.addrAnswer(sc, q, lo)
+	}
+}
+
+func (s *Server) nxdomain(m *dns.Msg) {
+	m.Rcode = dns.RcodeNameError
+	m.Ns = append(m.Ns[:0], s.soa)
+}
+
+func (s *Server) nodata(m *dns.Msg) {
+	m.Rcode = dns.RcodeSuccess
+	m.Answer = m.Answer[:0]
+	m.Ns = append(m.Ns[:0], s.soa)
+}
+
+// hinfo answers ANY with the synthesized record of RFC 8482 section 4.2.
+func (s *Server) hinfo(sc *scratch, q *dns.Question, ttl uint32) {
+	sc.hinfo = dns.HINFO{
+		Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeHINFO, Class: dns.ClassINET, Ttl: ttl},
+		Cpu: "RFC8482",
+	}
+	sc.msg.Answer = append(sc.msg.Answer, &sc.hinfo)
+}
+
+func (s *Server) apex(sc *scratch, q *dns.Question) {
+	m := &sc.msg
+	switch q.Qtype {
+	case dns.TypeSOA, dns.TypeANY:
+		m.Answer = append(m.Answer, s.soa)
+	default:
+		s.nodata(m)
+	}
+}
+
+// service answers <svc>.service, _<svc>._tcp.service and tagged forms.
+func (s *Server) service(sc *scratch, q *dns.Question, rel string, n int) {
+	m := &sc.msg
+	label := func(i int) string { return rel[sc.labels[i][0]:sc.labels[i][1]] }
+	var svc string
+	if l0, l1 := label(0), label(1); n == 3 && len(l0) > 1 && l0[0] == '_' && len(l1) > 1 && l1[0] == '_' {
+		// RFC 2782: _<svc>._<proto>. A protocol other than tcp or udp is
+		// a tag, as in Consul.
+		svc = l0[1:]
+		if proto := l1[1:]; proto != "tcp" && proto != "udp" {
+			sc.tags = append(sc.tags, proto)
+		}
+	} else {
+		svc = label(n - 2)
+		for i := 0; i < n-2; i++ {
+			sc.tags = append(sc.tags, label(i))
+		}
+	}
+
+	sc.family, sc.matching = 0, 0
+	switch q.Qtype {
+	case dns.TypeA:
+		sc.family = 4
+	case dns.TypeAAAA:
+		sc.family = 6
+	case dns.TypeSRV:
+	default:
+		// Other types only need to know whether the name exists. Visiting
+		// with no room for picks costs no more than an existence check.
+		sc.max = 0
+		exists := s.reg.VisitService(svc, sc.visitFn)
+		sc.max = s.cfg.MaxRecords
+		switch {
+		case !exists:
+			s.nxdomain(m)
+		case q.Qtype == dns.TypeANY:
+			s.hinfo(sc, q, ttlSeconds(s.cfg.ServiceTTL))
+		default:
+			s.nodata(m)
+		}
+		return
+	}
+	if !s.reg.VisitService(svc, sc.visitFn) {
+		s.nxdomain(m)
+		return
+	}
+	picks := sc.picks
+	for i := len(picks) - 1; i > 0; i-- {
+		j := rand.IntN(i + 1)
+		picks[i], picks[j] = picks[j], picks[i]
+	}
+	s.resolve(picks)
+
+	ttl := ttlSeconds(s.cfg.ServiceTTL)
+	if q.Qtype == dns.TypeSRV {
+		clear(sc.slots)
+		for i := range picks {
+			p := &picks[i]
+			if p.t.name == "" {
+				continue
+			}
+			m.Answer = append(m.Answer, sc.newSRV(q.Name, ttl, p.port, p.t.name))
+			if p.t.ip.IsValid() && sc.firstExtra(s.seed, p.t.name, i) {
+				m.Extra = append(m.Extra, sc.addrRR(p.t.name, p.ttl, p.t.ip))
+			}
+		}
+	} else {
+		for i := range picks {
+			ip := picks[i].t.ip
+			if ip.IsValid() && (ip.Is4() == (sc.family == 4)) {
+				m.Answer = append(m.Answer, sc.addrRR(q.Name, ttl, ip))
+			}
+		}
+	}
+	if len(m.Answer) == 0 {
+		s.nodata(m)
+	}
+}
+
+// firstExtra reports whether name is seen for the first time in this answer
+// (picks index i), so that the additional section lists each target once.
+func (sc *scratch) firstExtra(seed maphash.Seed, name string, i int) bool {
+	mask := uint64(len(sc.slots) - 1)
+	h := maphash.String(seed, name) & mask
+	for {
+		v := sc.slots[h]
+		if v == 0 {
+			sc.slots[h] = int32(i + 1)
+			return true
+		}
+		if sc.picks[v-1].t.name == name {
+			return false
+		}
+		h = (h + 1) & mask
+	}
+}
+
+// resolve sets the target of each pick: its address's name, or its node's
+// when it has no address of its own.
+func (s *Server) resolve(picks []pick) {
+	c := s.targets
+	var misses bool
+	c.mu.RLock()
+	for i := range picks {
+		p := &picks[i]
+		if p.addr == "" {
+			continue
+		}
+		t, ok := c.addrs[p.addr]
+		if !ok {
+			misses = true
+			continue
+		}
+		p.t, p.ttl = t, ttlSeconds(s.cfg.ServiceTTL)
+	}
+	c.mu.RUnlock()
+	if misses {
+		for i := range picks {
+			if p := &picks[i]; p.addr != "" && p.t.name == "" {
+				p.t, p.ttl = c.addrTarget(p.addr), ttlSeconds(s.cfg.ServiceTTL)
+			}
+		}
+	}
+	// Instances without an address of their own point at their node. Each
+	// node is read once per answer.
+	for i := range picks {
+		p := &picks[i]
+		if p.addr != "" || p.t.name != "" {
+			continue
+		}
+		var ip netip.Addr
+		if n, ok := s.reg.Node(p.node); ok {
+			ip, _ = parseIP(n.Address)
+		}
+		name := c.nodeTarget(p.node)
+		for j := i; j < len(picks); j++ {
+			if q := &picks[j]; q.addr == "" && q.node == p.node {
+				q.t, q.ttl = target{name: name, ip: ip}, ttlSeconds(s.cfg.NodeTTL)
+			}
+		}
+	}
+}
+
+func (s *Server) nodeAnswer(sc *scratch, q *dns.Question, orig, lower string) {
+	m := &sc.msg
+	n, ok := s.node(orig, lower)
+	if !ok {
+		s.nxdomain(m)
+		return
+	}
+	ttl := ttlSeconds(s.cfg.NodeTTL)
+	ip, _ := parseIP(n.Address)
+	switch {
+	case q.Qtype == dns.TypeA && ip.Is4(), q.Qtype == dns.TypeAAAA && ip.Is6():
+		m.Answer = append(m.Answer, sc.addrRR(q.Name, ttl, ip))
+	case q.Qtype == dns.TypeANY:
+		s.hinfo(sc, q, ttl)
+	default:
+		s.nodata(m)
+	}
+}
+
+func (s *Server) addrAnswer(sc *scratch, q *dns.Question, label string) {
+	m := &sc.msg
+	ip, ok := parseAddrLabel(label)
+	if !ok {
+		s.nxdomain(m)
+		return
+	}
+	ttl := ttlSeconds(s.cfg.ServiceTTL)
+	switch {
+	case q.Qtype == dns.TypeA && ip.Is4(), q.Qtype == dns.TypeAAAA && ip.Is6():
+		m.Answer = append(m.Answer, sc.addrRR(q.Name, ttl, ip))
+	case q.Qtype == dns.TypeANY:
+		s.hinfo(sc, q, ttl)
+	default:
+		s.nodata(m)
+	}
+}
+
+// leaderAnswer answers <election>.leader from the leader's value, host:port.
+func (s *Server) leaderAnswer(sc *scratch, q *dns.Question, orig, lower string) {
+	m := &sc.msg
+	el, ok := s.election(orig, lower)
+	if !ok {
+		s.nxdomain(m)
+		return
+	}
+	h := el.Holder
+	if h == nil {
+		s.nodata(m) // vacant: the name exists, no leader to give
+		return
+	}
+	ttl := s.leaderTTL(h.Lease)
+	host, port, hasPort := splitValue(h.Value)
+	if host == "" && h.Node != "" {
+		// A value of ":port" (or none) means the leader's own node.
+		if n, ok := s.reg.Node(h.Node); ok {
+			host = n.Address
+		}
+	}
+	ip, isIP := parseIP(host)
+	switch q.Qtype {
+	case dns.TypeA, dns.TypeAAAA:
+		switch {
+		case isIP && ip.Is4() == (q.Qtype == dns.TypeA):
+			m.Answer = append(m.Answer, sc.addrRR(q.Name, ttl, ip))
+		case !isIP && hostTarget(host) != "":
+			sc.cname = dns.CNAME{
+				Hdr:    dns.RR_Header{Name: q.Name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: ttl},
+				Target: hostTarget(host),
+			}
+			m.Answer = append(m.Answer, &sc.cname)
+		}
+	case dns.TypeSRV:
+		if !hasPort || host == "" {
+			break
+		}
+		var t target
+		if isIP {
+			t = s.targets.addrTarget(host)
+		} else {
+			t.name = hostTarget(host)
+		}
+		if t.name == "" {
+			break
+		}
+		m.Answer = append(m.Answer, sc.newSRV(q.Name, ttl, port, t.name))
+		if t.ip.IsValid() {
+			m.Extra = append(m.Extra, sc.addrRR(t.name, ttl, t.ip))
+		}
+	case dns.TypeTXT:
+		sc.txt = dns.TXT{
+			Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: ttl},
+			Txt: []string{"token=" + strconv.FormatUint(h.Token, 10)},
+		}
+		m.Answer = append(m.Answer, &sc.txt)
+	case dns.TypeANY:
+		s.hinfo(sc, q, ttl)
+	}
+	if len(m.Answer) == 0 {
+		s.nodata(m)
+	}
+}
+
+// leaderTTL is LeaderTTL capped by the time the lease is surely live, 0
+// when that is unknown.
+func (s *Server) leaderTTL(lease string) uint32 {
+	if s.leases == nil {
+		return 0
+	}
+	left, ok := s.leases.LeaseRemaining(lease)
+	if !ok {
+		return 0
+	}
+	return ttlSeconds(min(left, s.cfg.LeaderTTL))
+}
+
+// splitValue splits a leader value "host:port" (or "[v6]:port", or a bare
+// host).
+func splitValue(v string) (host string, port uint16, ok bool) {
+	h, p, err := net.SplitHostPort(v)
+	if err != nil {
+		return strings.Trim(v, "[]"), 0, false
+	}
+	n, err := strconv.ParseUint(p, 10, 16)
+	if err != nil {
+		return h, 0, false
+	}
+	return h, uint16(n), true
+}
+
+// isTCP reports whether w answers over TCP; anything else is treated as a
+// datagram transport, whose answers must fit.
+func isTCP(w dns.ResponseWriter) bool {
+	_, ok := w.RemoteAddr().(*net.TCPAddr)
+	return ok
+}
+
+// write packs the reply, truncating it to udpSize (0: no limit) with TC set
+// when it does not fit, sends it and returns its rcode.
+func (s *Server) write(w dns.ResponseWriter, sc *scratch, m *dns.Msg, udpSize int) int {
+	buf, err := m.PackBuffer(sc.buf[:cap(sc.buf)])
+	if err == nil && udpSize > 0 && len(buf) > udpSize {
+		m.Truncate(udpSize)
+		buf, err = m.PackBuffer(sc.buf[:cap(sc.buf)])
+	}
+	if err != nil {
+		s.log.Warn("cannot pack answer", "name", questionName(m), "err", err)
+		m.Rcode = dns.RcodeServerFailure
+		m.Answer, m.Ns = m.Answer[:0], m.Ns[:0]
+		opt := m.IsEdns0()
+		m.Extra = m.Extra[:0]
+		if opt != nil {
+			m.Extra = append(m.Extra, opt)
+		}
+		if buf, err = m.PackBuffer(sc.buf[:cap(sc.buf)]); err != nil {
+			return m.Rcode
+		}
+	}
+	if cap(buf) > cap(sc.buf) && cap(buf) <= 2*dns.MaxMsgSize {
+		sc.buf = buf[:cap(buf)] // keep the grown buffer for the next answers
+	}
+	if _, err := w.Write(buf); err != nil && s.log.Enabled(context.Background(), slog.LevelDebug) {
+		s.log.Debug("cannot write answer", "name", questionName(m), "err", err)
+	}
+	return m.Rcode
+}
+
+func questionName(m *dns.Msg) string {
+	if len(m.Question) == 0 {
+		return ""
+	}
+	return m.Question[0].Name
+}
