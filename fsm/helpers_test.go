@@ -316,8 +316,8 @@ func checkInvariants(t fataler, f *fsm.FSM) {
 			}
 		}
 	}
-	for svc, entries := range viewOf(f).Instances {
-		for _, e := range entries {
+	for svc := range f.Services() {
+		for _, e := range f.ServiceInstances(svc) {
 			if !nodes[e.Instance.Node] {
 				t.Fatalf("service %q: instance %q on node %q that does not exist", svc, e.Instance.ID, e.Instance.Node)
 			}

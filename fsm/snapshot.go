@@ -196,6 +196,11 @@ func (s *state) checkMutex(m *Mutex, lock bool) error {
 	if m == nil || !ValidName(m.Name) {
 		return corrupt("bad mutex")
 	}
+	for _, w := range m.Waiters {
+		if w.Token != 0 {
+			return corrupt("mutex %q: waiter %q has a token", m.Name, w.ID)
+		}
+	}
 	holds := append([]Holder(nil), m.Waiters...)
 	if m.Holder != nil {
 		if m.Holder.Token == 0 || m.Holder.Token > m.LastToken {

@@ -306,6 +306,7 @@ func TestFSM_Restore_corrupt(t *testing.T) {
 			m := lock(d, "held")
 			m.Waiters = append(m.Waiters, m.Waiters[0])
 		})},
+		{"waiter with a token", content(func(d *snapBody) { lock(d, "held").Waiters[0].Token = 3 })},
 		{"holder token zero", content(func(d *snapBody) { lock(d, "held").Holder.Token = 0 })},
 		{"holder token above last token", content(func(d *snapBody) {
 			m := lock(d, "held")
