@@ -296,3 +296,14 @@ func TestFSM_ApplyBytes_fencingTokens(t *testing.T) {
 		t.Fatalf("result %+v, want held with token %d", r, last+1)
 	}
 }
+
+func TestMutex_WaiterIndex(t *testing.T) {
+	h := newHarness(t, grant("l1"), grant("l2"), grant("l3"),
+		acquire("a", "l1", t0), enqueue("a", "l2", t0), enqueue("a", "l3", t0))
+	m := h.lock("a")
+	for id, want := range map[string]int{"l1": -1, "l2": 0, "l3": 1, "l9": -1} {
+		if got := m.WaiterIndex(id); got != want {
+			t.Errorf("WaiterIndex(%s) = %d, want %d", id, got, want)
+		}
+	}
+}
