@@ -1,10 +1,6 @@
 package dnsserver
 
 import (
-	"context"
-	"hash/maphash"
-	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"strconv"
@@ -35,9 +31,19 @@ type scratch struct {
 	cname    dns.CNAME
 	labels   [maxLabels][2]int
 	tags     []string
+	cands    []candidate
 	picks    []pick
-	slots    []int32 // open-addressing set of additional names, by index+1
+	seen     []uint32 // by target id: gen when its address record is in
+	gen      uint32
+	chosen   []int32 // open-addressing set of sampled indexes, by index+1
 	buf      []byte  // packed answer
+	packed   []byte  // an answer packed by packService, sent as is
+
+	// The query being answered, and how large its answer may be over UDP
+	// (0: TCP, unbounded).
+	req     *dns.Msg
+	udpSize int
+	hasOpt  bool
 
 	// Visit state, read by visit: VisitService takes a func, and a func
 	// value built once per scratch (visitFn) does not allocate per query.
@@ -47,29 +53,23 @@ type scratch struct {
 	matching int
 }
 
-// pick is one instance chosen for an answer. Its strings point into the
-// registry's instance, which is fine: strings are immutable.
-type pick struct {
-	addr string // the instance's address; "" uses its node's
-	node string
-	port uint16
-	t    target
-	ttl  uint32
-}
-
 func (s *Server) newScratch() *scratch {
 	max := s.cfg.MaxRecords
 	sc := &scratch{
-		answer: make([]dns.RR, 0, max+1),
+		// Answers built as dns.Msg hold a record or two (services are
+		// packed by packService from picks).
+		answer: make([]dns.RR, 0, 2),
 		ns:     make([]dns.RR, 0, 1),
-		extra:  make([]dns.RR, 0, max+1),
-		a:      make([]dns.A, 0, max),
-		aaaa:   make([]dns.AAAA, 0, max),
-		srv:    make([]dns.SRV, 0, max),
-		ips:    make([]byte, 0, 16*max),
+		extra:  make([]dns.RR, 0, 2),
+		a:      make([]dns.A, 0, 2),
+		aaaa:   make([]dns.AAAA, 0, 2),
+		srv:    make([]dns.SRV, 0, 1),
+		ips:    make([]byte, 0, 32),
 		tags:   make([]string, 0, 8),
+		cands:  make([]candidate, 0, max),
 		picks:  make([]pick, 0, max),
-		slots:  make([]int32, nextPow2(2*max)),
+		seen:   make([]uint32, max),
+		chosen: make([]int32, nextPow2(2*max)),
 		buf:    make([]byte, 8192),
 		max:    max,
 	}
@@ -104,7 +104,8 @@ func (sc *scratch) reset(r *dns.Msg) *dns.Msg {
 	}
 	m.Answer, m.Ns, m.Extra = sc.answer[:0], sc.ns[:0], sc.extra[:0]
 	sc.a, sc.aaaa, sc.srv, sc.ips = sc.a[:0], sc.aaaa[:0], sc.srv[:0], sc.ips[:0]
-	sc.tags, sc.picks = sc.tags[:0], sc.picks[:0]
+	sc.tags, sc.cands, sc.picks = sc.tags[:0], sc.cands[:0], sc.picks[:0]
+	sc.req, sc.packed, sc.udpSize, sc.hasOpt = r, nil, 0, false
 	return m
 }
 
@@ -112,6 +113,10 @@ func (sc *scratch) reset(r *dns.Msg) *dns.Msg {
 func (sc *scratch) release() {
 	m := &sc.msg
 	sc.answer, sc.ns, sc.extra = m.Answer[:0], m.Ns[:0], m.Extra[:0]
+	if cap(sc.packed) > cap(sc.buf) && cap(sc.packed) <= 2*dns.MaxMsgSize {
+		sc.buf = sc.packed[:cap(sc.packed)]
+	}
+	sc.req, sc.packed = nil, nil
 }
 
 func (sc *scratch) newA(name string, ttl uint32, ip netip.Addr) *dns.A {
@@ -157,42 +162,6 @@ func (sc *scratch) newSRV(name string, ttl uint32, port uint16, tgt string) *dns
 	return &sc.srv[len(sc.srv)-1]
 }
 
-// visit is the VisitService callback: it keeps a uniform random sample of at
-// most max matching passing instances (reservoir sampling), so that a
-// service larger than the cap spreads its load over every instance.
-func (sc *scratch) visit(in *fsm.Instance, status string) {
-	if status != fsm.StatusPassing || !hasTags(in.Tags, sc.tags) {
-		return
-	}
-	if in.Address != "" {
-		v6 := strings.IndexByte(in.Address, ':') >= 0
-		if sc.family == 4 && v6 || sc.family == 6 && !v6 {
-			return
-		}
-	}
-	sc.matching++
-	p := pick{addr: in.Address, node: in.Node, port: uint16(in.Port)}
-	if len(sc.picks) < sc.max {
-		sc.picks = append(sc.picks, p)
-	} else if j := rand.IntN(sc.matching); j < sc.max {
-		sc.picks[j] = p
-	}
-}
-
-// hasTags reports whether every wanted tag (lower-case) is among tags.
-func hasTags(tags, want []string) bool {
-outer:
-	for _, w := range want {
-		for _, t := range tags {
-			if strings.EqualFold(t, w) {
-				continue outer
-			}
-		}
-		return false
-	}
-	return true
-}
-
 // ServeDNS answers one query. It implements dns.Handler, so it may be used
 // without Start, e.g. behind another server or in tests. It is safe for
 // concurrent use.
@@ -226,6 +195,7 @@ func (s *Server) serve(sc *scratch, w dns.ResponseWriter, r *dns.Msg) int {
 	if opt := r.IsEdns0(); opt != nil {
 		sc.opt = dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT, Class: uint16(s.cfg.MaxUDPSize)}}
 		m.Extra = append(m.Extra, &sc.opt)
+		sc.hasOpt = true
 		if opt.Version() != 0 {
 			m.Rcode = dns.RcodeBadVers
 			return s.write(w, sc, m, udpSize)
@@ -255,7 +225,14 @@ func (s *Server) serve(sc *scratch, w dns.ResponseWriter, r *dns.Msg) int {
 	}
 	m.Authoritative = true
 	m.RecursionAvailable = len(s.cfg.Recursors) > 0
+	sc.udpSize = udpSize
 	s.answer(sc, q, q.Name[:len(rel)], rel)
+	if sc.packed != nil {
+		if _, err := w.Write(sc.packed); err != nil {
+			s.debug("cannot write answer", "name", q.Name, "err", err)
+		}
+		return dns.RcodeSuccess
+	}
 	return s.write(w, sc, m, udpSize)
 }
 
@@ -343,149 +320,6 @@ func (s *Server) apex(sc *scratch, q *dns.Question) {
 		m.Answer = append(m.Answer, s.soa)
 	default:
 		s.nodata(m)
-	}
-}
-
-// service answers <svc>.service, _<svc>._tcp.service and tagged forms.
-func (s *Server) service(sc *scratch, q *dns.Question, rel string, n int) {
-	m := &sc.msg
-	label := func(i int) string { return rel[sc.labels[i][0]:sc.labels[i][1]] }
-	var svc string
-	if l0, l1 := label(0), label(1); n == 3 && len(l0) > 1 && l0[0] == '_' && len(l1) > 1 && l1[0] == '_' {
-		// RFC 2782: _<svc>._<proto>. A protocol other than tcp or udp is
-		// a tag, as in Consul.
-		svc = l0[1:]
-		if proto := l1[1:]; proto != "tcp" && proto != "udp" {
-			sc.tags = append(sc.tags, proto)
-		}
-	} else {
-		svc = label(n - 2)
-		for i := 0; i < n-2; i++ {
-			sc.tags = append(sc.tags, label(i))
-		}
-	}
-
-	sc.family, sc.matching = 0, 0
-	switch q.Qtype {
-	case dns.TypeA:
-		sc.family = 4
-	case dns.TypeAAAA:
-		sc.family = 6
-	case dns.TypeSRV:
-	default:
-		// Other types only need to know whether the name exists. Visiting
-		// with no room for picks costs no more than an existence check.
-		sc.max = 0
-		exists := s.reg.VisitService(svc, sc.visitFn)
-		sc.max = s.cfg.MaxRecords
-		switch {
-		case !exists:
-			s.nxdomain(m)
-		case q.Qtype == dns.TypeANY:
-			s.hinfo(sc, q, ttlSeconds(s.cfg.ServiceTTL))
-		default:
-			s.nodata(m)
-		}
-		return
-	}
-	if !s.reg.VisitService(svc, sc.visitFn) {
-		s.nxdomain(m)
-		return
-	}
-	picks := sc.picks
-	for i := len(picks) - 1; i > 0; i-- {
-		j := rand.IntN(i + 1)
-		picks[i], picks[j] = picks[j], picks[i]
-	}
-	s.resolve(picks)
-
-	ttl := ttlSeconds(s.cfg.ServiceTTL)
-	if q.Qtype == dns.TypeSRV {
-		clear(sc.slots)
-		for i := range picks {
-			p := &picks[i]
-			if p.t.name == "" {
-				continue
-			}
-			m.Answer = append(m.Answer, sc.newSRV(q.Name, ttl, p.port, p.t.name))
-			if p.t.ip.IsValid() && sc.firstExtra(s.seed, p.t.name, i) {
-				m.Extra = append(m.Extra, sc.addrRR(p.t.name, p.ttl, p.t.ip))
-			}
-		}
-	} else {
-		for i := range picks {
-			ip := picks[i].t.ip
-			if ip.IsValid() && (ip.Is4() == (sc.family == 4)) {
-				m.Answer = append(m.Answer, sc.addrRR(q.Name, ttl, ip))
-			}
-		}
-	}
-	if len(m.Answer) == 0 {
-		s.nodata(m)
-	}
-}
-
-// firstExtra reports whether name is seen for the first time in this answer
-// (picks index i), so that the additional section lists each target once.
-func (sc *scratch) firstExtra(seed maphash.Seed, name string, i int) bool {
-	mask := uint64(len(sc.slots) - 1)
-	h := maphash.String(seed, name) & mask
-	for {
-		v := sc.slots[h]
-		if v == 0 {
-			sc.slots[h] = int32(i + 1)
-			return true
-		}
-		if sc.picks[v-1].t.name == name {
-			return false
-		}
-		h = (h + 1) & mask
-	}
-}
-
-// resolve sets the target of each pick: its address's name, or its node's
-// when it has no address of its own.
-func (s *Server) resolve(picks []pick) {
-	c := s.targets
-	var misses bool
-	c.mu.RLock()
-	for i := range picks {
-		p := &picks[i]
-		if p.addr == "" {
-			continue
-		}
-		t, ok := c.addrs[p.addr]
-		if !ok {
-			misses = true
-			continue
-		}
-		p.t, p.ttl = t, ttlSeconds(s.cfg.ServiceTTL)
-	}
-	c.mu.RUnlock()
-	if misses {
-		for i := range picks {
-			if p := &picks[i]; p.addr != "" && p.t.name == "" {
-				p.t, p.ttl = c.addrTarget(p.addr), ttlSeconds(s.cfg.ServiceTTL)
-			}
-		}
-	}
-	// Instances without an address of their own point at their node. Each
-	// node is read once per answer.
-	for i := range picks {
-		p := &picks[i]
-		if p.addr != "" || p.t.name != "" {
-			continue
-		}
-		var ip netip.Addr
-		if n, ok := s.reg.Node(p.node); ok {
-			ip, _ = parseIP(n.Address)
-		}
-		name := c.nodeTarget(p.node)
-		for j := i; j < len(picks); j++ {
-			if q := &picks[j]; q.addr == "" && q.node == p.node {
-				q.t, q.ttl = target{name: name, ip: ip}, ttlSeconds(s.cfg.NodeTTL)
-			}
-		}
 	}
 }
 
@@ -649,8 +483,8 @@ func (s *Server) write(w dns.ResponseWriter, sc *scratch, m *dns.Msg, udpSize in
 	if cap(buf) > cap(sc.buf) && cap(buf) <= 2*dns.MaxMsgSize {
 		sc.buf = buf[:cap(buf)] // keep the grown buffer for the next answers
 	}
-	if _, err := w.Write(buf); err != nil && s.log.Enabled(context.Background(), slog.LevelDebug) {
-		s.log.Debug("cannot write answer", "name", questionName(m), "err", err)
+	if _, err := w.Write(buf); err != nil {
+		s.debug("cannot write answer", "name", questionName(m), "err", err)
 	}
 	return m.Rcode
 }

@@ -348,3 +348,25 @@ func startUpstream(t testing.TB, rcode int) *upstream {
 	}
 	return u
 }
+
+// noWatch is the FSM without its Watch method: a Registry and Lister, but
+// not a Watcher.
+type noWatch struct{ f *fsm.FSM }
+
+func (n noWatch) VisitService(name string, fn func(*fsm.Instance, string)) bool {
+	return n.f.VisitService(name, fn)
+}
+func (n noWatch) Node(name string) (*fsm.Node, bool)      { return n.f.Node(name) }
+func (n noWatch) Election(name string) (*fsm.Mutex, bool) { return n.f.Election(name) }
+func (n noWatch) Nodes() []*fsm.Node                      { return n.f.Nodes() }
+func (n noWatch) Elections() []*fsm.Mutex                 { return n.f.Elections() }
+func (n noWatch) TableIndex(t fsm.Table) uint64           { return n.f.TableIndex(t) }
+
+// bare is the FSM as nothing but a Registry.
+type bare struct{ f *fsm.FSM }
+
+func (b bare) VisitService(name string, fn func(*fsm.Instance, string)) bool {
+	return b.f.VisitService(name, fn)
+}
+func (b bare) Node(name string) (*fsm.Node, bool)      { return b.f.Node(name) }
+func (b bare) Election(name string) (*fsm.Mutex, bool) { return b.f.Election(name) }

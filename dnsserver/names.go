@@ -108,7 +108,18 @@ func parseAddrLabel(label string) (netip.Addr, bool) {
 // target is how an SRV record points at an address.
 type target struct {
 	name string     // the SRV target, fully qualified; "" when unusable
+	wire string     // name in wire format, as packService writes it
 	ip   netip.Addr // its address; invalid when name is an outside host name
+}
+
+// newTarget returns the target of a name, unusable when the name cannot be
+// packed.
+func newTarget(name string, ip netip.Addr) target {
+	wire, ok := appendName(nil, name)
+	if name == "" || !ok {
+		return target{}
+	}
+	return target{name: name, wire: string(wire), ip: ip}
 }
 
 // hostTarget returns a host name as a fully-qualified SRV target, or "" when
@@ -129,7 +140,7 @@ type targetCache struct {
 
 	mu    sync.RWMutex
 	addrs map[string]target // instance address (as registered) → target
-	nodes map[string]string // node name → <node>.node.<domain>
+	nodes map[string]target // node name → <node>.node.<domain>, no ip
 }
 
 // maxTargets bounds each map of the target cache: enough for the distinct
@@ -137,7 +148,7 @@ type targetCache struct {
 const maxTargets = 8192
 
 func newTargetCache(domain string) *targetCache {
-	return &targetCache{domain: domain, addrs: map[string]target{}, nodes: map[string]string{}}
+	return &targetCache{domain: domain, addrs: map[string]target{}, nodes: map[string]target{}}
 }
 
 // addrTarget returns the target of an instance address, which must not be
@@ -151,9 +162,9 @@ func (c *targetCache) addrTarget(addr string) target {
 	}
 	if ip, err := netip.ParseAddr(addr); err == nil && ip.Zone() == "" {
 		ip = ip.Unmap()
-		t = target{name: addrName(ip, c.domain), ip: ip}
+		t = newTarget(addrName(ip, c.domain), ip)
 	} else {
-		t = target{name: hostTarget(addr)}
+		t = newTarget(hostTarget(addr), netip.Addr{})
 	}
 	c.mu.Lock()
 	if len(c.addrs) >= maxTargets {
@@ -164,15 +175,15 @@ func (c *targetCache) addrTarget(addr string) target {
 	return t
 }
 
-// nodeTarget returns <node>.node.<domain>.
-func (c *targetCache) nodeTarget(node string) string {
+// nodeTarget returns <node>.node.<domain>, without its address.
+func (c *targetCache) nodeTarget(node string) target {
 	c.mu.RLock()
 	n, ok := c.nodes[node]
 	c.mu.RUnlock()
 	if ok {
 		return n
 	}
-	n = node + "." + kindNode + "." + c.domain
+	n = newTarget(node+"."+kindNode+"."+c.domain, netip.Addr{})
 	c.mu.Lock()
 	if len(c.nodes) >= maxTargets {
 		clear(c.nodes)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/maphash"
 	"log/slog"
 	"net"
 	"strconv"
@@ -30,16 +29,17 @@ const udpReadSize = 4096
 // other names to recursors. It is a dns.Handler (ServeDNS) and, after Start,
 // also serves UDP and TCP on one address.
 type Server struct {
-	cfg     Config
-	reg     Registry
-	lister  Lister // nil when reg does not list names
-	leases  Leases // nil: leader answers get TTL 0
-	log     *slog.Logger
-	metrics *metrics
-	soa     *dns.SOA
-	targets *targetCache
-	seed    maphash.Seed
-	pool    sync.Pool
+	cfg      Config
+	reg      Registry
+	lister   Lister  // nil when reg does not list names
+	watcher  Watcher // nil when reg cannot tell when it changes
+	services svcCache
+	leases   Leases // nil: leader answers get TTL 0
+	log      *slog.Logger
+	metrics  *metrics
+	soa      *dns.SOA
+	targets  *targetCache
+	pool     sync.Pool
 
 	foldNodes, foldElections *foldIndex
 
@@ -80,7 +80,6 @@ func New(cfg Config, reg Registry, leases Leases) (*Server, error) {
 		log:     cfg.Logger.With("component", "dns"),
 		metrics: met,
 		targets: newTargetCache(cfg.Domain),
-		seed:    maphash.MakeSeed(),
 		errc:    make(chan error, 2),
 		udpClient: &dns.Client{
 			Net:     "udp",
@@ -95,6 +94,9 @@ func New(cfg Config, reg Registry, leases Leases) (*Server, error) {
 	}
 	if l, ok := reg.(Lister); ok {
 		s.lister = l
+	}
+	if w, ok := reg.(Watcher); ok {
+		s.watcher = w
 	}
 	neg := ttlSeconds(cfg.ServiceTTL)
 	s.soa = &dns.SOA{

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"slices"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
 	"github.com/sidecarhq/sidecar/dnsserver"
+	"github.com/sidecarhq/sidecar/fsm"
 )
 
 // row is one query of the table and what its answer must be.
@@ -29,7 +31,20 @@ type row struct {
 
 func TestServer_answers(t *testing.T) {
 	fx := newFixture(t)
-	s, _ := startServer(t, dnsserver.TestConfig(), fx.reg.f)
+	// The cache of service matches is used only with a Watcher: both
+	// ways must answer alike.
+	for _, reg := range []struct {
+		name string
+		reg  dnsserver.Registry
+	}{{"fsm", fx.reg.f}, {"without Watcher", noWatch{fx.reg.f}}} {
+		t.Run(reg.name, func(t *testing.T) {
+			s, _ := startServer(t, dnsserver.TestConfig(), reg.reg)
+			testAnswers(t, fx, s.Addr())
+		})
+	}
+}
+
+func testAnswers(t *testing.T, fx *fixture, addr string) {
 	const (
 		A, AAAA, SRV, TXT, ANY, SOA = dns.TypeA, dns.TypeAAAA, dns.TypeSRV, dns.TypeTXT, dns.TypeANY, dns.TypeSOA
 		ok, nx                      = dns.RcodeSuccess, dns.RcodeNameError
@@ -218,7 +233,7 @@ func TestServer_answers(t *testing.T) {
 	}
 	for _, tc := range rows {
 		t.Run(tc.name, func(t *testing.T) {
-			resp := exchange(t, s.Addr(), tc.q)
+			resp := exchange(t, addr, tc.q)
 			if resp.Rcode != tc.rcode {
 				t.Fatalf("rcode = %s, want %s\n%v", dns.RcodeToString[resp.Rcode], dns.RcodeToString[tc.rcode], resp)
 			}
@@ -762,5 +777,95 @@ func TestServer_otherDomain(t *testing.T) {
 	resp = exchange(t, s.Addr(), query{name: "web.service.sidecar.", qtype: dns.TypeA})
 	if resp.Rcode != dns.RcodeRefused {
 		t.Errorf("the default domain is answered: %v", resp)
+	}
+}
+
+// TestServer_followsRegistry changes the registry between queries: answers
+// must follow at once, cache or not.
+func TestServer_followsRegistry(t *testing.T) {
+	for _, mode := range []string{"fsm", "without Watcher"} {
+		t.Run(mode, func(t *testing.T) {
+			r := newRegistry(t)
+			r.apply(node("n1", "10.0.0.1"), node("n2", "10.0.0.2"))
+			r.apply(
+				withCheck(instance("a", "svc", "n1", "10.0.5.1", 1), fsm.StatusPassing),
+				instance("b", "svc", "n2", "", 2, "blue"),
+			)
+			var reg dnsserver.Registry = r.f
+			if mode != "fsm" {
+				reg = noWatch{r.f}
+			}
+			s, _ := startServer(t, dnsserver.TestConfig(), reg)
+			expect := func(step, name string, qtype uint16, rcode int, want ...string) {
+				t.Helper()
+				resp := exchange(t, s.Addr(), query{name: name, qtype: qtype})
+				if got, w := rrStrings(resp.Answer), parseRRs(t, want...); resp.Rcode != rcode || !slices.Equal(got, w) {
+					t.Fatalf("%s: %s %s: rcode %s answer %q, want %s %q", step, name, dns.TypeToString[qtype],
+						dns.RcodeToString[resp.Rcode], got, dns.RcodeToString[rcode], w)
+				}
+			}
+			const svcA = "svc.service.sidecar."
+			expect("start", svcA, dns.TypeA, dns.RcodeSuccess, svcA+" 5 IN A 10.0.5.1", svcA+" 5 IN A 10.0.0.2")
+			expect("start", "blue."+svcA, dns.TypeA, dns.RcodeSuccess, "blue."+svcA+" 5 IN A 10.0.0.2")
+
+			r.apply(&fsm.UpdateCheck{Node: "n1", CheckID: "a:ttl", Status: fsm.StatusCritical})
+			expect("check critical", svcA, dns.TypeA, dns.RcodeSuccess, svcA+" 5 IN A 10.0.0.2")
+
+			r.apply(node("n2", "10.0.0.22"))
+			expect("node moved", svcA, dns.TypeA, dns.RcodeSuccess, svcA+" 5 IN A 10.0.0.22")
+			expect("node moved", svcA, dns.TypeSRV, dns.RcodeSuccess, svcA+" 5 IN SRV 1 1 2 n2.node.sidecar.")
+
+			r.apply(&fsm.SetNodeStatus{Name: "n2", Status: fsm.NodeFailed})
+			expect("node failed", svcA, dns.TypeA, dns.RcodeSuccess)
+			expect("node failed", "blue."+svcA, dns.TypeA, dns.RcodeSuccess)
+
+			r.apply(&fsm.UpdateCheck{Node: "n1", CheckID: "a:ttl", Status: fsm.StatusPassing})
+			expect("check passing", svcA, dns.TypeA, dns.RcodeSuccess, svcA+" 5 IN A 10.0.5.1")
+
+			r.apply(&fsm.DeregisterInstance{Node: "n1", ID: "a"}, &fsm.DeregisterInstance{Node: "n2", ID: "b"})
+			expect("deregistered", svcA, dns.TypeA, dns.RcodeNameError)
+
+			r.apply(instance("c", "svc", "n1", "10.0.5.3", 3))
+			expect("registered again", svcA, dns.TypeA, dns.RcodeSuccess, svcA+" 5 IN A 10.0.5.3")
+
+			// A snapshot restore replaces everything.
+			empty := newRegistry(t)
+			empty.apply(node("n1", "10.0.0.1"))
+			var snap strings.Builder
+			if err := empty.f.WriteSnapshot(&snap); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.f.Restore(io.NopCloser(strings.NewReader(snap.String()))); err != nil {
+				t.Fatal(err)
+			}
+			expect("restored", svcA, dns.TypeA, dns.RcodeNameError)
+		})
+	}
+}
+
+// TestServer_bareRegistry answers from a Registry with no optional
+// capability: names registered with capitals are found as queried or in
+// lower case only.
+func TestServer_bareRegistry(t *testing.T) {
+	fx := newFixture(t)
+	s, _ := startServer(t, dnsserver.TestConfig(), bare{fx.reg.f})
+	for _, tc := range []struct {
+		name  string
+		rcode int
+	}{
+		{"Node6.node.sidecar.", dns.RcodeSuccess},
+		{"node1.node.sidecar.", dns.RcodeSuccess},
+		{"NODE1.node.sidecar.", dns.RcodeSuccess},
+		{"node6.node.sidecar.", dns.RcodeNameError},
+		{"LeadCap.leader.sidecar.", dns.RcodeSuccess},
+		{"web.service.sidecar.", dns.RcodeSuccess},
+	} {
+		if resp := exchange(t, s.Addr(), query{name: tc.name, qtype: dns.TypeANY}); resp.Rcode != tc.rcode {
+			t.Errorf("%s: rcode %s, want %s", tc.name, dns.RcodeToString[resp.Rcode], dns.RcodeToString[tc.rcode])
+		}
+	}
+	resp := exchange(t, s.Addr(), query{name: "web.service.sidecar.", qtype: dns.TypeSRV})
+	if len(resp.Answer) != 4 || len(resp.Extra) != 3 {
+		t.Errorf("web SRV: %v", resp)
 	}
 }
