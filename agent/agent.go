@@ -92,7 +92,9 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 		return nil, fmt.Errorf("agent: --bootstrap-expect %d needs gossip cluster formation, not in this build yet; use 1", cfg.BootstrapExpect)
 	}
 	a := &Agent{cfg: cfg, log: log, metrics: prometheus.NewRegistry()}
-	a.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// SPEC: every metric is prefixed sidecar_, the runtime's too.
+	prometheus.WrapRegistererWithPrefix("sidecar_", a.metrics).MustRegister(
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	sc := election.DefaultServerConfig()
 	if cfg.Raft != nil {

@@ -1,0 +1,60 @@
+package agent_test
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
+
+	"github.com/sidecarhq/sidecar/agent/agenttest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// Every metric is named sidecar_* and passes Prometheus' own lint.
+func TestAgent_Metrics_namingConventions(t *testing.T) {
+	a := agenttest.Start(t, nil)
+	// Touch the lazily created series.
+	for _, req := range []struct{ method, path, body string }{
+		{"PUT", "/v1/locks/job", `{}`}, {"PUT", "/v1/elections/db/campaign", `{"candidate":"c"}`}, {"GET", "/v1/status", ""},
+	} {
+		r, _ := http.NewRequest(req.method, a.URL+req.path, strings.NewReader(req.body))
+		resp, err := http.DefaultClient.Do(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	families, err := a.Metrics().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{
+		"sidecar_raft_apply_duration_seconds": false, "sidecar_raft_state": false, "sidecar_http_requests_total": false,
+		"sidecar_leases_active": false, "sidecar_lock_acquisitions_total": false, "sidecar_election_leader": false,
+	}
+	for _, f := range families {
+		if !strings.HasPrefix(f.GetName(), "sidecar_") {
+			t.Errorf("metric %s is not prefixed sidecar_", f.GetName())
+		}
+		if _, ok := want[f.GetName()]; ok {
+			want[f.GetName()] = true
+		}
+	}
+	for name, seen := range want {
+		if !seen {
+			t.Errorf("metric %s missing", name)
+		}
+	}
+	problems, err := testutil.GatherAndLint(a.Metrics())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+}
