@@ -338,7 +338,9 @@ func mapRaftError(err error) error {
 
 // ConsistentRead returns once this server's registry reflects every write
 // acknowledged before the call: it confirms leadership with a quorum and
-// waits until the commit index seen before that is applied.
+// waits until the commit index seen before that is applied. Raft's applied
+// index is the one to wait on: no-op and configuration entries never reach
+// the registry, so its own index may stay below the commit index.
 func (s *Server) ConsistentRead(ctx context.Context) error {
 	if !s.IsLeader() {
 		return ErrNotLeader
@@ -347,17 +349,13 @@ func (s *Server) ConsistentRead(ctx context.Context) error {
 	if err := s.raft.VerifyLeader().Error(); err != nil {
 		return mapRaftError(err)
 	}
-	for s.fsm.Index() < readIndex {
-		ch := s.fsm.Watch()
-		if s.fsm.Index() >= readIndex {
-			break
-		}
+	for s.raft.AppliedIndex() < readIndex {
 		select {
-		case <-ch:
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.stop:
 			return ErrShutdown
+		case <-time.After(time.Millisecond):
 		}
 	}
 	return nil

@@ -168,6 +168,11 @@ func TestAPI_registerAndBlockingQuery(t *testing.T) {
 	if r.code != 200 || time.Since(start) < 200*time.Millisecond {
 		t.Fatalf("wait ended after %v with %d", time.Since(start), r.code)
 	}
+	// A consistent read sees the registration.
+	r = do(t, "GET", a.URL+"/v1/services/web?consistent", "")
+	if r.code != 200 || !strings.Contains(string(r.body), `"web-1"`) {
+		t.Fatalf("consistent read: %d %s", r.code, r.body)
+	}
 	// Filters.
 	mustOK(t, do(t, "PUT", a.URL+"/v1/services", `{"id":"web-2","name":"web","port":81,"tags":["v2"],"checks":[{"id":"hb","type":"ttl","ttl":"10s"}]}`))
 	for q, want := range map[string]int{"": 2, "?passing": 1, "?tag=v1": 1, "?tag=v1&tag=blue": 1, "?tag=v1&tag=v2": 0} {
