@@ -28,7 +28,8 @@
 // random sample when a service has more passing instances.
 //
 // The registry is read through Registry, a narrow interface *fsm.FSM
-// satisfies; answering a service name reads its instances in place
-// (VisitService) and builds the answer in pooled memory, so a query of the
-// registry costs few allocations.
+// satisfies, and two optional capabilities found by type assertion: Lister
+// (case-insensitive node and election names) and Watcher (service matches
+// kept until the registry changes). A service answer is packed by hand in
+// pooled memory: the handler allocates nothing for it. See README.md.
 package dnsserver
