@@ -54,7 +54,7 @@ type scratch struct {
 }
 
 func (s *Server) newScratch() *scratch {
-	max := s.cfg.MaxRecords
+	n := s.cfg.MaxRecords
 	sc := &scratch{
 		// Answers built as dns.Msg hold a record or two (services are
 		// packed by packService from picks).
@@ -66,12 +66,14 @@ func (s *Server) newScratch() *scratch {
 		srv:    make([]dns.SRV, 0, 1),
 		ips:    make([]byte, 0, 32),
 		tags:   make([]string, 0, 8),
-		cands:  make([]candidate, 0, max),
-		picks:  make([]pick, 0, max),
-		seen:   make([]uint32, max),
-		chosen: make([]int32, nextPow2(2*max)),
-		buf:    make([]byte, 8192),
-		max:    max,
+		cands:  make([]candidate, 0, n),
+		picks:  make([]pick, 0, n),
+		seen:   make([]uint32, n),
+		chosen: make([]int32, nextPow2(2*n)),
+		// 8 KB holds the largest answer of 64 records over TCP; a grown
+		// buffer is kept.
+		buf: make([]byte, 8192),
+		max: n,
 	}
 	sc.visitFn = sc.visit
 	return sc
@@ -387,12 +389,14 @@ func (s *Server) leaderAnswer(sc *scratch, q *dns.Question, orig, lower string) 
 		switch {
 		case isIP && ip.Is4() == (q.Qtype == dns.TypeA):
 			m.Answer = append(m.Answer, sc.addrRR(q.Name, ttl, ip))
-		case !isIP && hostTarget(host) != "":
-			sc.cname = dns.CNAME{
-				Hdr:    dns.RR_Header{Name: q.Name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: ttl},
-				Target: hostTarget(host),
+		case !isIP:
+			if name := hostTarget(host); name != "" {
+				sc.cname = dns.CNAME{
+					Hdr:    dns.RR_Header{Name: q.Name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: ttl},
+					Target: name,
+				}
+				m.Answer = append(m.Answer, &sc.cname)
 			}
-			m.Answer = append(m.Answer, &sc.cname)
 		}
 	case dns.TypeSRV:
 		if !hasPort || host == "" {

@@ -130,7 +130,7 @@ func (s *Server) matches(sc *scratch, key svcKey) (bool, []pick) {
 	if s.watcher == nil {
 		sc.max = s.cfg.MaxRecords
 		exists := s.reg.VisitService(key.name, sc.visitFn)
-		sc.picks = s.resolve(sc.picks[:0], sc.cands)
+		sc.picks = usable(s.resolve(sc.picks[:0], sc.cands), key.family)
 		return exists, sc.picks
 	}
 	if e := s.services.get(key); e != nil {
@@ -142,10 +142,27 @@ func (s *Server) matches(sc *scratch, key svcKey) (bool, []pick) {
 	sc.max = math.MaxInt
 	exists := s.reg.VisitService(key.name, sc.visitFn)
 	sc.max = s.cfg.MaxRecords
-	picks := s.resolve(make([]pick, 0, len(sc.cands)), sc.cands)
+	picks := usable(s.resolve(make([]pick, 0, len(sc.cands)), sc.cands), key.family)
 	clear(sc.cands) // drop the registry's strings from the pool
 	s.services.put(key, &svcEntry{valid: valid, exists: exists, picks: picks})
 	return exists, picks
+}
+
+// usable drops in place the picks that cannot give a record: targets that
+// cannot be packed, and for A and AAAA (family 4, 6) targets without an
+// address of that family. Sampling then only ever picks records.
+func usable(picks []pick, family int) []pick {
+	out := picks[:0]
+	for _, p := range picks {
+		switch {
+		case p.t.wire == "":
+		case family == 4 && !(p.t.ip.IsValid() && p.t.ip.Is4()):
+		case family == 6 && !(p.t.ip.IsValid() && p.t.ip.Is6()):
+		default:
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // sample copies into sc.picks all of all, or k of them chosen uniformly at
