@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -125,6 +126,13 @@ type Server struct {
 	leases *leaseTracker
 	m      *serverMetrics
 
+	// changes feeds clients' change streams; rpc forwards to the leader;
+	// rpcSrv serves the internal RPC on the Raft port.
+	changes *changeLog
+	rpc     *rpcClient
+	mux     *muxListener
+	rpcSrv  *http.Server
+
 	notify    chan bool
 	stop      chan struct{}
 	wg        sync.WaitGroup
@@ -153,6 +161,10 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 		fsm:    fsm.New(),
 		notify: make(chan bool, 16),
 		stop:   make(chan struct{}),
+		// Entries kept for clients that resume their stream: a few seconds
+		// of heavy writes, or hours of a quiet registry.
+		changes: newChangeLog(16384),
+		rpc:     newRPCClient(),
 	}
 	defer func() {
 		if err != nil {
@@ -223,12 +235,26 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 			if err != nil {
 				return nil, fmt.Errorf("raft advertise address %q: %w", adv, err)
 			}
-			tcp, err := raft.NewTCPTransportWithLogger(cfg.RaftAddr, advAddr, 3, 10*time.Second, rc.Logger)
+			ln, err := net.Listen("tcp", cfg.RaftAddr)
 			if err != nil {
 				return nil, fmt.Errorf("listen raft %s: %w", cfg.RaftAddr, err)
 			}
-			s.trans = tcp
-			s.closer = append(s.closer, tcp)
+			if advAddr.Port == 0 {
+				advAddr.Port = ln.Addr().(*net.TCPAddr).Port
+			}
+			if advAddr.IP.IsUnspecified() {
+				ln.Close()
+				return nil, errNoAdvertise
+			}
+			s.mux = newMux(ln)
+			s.closer = append(s.closer, s.mux)
+			s.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+				Stream:  &raftStream{subListener: s.mux.raft, advertise: advAddr},
+				MaxPool: 3,
+				Timeout: 10 * time.Second,
+				Logger:  rc.Logger,
+			})
+			s.closer = append(s.closer, s.trans.(io.Closer))
 		}
 	}
 
@@ -248,7 +274,7 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 		}
 	}
 
-	r, err := raft.NewRaft(rc, s.fsm, logs, stable, snaps, s.trans)
+	r, err := raft.NewRaft(rc, &recordingFSM{FSM: s.fsm, log: s.changes}, logs, stable, snaps, s.trans)
 	if err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
@@ -256,6 +282,10 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 	s.leases = newLeaseTracker(s)
 	s.m = newServerMetrics(cfg.Registerer, s)
 
+	if s.mux != nil {
+		s.rpcSrv = &http.Server{Handler: s.rpcHandler(), ReadHeaderTimeout: 10 * time.Second}
+		go s.rpcSrv.Serve(s.mux.rpc)
+	}
 	s.wg.Add(1)
 	go s.watchLeadership()
 	s.log.Info("raft server started", "node", cfg.Node, "addr", s.trans.LocalAddr(), "in_memory", cfg.InMemory,
@@ -438,8 +468,15 @@ func (s *Server) TransferLeadership() error {
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.stop)
+		if s.rpcSrv != nil {
+			s.rpcSrv.Close()
+		}
+		s.rpc.close()
 		if err := s.raft.Shutdown().Error(); err != nil {
 			s.closeErr = fmt.Errorf("raft shutdown: %w", err)
+		}
+		if nt, ok := s.trans.(*raft.NetworkTransport); ok {
+			nt.CloseStreams()
 		}
 		s.wg.Wait()
 		for i := len(s.closer) - 1; i >= 0; i-- {

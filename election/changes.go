@@ -1,0 +1,95 @@
+package election
+
+import (
+	"io"
+	"sync"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/sidecarhq/sidecar/fsm"
+)
+
+// changeLog keeps the most recent entries a server applied, so that a
+// client's change stream resumes from its index without a snapshot when it
+// was away briefly.
+type changeLog struct {
+	mu      sync.Mutex
+	entries []change
+	limit   int
+	// dropped is the highest index no longer kept: a follower behind it
+	// needs a snapshot.
+	dropped uint64
+	notify  chan struct{}
+}
+
+type change struct {
+	index uint64
+	data  []byte
+}
+
+func newChangeLog(limit int) *changeLog {
+	return &changeLog{limit: limit, notify: make(chan struct{})}
+}
+
+func (c *changeLog) append(index uint64, data []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.entries) >= c.limit {
+		n := len(c.entries) / 4
+		c.dropped = c.entries[n-1].index
+		c.entries = append(c.entries[:0:0], c.entries[n:]...)
+	}
+	c.entries = append(c.entries, change{index, data})
+	close(c.notify)
+	c.notify = make(chan struct{})
+}
+
+// reset forgets everything up to index (after a snapshot restore).
+func (c *changeLog) reset(index uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.entries = nil
+	c.dropped = index
+	close(c.notify)
+	c.notify = make(chan struct{})
+}
+
+// since returns the entries after index and a channel closed at the next
+// append; ok is false when entries after index were dropped.
+func (c *changeLog) since(index uint64) (out []change, notify <-chan struct{}, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if index < c.dropped {
+		return nil, c.notify, false
+	}
+	for i := len(c.entries) - 1; i >= 0 && c.entries[i].index > index; i-- {
+		out = append(out, c.entries[i])
+	}
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out, c.notify, true
+}
+
+// recordingFSM is the registry as Raft drives it on a server: every applied
+// command also goes to the change log that clients stream from.
+type recordingFSM struct {
+	*fsm.FSM
+	log *changeLog
+}
+
+func (r *recordingFSM) Apply(l *raft.Log) interface{} {
+	res := r.FSM.Apply(l)
+	if l.Type == raft.LogCommand {
+		r.log.append(l.Index, l.Data)
+	}
+	return res
+}
+
+func (r *recordingFSM) Restore(rc io.ReadCloser) error {
+	if err := r.FSM.Restore(rc); err != nil {
+		return err
+	}
+	r.log.reset(r.FSM.Index())
+	return nil
+}

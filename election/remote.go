@@ -1,0 +1,174 @@
+package election
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/sidecarhq/sidecar/fsm"
+)
+
+// Remote writes to the registry from anywhere in the cluster: on a server it
+// applies locally while it leads and otherwise goes straight to the leader;
+// on a client it asks any server, which forwards to the leader. It retries,
+// until the context ends, what surely did not happen (no leader, not
+// connected); a write whose fate is unknown is never sent twice.
+type Remote struct {
+	local   *Server
+	servers func() []string
+	rpc     *rpcClient
+	next    atomic.Uint64
+	timeout time.Duration
+}
+
+// NewRemote returns a Remote. local may be nil (a client); servers lists
+// the RPC addresses of servers, for a client.
+func NewRemote(local *Server, servers func() []string) *Remote {
+	if servers == nil {
+		servers = func() []string { return nil }
+	}
+	return &Remote{local: local, servers: servers, rpc: newRPCClient(), timeout: 5 * time.Second}
+}
+
+// Close drops idle connections.
+func (r *Remote) Close() { r.rpc.close() }
+
+// target picks where a request goes: the leader when this is a server that
+// knows it, else the next server in turn.
+func (r *Remote) target() (addr string, forwarded bool, err error) {
+	if r.local != nil {
+		if _, a := r.local.Leader(); a != "" {
+			return string(a), true, nil
+		}
+		return "", false, ErrNotLeader
+	}
+	list := r.servers()
+	if len(list) == 0 {
+		return "", false, fmt.Errorf("%w: no server known", ErrNotLeader)
+	}
+	return list[int(r.next.Add(1)%uint64(len(list)))], false, nil
+}
+
+func retryable(err error) bool {
+	return errors.Is(err, ErrNotLeader) || errors.Is(err, errNotSent) || errors.Is(err, ErrShutdown)
+}
+
+func (r *Remote) do(ctx context.Context, attempt func(ctx context.Context) error) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, r.timeout)
+		defer cancel()
+	}
+	backoff := 5 * time.Millisecond
+	for {
+		err := attempt(ctx)
+		if err == nil || !retryable(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (gave up: %v)", err, ctx.Err())
+		case <-time.After(backoff):
+		}
+		if backoff < 100*time.Millisecond {
+			backoff *= 2
+		}
+	}
+}
+
+// Apply implements Backend.
+func (r *Remote) Apply(ctx context.Context, cmd fsm.Command) (*fsm.Result, error) {
+	data, err := fsm.Encode(cmd)
+	if err != nil {
+		return nil, err
+	}
+	var res *fsm.Result
+	err = r.do(ctx, func(ctx context.Context) error {
+		var err error
+		if r.local != nil && r.local.IsLeader() {
+			res, err = r.local.ApplyEncoded(ctx, data)
+			return err
+		}
+		addr, fwd, err := r.target()
+		if err != nil {
+			return err
+		}
+		reply, err := r.rpc.call(ctx, addr, rpcApply, data, fwd)
+		if err != nil {
+			return err
+		}
+		res, err = reply.result()
+		return err
+	})
+	return res, err
+}
+
+// KeepAlive implements Backend.
+func (r *Remote) KeepAlive(ctx context.Context, id string) (time.Duration, error) {
+	var ttl time.Duration
+	err := r.do(ctx, func(ctx context.Context) error {
+		var err error
+		if r.local != nil && r.local.IsLeader() {
+			ttl, err = r.local.KeepAlive(ctx, id)
+			return err
+		}
+		addr, fwd, err := r.target()
+		if err != nil {
+			return err
+		}
+		reply, err := r.rpc.call(ctx, addr, rpcKeepAlive+"?id="+id, nil, fwd)
+		if err != nil {
+			return err
+		}
+		ttl = time.Duration(reply.TTL)
+		return decodeError(reply.Code, reply.Error)
+	})
+	return ttl, err
+}
+
+// ReadIndex returns an index that a local copy of the registry must reach to
+// reflect every write acknowledged before the call.
+func (r *Remote) ReadIndex(ctx context.Context) (uint64, error) {
+	var idx uint64
+	err := r.do(ctx, func(ctx context.Context) error {
+		var err error
+		if r.local != nil && r.local.IsLeader() {
+			idx, err = r.local.readIndex(ctx)
+			return err
+		}
+		addr, fwd, err := r.target()
+		if err != nil {
+			return err
+		}
+		reply, err := r.rpc.call(ctx, addr, rpcReadIndex, nil, fwd)
+		if err != nil {
+			return err
+		}
+		idx = reply.Index
+		return decodeError(reply.Code, reply.Error)
+	})
+	return idx, err
+}
+
+// ConsistentRead waits until reg reflects every write acknowledged before
+// the call.
+func (r *Remote) ConsistentRead(ctx context.Context, reg *fsm.FSM) error {
+	idx, err := r.ReadIndex(ctx)
+	if err != nil {
+		return err
+	}
+	for {
+		ch := reg.Watch()
+		if reg.Index() >= idx {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("local copy behind index %s: %w", strconv.FormatUint(idx, 10), ctx.Err())
+		case <-ch:
+		}
+	}
+}

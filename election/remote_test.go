@@ -1,0 +1,151 @@
+package election_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/sidecarhq/sidecar/election"
+	"github.com/sidecarhq/sidecar/election/electiontest"
+	"github.com/sidecarhq/sidecar/fsm"
+)
+
+// tcpCluster starts n servers on loopback TCP (Raft and RPC on one port)
+// and bootstraps them together.
+func tcpCluster(t *testing.T, n int) []*election.Server {
+	t.Helper()
+	var servers []*election.Server
+	var conf raft.Configuration
+	for i := 0; i < n; i++ {
+		cfg := election.TestServerConfig()
+		cfg.Node = "s" + string(rune('0'+i))
+		cfg.InMemory = true
+		cfg.RaftAddr = "127.0.0.1:0"
+		cfg.Logger = electiontest.Logger(t, cfg.Node)
+		s, err := election.NewServer(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		servers = append(servers, s)
+		conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(cfg.Node), Address: s.Addr()})
+	}
+	if err := servers[0].Raft().BootstrapCluster(conf).Error(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "a leader", func() bool {
+		for _, s := range servers {
+			if s.IsLeader() {
+				return true
+			}
+		}
+		return false
+	})
+	return servers
+}
+
+func TestRemote_clientWritesAndFollowsThroughServers(t *testing.T) {
+	servers := tcpCluster(t, 3)
+	var follower *election.Server
+	for _, s := range servers {
+		if !s.IsLeader() {
+			follower = s
+			break
+		}
+	}
+	alive := map[*election.Server]bool{servers[0]: true, servers[1]: true, servers[2]: true}
+	addrs := func() []string {
+		var out []string
+		for _, s := range servers {
+			if alive[s] {
+				out = append(out, string(s.Addr()))
+			}
+		}
+		return out
+	}
+	// A client: writes go to any server, which forwards to the leader.
+	remote := election.NewRemote(nil, func() []string { return []string{string(follower.Addr())} })
+	defer remote.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	if _, err := remote.Apply(ctx, &fsm.RegisterNode{Name: "client-1", Address: "10.0.0.9"}); err != nil {
+		t.Fatalf("write through a follower: %v", err)
+	}
+	res, err := remote.Apply(ctx, &fsm.GrantLease{TTL: int64(5 * time.Second)})
+	if err != nil || res.LeaseID == "" {
+		t.Fatalf("grant through a follower: %+v %v", res, err)
+	}
+	if _, err := remote.KeepAlive(ctx, res.LeaseID); err != nil {
+		t.Fatalf("keepalive through a follower: %v", err)
+	}
+	if _, err := remote.KeepAlive(ctx, "00000000deadbeef"); err == nil || !errorIs(err, fsm.ErrUnknownLease) {
+		t.Fatalf("keepalive of an unknown lease: %v, want ErrUnknownLease across RPC", err)
+	}
+	if _, err := remote.Apply(ctx, &fsm.AcquireLock{Name: "job", Lease: "nope"}); !errorIs(err, fsm.ErrUnknownLease) {
+		t.Fatalf("refused write: %v, want ErrUnknownLease across RPC", err)
+	}
+
+	// The client's copy follows a change stream.
+	copyReg := fsm.New()
+	replica := election.NewReplica(copyReg, addrs, electiontest.Logger(t, "client"))
+	rctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { replica.Run(rctx); close(done) }()
+	defer func() { stop(); <-done }()
+	waitFor(t, 10*time.Second, "copy current", func() bool { return replica.Current() == nil })
+	if _, ok := copyReg.Node("client-1"); !ok {
+		t.Fatal("copy lacks the node registered before it connected")
+	}
+	for i := 0; i < 20; i++ {
+		in := fsm.Instance{ID: "web-" + string(rune('a'+i)), Name: "web", Node: "client-1", Port: 80 + i}
+		if _, err := remote.Apply(ctx, &fsm.RegisterInstance{Instance: in}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A consistent read through the client sees every acknowledged write.
+	if err := remote.ConsistentRead(ctx, copyReg); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(copyReg.ServiceInstances("web")); n != 20 {
+		t.Fatalf("copy holds %d instances after a consistent read, want 20", n)
+	}
+
+	// Kill every server but the leader's successor chain: the copy resumes
+	// from another server.
+	for _, s := range servers {
+		if s != follower && !s.IsLeader() {
+			alive[s] = false
+			s.Close()
+			break
+		}
+	}
+	if _, err := remote.Apply(ctx, &fsm.RegisterInstance{Instance: fsm.Instance{ID: "after", Name: "web", Node: "client-1", Port: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "copy resumed with the new instance", func() bool {
+		_, ok := copyReg.Instance("client-1", "after")
+		return ok
+	})
+	for _, s := range servers {
+		if alive[s] && s.FSM().Digest() != copyReg.Digest() {
+			waitFor(t, 5*time.Second, "copy converged", func() bool { return s.FSM().Digest() == copyReg.Digest() })
+		}
+	}
+}
+
+func errorIs(err, target error) bool {
+	for e := err; e != nil; {
+		if e == target {
+			return true
+		}
+		u, ok := e.(interface{ Unwrap() error })
+		if !ok {
+			return false
+		}
+		e = u.Unwrap()
+	}
+	return false
+}

@@ -1,0 +1,147 @@
+package election
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sidecarhq/sidecar/fsm"
+)
+
+// Replica keeps a client's in-memory copy of the registry, fed by a change
+// stream from any server: a snapshot, then every entry from its index on.
+// When a stream breaks it resumes from its own index on another server (the
+// server sends a snapshot instead when it no longer has those entries).
+type Replica struct {
+	fsm     *fsm.FSM
+	servers func() []string
+	rpc     *rpcClient
+	log     *slog.Logger
+
+	next atomic.Uint64
+
+	mu        sync.Mutex
+	lastHeard time.Time
+	behind    bool
+	server    string
+}
+
+// NewReplica returns a replica filling reg from the servers listed.
+func NewReplica(reg *fsm.FSM, servers func() []string, log *slog.Logger) *Replica {
+	return &Replica{fsm: reg, servers: servers, rpc: newRPCClient(), log: log.With("component", "replica")}
+}
+
+// FSM is the local copy.
+func (r *Replica) FSM() *fsm.FSM { return r.fsm }
+
+// Current returns nil while the copy is fed by a live stream and holds
+// everything the server had at its last heartbeat.
+func (r *Replica) Current() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case r.server == "":
+		return errors.New("no change stream connected")
+	case time.Since(r.lastHeard) > 3*streamHeartbeat:
+		return fmt.Errorf("change stream from %s silent for %v", r.server, time.Since(r.lastHeard).Round(time.Millisecond))
+	case r.behind:
+		return fmt.Errorf("copy still catching up with %s", r.server)
+	}
+	return nil
+}
+
+// Run follows change streams until ctx ends.
+func (r *Replica) Run(ctx context.Context) {
+	defer r.rpc.close()
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		list := r.servers()
+		if len(list) == 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			continue
+		}
+		addr := list[int(r.next.Add(1)%uint64(len(list)))]
+		err := r.follow(ctx, addr)
+		r.mu.Lock()
+		r.server = ""
+		r.mu.Unlock()
+		if ctx.Err() != nil {
+			return
+		}
+		r.log.Debug("change stream ended; resuming elsewhere", "server", addr, "index", r.fsm.Index(), "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+	}
+}
+
+func (r *Replica) follow(ctx context.Context, addr string) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	from := r.fsm.Index()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+rpcStream+"?index="+strconv.FormatUint(from, 10), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := r.rpc.http.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("stream from %s: %s", addr, resp.Status)
+	}
+	r.mu.Lock()
+	r.server, r.lastHeard, r.behind = addr, time.Now(), true
+	r.mu.Unlock()
+	// A stream that goes silent is cut, so a dead server is left quickly.
+	watchdog := time.AfterFunc(3*streamHeartbeat, cancel)
+	defer watchdog.Stop()
+	br := bufio.NewReaderSize(resp.Body, 64<<10)
+	for {
+		typ, index, data, err := readFrame(br)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return errors.New("stream closed by server")
+			}
+			return err
+		}
+		watchdog.Reset(3 * streamHeartbeat)
+		behind := false
+		switch typ {
+		case frameSnapshot:
+			if err := r.fsm.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
+				return fmt.Errorf("stream snapshot: %w", err)
+			}
+		case frameEntry:
+			if index > r.fsm.Index() {
+				if res := r.fsm.ApplyBytes(index, data); res.Err != nil && errors.Is(res.Err, fsm.ErrDecode) {
+					r.log.Warn("stream entry does not decode", "index", index, "err", res.Err)
+				}
+			}
+			behind = br.Buffered() > 0
+		case frameHeartbeat:
+			behind = r.fsm.Index() < index
+		default:
+			return fmt.Errorf("stream frame type %q", typ)
+		}
+		r.mu.Lock()
+		r.lastHeard, r.behind = time.Now(), behind
+		r.mu.Unlock()
+	}
+}

@@ -1,0 +1,380 @@
+package election
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/sidecarhq/sidecar/fsm"
+)
+
+// Internal RPC between sidecars and servers, over HTTP/1.1 on the mux:
+// writes, keepalives and read indexes go to any server, which forwards them
+// once to the Raft leader; the change stream feeds clients' copies of the
+// registry from any server.
+
+const (
+	rpcApply     = "/rpc/v1/apply"
+	rpcKeepAlive = "/rpc/v1/keepalive"
+	rpcReadIndex = "/rpc/v1/readindex"
+	rpcStream    = "/rpc/v1/stream"
+	// hdrForwarded marks a request a server already forwarded, so that two
+	// servers that disagree on the leader never bounce it around.
+	hdrForwarded = "X-Sidecar-Forwarded"
+)
+
+// errorCodes carries the sentinel of an error across the wire.
+var errorCodes = []struct {
+	code string
+	err  error
+}{
+	{"invalid", fsm.ErrInvalid}, {"decode", fsm.ErrDecode},
+	{"unknown_node", fsm.ErrUnknownNode}, {"unknown_instance", fsm.ErrUnknownInstance},
+	{"unknown_check", fsm.ErrUnknownCheck}, {"unknown_lease", fsm.ErrUnknownLease},
+	{"unknown_lock", fsm.ErrUnknownLock}, {"unknown_election", fsm.ErrUnknownElection},
+	{"not_holder", fsm.ErrNotHolder}, {"not_candidate", fsm.ErrNotCandidate},
+	{"lease_exists", fsm.ErrLeaseExists}, {"check_conflict", fsm.ErrCheckConflict},
+	{"not_leader", ErrNotLeader}, {"unknown_outcome", ErrUnknownOutcome}, {"shutdown", ErrShutdown},
+}
+
+// remoteError is an error that came over RPC: its text as the server wrote
+// it, its sentinel for errors.Is.
+type remoteError struct {
+	msg      string
+	sentinel error
+}
+
+func (e *remoteError) Error() string { return e.msg }
+func (e *remoteError) Unwrap() error { return e.sentinel }
+
+func encodeError(err error) (code, msg string) {
+	if err == nil {
+		return "", ""
+	}
+	for _, c := range errorCodes {
+		if errors.Is(err, c.err) {
+			return c.code, err.Error()
+		}
+	}
+	return "internal", err.Error()
+}
+
+func decodeError(code, msg string) error {
+	if code == "" {
+		return nil
+	}
+	for _, c := range errorCodes {
+		if c.code == code {
+			return &remoteError{msg: msg, sentinel: c.err}
+		}
+	}
+	return errors.New(msg)
+}
+
+// rpcReply is the answer of apply, keepalive and readindex.
+type rpcReply struct {
+	Index   uint64      `json:"index,omitempty"`
+	Code    string      `json:"code,omitempty"`
+	Error   string      `json:"error,omitempty"`
+	LeaseID string      `json:"lease_id,omitempty"`
+	Held    bool        `json:"held,omitempty"`
+	Token   uint64      `json:"token,omitempty"`
+	Holder  *fsm.Holder `json:"holder,omitempty"`
+	TTL     int64       `json:"ttl,omitempty"`
+}
+
+func replyOf(res *fsm.Result, err error) rpcReply {
+	var r rpcReply
+	if res != nil {
+		r = rpcReply{Index: res.Index, LeaseID: res.LeaseID, Held: res.Held, Token: res.Token, Holder: res.Holder}
+	}
+	r.Code, r.Error = encodeError(err)
+	return r
+}
+
+func (r rpcReply) result() (*fsm.Result, error) {
+	err := decodeError(r.Code, r.Error)
+	if r.Index == 0 && err != nil {
+		return nil, err
+	}
+	return &fsm.Result{Index: r.Index, Err: err, LeaseID: r.LeaseID, Held: r.Held, Token: r.Token, Holder: r.Holder}, err
+}
+
+// rpcClient calls servers' internal RPC.
+type rpcClient struct {
+	http *http.Client
+}
+
+func newRPCClient() *rpcClient {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			timeout := 5 * time.Second
+			if dl, ok := ctx.Deadline(); ok {
+				timeout = time.Until(dl)
+			}
+			return dialProto(network, addr, protoRPC, timeout)
+		},
+		MaxIdleConnsPerHost: 16,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	return &rpcClient{http: &http.Client{Transport: tr}}
+}
+
+func (c *rpcClient) close() { c.http.CloseIdleConnections() }
+
+// errNotSent: the request never reached the server, so it did nothing and
+// may be retried elsewhere.
+var errNotSent = errors.New("election: rpc not sent")
+
+func (c *rpcClient) call(ctx context.Context, addr, path string, body []byte, forwarded bool) (rpcReply, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+path, bytes.NewReader(body))
+	if err != nil {
+		return rpcReply{}, err
+	}
+	if forwarded {
+		req.Header.Set(hdrForwarded, "1")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return rpcReply{}, fmt.Errorf("%w: %v", errNotSent, err)
+		}
+		return rpcReply{}, fmt.Errorf("%w: rpc %s to %s: %v", ErrUnknownOutcome, path, addr, err)
+	}
+	defer resp.Body.Close()
+	var r rpcReply
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return r, fmt.Errorf("rpc %s to %s: %s: %s", path, addr, resp.Status, bytes.TrimSpace(b))
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return r, fmt.Errorf("%w: rpc %s reply: %v", ErrUnknownOutcome, path, err)
+	}
+	return r, nil
+}
+
+// rpcHandler serves the internal RPC of a server.
+func (s *Server) rpcHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+rpcApply, func(w http.ResponseWriter, r *http.Request) {
+		data, err := io.ReadAll(io.LimitReader(r.Body, 4<<20))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		var reply rpcReply
+		if s.IsLeader() {
+			reply = replyOf(s.ApplyEncoded(r.Context(), data))
+		} else if r.Header.Get(hdrForwarded) != "" {
+			reply = replyOf(nil, ErrNotLeader)
+		} else {
+			reply = replyOf(s.forwardApply(r.Context(), data))
+		}
+		writeReply(w, reply)
+	})
+	mux.HandleFunc("POST "+rpcKeepAlive, func(w http.ResponseWriter, r *http.Request) {
+		id := r.URL.Query().Get("id")
+		var ttl time.Duration
+		var err error
+		switch {
+		case s.IsLeader():
+			ttl, err = s.KeepAlive(r.Context(), id)
+		case r.Header.Get(hdrForwarded) != "":
+			err = ErrNotLeader
+		default:
+			ttl, err = s.forwardKeepAlive(r.Context(), id)
+		}
+		reply := replyOf(nil, err)
+		reply.TTL = int64(ttl)
+		writeReply(w, reply)
+	})
+	mux.HandleFunc("POST "+rpcReadIndex, func(w http.ResponseWriter, r *http.Request) {
+		var idx uint64
+		var err error
+		switch {
+		case s.IsLeader():
+			idx, err = s.readIndex(r.Context())
+		case r.Header.Get(hdrForwarded) != "":
+			err = ErrNotLeader
+		default:
+			idx, err = s.forwardReadIndex(r.Context())
+		}
+		reply := replyOf(nil, err)
+		reply.Index = idx
+		writeReply(w, reply)
+	})
+	mux.HandleFunc("GET "+rpcStream, s.serveStream)
+	return mux
+}
+
+func writeReply(w http.ResponseWriter, r rpcReply) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(r)
+}
+
+// readIndex is what a consistent read elsewhere waits for: once leadership
+// is confirmed, the leader's registry holds every acknowledged write.
+func (s *Server) readIndex(ctx context.Context) (uint64, error) {
+	if err := s.ConsistentRead(ctx); err != nil {
+		return 0, err
+	}
+	return s.fsm.Index(), nil
+}
+
+func (s *Server) leaderAddr() (string, error) {
+	_, addr := s.Leader()
+	if addr == "" {
+		return "", ErrNotLeader
+	}
+	return string(addr), nil
+}
+
+func (s *Server) forwardApply(ctx context.Context, data []byte) (*fsm.Result, error) {
+	addr, err := s.leaderAddr()
+	if err != nil {
+		return nil, err
+	}
+	reply, err := s.rpc.call(ctx, addr, rpcApply, data, true)
+	if err != nil {
+		return nil, err
+	}
+	return reply.result()
+}
+
+func (s *Server) forwardKeepAlive(ctx context.Context, id string) (time.Duration, error) {
+	addr, err := s.leaderAddr()
+	if err != nil {
+		return 0, err
+	}
+	reply, err := s.rpc.call(ctx, addr, rpcKeepAlive+"?id="+id, nil, true)
+	if err != nil {
+		return 0, err
+	}
+	return time.Duration(reply.TTL), decodeError(reply.Code, reply.Error)
+}
+
+func (s *Server) forwardReadIndex(ctx context.Context) (uint64, error) {
+	addr, err := s.leaderAddr()
+	if err != nil {
+		return 0, err
+	}
+	reply, err := s.rpc.call(ctx, addr, rpcReadIndex, nil, true)
+	if err != nil {
+		return 0, err
+	}
+	return reply.Index, decodeError(reply.Code, reply.Error)
+}
+
+// Change stream frames: type, index, length, data. A snapshot frame
+// replaces the follower's registry; entry frames apply in order; heartbeats
+// carry the server's index so the follower knows it is current.
+const (
+	frameSnapshot  byte = 'S'
+	frameEntry     byte = 'E'
+	frameHeartbeat byte = 'H'
+	// streamHeartbeat is how often an idle stream says it is alive; a
+	// follower that hears nothing for 3 of them reconnects elsewhere.
+	streamHeartbeat = 500 * time.Millisecond
+	maxFrame        = 1 << 30
+)
+
+func writeFrame(w *bufio.Writer, typ byte, index uint64, data []byte) error {
+	var hdr [13]byte
+	hdr[0] = typ
+	binary.BigEndian.PutUint64(hdr[1:9], index)
+	binary.BigEndian.PutUint32(hdr[9:13], uint32(len(data)))
+	w.Write(hdr[:])
+	_, err := w.Write(data)
+	return err
+}
+
+func readFrame(r *bufio.Reader) (typ byte, index uint64, data []byte, err error) {
+	var hdr [13]byte
+	if _, err = io.ReadFull(r, hdr[:]); err != nil {
+		return
+	}
+	typ, index = hdr[0], binary.BigEndian.Uint64(hdr[1:9])
+	n := binary.BigEndian.Uint32(hdr[9:13])
+	if n > maxFrame {
+		return 0, 0, nil, fmt.Errorf("stream frame of %d bytes", n)
+	}
+	data = make([]byte, n)
+	_, err = io.ReadFull(r, data)
+	return
+}
+
+// serveStream sends a follower what it lacks after ?index=N: a snapshot
+// when the change log no longer covers N, then every entry as it applies.
+func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
+	from, err := strconv.ParseUint(r.URL.Query().Get("index"), 10, 64)
+	if err != nil {
+		http.Error(w, "index must be an integer", http.StatusBadRequest)
+		return
+	}
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 64<<10)
+	flush := func() error {
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		return rc.Flush()
+	}
+	ticker := time.NewTicker(streamHeartbeat)
+	defer ticker.Stop()
+	for {
+		entries, notify, ok := s.changes.since(from)
+		if !ok || from == 0 {
+			snap, idx, err := s.fsm.SnapshotBytes()
+			if err != nil {
+				s.log.Warn("stream snapshot failed", "err", err)
+				return
+			}
+			if err := writeFrame(bw, frameSnapshot, idx, snap); err != nil {
+				return
+			}
+			from = idx
+			if from == 0 {
+				// An empty registry: follow from the first entry.
+				from = 1
+			}
+			continue
+		}
+		for _, e := range entries {
+			if err := writeFrame(bw, frameEntry, e.index, e.data); err != nil {
+				return
+			}
+			from = e.index
+		}
+		if len(entries) > 0 {
+			if err := flush(); err != nil {
+				return
+			}
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-s.stop:
+			return
+		case <-notify:
+		case <-ticker.C:
+			if err := writeFrame(bw, frameHeartbeat, s.fsm.Index(), nil); err != nil {
+				return
+			}
+			if err := flush(); err != nil {
+				return
+			}
+		}
+	}
+}
