@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/sidecarhq/sidecar/api"
+	"github.com/sidecarhq/sidecar/dnsserver"
 	"github.com/sidecarhq/sidecar/election"
 	"github.com/sidecarhq/sidecar/fsm"
 	"github.com/sidecarhq/sidecar/httpapi"
@@ -67,17 +68,11 @@ type Agent struct {
 	server *election.Server
 	local  *election.Local
 	http   *httpapi.Server
-	dns    DNSServer
+	dns    *dnsserver.Server
 
 	mu     sync.Mutex
 	ready  bool
 	closed bool
-}
-
-// DNSServer is the DNS interface as the agent runs it.
-type DNSServer interface {
-	Start() error
-	Close() error
 }
 
 // New builds an agent. Nothing listens until Start.
@@ -138,11 +133,29 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	hc.Registerer = a.metrics
 	hc.Gatherer = a.metrics
 	a.http = httpapi.New(hc, srv.FSM(), a, a.local)
+
+	dc := dnsserver.DefaultConfig()
+	dc.Addr = cfg.DNSAddr
+	if cfg.Domain != "" {
+		dc.Domain = cfg.Domain
+	}
+	dc.Recursors = cfg.Recursors
+	if cfg.DNSTTL > 0 {
+		dc.ServiceTTL, dc.NodeTTL, dc.LeaderTTL = cfg.DNSTTL, cfg.DNSTTL, cfg.DNSTTL
+	}
+	dc.Logger = log
+	dc.Registerer = a.metrics
+	dns, err := dnsserver.New(dc, srv.FSM(), a)
+	if err != nil {
+		srv.Close()
+		return nil, err
+	}
+	a.dns = dns
 	return a, nil
 }
 
-// SetDNS installs the DNS server to start and stop with the agent.
-func (a *Agent) SetDNS(d DNSServer) { a.dns = d }
+// DNSAddr is the bound DNS address.
+func (a *Agent) DNSAddr() string { return a.dns.Addr() }
 
 // Metrics is the agent's own Prometheus registry.
 func (a *Agent) Metrics() *prometheus.Registry { return a.metrics }
@@ -164,11 +177,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.server.Close()
 		return err
 	}
-	if a.dns != nil {
-		if err := a.dns.Start(); err != nil {
-			a.shutdown()
-			return err
-		}
+	if err := a.dns.Start(); err != nil {
+		a.shutdown()
+		return err
 	}
 	startErr := make(chan error, 1)
 	go func() { startErr <- a.join(ctx) }()
@@ -261,10 +272,8 @@ func (a *Agent) shutdown() error {
 	if err := a.http.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 	}
-	if a.dns != nil {
-		if err := a.dns.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("dns shutdown: %w", err))
-		}
+	if err := a.dns.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("dns shutdown: %w", err))
 	}
 	if err := a.local.Close(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("release holds: %w", err))

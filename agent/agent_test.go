@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
@@ -56,5 +57,34 @@ func TestAgent_Metrics_namingConventions(t *testing.T) {
 	}
 	for _, p := range problems {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+}
+
+// The dev agent answers DNS for what is registered over HTTP.
+func TestAgent_DNS_answersRegistrations(t *testing.T) {
+	a := agenttest.Start(t, nil)
+	r, _ := http.NewRequest("PUT", a.URL+"/v1/services", strings.NewReader(`{"id":"web-1","name":"web","address":"10.1.2.3","port":8080}`))
+	resp, err := http.DefaultClient.Do(r)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("register: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	m := new(dns.Msg)
+	m.SetQuestion("_web._tcp.service.sidecar.", dns.TypeSRV)
+	in, err := dns.Exchange(m, a.DNSAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(in.Answer) != 1 || in.Answer[0].(*dns.SRV).Port != 8080 {
+		t.Fatalf("SRV answer: %v", in.Answer)
+	}
+	var addr string
+	for _, rr := range in.Extra {
+		if a, ok := rr.(*dns.A); ok {
+			addr = a.A.String()
+		}
+	}
+	if addr != "10.1.2.3" {
+		t.Fatalf("SRV additional A = %q, want 10.1.2.3 (%v)", addr, in.Extra)
 	}
 }
