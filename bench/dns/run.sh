@@ -9,16 +9,19 @@
 # dnsserver package over an in-memory registry). BENCH_TARGET=agent or
 # standalone forces the choice.
 #
-# Tools: dnsperf (installed with apt-get when missing) measures throughput:
-# queries/s, lost queries, average latency. dnsperf 2.10 prints no
-# percentiles, so bench/dns/loadgen then sends at a fixed rate (RATE, 60000
-# by default, the goal) and reports p50/p99. Without dnsperf only loadgen
-# runs.
+# Per query type, two dnsperf runs (installed with apt-get when missing):
+#   1. throughput: as fast as 100 outstanding queries go: queries/s, lost,
+#      average latency;
+#   2. latency at the goal rate (RATE, 60000/s): dnsperf 2.10 prints no
+#      percentiles, so it runs with -v and p50/p99/p99.9 are computed from
+#      its per-query lines.
+# When dnsperf cannot be installed, bench/dns/loadgen (a bounded Go load
+# generator) does run 2 instead; LOADGEN=1 runs it in addition.
 #
 # Environment: DURATION (10), RATE (60000), QTYPES ("SRV A"),
-# DNSPERF_ARGS (extra dnsperf flags, e.g. "-e" for EDNS0), LOADGEN=0 to
-# skip the fixed-rate runs, DNS_PORT/HTTP_PORT for the agent (17053/17080).
-# Everything started is stopped by PID on exit. Only 127.0.0.1 is used.
+# DNSPERF_ARGS (extra dnsperf flags, e.g. "-e" for EDNS0), LOADGEN,
+# DNS_PORT/HTTP_PORT for the agent (17053/17080). Everything started is
+# stopped by PID on exit. Only 127.0.0.1 is used.
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -27,7 +30,7 @@ DURATION=${DURATION:-10}
 RATE=${RATE:-60000}
 QTYPES=${QTYPES:-SRV A}
 DNSPERF_ARGS=${DNSPERF_ARGS:-}
-LOADGEN=${LOADGEN:-1}
+LOADGEN=${LOADGEN:-0}
 DNS_PORT=${DNS_PORT:-17053}
 HTTP_PORT=${HTTP_PORT:-17080}
 NAME=bench.service.sidecar.
@@ -71,7 +74,6 @@ else
 	else
 		log "could not install dnsperf (see below); measuring with bench/dns/loadgen only"
 		tail -n 5 "$tmp/apt.log" >&2 || true
-		LOADGEN=1
 	fi
 fi
 
@@ -131,31 +133,58 @@ port=${addr##*:}
 # The target must answer the name before it is measured.
 probe=$("$tmp/loadgen" -server "$addr" -name "$NAME" -type SRV -rate 100 -duration 1s)
 if ! grep -q 'rcode NOERROR' <<<"$probe"; then
-	log "target at $addr does not answer $NAME SRV:"; echo "$probe" >&2; exit 1
+	log "target at $addr does not answer $NAME SRV:"; echo "$probe" >&2
+	[ "$target" = agent ] && log "does this agent serve DNS yet? BENCH_TARGET=standalone measures the dnsserver package alone"
+	exit 1
 fi
 
 log "target $target at $addr; $(nproc) CPUs; $(go version | cut -d' ' -f3)"
 
-# --- dnsperf: throughput -----------------------------------------------
+# --- dnsperf ----------------------------------------------------------
+# percentiles reads dnsperf -v lines ("> NOERROR name type latency"; lost
+# queries are "> T name type") and prints p50 p99 p99.9 max of the answered.
+percentiles() {
+	awk '$1 == ">" && $2 != "T" {print $NF}' "$1" | sort -g | awk '
+		{ v[NR] = $1 }
+		END {
+			if (NR == 0) { print "no answers"; exit }
+			printf "p50 %.3fms  p99 %.3fms  p99.9 %.3fms  max %.3fms  (%d answers)",
+				v[int(NR*0.5)+1]*1000, v[int(NR*0.99)+1]*1000, v[int(NR*0.999)+1]*1000, v[NR]*1000, NR
+		}'
+}
+
+summary() { # file: qps, lost, average latency, response codes
+	local qps lost avg codes
+	qps=$(awk '/Queries per second:/ {printf "%.0f", $4}' "$1")
+	lost=$(awk '/Queries lost:/ {print $3, $4}' "$1")
+	avg=$(awk '/Average Latency/ {printf "%.3fms", $4*1000}' "$1")
+	codes=$(awk '/Response codes:/ {$1=$2=""; print}' "$1")
+	printf 'qps %s  lost %s  avg latency %s  codes%s' "$qps" "$lost" "$avg" "$codes"
+}
+
 if [ "$have_dnsperf" = 1 ]; then
 	for t in $QTYPES; do
 		echo "$NAME $t" >"$tmp/q-$t"
-		cmd=(dnsperf -s 127.0.0.1 -p "$port" -d "$tmp/q-$t" -l "$DURATION" -T 1 -c 1 -q 100 $DNSPERF_ARGS)
+		cmd=(dnsperf -s 127.0.0.1 -p "$port" -d "$tmp/q-$t" -l "$DURATION" -T 1 -c 1 -q 100 -b 4096 $DNSPERF_ARGS)
 		log "${cmd[*]}"
-		"${cmd[@]}" >"$tmp/dnsperf-$t" 2>&1 || { cat "$tmp/dnsperf-$t" >&2; exit 1; }
-		qps=$(awk '/Queries per second:/ {print $4}' "$tmp/dnsperf-$t")
-		lost=$(awk '/Queries lost:/ {print $3, $4}' "$tmp/dnsperf-$t")
-		avg=$(awk '/Average Latency/ {print $4, $5, $6, $7, $8}' "$tmp/dnsperf-$t")
-		codes=$(awk '/Response codes:/ {$1=$2=""; print}' "$tmp/dnsperf-$t")
-		printf 'dnsperf %-4s qps %s  lost %s  avg latency (s) %s  codes%s\n' "$t" "$qps" "$lost" "$avg" "$codes"
+		"${cmd[@]}" >"$tmp/max-$t" 2>&1 || { cat "$tmp/max-$t" >&2; exit 1; }
+		printf 'dnsperf %-4s max rate:      %s\n' "$t" "$(summary "$tmp/max-$t")"
+
+		cmd=(dnsperf -s 127.0.0.1 -p "$port" -d "$tmp/q-$t" -l "$DURATION" -T 1 -c 1 -q 1000 -b 4096 -Q "$RATE" -v $DNSPERF_ARGS)
+		log "${cmd[*]}"
+		"${cmd[@]}" >"$tmp/rate-$t" 2>&1 || { tail -n 20 "$tmp/rate-$t" >&2; exit 1; }
+		printf 'dnsperf %-4s at %s/s: %s\n' "$t" "$RATE" "$(summary "$tmp/rate-$t")"
+		printf 'dnsperf %-4s at %s/s: latency %s\n' "$t" "$RATE" "$(percentiles "$tmp/rate-$t")"
+		rm -f "$tmp/rate-$t"
 	done
+else
+	LOADGEN=1
 fi
 
-# --- loadgen: latency at the target rate --------------------------------
+# --- loadgen: latency at the goal rate, without dnsperf ----------------
 if [ "$LOADGEN" = 1 ]; then
 	for t in $QTYPES; do
-		cmd=("$tmp/loadgen" -server "$addr" -name "$NAME" -type "$t" -rate "$RATE" -duration "${DURATION}s")
 		log "loadgen -server $addr -name $NAME -type $t -rate $RATE -duration ${DURATION}s"
-		"${cmd[@]}"
+		"$tmp/loadgen" -server "$addr" -name "$NAME" -type "$t" -rate "$RATE" -duration "${DURATION}s"
 	done
 fi
