@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"github.com/sidecarhq/sidecar/fsm"
 )
@@ -112,6 +113,9 @@ func (p *httpProber) probe(ctx context.Context, out []byte, limit int) ([]byte, 
 		status = fsm.StatusWarning
 	}
 	if n := limit - len(out); n > 0 {
+		// Read up to a rune past the limit, so that the caller's
+		// truncate sees a rune cut at the limit and drops it.
+		n += utf8.UTFMax - 1
 		out = slices.Grow(out, n)
 		m, err := io.ReadFull(resp.Body, out[len(out):len(out)+n])
 		out = out[:len(out)+m]
