@@ -1,0 +1,295 @@
+package discovery
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// ErrConfig wraps every reason New rejects a Config.
+var ErrConfig = errors.New("discovery: invalid config")
+
+// KeySize is the length of a gossip encryption key: AES-256, what
+// `sidecar keygen` prints (base64) and --encrypt accepts.
+const KeySize = 32
+
+// Config configures a Gossip. Start from DefaultConfig (or TestConfig) and
+// override fields; New does not modify it.
+type Config struct {
+	// Name is this node's name, unique in the cluster (--name).
+	Name string
+
+	// BindAddr is the gossip listen "ip:port", UDP and TCP on the same port
+	// (--bind-addr). Port 0 picks a free port; Gossip.Port tells which.
+	BindAddr string
+
+	// AdvertiseAddr is the IP other members use to reach this node
+	// (--advertise-addr), without a port: the port advertised is the bound
+	// one. Empty: the bind IP, or when binding to all addresses (0.0.0.0,
+	// ::) the first non-loopback IPv4 address of an interface that is up,
+	// else 127.0.0.1. The agent normally passes its own resolved value.
+	AdvertiseAddr string
+
+	// Join lists gossip "host:port" addresses of members to join (--join).
+	// Start joins them in the background, retrying until one answers.
+	Join []string
+
+	// JoinRetryInterval is the pause after the first failed join attempt;
+	// it doubles after every further failure up to JoinRetryMax (with ±20%
+	// jitter, so that a restarted fleet does not retry in lockstep).
+	JoinRetryInterval time.Duration
+	JoinRetryMax      time.Duration
+
+	// EncryptKey, when set, encrypts and authenticates all gossip with
+	// AES-256-GCM (memberlist's SecretKey); it must be KeySize bytes
+	// (--encrypt, decoded). Members with different keys, or one with a key
+	// and one without, cannot talk to each other.
+	EncryptKey []byte
+
+	// Meta is what this node tells the others about itself: role and the
+	// addresses of its Raft, HTTP and DNS servers. Gossip.UpdateMeta
+	// changes it later.
+	Meta Meta
+
+	// ReapAfter is how long a failed or left member stays in Members (with
+	// its status) before it is dropped with an EventReap. Keeping it lets
+	// a Raft leader act on the failure (and the HTTP API show it); a member
+	// that comes back before then simply turns alive again.
+	ReapAfter time.Duration
+
+	// BroadcastTimeout bounds how long UpdateMeta and Leave wait for their
+	// message to be gossiped before they return (the message keeps spreading
+	// afterwards until Shutdown).
+	BroadcastTimeout time.Duration
+
+	// EventQueueSize caps the events queued for the Events channel while
+	// nobody reads it. On overflow the queue is replaced by a single
+	// EventResync (see Events).
+	EventQueueSize int
+
+	// Memberlist holds memberlist's timing and protocol settings. New copies
+	// it and sets the fields Config owns (Name, BindAddr/Port, Advertise*,
+	// SecretKey, Keyring, Delegate, Events, Logger, LogOutput and the other
+	// delegates); leave those alone. nil means DefaultConfig's.
+	Memberlist *memberlist.Config
+
+	// Logger receives the component's logs and memberlist's (at their own
+	// levels); nil discards them.
+	Logger *slog.Logger
+
+	// Registerer receives the metrics (sidecar_gossip_*); nil keeps them
+	// private. Shutdown unregisters them.
+	Registerer prometheus.Registerer
+}
+
+// DefaultConfig returns the production settings: memberlist's LAN profile
+// with faster failure detection, so that a killed node is declared failed
+// in about 2-3 seconds on a LAN.
+func DefaultConfig() Config {
+	name, _ := os.Hostname()
+	return Config{
+		Name: name,
+		// SPEC.md's --bind-addr default: memberlist's port on every address.
+		BindAddr: "0.0.0.0:7946",
+		// 200ms, doubling to 5s: a seed that starts a moment later (the
+		// usual case when a cluster starts at once) is found within a
+		// fraction of a second, and a node that waits long for a seed
+		// costs that seed at most one TCP connection per 5 seconds.
+		JoinRetryInterval: 200 * time.Millisecond,
+		JoinRetryMax:      5 * time.Second,
+		// 72h, as Consul's reconnect_timeout: a failed member stays listed
+		// over a long weekend, so an operator sees what went away and a
+		// leader has all the time its own reap policy needs; a left
+		// member's entry costs a few hundred bytes.
+		ReapAfter: 72 * time.Hour,
+		// 5s: a broadcast reaches every member of a 1000-node cluster in
+		// well under a second with the timings below (12 retransmits, 3
+		// peers per 100ms gossip round), so 5s only runs out when the
+		// network is in trouble; it also bounds Leave's first phase.
+		BroadcastTimeout: 5 * time.Second,
+		// 4096 events: a whole cluster joining at once fits many times
+		// over, and the queue stays below a megabyte.
+		EventQueueSize: 4096,
+		Memberlist:     defaultMemberlistConfig(),
+	}
+}
+
+// defaultMemberlistConfig is memberlist.DefaultLANConfig with what sidecar
+// changes. Failure detection in memberlist (SWIM with Lifeguard) takes:
+// the time until some member probes the dead node (each member probes one
+// other per ProbeInterval, round robin), one probe (ProbeTimeout for the
+// direct ping, then indirect and TCP pings until the end of the interval),
+// then the suspicion timeout, SuspicionMult × max(1, log10 N) ×
+// ProbeInterval, which shrinks from SuspicionMaxTimeoutMult times that
+// towards it as other members independently confirm the suspicion.
+func defaultMemberlistConfig() *memberlist.Config {
+	c := memberlist.DefaultLANConfig()
+	// Kept from DefaultLANConfig, and why they guard against false
+	// positives: IndirectChecks 3 (three other members must also fail to
+	// reach a node before it is suspected, so one bad link does not count),
+	// TCP fallback pings on (a lost UDP packet does not count),
+	// AwarenessMaxMultiplier 8 (Lifeguard: a member that is itself slow,
+	// e.g. starved of CPU, probes less often and waits longer instead of
+	// accusing healthy peers), SuspicionMaxTimeoutMult 6 (an accusation no
+	// one confirms waits 6 times longer, time for the accused to refute),
+	// RetransmitMult 4, GossipNodes 3, PushPullInterval 30s, TCPTimeout
+	// 10s, GossipToTheDeadTime 30s, UDPBufferSize 1400.
+
+	// 500ms instead of 1s: a dead node is probed, and so suspected, twice
+	// as soon. Probing costs one small UDP packet per member per interval.
+	c.ProbeInterval = 500 * time.Millisecond
+	// 200ms instead of 500ms: LAN round trips are well under a
+	// millisecond, so 200ms is still ~100× the normal RTT; a late ack only
+	// moves on to indirect and TCP probes, which get the rest of the
+	// 500ms interval, and then merely to suspicion, which the node refutes.
+	c.ProbeTimeout = 200 * time.Millisecond
+	// 4, as DefaultLANConfig, but over the shorter interval: a suspect is
+	// declared failed after 2s in a cluster of up to 10 members (4s at 100,
+	// 6s at 1000), or up to 6× longer while no other member confirms it.
+	// Two seconds are many round trips for a live but paused node
+	// (GC, a short network blip) to hear the suspicion and refute it.
+	c.SuspicionMult = 4
+	// 100ms instead of 200ms: suspicion, failure, leave and meta updates
+	// spread in rounds of this interval; sidecar wants a failed node's
+	// services out of DNS quickly, and on a LAN the extra packets are cheap.
+	c.GossipInterval = 100 * time.Millisecond
+	return c
+}
+
+// TestConfig returns settings for several members in one process on
+// loopback: a free port on 127.0.0.1 and timings about 5× faster than
+// DefaultConfig (failure detected in well under a second), still slow
+// enough not to declare members failed under the race detector.
+func TestConfig() Config {
+	c := DefaultConfig()
+	c.Name = ""
+	c.BindAddr = "127.0.0.1:0"
+	// Fast retries: tests start seeds late on purpose.
+	c.JoinRetryInterval = 20 * time.Millisecond
+	c.JoinRetryMax = 250 * time.Millisecond
+	c.BroadcastTimeout = 2 * time.Second
+
+	m := memberlist.DefaultLANConfig()
+	// Loopback answers in microseconds; 100ms probes with a 50ms timeout
+	// still allow for a scheduler hiccup under -race.
+	m.ProbeInterval = 100 * time.Millisecond
+	m.ProbeTimeout = 50 * time.Millisecond
+	// Suspicion: 4 × 100ms = 400ms minimum, 2.4s without confirmations.
+	m.SuspicionMult = 4
+	m.GossipInterval = 20 * time.Millisecond
+	// Frequent full syncs make convergence (and leave intents) quick.
+	m.PushPullInterval = time.Second
+	// A stream to a loopback peer that does not answer in 1s never will.
+	m.TCPTimeout = time.Second
+	// Dead members are forgotten by memberlist (and their names free
+	// again) after this; short so tests can restart a member.
+	m.GossipToTheDeadTime = 2 * time.Second
+	c.Memberlist = m
+	return c
+}
+
+// normalize validates c and returns the memberlist configuration it
+// implies (without delegates).
+func (c Config) normalize() (*memberlist.Config, error) {
+	if c.Name == "" {
+		return nil, fmt.Errorf("%w: empty name", ErrConfig)
+	}
+	host, portStr, err := net.SplitHostPort(c.BindAddr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: bind addr %q: %v", ErrConfig, c.BindAddr, err)
+	}
+	bindIP := net.ParseIP(host)
+	if bindIP == nil {
+		return nil, fmt.Errorf("%w: bind addr %q: host must be an IP address", ErrConfig, c.BindAddr)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return nil, fmt.Errorf("%w: bind addr %q: bad port", ErrConfig, c.BindAddr)
+	}
+	adv := c.AdvertiseAddr
+	if adv == "" {
+		adv = defaultAdvertise(bindIP)
+	}
+	advIP := net.ParseIP(adv)
+	if advIP == nil || advIP.IsUnspecified() {
+		return nil, fmt.Errorf("%w: advertise addr %q: must be a specific IP address (no port)", ErrConfig, adv)
+	}
+	for _, j := range c.Join {
+		if h, p, err := net.SplitHostPort(j); err != nil || h == "" || p == "" {
+			return nil, fmt.Errorf("%w: join address %q: want host:port", ErrConfig, j)
+		}
+	}
+	if c.JoinRetryInterval <= 0 || c.JoinRetryMax < c.JoinRetryInterval {
+		return nil, fmt.Errorf("%w: join retry interval %v / max %v: want 0 < interval <= max",
+			ErrConfig, c.JoinRetryInterval, c.JoinRetryMax)
+	}
+	if c.EncryptKey != nil && len(c.EncryptKey) != KeySize {
+		return nil, fmt.Errorf("%w: encrypt key is %d bytes, want %d", ErrConfig, len(c.EncryptKey), KeySize)
+	}
+	if c.ReapAfter <= 0 {
+		return nil, fmt.Errorf("%w: reap after must be positive", ErrConfig)
+	}
+	if c.BroadcastTimeout <= 0 {
+		return nil, fmt.Errorf("%w: broadcast timeout must be positive", ErrConfig)
+	}
+	if c.EventQueueSize < 1 {
+		return nil, fmt.Errorf("%w: event queue size must be at least 1", ErrConfig)
+	}
+
+	var mc memberlist.Config
+	if c.Memberlist != nil {
+		mc = *c.Memberlist
+	} else {
+		mc = *defaultMemberlistConfig()
+	}
+	if mc.ProbeInterval <= 0 || mc.ProbeTimeout <= 0 || mc.ProbeTimeout >= mc.ProbeInterval {
+		return nil, fmt.Errorf("%w: memberlist probe timeout %v must be positive and below the probe interval %v",
+			ErrConfig, mc.ProbeTimeout, mc.ProbeInterval)
+	}
+	mc.Name = c.Name
+	mc.BindAddr = bindIP.String()
+	mc.BindPort = port
+	mc.AdvertiseAddr = advIP.String()
+	mc.AdvertisePort = port // memberlist replaces it with the bound port when port is 0
+	mc.Transport = nil
+	mc.SecretKey = nil
+	mc.Keyring = nil
+	if c.EncryptKey != nil {
+		mc.SecretKey = append([]byte(nil), c.EncryptKey...)
+	}
+	mc.LogOutput = nil
+	mc.Delegate, mc.Events, mc.Conflict, mc.Merge, mc.Ping, mc.Alive = nil, nil, nil, nil, nil, nil
+	return &mc, nil
+}
+
+// defaultAdvertise is the bind IP when it names one address, else the first
+// non-loopback IPv4 address of an interface that is up, else 127.0.0.1.
+func defaultAdvertise(bind net.IP) string {
+	if !bind.IsUnspecified() {
+		return bind.String()
+	}
+	ifs, _ := net.Interfaces()
+	for _, ifc := range ifs {
+		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			if ip4 := ipn.IP.To4(); ip4 != nil && !ip4.IsLoopback() && !ip4.IsLinkLocalUnicast() {
+				return ip4.String()
+			}
+		}
+	}
+	return "127.0.0.1"
+}
