@@ -3,6 +3,7 @@ package election
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/sidecarhq/sidecar/api"
@@ -38,21 +39,28 @@ type LockSpec struct {
 type Emit[T any] func(T) error
 
 // Campaign enters a candidate, kept alive by this sidecar until Resign or
-// Close, and waits up to spec.Wait for it to lead.
+// Close, and waits up to spec.Wait for it to lead. A candidate tied to a
+// service instance enters only while the instance passes its checks.
 func (l *Local) Campaign(ctx context.Context, spec CampaignSpec) (api.CampaignResult, error) {
 	lease, err := l.defaultLease(spec.Lease)
 	if err != nil {
 		return api.CampaignResult{}, err
 	}
-	if _, err := l.apply(ctx, &fsm.Campaign{
-		Election: spec.Election, Candidate: spec.Candidate, Lease: lease, Node: l.cfg.Node,
-		Value: spec.Value, Service: spec.Service, Now: l.now().UnixNano(),
-	}); err != nil {
-		return api.CampaignResult{}, err
+	c := &candidacy{lease: lease, value: spec.Value, service: spec.Service}
+	c.parked = spec.Service != "" && l.serviceStatus(spec.Service) != fsm.StatusPassing
+	if !c.parked {
+		if err := l.enter(ctx, spec.Election, spec.Candidate, c); err != nil {
+			return api.CampaignResult{}, err
+		}
+	} else if _, ok := l.reg.Instance(l.cfg.Node, spec.Service); !ok {
+		return api.CampaignResult{}, fmt.Errorf("%w: service instance %q of this node", fsm.ErrUnknownInstance, spec.Service)
 	}
 	l.mu.Lock()
-	l.candidates[candidateKey{spec.Election, spec.Candidate}] = lease
+	l.candidates[candidateKey{spec.Election, spec.Candidate}] = c
 	l.mu.Unlock()
+	if c.service != "" {
+		l.startHealthWatch()
+	}
 	deadline := l.now().Add(spec.Wait)
 	for {
 		watch := l.reg.Watch()
@@ -66,6 +74,94 @@ func (l *Local) Campaign(ctx context.Context, spec CampaignSpec) (api.CampaignRe
 			return res, nil
 		case <-watch:
 		case <-time.After(wait):
+		}
+	}
+}
+
+func (l *Local) enter(ctx context.Context, election, candidate string, c *candidacy) error {
+	_, err := l.apply(ctx, &fsm.Campaign{
+		Election: election, Candidate: candidate, Lease: c.lease, Node: l.cfg.Node,
+		Value: c.value, Service: c.service, Now: l.now().UnixNano(),
+	})
+	return err
+}
+
+// serviceStatus is the health of one of this node's instances, critical
+// when it is not registered.
+func (l *Local) serviceStatus(id string) string {
+	in, ok := l.reg.Instance(l.cfg.Node, id)
+	if !ok {
+		return fsm.StatusCritical
+	}
+	node, _ := l.reg.Node(l.cfg.Node)
+	return fsm.InstanceStatus(in, node)
+}
+
+// startHealthWatch starts, once, the loop that makes candidacies follow the
+// health of their service instances.
+func (l *Local) startHealthWatch() {
+	l.healthOnce.Do(func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		l.healthStop = cancel
+		l.healthDone = make(chan struct{})
+		go func() {
+			defer close(l.healthDone)
+			l.followHealth(ctx)
+		}()
+	})
+}
+
+// followHealth resigns a tied candidacy when its instance turns critical and
+// enters it again when the instance passes.
+func (l *Local) followHealth(ctx context.Context) {
+	for {
+		watch := l.reg.Watch()
+		type move struct {
+			key candidateKey
+			c   candidacy
+		}
+		var moves []move
+		l.mu.Lock()
+		for k, c := range l.candidates {
+			if c.service == "" {
+				continue
+			}
+			status := l.serviceStatus(c.service)
+			if (!c.parked && status == fsm.StatusCritical) || (c.parked && status == fsm.StatusPassing) {
+				moves = append(moves, move{k, *c})
+			}
+		}
+		l.mu.Unlock()
+		for _, mv := range moves {
+			var err error
+			if mv.c.parked {
+				l.log.Info("service passing again: campaigning", "election", mv.key.election, "candidate", mv.key.candidate, "service", mv.c.service)
+				err = l.enter(ctx, mv.key.election, mv.key.candidate, &mv.c)
+			} else {
+				l.log.Info("service critical: resigning", "election", mv.key.election, "candidate", mv.key.candidate, "service", mv.c.service)
+				_, err = l.apply(ctx, &fsm.Resign{Election: mv.key.election, Candidate: mv.key.candidate, Now: l.now().UnixNano()})
+				if errors.Is(err, fsm.ErrNotCandidate) || errors.Is(err, fsm.ErrUnknownElection) {
+					err = nil
+				}
+			}
+			l.mu.Lock()
+			if c := l.candidates[mv.key]; c != nil && err == nil {
+				c.parked = !mv.c.parked
+			} else if errors.Is(err, fsm.ErrUnknownLease) {
+				// Its session ended: nothing left to campaign with.
+				delete(l.candidates, mv.key)
+			}
+			l.mu.Unlock()
+			if err != nil && ctx.Err() == nil {
+				l.log.Warn("following service health failed", "election", mv.key.election, "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-watch:
+		case <-time.After(time.Second):
+			// Retry failed moves now and then even if nothing changes.
 		}
 	}
 }
@@ -108,7 +204,8 @@ func (l *Local) Self(election string) api.SelfStatus {
 		return api.SelfStatus{}
 	}
 	l.mu.Lock()
-	_, ours := l.candidates[candidateKey{election, m.Holder.ID}]
+	c, ours := l.candidates[candidateKey{election, m.Holder.ID}]
+	ours = ours && !c.parked
 	l.mu.Unlock()
 	if !ours {
 		return api.SelfStatus{}

@@ -35,8 +35,14 @@ type LocalConfig struct {
 	Now func() time.Time
 }
 
-// ErrClosed: the sidecar is shutting down.
-var ErrClosed = errors.New("election: sidecar closing")
+// Errors of the holds.
+var (
+	// ErrClosed: the sidecar is shutting down.
+	ErrClosed = errors.New("election: sidecar closing")
+	// ErrServiceNotPassing: a connection-bound candidacy names a service
+	// instance that does not pass its checks, so it cannot lead now.
+	ErrServiceNotPassing = errors.New("election: tied service instance is not passing")
+)
 
 // Local is what this sidecar holds on behalf of its apps: its sessions,
 // candidacies and locks. It reports leadership only while a session is
@@ -52,14 +58,26 @@ type Local struct {
 	node       *Session
 	sessions   map[string]*Session
 	tracked    map[string]*Session // leases apps keep alive through us
-	candidates map[candidateKey]string
+	candidates map[candidateKey]*candidacy
 	locks      map[lockKey]bool
+
+	healthOnce sync.Once
+	healthStop context.CancelFunc
+	healthDone chan struct{}
 
 	lockAcquisitions prometheus.Counter
 	collectors       []prometheus.Collector
 }
 
 type candidateKey struct{ election, candidate string }
+
+// candidacy is a candidate this sidecar keeps in an election. One tied to a
+// service instance is parked (out of the election) while the instance is
+// not passing.
+type candidacy struct {
+	lease, value, service string
+	parked                bool
+}
 type lockKey struct{ name, lease string }
 
 // NewLocal returns the holds of a sidecar writing through backend and
@@ -81,7 +99,7 @@ func NewLocal(cfg LocalConfig, backend Backend, reg *fsm.FSM) *Local {
 		log:        cfg.Logger.With("component", "election"),
 		sessions:   map[string]*Session{},
 		tracked:    map[string]*Session{},
-		candidates: map[candidateKey]string{},
+		candidates: map[candidateKey]*candidacy{},
 		locks:      map[lockKey]bool{},
 		lockAcquisitions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sidecar_lock_acquisitions_total",
@@ -329,9 +347,18 @@ func (l *Local) Close(ctx context.Context) error {
 		return nil
 	}
 	l.closed = true
+	stopHealth, healthDone := l.healthStop, l.healthDone
+	l.mu.Unlock()
+	if stopHealth != nil {
+		stopHealth()
+		<-healthDone
+	}
+	l.mu.Lock()
 	cands := make([]candidateKey, 0, len(l.candidates))
-	for k := range l.candidates {
-		cands = append(cands, k)
+	for k, c := range l.candidates {
+		if !c.parked {
+			cands = append(cands, k)
+		}
 	}
 	locks := make([]lockKey, 0, len(l.locks))
 	for k := range l.locks {

@@ -230,3 +230,63 @@ func TestLocal_Close_releasesHolds(t *testing.T) {
 		t.Fatalf("%d leases left after Close", n)
 	}
 }
+
+// A candidacy tied to a service instance leads only while the instance
+// passes: it resigns when the instance turns critical, and the next
+// candidate takes over; it campaigns again when the instance passes.
+func TestLocal_Campaign_followsServiceHealth(t *testing.T) {
+	c := electiontest.NewCluster(t, 1, nil)
+	srv := c.Servers[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	backend := c.Backend()
+	for _, n := range []string{"node-a", "node-b"} {
+		if _, err := backend.Apply(ctx, &fsm.RegisterNode{Name: n, Address: "10.0.0.1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	web := fsm.Instance{ID: "web-1", Name: "web", Node: "node-a", Port: 80, Checks: []fsm.Check{{ID: "hb", Type: "ttl", TTL: 10e9}}}
+	if _, err := backend.Apply(ctx, &fsm.RegisterInstance{Instance: web}); err != nil {
+		t.Fatal(err)
+	}
+	setCheck := func(status string) {
+		t.Helper()
+		if _, err := backend.Apply(ctx, &fsm.UpdateCheck{Node: "node-a", CheckID: "hb", Status: status}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := newLocal(t, "node-a", backend, srv.FSM())
+	b := newLocal(t, "node-b", backend, srv.FSM())
+	for _, l := range []*election.Local{a, b} {
+		if err := l.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The instance starts critical: A waits outside the election.
+	r, err := a.Campaign(ctx, election.CampaignSpec{Election: "db", Candidate: "a", Value: "a", Service: "web-1"})
+	if err != nil || r.Leader {
+		t.Fatalf("campaign tied to a critical service: %+v %v, want not leading", r, err)
+	}
+	if m, ok := srv.FSM().Election("db"); ok && (m.Holder != nil || len(m.Waiters) > 0) {
+		t.Fatalf("a critical service's candidate entered the election: %+v", m)
+	}
+	setCheck(fsm.StatusPassing)
+	waitFor(t, 5*time.Second, "A leads once its service passes", func() bool { return a.Self("db").Leader })
+	if _, err := b.Campaign(ctx, election.CampaignSpec{Election: "db", Candidate: "b", Value: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	tokenA := a.Self("db").Token
+	setCheck(fsm.StatusCritical)
+	waitFor(t, 5*time.Second, "B takes over when A's service turns critical", func() bool { return b.Self("db").Leader })
+	if a.Self("db").Leader {
+		t.Fatal("A still reports leadership with a critical service")
+	}
+	if tok := b.Self("db").Token; tok <= tokenA {
+		t.Fatalf("B's token %d not above A's %d", tok, tokenA)
+	}
+	setCheck(fsm.StatusPassing)
+	waitFor(t, 5*time.Second, "A back in line", func() bool {
+		m, _ := srv.FSM().Election("db")
+		return m.WaiterIndex("a") == 0
+	})
+}

@@ -3,6 +3,7 @@ package election
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/sidecarhq/sidecar/api"
@@ -137,19 +138,25 @@ func (l *Local) HoldCampaign(ctx context.Context, spec CampaignSpec, ttl time.Du
 		return err
 	}
 	defer l.closeHoldSession(s)
-	if _, err := l.apply(ctx, &fsm.Campaign{
-		Election: spec.Election, Candidate: spec.Candidate, Lease: s.ID(), Node: l.cfg.Node,
-		Value: spec.Value, Service: spec.Service, Now: l.now().UnixNano(),
-	}); err != nil {
+	c := &candidacy{lease: s.ID(), value: spec.Value, service: spec.Service}
+	if spec.Service != "" && l.serviceStatus(spec.Service) != fsm.StatusPassing {
+		// A hold ends when it cannot lead; a tied service that does not
+		// pass means it cannot now.
+		return fmt.Errorf("%w: %q", ErrServiceNotPassing, spec.Service)
+	}
+	if err := l.enter(ctx, spec.Election, spec.Candidate, c); err != nil {
 		return err
 	}
 	key := candidateKey{spec.Election, spec.Candidate}
 	l.mu.Lock()
-	l.candidates[key] = s.ID()
+	l.candidates[key] = c
 	l.mu.Unlock()
+	if c.service != "" {
+		l.startHealthWatch()
+	}
 	defer func() {
 		l.mu.Lock()
-		if l.candidates[key] == s.ID() {
+		if l.candidates[key] == c {
 			delete(l.candidates, key)
 		}
 		l.mu.Unlock()
