@@ -25,13 +25,18 @@ const DefaultAddr = "127.0.0.1:7080"
 var ErrStreamClosed = errors.New("api: stream closed")
 
 // StatusError is a non-2xx answer of the agent. Message is the server's
-// {"error": ...} text, or the status text when the body carried none.
+// {"error": ...} text, or the status text when the body carried none. Code
+// is 0 for an {"error": ...} line inside a hold stream, whose HTTP status
+// was 200 when the stream began.
 type StatusError struct {
 	Code    int
 	Message string
 }
 
 func (e *StatusError) Error() string {
+	if e.Code == 0 {
+		return e.Message
+	}
 	if e.Message == "" {
 		return fmt.Sprintf("%d %s", e.Code, http.StatusText(e.Code))
 	}
@@ -597,7 +602,7 @@ func openStream[T any](ctx context.Context, c *Client, path string, body any) (*
 
 // Next blocks until the agent sends the next line and returns it decoded.
 // It returns ErrStreamClosed once the stream ended (server closed it, or
-// Close was called), and a *StatusError if the agent sent an
+// Close was called), and a *StatusError with Code 0 if the agent sent an
 // {"error": ...} line.
 func (s *Stream[T]) Next() (T, error) {
 	var zero T
@@ -608,7 +613,7 @@ func (s *Stream[T]) Next() (T, error) {
 		}
 		var e Error
 		if json.Unmarshal(line, &e) == nil && e.Error != "" {
-			return zero, &StatusError{Code: s.resp.StatusCode, Message: e.Error}
+			return zero, &StatusError{Message: e.Error}
 		}
 		var v T
 		if err := json.Unmarshal(line, &v); err != nil {

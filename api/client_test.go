@@ -591,7 +591,7 @@ func TestStream_serverEnds(t *testing.T) {
 		{"eof", `{"held":true,"token":1}` + "\n", func(err error) bool { return errors.Is(err, ErrStreamClosed) }},
 		{"error line", `{"held":true,"token":1}` + "\n" + `{"error":"lease expired"}` + "\n", func(err error) bool {
 			var se *StatusError
-			return errors.As(err, &se) && se.Message == "lease expired"
+			return errors.As(err, &se) && se.Code == 0 && err.Error() == "lease expired"
 		}},
 		{"garbage", `{"held":true,"token":1}` + "\nnot json\n", func(err error) bool { return err != nil && !errors.Is(err, ErrStreamClosed) }},
 	}

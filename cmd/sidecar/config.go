@@ -379,12 +379,17 @@ func (s source) describe(st *setting) string {
 		return "--" + st.name
 	case "env":
 		return st.envName()
-	default:
-		if s.line > 0 {
-			return fmt.Sprintf("%s (config file %s, line %d)", st.name, s.file, s.line)
-		}
-		return fmt.Sprintf("%s (config file %s)", st.name, s.file)
 	}
+	return st.name
+}
+
+// wrap places a message about a value in its file and line, when it came
+// from the config file.
+func (s source) wrap(msg string) error {
+	if s.kind == "file" {
+		return fileError(s.file, s.line, msg)
+	}
+	return configErrorf("%s", msg)
 }
 
 // rawFlag collects the raw text of one agent flag.
@@ -431,9 +436,9 @@ func parseAgentConfig(args []string) (*Config, error) {
 	apply := func(st *setting, v string, src source) error {
 		if err := st.set(c, v); err != nil {
 			if st.name == "encrypt" {
-				return configErrorf("invalid %s: %v", src.describe(st), err)
+				return src.wrap(fmt.Sprintf("invalid %s: %v", src.describe(st), err))
 			}
-			return configErrorf("invalid %s %q: %v", src.describe(st), v, err)
+			return src.wrap(fmt.Sprintf("invalid %s %q: %v", src.describe(st), v, err))
 		}
 		explicit[st.name] = true
 		return nil

@@ -15,8 +15,8 @@ import (
 
 // killGrace is how long a command gets between SIGTERM and SIGKILL once its
 // lock or leadership is lost: long enough for a clean shutdown, short enough
-// that two holders do not overlap for long.
-const killGrace = 5 * time.Second
+// that two holders do not overlap for long. A variable for tests.
+var killGrace = 5 * time.Second
 
 // holdEvent is one line of a hold stream, reduced to what lock and elect
 // need, or the error that ended the stream.
@@ -279,7 +279,7 @@ func runHeld(ctx context.Context, s *streams, h holdSpec) error {
 			var why string
 			switch {
 			case ev.err != nil:
-				why = "connection to the agent broke: " + streamErr(ev.err).Error()
+				why = streamLoss(ev.err)
 			case !ev.held:
 				why = "the agent reports it is no longer held"
 			case ev.token != token:
@@ -303,6 +303,15 @@ func runHeld(ctx context.Context, s *streams, h holdSpec) error {
 			signalChild(cmd, syscall.SIGTERM)
 		}
 	}
+}
+
+// streamLoss phrases why a hold stream ended while the command ran.
+func streamLoss(err error) string {
+	var se *api.StatusError
+	if errors.As(err, &se) {
+		return "the agent ended the hold: " + se.Message
+	}
+	return "connection to the agent broke: " + streamErr(err).Error()
 }
 
 // streamErr phrases a stream's end for users.
