@@ -774,6 +774,12 @@ func loadConfigFile(path string) (*fileConfig, error) {
 	if err != nil {
 		return nil, configErrorf("config file: %v", err)
 	}
+	return parseConfigFile(path, b)
+}
+
+// parseConfigFile parses the content b of the config file at path; the
+// extension of path selects the format.
+func parseConfigFile(path string, b []byte) (*fileConfig, error) {
 	switch ext := strings.ToLower(filepath.Ext(path)); ext {
 	case ".yaml", ".yml":
 	case ".json":
@@ -877,7 +883,8 @@ func fileError(path string, line int, msg string) error {
 // out's yaml tags, because yaml.v3's own strict mode reports errors over
 // several lines and without the path to the key.
 func decodeStrict(n *yaml.Node, out any, path string) *nodeError {
-	if e := checkKeys(n, reflect.TypeOf(out).Elem(), path); e != nil {
+	budget := maxConfigNodes
+	if e := checkKeys(n, reflect.TypeOf(out).Elem(), path, &budget); e != nil {
 		return e
 	}
 	if err := n.Decode(out); err != nil {
@@ -891,8 +898,15 @@ func decodeStrict(n *yaml.Node, out any, path string) *nodeError {
 	return nil
 }
 
-func checkKeys(n *yaml.Node, t reflect.Type, path string) *nodeError {
+// maxConfigNodes bounds the nodes checkKeys visits: aliases can make a small
+// file expand exponentially ("billion laughs").
+const maxConfigNodes = 100_000
+
+func checkKeys(n *yaml.Node, t reflect.Type, path string, budget *int) *nodeError {
 	n = resolveAlias(n)
+	if *budget--; *budget < 0 {
+		return &nodeError{line: n.Line, msg: "too many nodes after expanding aliases"}
+	}
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
@@ -900,7 +914,7 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string) *nodeError {
 	case reflect.Slice:
 		if n.Kind == yaml.SequenceNode && t.Elem().Kind() != reflect.Uint8 {
 			for i, it := range n.Content {
-				if e := checkKeys(it, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); e != nil {
+				if e := checkKeys(it, t.Elem(), fmt.Sprintf("%s[%d]", path, i), budget); e != nil {
 					return e
 				}
 			}
@@ -915,7 +929,7 @@ func checkKeys(n *yaml.Node, t reflect.Type, path string) *nodeError {
 			if !ok {
 				return &nodeError{line: k.Line, msg: fmt.Sprintf("unknown key %q in %s", k.Value, path)}
 			}
-			if e := checkKeys(n.Content[i+1], f.Type, path+"."+k.Value); e != nil {
+			if e := checkKeys(n.Content[i+1], f.Type, path+"."+k.Value, budget); e != nil {
 				return e
 			}
 		}

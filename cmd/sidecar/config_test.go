@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -574,4 +575,40 @@ func Example_keygenLength() {
 	run(context.Background(), []string{"keygen"}, nil, &out, &out)
 	fmt.Println(len(strings.TrimSpace(out.String())))
 	// Output: 44
+}
+
+// FuzzParseConfigFile checks that no config file content panics or produces
+// an error that is not one clean line.
+func FuzzParseConfigFile(f *testing.F) {
+	f.Add("c.yaml", []byte(yamlFile))
+	f.Add("c.json", []byte(jsonFile))
+	f.Add("c.yaml", []byte("services:\n  - &a {name: web, checks: [*a]}\n"))
+	f.Add("c.yaml", []byte("a: &a [x, x]\nb: &b [*a, *a]\nservices: [*b, *b]\n"))
+	f.Add("c.yml", []byte("elections: [{name: p, value: v}]\njoin: [a, b]\n"))
+	f.Add("c.json", []byte(`{"services": [{"name": "web", "checks": [{"exec": ["a", "b"]}]}]}`))
+	f.Fuzz(func(t *testing.T, name string, b []byte) {
+		if name != "c.json" {
+			name = "c.yaml"
+		}
+		fc, err := parseConfigFile(name, b)
+		if err != nil {
+			var ce *configError
+			if !errors.As(err, &ce) {
+				t.Fatalf("error %q is not a config error", err)
+			}
+			return
+		}
+		// Whatever parsed must validate without panicking.
+		c := defaultConfig()
+		c.Name, c.Services, c.Elections = "n", fc.services, fc.elections
+		explicit := map[string]bool{"name": true}
+		for _, v := range fc.values {
+			if v.st.set(c, v.value) == nil {
+				explicit[v.st.name] = true
+			}
+		}
+		if c.derive(explicit) == nil {
+			_ = c.validate()
+		}
+	})
 }
