@@ -39,4 +39,3 @@ func runAgent(ctx context.Context, cfg *Config, stdout, stderr io.Writer) int {
 	log.Info("agent stopped")
 	return 0
 }
-
