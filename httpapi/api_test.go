@@ -192,6 +192,11 @@ func TestAPI_registerAndBlockingQuery(t *testing.T) {
 	if !strings.Contains(string(r.body), `"web":["blue","v1","v2"]`) {
 		t.Fatalf("GET /v1/services = %s", r.body)
 	}
+	for _, in := range list {
+		if in.ID == "web-2" && in.Address != "127.0.0.1" {
+			t.Fatalf("instance registered without address shows %q, want its node's address", in.Address)
+		}
+	}
 	mustOK(t, do(t, "DELETE", a.URL+"/v1/services/web-1", ""))
 	r = do(t, "GET", a.URL+"/v1/services/web", "")
 	json.Unmarshal(r.body, &list)

@@ -132,7 +132,15 @@ func (s *Server) service(w http.ResponseWriter, r *http.Request) error {
 			if !hasTags(e.Instance.Tags, tags) {
 				continue
 			}
-			out = append(out, toAPIInstance(e))
+			inst := toAPIInstance(e)
+			if inst.Address == "" {
+				// Registered without an address: the instance listens on
+				// its node's, as DNS answers too.
+				if n, ok := s.reg.Node(inst.Node); ok {
+					inst.Address = n.Address
+				}
+			}
+			out = append(out, inst)
 		}
 		return out
 	})

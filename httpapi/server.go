@@ -34,6 +34,7 @@ type Registry interface {
 	Lock(name string) (*fsm.Mutex, bool)
 	Election(name string) (*fsm.Mutex, bool)
 	CheckOwner(node, checkID string) (*fsm.Instance, bool)
+	Node(name string) (*fsm.Node, bool)
 }
 
 // Agent is the node the API runs on.
