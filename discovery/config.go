@@ -170,8 +170,9 @@ func defaultMemberlistConfig() *memberlist.Config {
 
 // TestConfig returns settings for several members in one process on
 // loopback: a free port on 127.0.0.1 and timings about 4× faster than
-// DefaultConfig (failure detected in well under a second), still slow
-// enough not to declare members failed under the race detector.
+// DefaultConfig (a killed member is failed everywhere after 0.5-0.8s),
+// still slow enough not to declare live members failed under the race
+// detector. Name is empty: set it.
 func TestConfig() Config {
 	c := DefaultConfig()
 	c.Name = ""

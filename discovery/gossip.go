@@ -362,8 +362,10 @@ func (g *Gossip) UpdateMeta(ctx context.Context, meta Meta) error {
 //
 // Gossip keeps running after Leave, answering probes and spreading the
 // leave, until Shutdown; call Shutdown next. A timeout ≤ 0 does not wait
-// (the leave is then best effort, spreading only until Shutdown). Leave is
-// idempotent; after Shutdown it returns ErrShutdown.
+// (the leave is then best effort, spreading only until Shutdown). An error
+// means the wait timed out: the leave was still started. Leave is
+// idempotent (a second call returns nil at once); after Shutdown it
+// returns ErrShutdown.
 func (g *Gossip) Leave(timeout time.Duration) error {
 	g.lifeMu.Lock()
 	defer g.lifeMu.Unlock()
@@ -401,7 +403,9 @@ func (g *Gossip) Leave(timeout time.Duration) error {
 	if wait <= 0 {
 		wait = time.Nanosecond // memberlist's 0 would wait forever
 	}
-	if err := g.ml.Leave(wait); err != nil {
+	// memberlist's Leave only fails when its wait times out; the leave is
+	// queued and spreads until Shutdown either way.
+	if err := g.ml.Leave(wait); err != nil && timeout > 0 {
 		return fmt.Errorf("discovery: leave: %w", err)
 	}
 	g.log.Info("left the cluster")

@@ -9,20 +9,12 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"go.uber.org/goleak"
 )
-
-func TestMain(m *testing.M) {
-	// No exceptions needed: after Shutdown every memberlist goroutine
-	// (listeners, probe/gossip/push-pull tickers, packet handler, queue
-	// depth checker) returns; goleak retries while they wind down.
-	goleak.VerifyTestMain(m)
-}
 
 // testLogger logs to t.Log, tagged with the node, until the test ends
 // (memberlist goroutines may still log while winding down, and t.Log after
-// the test would panic). DISCOVERY_DEBUG=1 shows debug lines.
+// the test would panic). DISCOVERY_DEBUG=1 shows debug lines. It is
+// discoverytest.Logger, which this package's internal tests cannot import.
 func testLogger(t testing.TB, node string) *slog.Logger {
 	w := &tWriter{t: t}
 	t.Cleanup(w.stop)
