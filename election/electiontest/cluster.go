@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,16 +25,31 @@ type Cluster struct {
 	Trans   []*raft.InmemTransport
 }
 
-// Logger returns a logger writing to t.Log, tagged with the node.
+// Logger returns a logger writing to t.Log, tagged with the node. Lines
+// logged after the test ended (raft's connection goroutines outlive Close)
+// are dropped, since t.Log would panic on them.
 func Logger(t testing.TB, node string) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", node)
+	w := &tLogWriter{t: t}
+	t.Cleanup(func() {
+		w.mu.Lock()
+		w.done = true
+		w.mu.Unlock()
+	})
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", node)
 }
 
-type tLogWriter struct{ t testing.TB }
+type tLogWriter struct {
+	t    testing.TB
+	mu   sync.Mutex
+	done bool
+}
 
-func (w tLogWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(string(p))
+func (w *tLogWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(strings.TrimRight(string(p), "\n"))
+	}
 	return len(p), nil
 }
 
