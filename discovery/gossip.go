@@ -192,8 +192,8 @@ func (g *Gossip) Start(ctx context.Context) error {
 // and merges state with every one that answers. It retries with backoff
 // until at least one answers, and returns how many did. It returns early
 // with ctx's error (wrapping it) when ctx ends, ErrShutdown or ErrLeft.
-// One attempt is not interruptible: it can take memberlist's TCPTimeout
-// per unreachable address.
+// Contacting one address is not interruptible: it can take memberlist's
+// TCPTimeout (10s by default) when the address does not answer at all.
 func (g *Gossip) Join(ctx context.Context, addrs []string) (int, error) {
 	if len(addrs) == 0 {
 		return 0, errors.New("discovery: join: no addresses")
@@ -209,7 +209,7 @@ func (g *Gossip) Join(ctx context.Context, addrs []string) (int, error) {
 		if err := ctx.Err(); err != nil {
 			return 0, fmt.Errorf("discovery: join %s: %w", strings.Join(addrs, ","), err)
 		}
-		n, err := g.ml.Join(addrs)
+		n, err := g.joinOnce(ctx, addrs)
 		if n > 0 {
 			g.markJoined()
 			g.log.Info("joined cluster", "contacted", n, "attempts", attempt, "members", g.NumMembers())
@@ -237,6 +237,27 @@ func (g *Gossip) Join(ctx context.Context, addrs []string) (int, error) {
 		}
 		delay = min(2*delay, g.cfg.JoinRetryMax)
 	}
+}
+
+// joinOnce tries each address in turn (memberlist.Join would too), so that
+// ctx and Shutdown are noticed between addresses.
+func (g *Gossip) joinOnce(ctx context.Context, addrs []string) (int, error) {
+	n := 0
+	var errs []error
+	for _, a := range addrs {
+		if ctx.Err() != nil || g.closed.Load() || g.left.Load() {
+			break
+		}
+		k, err := g.ml.Join([]string{a})
+		n += k
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 && n == 0 {
+		errs = append(errs, errors.New("interrupted"))
+	}
+	return n, errors.Join(errs...)
 }
 
 // jitter spreads d by ±20%.
@@ -414,7 +435,9 @@ func (g *Gossip) Leave(timeout time.Duration) error {
 
 // Shutdown stops gossip at once, without leaving: the others detect the
 // silence and mark this node failed, unless Leave was called first. It
-// closes Events, stops background work, waits for it and unregisters the
+// closes Events, stops background work, waits for it (a join attempt to an
+// address that does not answer can hold it up to memberlist's TCPTimeout,
+// an UpdateMeta in flight up to BroadcastTimeout) and unregisters the
 // metrics. It is idempotent.
 func (g *Gossip) Shutdown() error {
 	g.lifeMu.Lock()
