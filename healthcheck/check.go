@@ -118,7 +118,7 @@ func (c *check) loop() {
 	}
 	if c.spec.prober != nil {
 		d := min(max(c.r.cfg.InitialDelay(c.spec.interval), 0), c.spec.interval)
-		c.nextRun = time.Now().Add(d)
+		c.nextRun = c.spec.align(time.Now().Add(d))
 	}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -143,8 +143,14 @@ func (c *check) loop() {
 func (c *check) work(now time.Time) time.Time {
 	if c.spec.prober != nil && !now.Before(c.nextRun) {
 		c.run(now)
-		c.nextRun = now.Add(c.spec.interval)
+		// Every interval from the schedule, not from when the timer
+		// fired, so that lateness does not accumulate; a run that
+		// overran its interval is followed by the next at once.
 		now = time.Now()
+		c.nextRun = c.spec.align(c.nextRun.Add(c.spec.interval))
+		if c.nextRun.Before(now) {
+			c.nextRun = c.spec.align(now)
+		}
 	}
 	if c.spec.def.Type == typeTTL {
 		c.expire(now)

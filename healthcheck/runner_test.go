@@ -206,17 +206,20 @@ func TestRunner_Exec_hangKillsGroup(t *testing.T) {
 	r := newRunner(t, testConfig(t), &recorder{})
 	start := time.Now()
 	if err := r.Sync([]healthcheck.Instance{{ID: "job-1", Checks: []fsm.Check{
-		{ID: "hang", Type: "exec", Exec: []string{hang, dir}, Interval: 10 * 1000 * ms, Timeout: 200 * ms},
+		{ID: "hang", Type: "exec", Exec: []string{hang, dir}, Interval: 10 * 1000 * ms, Timeout: 500 * ms},
 	}}}); err != nil {
 		t.Fatal(err)
 	}
 	parent, child := readPid(t, dir+"/parent"), readPid(t, dir+"/child")
-	st := waitStatus(t, r, "hang", fsm.StatusCritical, "timed out after 200ms")
+	if processGone(parent) || processGone(child) {
+		t.Fatal("processes gone before the timeout: processGone sees nothing")
+	}
+	st := waitStatus(t, r, "hang", fsm.StatusCritical, "timed out after 500ms")
 	if !strings.Contains(st.Output, "started") {
 		t.Errorf("output %q lacks what the script printed", st.Output)
 	}
 	if d := time.Since(start); d > 2*time.Second {
-		t.Errorf("hung script cut after %v, want about 200ms", d)
+		t.Errorf("hung script cut after %v, want about 500ms", d)
 	}
 	for _, pid := range []int{parent, child} {
 		waitFor(t, 5*time.Second, fmt.Sprintf("process %d killed", pid), func() bool { return processGone(pid) })
