@@ -120,9 +120,9 @@ func (c *check) loop() {
 		d := min(max(c.r.cfg.InitialDelay(c.spec.interval), 0), c.spec.interval)
 		c.nextRun = c.spec.align(time.Now().Add(d))
 	}
-	timer := time.NewTimer(0)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
 	defer timer.Stop()
-	<-timer.C
 	for {
 		if wake := c.work(time.Now()); wake.IsZero() {
 			timer.Stop()

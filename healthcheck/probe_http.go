@@ -34,6 +34,13 @@ func newTransport() *http.Transport {
 		// HTTP_PROXY meant for the service's own traffic must not divert it.
 		Proxy: nil,
 		DialContext: (&net.Dialer{
+			// A dial goes on after the run that started it gives up, so
+			// that the next run finds the connection. 10s bounds how
+			// many such dials a check of a host that drops packets
+			// leaves pending (one per run, at most 10s each), where the
+			// kernel would try for two minutes; a local service accepts
+			// in microseconds.
+			Timeout: 10 * time.Second,
 			// Keep-alive probes every 30s (net's default) notice a dead
 			// peer of an idle connection.
 			KeepAlive: 30 * time.Second,
@@ -93,7 +100,8 @@ func newHTTPProber(client *http.Client, rawURL string, timeout time.Duration) (*
 	}
 	req.Header.Set("User-Agent", "sidecar-healthcheck")
 	req.Header.Set("Accept", "text/plain, text/*, */*")
-	return &httpProber{client: client, req: req, url: rawURL, timeout: timeout}, nil
+	// The output shows the URL without its password, if it has one.
+	return &httpProber{client: client, req: req, url: u.Redacted(), timeout: timeout}, nil
 }
 
 func (p *httpProber) probe(ctx context.Context, out []byte, limit int) ([]byte, string) {

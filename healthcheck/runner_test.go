@@ -1,6 +1,7 @@
 package healthcheck_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -38,6 +40,7 @@ func TestRunner_HTTP(t *testing.T) {
 		httpCheck("busy", busy.URL),
 		httpCheck("broken", broken.URL),
 		httpCheck("loop", loop.URL+"/x"),
+		httpCheck("auth", strings.Replace(ok.URL, "http://", "http://u:secret@", 1)),
 		hangCheck,
 	}}}); err != nil {
 		t.Fatal(err)
@@ -47,6 +50,9 @@ func TestRunner_HTTP(t *testing.T) {
 	waitStatus(t, r, "busy", fsm.StatusWarning, "429 Too Many Requests Output: slow down")
 	waitStatus(t, r, "broken", fsm.StatusCritical, "500 Internal Server Error Output: boom")
 	waitStatus(t, r, "loop", fsm.StatusCritical, "stopped after 5 redirects")
+	if st := waitStatus(t, r, "auth", fsm.StatusPassing, "HTTP GET http://u:xxxxx@"); strings.Contains(st.Output, "secret") {
+		t.Errorf("output %q shows the password", st.Output)
+	}
 	start := time.Now()
 	waitFor(t, 5*time.Second, "two requests to the hanging target", func() bool { return hangRequests() >= 2 })
 	waitStatus(t, r, "hang", fsm.StatusCritical, "timed out after 50ms")
@@ -56,7 +62,7 @@ func TestRunner_HTTP(t *testing.T) {
 
 	// New checks start critical: broken, loop and hang never changed.
 	for id, want := range map[string][]string{
-		"ok": {fsm.StatusPassing}, "busy": {fsm.StatusWarning},
+		"ok": {fsm.StatusPassing}, "auth": {fsm.StatusPassing}, "busy": {fsm.StatusWarning},
 		"broken": nil, "loop": nil, "hang": nil,
 	} {
 		if got := n.statuses(id); !slices.Equal(got, want) {
@@ -579,6 +585,102 @@ func TestRunner_Sync(t *testing.T) {
 		}
 	})
 }
+
+// slowNotifier takes a while to return even once its context is done, and
+// records whether two calls for one check ever overlapped.
+type slowNotifier struct {
+	mu       sync.Mutex
+	inFlight map[string]int
+	overlap  bool
+	calls    int
+}
+
+func (s *slowNotifier) UpdateCheck(ctx context.Context, checkID, _, _ string) error {
+	s.mu.Lock()
+	s.calls++
+	s.inFlight[checkID]++
+	if s.inFlight[checkID] > 1 {
+		s.overlap = true
+	}
+	s.mu.Unlock()
+	<-ctx.Done()
+	time.Sleep(50 * time.Millisecond) // a write that was already under way
+	s.mu.Lock()
+	s.inFlight[checkID]--
+	s.mu.Unlock()
+	return ctx.Err()
+}
+
+// TestRunner_Sync_restartWaitsForPrevious checks that a restarted check
+// does not report while the previous one of its id is still reporting.
+func TestRunner_Sync_restartWaitsForPrevious(t *testing.T) {
+	a := newTarget(t, "", 200)
+	b := newTarget(t, "", 200)
+	n := &slowNotifier{inFlight: map[string]int{}}
+	r := newRunner(t, testConfig(t), n)
+	count := func() int {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		return n.calls
+	}
+	c := httpCheck("c", a.URL)
+	for i := 1; i <= 3; i++ {
+		if err := r.Sync([]healthcheck.Instance{{ID: "web-1", Checks: []fsm.Check{c}}}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Second, fmt.Sprint("report ", i), func() bool { return count() == i })
+		if c.HTTP == a.URL {
+			c.HTTP = b.URL
+		} else {
+			c.HTTP = a.URL
+		}
+	}
+	r.Close()
+	if n.overlap {
+		t.Error("two reports of one check overlapped")
+	}
+}
+
+// TestRunner_concurrentUse exercises every method at once, for the race
+// detector.
+func TestRunner_concurrentUse(t *testing.T) {
+	tg := newTarget(t, "", 200, 500)
+	r := newRunner(t, testConfig(t), &deregRecorder{})
+	defs := [][]fsm.Check{
+		{httpCheck("h", tg.URL), {ID: "t", Type: "ttl", TTL: int64(50 * time.Millisecond), DeregisterCriticalAfter: 10 * ms}},
+		{{ID: "h", Type: "tcp", TCP: tg.Listener.Addr().String(), Interval: 5 * ms}, {ID: "t", Type: "ttl", TTL: int64(time.Second)}},
+		nil,
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := 0; g < 3; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				switch g {
+				case 0:
+					r.Sync([]healthcheck.Instance{{ID: "web-1", Checks: defs[i%len(defs)]}})
+				case 1:
+					r.TTLUpdate("t", statusesCycle[i%3], "note")
+				case 2:
+					r.Statuses()
+				}
+				time.Sleep(time.Millisecond)
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond) // the length of the exercise
+	close(stop)
+	wg.Wait()
+}
+
+var statusesCycle = []string{fsm.StatusPassing, fsm.StatusWarning, fsm.StatusCritical}
 
 func TestRunner_deregisterCritical(t *testing.T) {
 	broken := newTarget(t, "", 500)
