@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"strconv"
 	"sync"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/sidecarhq/sidecar/api"
+	"github.com/sidecarhq/sidecar/discovery"
 	"github.com/sidecarhq/sidecar/dnsserver"
 	"github.com/sidecarhq/sidecar/election"
 	"github.com/sidecarhq/sidecar/fsm"
@@ -46,6 +46,15 @@ type Config struct {
 	SnapshotThreshold uint64
 	SnapshotInterval  time.Duration
 
+	// Join lists gossip addresses to join (retried until one answers).
+	Join []string
+	// EncryptKey is the 32-byte gossip key, nil for none.
+	EncryptKey []byte
+	// ReapAfter is how long a failed server keeps its Raft vote.
+	ReapAfter time.Duration
+	// Gossip overrides the gossip settings (tests); nil: defaults.
+	Gossip *discovery.Config
+
 	// Services are registered, and Elections campaigned for, at start.
 	Services  []api.ServiceRegistration
 	Elections []Election
@@ -65,66 +74,122 @@ type Agent struct {
 	log     *slog.Logger
 	metrics *prometheus.Registry
 
-	server *election.Server
-	local  *election.Local
-	http   *httpapi.Server
-	dns    *dnsserver.Server
+	gossip    *discovery.Gossip
+	server    *election.Server     // nil on a client
+	formation *discovery.Formation // nil on a client
+	replica   *election.Replica    // nil on a server
+	remote    *election.Remote
+	reg       *fsm.FSM
+	local     *election.Local
+	http      *httpapi.Server
+	dns       *dnsserver.Server
+
+	stopBackground context.CancelFunc
+	background     sync.WaitGroup
 
 	mu     sync.Mutex
 	ready  bool
 	closed bool
 }
 
-// New builds an agent. Nothing listens until Start.
-func New(cfg Config, log *slog.Logger) (*Agent, error) {
+// New builds an agent. Nothing listens until Run but gossip and Raft.
+func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	if !cfg.Server && !cfg.Dev {
-		return nil, errors.New("agent: client mode (no --server) needs the cluster support, not in this build yet; run with --server or --dev")
+	if cfg.Dev {
+		cfg.Server = true
 	}
-	if cfg.BootstrapExpect > 1 {
-		return nil, fmt.Errorf("agent: --bootstrap-expect %d needs gossip cluster formation, not in this build yet; use 1", cfg.BootstrapExpect)
-	}
-	a := &Agent{cfg: cfg, log: log, metrics: prometheus.NewRegistry()}
+	a = &Agent{cfg: cfg, log: log, metrics: prometheus.NewRegistry()}
 	// SPEC: every metric is prefixed sidecar_, the runtime's too.
 	prometheus.WrapRegistererWithPrefix("sidecar_", a.metrics).MustRegister(
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
-	sc := election.DefaultServerConfig()
-	if cfg.Raft != nil {
-		sc = *cfg.Raft
-	}
-	sc.Node = cfg.Name
-	sc.DataDir = cfg.DataDir
-	sc.InMemory = cfg.Dev
-	if !cfg.Dev {
-		sc.RaftAddr = cfg.RaftAddr
-		if cfg.AdvertiseAddr != "" {
-			_, port, err := net.SplitHostPort(cfg.RaftAddr)
-			if err != nil {
-				return nil, fmt.Errorf("raft address %q: %w", cfg.RaftAddr, err)
+	var closers []func()
+	defer func() {
+		if err != nil {
+			for i := len(closers) - 1; i >= 0; i-- {
+				closers[i]()
 			}
-			sc.AdvertiseAddr = net.JoinHostPort(cfg.AdvertiseAddr, port)
 		}
+	}()
+
+	if cfg.Server {
+		sc := election.DefaultServerConfig()
+		if cfg.Raft != nil {
+			sc = *cfg.Raft
+		}
+		sc.Node = cfg.Name
+		sc.DataDir = cfg.DataDir
+		sc.InMemory = cfg.Dev
+		if !cfg.Dev {
+			sc.RaftAddr = cfg.RaftAddr
+			if cfg.AdvertiseAddr != "" {
+				_, port, err := net.SplitHostPort(cfg.RaftAddr)
+				if err != nil {
+					return nil, fmt.Errorf("raft address %q: %w", cfg.RaftAddr, err)
+				}
+				sc.AdvertiseAddr = net.JoinHostPort(cfg.AdvertiseAddr, port)
+			}
+		}
+		// One expected server bootstraps alone at once; more bootstrap
+		// together through gossip.
+		sc.Bootstrap = cfg.Dev || cfg.BootstrapExpect == 1
+		if cfg.SnapshotThreshold > 0 {
+			sc.SnapshotThreshold = cfg.SnapshotThreshold
+		}
+		if cfg.SnapshotInterval > 0 {
+			sc.SnapshotInterval = cfg.SnapshotInterval
+		}
+		sc.Logger = log
+		sc.Registerer = a.metrics
+		srv, err := election.NewServer(sc)
+		if err != nil {
+			return nil, err
+		}
+		closers = append(closers, func() { srv.Close() })
+		a.server, a.reg = srv, srv.FSM()
+	} else {
+		a.reg = fsm.New()
 	}
-	sc.Bootstrap = cfg.Dev || cfg.BootstrapExpect <= 1
-	if cfg.SnapshotThreshold > 0 {
-		sc.SnapshotThreshold = cfg.SnapshotThreshold
+
+	gc := discovery.DefaultConfig()
+	if cfg.Gossip != nil {
+		gc = *cfg.Gossip
 	}
-	if cfg.SnapshotInterval > 0 {
-		sc.SnapshotInterval = cfg.SnapshotInterval
+	gc.Name = cfg.Name
+	gc.BindAddr = cfg.BindAddr
+	gc.AdvertiseAddr = cfg.AdvertiseAddr
+	gc.Join = cfg.Join
+	gc.EncryptKey = cfg.EncryptKey
+	gc.Logger = log
+	gc.Registerer = a.metrics
+	gc.Meta = discovery.Meta{Role: a.role(), HTTPAddr: cfg.HTTPAddr, DNSAddr: cfg.DNSAddr, BootstrapExpect: cfg.BootstrapExpect}
+	if a.server != nil && !cfg.Dev {
+		gc.Meta.RaftAddr = string(a.server.Addr())
 	}
-	sc.Logger = log
-	sc.Registerer = a.metrics
-	srv, err := election.NewServer(sc)
+	g, err := discovery.New(gc)
 	if err != nil {
 		return nil, err
 	}
-	a.server = srv
+	closers = append(closers, func() { g.Shutdown() })
+	a.gossip = g
+
+	a.remote = election.NewRemote(a.server, a.serverAddrs)
+	if a.server != nil {
+		fc := discovery.DefaultFormationConfig()
+		if cfg.ReapAfter > 0 {
+			fc.ReapAfter = cfg.ReapAfter
+		}
+		fc.BootstrapExpect = cfg.BootstrapExpect
+		fc.Logger = log
+		a.formation = discovery.NewFormation(fc, g, a.server, a.remote)
+	} else {
+		a.replica = election.NewReplica(a.reg, a.serverAddrs, log)
+	}
+
 	a.local = election.NewLocal(election.LocalConfig{
 		Node: cfg.Name, SessionTTL: cfg.SessionTTL, Logger: log, Registerer: a.metrics,
-	}, a, srv.FSM())
+	}, a.remote, a.reg)
 
 	hc := httpapi.DefaultConfig()
 	hc.Addr = cfg.HTTPAddr
@@ -132,7 +197,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	hc.Logger = log
 	hc.Registerer = a.metrics
 	hc.Gatherer = a.metrics
-	a.http = httpapi.New(hc, srv.FSM(), a, a.local)
+	a.http = httpapi.New(hc, a.reg, a, a.local)
 
 	dc := dnsserver.DefaultConfig()
 	dc.Addr = cfg.DNSAddr
@@ -145,13 +210,23 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	}
 	dc.Logger = log
 	dc.Registerer = a.metrics
-	dns, err := dnsserver.New(dc, srv.FSM(), a)
+	dns, err := dnsserver.New(dc, a.reg, a)
 	if err != nil {
-		srv.Close()
 		return nil, err
 	}
 	a.dns = dns
 	return a, nil
+}
+
+// serverAddrs lists the RPC addresses of alive servers, from gossip.
+func (a *Agent) serverAddrs() []string {
+	var out []string
+	for _, m := range a.gossip.Members() {
+		if m.Status == discovery.StatusAlive && m.Meta.IsServer() && m.Meta.RaftAddr != "" {
+			out = append(out, m.Meta.RaftAddr)
+		}
+	}
+	return out
 }
 
 // DNSAddr is the bound DNS address.
@@ -161,7 +236,7 @@ func (a *Agent) DNSAddr() string { return a.dns.Addr() }
 func (a *Agent) Metrics() *prometheus.Registry { return a.metrics }
 
 // FSM is the agent's copy of the registry.
-func (a *Agent) FSM() *fsm.FSM { return a.server.FSM() }
+func (a *Agent) FSM() *fsm.FSM { return a.reg }
 
 // Local is what the agent holds for its apps.
 func (a *Agent) Local() *election.Local { return a.local }
@@ -171,15 +246,29 @@ func (a *Agent) HTTPAddr() string { return a.http.Addr() }
 
 // Run serves until ctx ends, then shuts down gracefully: HTTP and DNS stop
 // (ending connection-bound holds), candidacies resign and locks are
-// released, Raft and its stores close.
+// released, leadership moves to another server, the node leaves gossip, and
+// Raft and its stores close.
 func (a *Agent) Run(ctx context.Context) error {
 	if err := a.http.Start(); err != nil {
-		a.server.Close()
+		a.shutdown()
 		return err
 	}
 	if err := a.dns.Start(); err != nil {
 		a.shutdown()
 		return err
+	}
+	bg, stop := context.WithCancel(context.Background())
+	a.stopBackground = stop
+	if err := a.gossip.Start(bg); err != nil {
+		a.shutdown()
+		return err
+	}
+	a.goBackground(func() { a.forwardEvents(bg) })
+	if a.formation != nil {
+		a.goBackground(func() { a.formation.Run(bg) })
+	}
+	if a.replica != nil {
+		a.goBackground(func() { a.replica.Run(bg) })
 	}
 	startErr := make(chan error, 1)
 	go func() { startErr <- a.join(ctx) }()
@@ -196,19 +285,34 @@ func (a *Agent) Run(ctx context.Context) error {
 	return a.shutdown()
 }
 
-// join waits for a Raft leader, records this node, opens the node session
-// and registers what the config file declares.
-func (a *Agent) join(ctx context.Context) error {
+func (a *Agent) goBackground(f func()) {
+	a.background.Add(1)
+	go func() {
+		defer a.background.Done()
+		f()
+	}()
+}
+
+// forwardEvents wakes the formation on every gossip event.
+func (a *Agent) forwardEvents(ctx context.Context) {
 	for {
-		if leader, _ := a.server.Leader(); leader != "" {
-			break
-		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
+			return
+		case _, ok := <-a.gossip.Events():
+			if !ok {
+				return
+			}
+			if a.formation != nil {
+				a.formation.Wake()
+			}
 		}
 	}
+}
+
+// join waits until writes can reach a leader, records this node, opens the
+// node session and registers what the config file declares.
+func (a *Agent) join(ctx context.Context) error {
 	if err := a.retry(ctx, func() error {
 		_, err := a.Apply(ctx, &fsm.RegisterNode{Name: a.cfg.Name, Address: a.advertiseIP(), Meta: map[string]string{"role": a.role()}})
 		return err
@@ -239,10 +343,12 @@ func (a *Agent) join(ctx context.Context) error {
 	a.mu.Lock()
 	a.ready = true
 	a.mu.Unlock()
-	a.log.Info("agent ready", "node", a.cfg.Name, "http_addr", a.http.Addr())
+	a.log.Info("agent ready", "node", a.cfg.Name, "role", a.role(), "http_addr", a.http.Addr(), "dns_addr", a.dns.Addr())
 	return nil
 }
 
+// retry retries f while no leader is reachable, until ctx ends: a cluster
+// forms after its servers start.
 func (a *Agent) retry(ctx context.Context, f func() error) error {
 	for {
 		err := f()
@@ -252,7 +358,7 @@ func (a *Agent) retry(ctx context.Context, f func() error) error {
 		select {
 		case <-ctx.Done():
 			return err
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }
@@ -278,11 +384,26 @@ func (a *Agent) shutdown() error {
 	if err := a.local.Close(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("release holds: %w", err))
 	}
-	if err := a.server.TransferLeadership(); err != nil && len(a.server.Status().Peers) > 1 {
-		errs = append(errs, err)
+	if a.server != nil && a.server.IsLeader() && len(a.server.Status().Peers) > 1 {
+		if err := a.server.TransferLeadership(); err != nil {
+			a.log.Warn("leadership transfer failed", "err", err)
+		}
 	}
-	if err := a.server.Close(); err != nil {
-		errs = append(errs, err)
+	if err := a.gossip.Leave(5 * time.Second); err != nil && !errors.Is(err, discovery.ErrShutdown) {
+		a.log.Warn("gossip leave", "err", err)
+	}
+	if a.stopBackground != nil {
+		a.stopBackground()
+	}
+	a.background.Wait()
+	if err := a.gossip.Shutdown(); err != nil {
+		errs = append(errs, fmt.Errorf("gossip shutdown: %w", err))
+	}
+	a.remote.Close()
+	if a.server != nil {
+		if err := a.server.Close(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -295,6 +416,9 @@ func (a *Agent) role() string {
 }
 
 func (a *Agent) advertiseIP() string {
+	if addr := a.gossip.LocalMember().Addr; addr != "" {
+		return addr
+	}
 	if a.cfg.AdvertiseAddr != "" {
 		return a.cfg.AdvertiseAddr
 	}
@@ -308,21 +432,37 @@ func (a *Agent) advertiseIP() string {
 func (a *Agent) Node() string { return a.cfg.Name }
 
 // Status implements httpapi.Agent.
-func (a *Agent) Status() api.Status { return a.server.Status() }
-
-// Members lists the nodes of the cluster; until gossip exists, this node.
-func (a *Agent) Members() []api.Member {
-	port := 0
-	if _, p, err := net.SplitHostPort(a.cfg.BindAddr); err == nil {
-		port, _ = strconv.Atoi(p)
+func (a *Agent) Status() api.Status {
+	if a.server != nil {
+		return a.server.Status()
 	}
-	return []api.Member{{Name: a.cfg.Name, Addr: a.advertiseIP(), Port: port, Role: a.role(), Status: "alive"}}
+	st := api.Status{Node: a.cfg.Name, Role: "client", AppliedIndex: a.reg.Index(), Peers: []string{}}
+	for _, m := range a.gossip.Members() {
+		if m.Status == discovery.StatusAlive && m.Meta.IsServer() {
+			st.Peers = append(st.Peers, m.Name)
+		}
+	}
+	return st
 }
 
-// Ready implements httpapi.Agent: a leader is known and this node joined.
+// Members lists the gossip members.
+func (a *Agent) Members() []api.Member {
+	var out []api.Member
+	for _, m := range a.gossip.Members() {
+		out = append(out, api.Member{Name: m.Name, Addr: m.Addr, Port: m.Port, Role: m.Meta.Role, Status: string(m.Status)})
+	}
+	return out
+}
+
+// Ready implements httpapi.Agent: joined, a leader known (a client: its
+// copy of the registry current).
 func (a *Agent) Ready() error {
-	if leader, _ := a.server.Leader(); leader == "" {
-		return errors.New("no raft leader known")
+	if a.server != nil {
+		if leader, _ := a.server.Leader(); leader == "" {
+			return errors.New("no raft leader known")
+		}
+	} else if err := a.replica.Current(); err != nil {
+		return err
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -332,32 +472,49 @@ func (a *Agent) Ready() error {
 	return nil
 }
 
-// Apply writes through Raft.
+// Apply writes through the Raft leader.
 func (a *Agent) Apply(ctx context.Context, cmd fsm.Command) (*fsm.Result, error) {
-	return a.server.Apply(ctx, cmd)
-}
-
-// KeepAlive implements election.Backend.
-func (a *Agent) KeepAlive(ctx context.Context, id string) (time.Duration, error) {
-	return a.server.KeepAlive(ctx, id)
+	return a.remote.Apply(ctx, cmd)
 }
 
 // ConsistentRead implements httpapi.Agent.
-func (a *Agent) ConsistentRead(ctx context.Context) error { return a.server.ConsistentRead(ctx) }
+func (a *Agent) ConsistentRead(ctx context.Context) error {
+	if a.server != nil && a.server.IsLeader() {
+		return a.server.ConsistentRead(ctx)
+	}
+	return a.remote.ConsistentRead(ctx, a.reg)
+}
 
-// SaveSnapshot implements httpapi.Agent.
-func (a *Agent) SaveSnapshot(w io.Writer) error { return a.server.SaveSnapshot(w) }
+// SaveSnapshot implements httpapi.Agent: any agent holds a whole copy.
+func (a *Agent) SaveSnapshot(w io.Writer) error { return a.reg.WriteSnapshot(w) }
 
-// RestoreSnapshot implements httpapi.Agent.
+// RestoreSnapshot implements httpapi.Agent: the Raft leader restores.
 func (a *Agent) RestoreSnapshot(ctx context.Context, r io.Reader) error {
+	if a.server == nil {
+		return fmt.Errorf("%w: restore a snapshot through a server's agent", election.ErrNotLeader)
+	}
 	return a.server.RestoreSnapshot(ctx, r)
 }
 
+// KeepAlive writes nothing: it reaches the leader's lease tracker.
+func (a *Agent) KeepAlive(ctx context.Context, id string) (time.Duration, error) {
+	return a.remote.KeepAlive(ctx, id)
+}
+
 // LeaseRemaining tells how long a lease surely stays live, for DNS TTLs of
-// leader records: the leader's own deadline, else this sidecar's knowledge.
+// leader records: this sidecar's own knowledge, else the leader's deadline.
 func (a *Agent) LeaseRemaining(id string) (time.Duration, bool) {
 	if d, ok := a.local.LeaseRemaining(id); ok {
 		return d, true
 	}
-	return a.server.LeaseRemaining(id)
+	if a.server != nil {
+		return a.server.LeaseRemaining(id)
+	}
+	return 0, false
 }
+
+// Gossip is the agent's membership (tests).
+func (a *Agent) Gossip() *discovery.Gossip { return a.gossip }
+
+// Server is the agent's Raft server, nil on a client (tests).
+func (a *Agent) Server() *election.Server { return a.server }

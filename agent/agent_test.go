@@ -7,13 +7,13 @@ import (
 
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"go.uber.org/goleak"
 
 	"github.com/sidecarhq/sidecar/agent/agenttest"
+	"github.com/sidecarhq/sidecar/discovery/discoverytest"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	discoverytest.VerifyTestMain(m)
 }
 
 // Every metric is named sidecar_* and passes Prometheus' own lint.

@@ -11,14 +11,13 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/sidecarhq/sidecar/agent/agenttest"
 	"github.com/sidecarhq/sidecar/api"
+	"github.com/sidecarhq/sidecar/discovery/discoverytest"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	discoverytest.VerifyTestMain(m)
 }
 
 type reply struct {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sidecarhq/sidecar/agent"
+	"github.com/sidecarhq/sidecar/discovery"
 	"github.com/sidecarhq/sidecar/election"
 	"github.com/sidecarhq/sidecar/election/electiontest"
 )
@@ -24,7 +25,8 @@ type Agent struct {
 func Start(t testing.TB, tweak func(*agent.Config)) *Agent {
 	t.Helper()
 	rc := election.TestServerConfig()
-	cfg := agent.Config{
+	gc := discovery.TestConfig()
+	cfg := agent.Config{Gossip: &gc,
 		Name: "dev", Dev: true, Server: true, BootstrapExpect: 1,
 		BindAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", DNSAddr: "127.0.0.1:0",
 		Domain: "sidecar.", DNSTTL: 5 * time.Second, SessionTTL: 5 * time.Second, Raft: &rc,

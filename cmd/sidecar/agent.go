@@ -22,7 +22,7 @@ func runAgent(ctx context.Context, cfg *Config, stdout, stderr io.Writer) int {
 		BindAddr: cfg.BindAddr, AdvertiseAddr: cfg.AdvertiseAddr, RaftAddr: cfg.RaftAddr,
 		HTTPAddr: cfg.HTTPAddr, DNSAddr: cfg.DNSAddr, Domain: cfg.Domain, Recursors: cfg.Recursors, DNSTTL: cfg.DNSTTL,
 		SessionTTL: cfg.SessionTTL, SnapshotThreshold: cfg.SnapshotThreshold, SnapshotInterval: cfg.SnapshotInterval,
-		Services: cfg.Services,
+		Services: cfg.Services, Join: cfg.Join, EncryptKey: cfg.EncryptKey,
 	}
 	for _, e := range cfg.Elections {
 		ac.Elections = append(ac.Elections, agent.Election{Name: e.Name, Candidate: e.Candidate, Value: e.Value, Service: e.Service})
