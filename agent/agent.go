@@ -408,6 +408,32 @@ func (a *Agent) shutdown() error {
 	return errors.Join(errs...)
 }
 
+// Kill stops the agent as if its process died: no resign, no release, no
+// gossip leave. For tests of failures.
+func (a *Agent) Kill() {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return
+	}
+	a.closed = true
+	a.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	a.gossip.Shutdown()
+	if a.server != nil {
+		a.server.Close()
+	}
+	a.http.Shutdown(ctx)
+	a.dns.Close()
+	if a.stopBackground != nil {
+		a.stopBackground()
+	}
+	a.background.Wait()
+	a.local.Abandon()
+	a.remote.Close()
+}
+
 func (a *Agent) role() string {
 	if a.cfg.Server || a.cfg.Dev {
 		return "server"

@@ -184,11 +184,11 @@ func (f *Formation) bootstrap(ctx context.Context) error {
 	return nil
 }
 
-// quorumSafe reports whether removing one voter keeps a quorum of the
-// remaining configuration alive.
-func quorumSafe(voters, aliveAfter int) bool {
-	after := voters - 1
-	return aliveAfter >= after/2+1
+// quorumSafe reports whether a voter may be removed: a quorum of the
+// current configuration is alive, and a quorum of the configuration after
+// the removal will be.
+func quorumSafe(voters, alive, aliveAfter int) bool {
+	return alive >= voters/2+1 && aliveAfter >= (voters-1)/2+1
 }
 
 // reconcileRaft adds joining servers as voters and removes departed ones.
@@ -247,7 +247,7 @@ func (f *Formation) reconcileRaft() error {
 		if known && m.Status == StatusAlive {
 			aliveAfter--
 		}
-		if why != "left" && !quorumSafe(voters, aliveAfter) {
+		if why != "left" && !quorumSafe(voters, alive, aliveAfter) {
 			f.log.Warn("not removing server: quorum would be lost", "server", id, "why", why, "voters", voters, "alive", alive)
 			continue
 		}

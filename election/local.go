@@ -337,6 +337,32 @@ func (c *electionCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// Abandon stops every keepalive and background loop without releasing
+// anything, as a crash would: the holds end by their leases' TTL.
+func (l *Local) Abandon() {
+	l.mu.Lock()
+	l.closed = true
+	stopHealth, healthDone := l.healthStop, l.healthDone
+	sessions := make([]*Session, 0, len(l.sessions))
+	for _, s := range l.sessions {
+		sessions = append(sessions, s)
+	}
+	l.mu.Unlock()
+	if stopHealth != nil {
+		stopHealth()
+		<-healthDone
+	}
+	for _, s := range sessions {
+		s.cancel()
+		<-s.loopDone
+	}
+	if l.cfg.Registerer != nil {
+		for _, c := range l.collectors {
+			l.cfg.Registerer.Unregister(c)
+		}
+	}
+}
+
 // Close resigns every candidacy and releases every lock taken through this
 // sidecar, then revokes its sessions. The agent calls it on SIGTERM, before
 // leaving the cluster.
