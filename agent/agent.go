@@ -21,6 +21,7 @@ import (
 	"github.com/sidecarhq/sidecar/dnsserver"
 	"github.com/sidecarhq/sidecar/election"
 	"github.com/sidecarhq/sidecar/fsm"
+	"github.com/sidecarhq/sidecar/healthcheck"
 	"github.com/sidecarhq/sidecar/httpapi"
 )
 
@@ -54,6 +55,8 @@ type Config struct {
 	ReapAfter time.Duration
 	// Gossip overrides the gossip settings (tests); nil: defaults.
 	Gossip *discovery.Config
+	// Checks overrides the health check settings (tests); nil: defaults.
+	Checks *healthcheck.Config
 
 	// Services are registered, and Elections campaigned for, at start.
 	Services  []api.ServiceRegistration
@@ -83,6 +86,7 @@ type Agent struct {
 	local     *election.Local
 	http      *httpapi.Server
 	dns       *dnsserver.Server
+	checks    *healthcheck.Runner
 
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
@@ -191,6 +195,19 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 		Node: cfg.Name, SessionTTL: cfg.SessionTTL, Logger: log, Registerer: a.metrics,
 	}, a.remote, a.reg)
 
+	cc := healthcheck.DefaultConfig()
+	if cfg.Checks != nil {
+		cc = *cfg.Checks
+	}
+	cc.Logger = log
+	cc.Registerer = a.metrics
+	checks, err := healthcheck.New(cc, checkNotifier{a})
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, func() { checks.Close() })
+	a.checks = checks
+
 	hc := httpapi.DefaultConfig()
 	hc.Addr = cfg.HTTPAddr
 	hc.SessionTTL = cfg.SessionTTL
@@ -270,6 +287,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.replica != nil {
 		a.goBackground(func() { a.replica.Run(bg) })
 	}
+	a.goBackground(func() { a.syncChecks(bg) })
 	startErr := make(chan error, 1)
 	go func() { startErr <- a.join(ctx) }()
 	select {
@@ -381,6 +399,9 @@ func (a *Agent) shutdown() error {
 	if err := a.dns.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("dns shutdown: %w", err))
 	}
+	if err := a.checks.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("stop checks: %w", err))
+	}
 	if err := a.local.Close(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("release holds: %w", err))
 	}
@@ -430,6 +451,7 @@ func (a *Agent) Kill() {
 		a.stopBackground()
 	}
 	a.background.Wait()
+	a.checks.Close()
 	a.local.Abandon()
 	a.remote.Close()
 }
@@ -544,3 +566,81 @@ func (a *Agent) Gossip() *discovery.Gossip { return a.gossip }
 
 // Server is the agent's Raft server, nil on a client (tests).
 func (a *Agent) Server() *election.Server { return a.server }
+
+// syncChecks runs the checks of this node's instances: started when an
+// instance registers, changed or stopped with it.
+func (a *Agent) syncChecks(ctx context.Context) {
+	var seen uint64
+	for {
+		watch := a.reg.Watch()
+		if idx := a.reg.TableIndex(fsm.TableServices); idx != seen {
+			seen = idx
+			a.syncChecksNow()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-watch:
+		}
+	}
+}
+
+func (a *Agent) syncChecksNow() {
+	var list []healthcheck.Instance
+	for _, in := range a.reg.NodeInstances(a.cfg.Name) {
+		if len(in.Checks) > 0 {
+			list = append(list, healthcheck.Instance{ID: in.ID, Checks: in.Checks})
+		}
+	}
+	if err := a.checks.Sync(list); err != nil && !errors.Is(err, healthcheck.ErrClosed) {
+		a.log.Warn("some checks not run", "err", err)
+	}
+}
+
+// UpdateTTLCheck feeds a TTL check (PUT /v1/checks/{id}/pass|warn|fail)
+// and waits until this agent's copy of the registry shows the status.
+func (a *Agent) UpdateTTLCheck(ctx context.Context, checkID, status, note string) error {
+	err := a.checks.TTLUpdate(checkID, status, note)
+	if errors.Is(err, healthcheck.ErrUnknownCheck) {
+		// Registered an instant ago: the runner has not synced yet.
+		a.syncChecksNow()
+		err = a.checks.TTLUpdate(checkID, status, note)
+	}
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for {
+		watch := a.reg.Watch()
+		if in, ok := a.reg.CheckOwner(a.cfg.Name, checkID); ok {
+			for _, c := range in.Checks {
+				if c.ID == checkID && c.Status == status {
+					return nil
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("check %s not yet %s in the registry: %w", checkID, status, ctx.Err())
+		case <-watch:
+		}
+	}
+}
+
+// checkNotifier writes check status changes, and deregistrations of
+// instances critical for too long, through Raft.
+type checkNotifier struct{ a *Agent }
+
+func (n checkNotifier) UpdateCheck(ctx context.Context, checkID, status, output string) error {
+	_, err := n.a.Apply(ctx, &fsm.UpdateCheck{Node: n.a.cfg.Name, CheckID: checkID, Status: status, Output: output})
+	return err
+}
+
+func (n checkNotifier) DeregisterCritical(ctx context.Context, instanceID string) error {
+	_, err := n.a.Apply(ctx, &fsm.DeregisterInstance{Node: n.a.cfg.Name, ID: instanceID})
+	if errors.Is(err, fsm.ErrUnknownInstance) {
+		return nil
+	}
+	return err
+}

@@ -207,11 +207,10 @@ func (s *Server) updateCheck(w http.ResponseWriter, r *http.Request) error {
 			return badf("check %q is a %s check; only ttl checks are updated through the API", id, c.Type)
 		}
 	}
-	res, err := s.agent.Apply(r.Context(), &fsm.UpdateCheck{Node: s.agent.Node(), CheckID: id, Status: status, Output: note})
-	if err != nil {
+	if err := s.agent.UpdateTTLCheck(r.Context(), id, status, note); err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"id": id, "status": status, "index": res.Index})
+	writeJSON(w, http.StatusOK, map[string]any{"id": id, "status": status})
 	return nil
 }
 

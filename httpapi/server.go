@@ -49,6 +49,9 @@ type Agent interface {
 	// ConsistentRead returns once the local registry holds every write
 	// acknowledged before the call.
 	ConsistentRead(ctx context.Context) error
+	// UpdateTTLCheck feeds a TTL check and returns once the registry shows
+	// the status.
+	UpdateTTLCheck(ctx context.Context, checkID, status, note string) error
 	SaveSnapshot(w io.Writer) error
 	RestoreSnapshot(ctx context.Context, r io.Reader) error
 }
