@@ -14,7 +14,12 @@ FUZZTIME ?= 30s
 export SIDECAR_BIN := $(CURDIR)/$(BIN)
 
 .DEFAULT_GOAL := build
-.PHONY: help build run test integ e2e chaos fuzz bench bench-dns lint tidy-check
+
+# Each area (deploy, chaos, bench) keeps its targets in mk/<area>.mk and adds
+# what `make test` must also run to TEST_EXTRA.
+TEST_EXTRA :=
+-include mk/*.mk
+.PHONY: help build run test test-go integ fuzz bench-go bench-dns lint tidy-check
 
 ## help: list the targets
 help:
@@ -28,21 +33,16 @@ build:
 run:
 	$(GO) run -ldflags '$(LDFLAGS)' ./cmd/sidecar agent --dev
 
-## test: every test with the race detector, fuzz seed corpora included; builds bin/sidecar first for the process tests
-test: build
+## test: every test with the race detector, fuzz seed corpora included (builds bin/sidecar first for the process tests), then TEST_EXTRA
+test: build test-go $(TEST_EXTRA)
+
+## test-go: go test -race of every package
+test-go: build
 	$(GO) test -race -count=1 ./...
 
 ## integ: only the process-level tests in ./test, against bin/sidecar
 integ: build
 	$(GO) test -race -count=1 -v ./test/...
-
-## e2e: multi-host end-to-end tests (not yet implemented)
-e2e:
-	@echo "e2e: not yet implemented"
-
-## chaos: fault-injection tests (not yet implemented)
-chaos:
-	@echo "chaos: not yet implemented"
 
 ## fuzz: run every Fuzz* target of every package for FUZZTIME each (default 30s)
 fuzz:
@@ -53,8 +53,8 @@ fuzz:
 		done; \
 	done
 
-## bench: every benchmark, with allocations
-bench:
+## bench-go: every Go benchmark, with allocations
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 ## bench-dns: dnsperf (installed from Debian if missing) against a dev agent with one service of 50 instances: SRV and A, 10 s each

@@ -57,6 +57,9 @@ type Config struct {
 	Gossip *discovery.Config
 	// Checks overrides the health check settings (tests); nil: defaults.
 	Checks *healthcheck.Config
+	// OnReady, when set, is called once the agent serves (systemd's
+	// READY=1).
+	OnReady func()
 
 	// Services are registered, and Elections campaigned for, at start.
 	Services  []api.ServiceRegistration
@@ -362,6 +365,9 @@ func (a *Agent) join(ctx context.Context) error {
 	a.ready = true
 	a.mu.Unlock()
 	a.log.Info("agent ready", "node", a.cfg.Name, "role", a.role(), "http_addr", a.http.Addr(), "dns_addr", a.dns.Addr())
+	if a.cfg.OnReady != nil {
+		a.cfg.OnReady()
+	}
 	return nil
 }
 

@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"net"
+	"os"
 
 	"github.com/sidecarhq/sidecar/agent"
 )
@@ -27,6 +30,11 @@ func runAgent(ctx context.Context, cfg *Config, stdout, stderr io.Writer) int {
 	for _, e := range cfg.Elections {
 		ac.Elections = append(ac.Elections, agent.Election{Name: e.Name, Candidate: e.Candidate, Value: e.Value, Service: e.Service})
 	}
+	ac.OnReady = func() {
+		if err := sdNotify("READY=1"); err != nil {
+			log.Warn("systemd notify", "err", err)
+		}
+	}
 	a, err := agent.New(ac, log)
 	if err != nil {
 		log.Error("agent failed to start", "err", err)
@@ -38,4 +46,25 @@ func runAgent(ctx context.Context, cfg *Config, stdout, stderr io.Writer) int {
 	}
 	log.Info("agent stopped")
 	return 0
+}
+
+// sdNotify tells systemd (Type=notify) about the agent's state through the
+// socket in $NOTIFY_SOCKET; without one it does nothing.
+func sdNotify(state string) error {
+	path := os.Getenv("NOTIFY_SOCKET")
+	if path == "" {
+		return nil
+	}
+	if path[0] == '@' {
+		path = "\x00" + path[1:] // abstract socket
+	}
+	conn, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		return fmt.Errorf("dial notify socket: %w", err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte(state)); err != nil {
+		return fmt.Errorf("write notify socket: %w", err)
+	}
+	return nil
 }

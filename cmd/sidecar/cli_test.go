@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/sidecarhq/sidecar/api"
 )
@@ -247,5 +249,29 @@ func TestCLI_keygen(t *testing.T) {
 	_, again, _ := runCLI(t, "keygen")
 	if again == stdout {
 		t.Error("keygen printed the same key twice")
+	}
+}
+
+func TestSdNotify_sendsReady(t *testing.T) {
+	dir := t.TempDir()
+	sock := dir + "/notify"
+	ln, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	if err := sdNotify("READY=1"); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	ln.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := ln.Read(buf)
+	if err != nil || string(buf[:n]) != "READY=1" {
+		t.Fatalf("read %q, %v", buf[:n], err)
+	}
+	t.Setenv("NOTIFY_SOCKET", "")
+	if err := sdNotify("READY=1"); err != nil {
+		t.Fatalf("without NOTIFY_SOCKET: %v", err)
 	}
 }
