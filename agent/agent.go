@@ -490,11 +490,22 @@ func (a *Agent) Status() api.Status {
 	if a.server != nil {
 		return a.server.Status()
 	}
-	st := api.Status{Node: a.cfg.Name, Role: "client", AppliedIndex: a.reg.Index(), Peers: []string{}}
-	for _, m := range a.gossip.Members() {
-		if m.Status == discovery.StatusAlive && m.Meta.IsServer() {
-			st.Peers = append(st.Peers, m.Name)
+	// A client has no Raft of its own: it reports a server's view, with
+	// its own name, role and how far its copy has applied.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	st, err := a.remote.ServerStatus(ctx)
+	if err != nil {
+		st = api.Status{}
+		for _, m := range a.gossip.Members() {
+			if m.Status == discovery.StatusAlive && m.Meta.IsServer() {
+				st.Peers = append(st.Peers, m.Name)
+			}
 		}
+	}
+	st.Node, st.Role, st.AppliedIndex = a.cfg.Name, "client", a.reg.Index()
+	if st.Peers == nil {
+		st.Peers = []string{}
 	}
 	return st
 }
@@ -542,12 +553,14 @@ func (a *Agent) ConsistentRead(ctx context.Context) error {
 // SaveSnapshot implements httpapi.Agent: any agent holds a whole copy.
 func (a *Agent) SaveSnapshot(w io.Writer) error { return a.reg.WriteSnapshot(w) }
 
-// RestoreSnapshot implements httpapi.Agent: the Raft leader restores.
+// RestoreSnapshot implements httpapi.Agent: the Raft leader restores,
+// wherever the request arrives.
 func (a *Agent) RestoreSnapshot(ctx context.Context, r io.Reader) error {
-	if a.server == nil {
-		return fmt.Errorf("%w: restore a snapshot through a server's agent", election.ErrNotLeader)
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return fmt.Errorf("read snapshot: %w", err)
 	}
-	return a.server.RestoreSnapshot(ctx, r)
+	return a.remote.Restore(ctx, data)
 }
 
 // KeepAlive writes nothing: it reaches the leader's lease tracker.

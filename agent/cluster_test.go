@@ -137,6 +137,22 @@ func TestCluster_clients(t *testing.T) {
 	agenttest.WaitFor(t, 10*time.Second, "web on client B's DNS", func() bool {
 		return srvTargets(t, b.DNSAddr(), "web.service.sidecar.") == 1
 	})
+	// A client reports the cluster's leader.
+	_, body := httpDo(t, "GET", b.URL+"/v1/status", "")
+	var st api.Status
+	json.Unmarshal(body, &st)
+	if st.Role != "client" || st.Node != "client-b" || st.Leader == "" || len(st.Peers) != 3 {
+		t.Fatalf("client status: %s", body)
+	}
+	// A snapshot saved on one client restores through another (forwarded
+	// to the leader), and a corrupt one is refused.
+	_, snap := httpDo(t, "GET", a.URL+"/v1/snapshot", "")
+	if code, body := httpDo(t, "PUT", b.URL+"/v1/snapshot", string(snap)); code != 200 {
+		t.Fatalf("restore through a client: %d %s", code, body)
+	}
+	if code, _ := httpDo(t, "PUT", b.URL+"/v1/snapshot", string(snap[:len(snap)-3])); code != 400 {
+		t.Fatalf("corrupt snapshot through a client: %d, want 400", code)
+	}
 	// A consistent read on B sees it too.
 	if code, body := httpDo(t, "GET", b.URL+"/v1/services/web?consistent", ""); code != 200 || !strings.Contains(string(body), "web-1") {
 		t.Fatalf("consistent read on B: %d %s", code, body)
@@ -148,7 +164,7 @@ func TestCluster_clients(t *testing.T) {
 	if code, body := httpDo(t, "PUT", b.URL+"/v1/elections/db/campaign", `{"candidate":"b","value":"10.0.0.8:5432"}`); code != 200 {
 		t.Fatalf("campaign on B: %d %s", code, body)
 	}
-	_, body := httpDo(t, "GET", b.URL+"/v1/elections/db", "")
+	_, body = httpDo(t, "GET", b.URL+"/v1/elections/db", "")
 	var before api.ElectionInfo
 	json.Unmarshal(body, &before)
 

@@ -1,13 +1,17 @@
 package election
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 	"sync/atomic"
 	"time"
 
+	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/fsm"
 )
 
@@ -171,4 +175,50 @@ func (r *Remote) ConsistentRead(ctx context.Context, reg *fsm.FSM) error {
 		case <-ch:
 		}
 	}
+}
+
+// Restore replaces the cluster's registry with a snapshot, through the
+// leader. The snapshot is checked here first, so a corrupt file is refused
+// without a round trip.
+func (r *Remote) Restore(ctx context.Context, data []byte) error {
+	if err := fsm.CheckSnapshot(bytes.NewReader(data)); err != nil {
+		return err
+	}
+	return r.do(ctx, func(ctx context.Context) error {
+		if r.local != nil && r.local.IsLeader() {
+			return r.local.RestoreSnapshot(ctx, bytes.NewReader(data))
+		}
+		addr, fwd, err := r.target()
+		if err != nil {
+			return err
+		}
+		reply, err := r.rpc.call(ctx, addr, rpcRestore, data, fwd)
+		if err != nil {
+			return err
+		}
+		return decodeError(reply.Code, reply.Error)
+	})
+}
+
+// ServerStatus asks a server for its view of Raft (what a client reports
+// as the cluster's status).
+func (r *Remote) ServerStatus(ctx context.Context) (api.Status, error) {
+	var st api.Status
+	addr, _, err := r.target()
+	if err != nil {
+		return st, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+rpcStatus, nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := r.rpc.http.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("status from %s: %s", addr, resp.Status)
+	}
+	return st, json.NewDecoder(resp.Body).Decode(&st)
 }

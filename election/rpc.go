@@ -27,6 +27,8 @@ const (
 	rpcKeepAlive = "/rpc/v1/keepalive"
 	rpcReadIndex = "/rpc/v1/readindex"
 	rpcStream    = "/rpc/v1/stream"
+	rpcRestore   = "/rpc/v1/restore"
+	rpcStatus    = "/rpc/v1/status"
 	// hdrForwarded marks a request a server already forwarded, so that two
 	// servers that disagree on the leader never bounce it around.
 	hdrForwarded = "X-Sidecar-Forwarded"
@@ -213,6 +215,25 @@ func (s *Server) rpcHandler() http.Handler {
 		reply.Index = idx
 		writeReply(w, reply)
 	})
+	mux.HandleFunc("POST "+rpcRestore, func(w http.ResponseWriter, r *http.Request) {
+		var err error
+		switch {
+		case s.IsLeader():
+			err = s.RestoreSnapshot(r.Context(), io.LimitReader(r.Body, maxFrame))
+		case r.Header.Get(hdrForwarded) != "":
+			err = ErrNotLeader
+		default:
+			var data []byte
+			if data, err = io.ReadAll(io.LimitReader(r.Body, maxFrame)); err == nil {
+				err = s.forwardRestore(r.Context(), data)
+			}
+		}
+		writeReply(w, replyOf(nil, err))
+	})
+	mux.HandleFunc("GET "+rpcStatus, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(s.Status())
+	})
 	mux.HandleFunc("GET "+rpcStream, s.serveStream)
 	return mux
 }
@@ -261,6 +282,18 @@ func (s *Server) forwardKeepAlive(ctx context.Context, id string) (time.Duration
 		return 0, err
 	}
 	return time.Duration(reply.TTL), decodeError(reply.Code, reply.Error)
+}
+
+func (s *Server) forwardRestore(ctx context.Context, data []byte) error {
+	addr, err := s.leaderAddr()
+	if err != nil {
+		return err
+	}
+	reply, err := s.rpc.call(ctx, addr, rpcRestore, data, true)
+	if err != nil {
+		return err
+	}
+	return decodeError(reply.Code, reply.Error)
 }
 
 func (s *Server) forwardReadIndex(ctx context.Context) (uint64, error) {
