@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -81,4 +82,24 @@ func BenchmarkServer_LockAcquireRelease(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkServer_RegisterParallel shows group commit: concurrent writers
+// share appends (and fsyncs) on raft-boltdb.
+func BenchmarkServer_RegisterParallel(b *testing.B) {
+	s := benchServer(b, true)
+	ctx := context.Background()
+	var n atomic.Int64
+	b.ReportAllocs()
+	b.SetParallelism(32)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := n.Add(1)
+			in := fsm.Instance{ID: fmt.Sprintf("web-%d", i%1000), Name: "web", Node: "bench", Address: "10.0.0.1", Port: 8080}
+			if _, err := s.Apply(ctx, &fsm.RegisterInstance{Instance: in}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
