@@ -93,6 +93,8 @@ func TestAPI_badInput(t *testing.T) {
 		{"lock unknown lease", "PUT", "/v1/locks/job", `{"lease":"00000000deadbeef"}`, 404},
 		{"lock negative wait", "PUT", "/v1/locks/job", `{"wait":"-1s"}`, 400},
 		{"lock bad hold", "PUT", "/v1/locks/job", `{"hold":"forever"}`, 400},
+		{"lock ttl without hold", "PUT", "/v1/locks/job", `{"ttl":"5s"}`, 400},
+		{"hold with a lease", "PUT", "/v1/locks/job", `{"hold":"connection","lease":"` + otherLease.ID + `"}`, 400},
 		{"unlock unknown lock", "DELETE", "/v1/locks/never", `{}`, 404},
 		{"unlock by non-holder", "DELETE", "/v1/locks/held", `{"lease":"` + otherLease.ID + `"}`, 409},
 		{"lock info unknown", "GET", "/v1/locks/never", ``, 404},

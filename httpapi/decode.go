@@ -241,24 +241,55 @@ func decodeLeaseRequest(body []byte) (time.Duration, error) {
 	return parseDuration("ttl", req.TTL, fsm.MinLeaseTTL, fsm.MaxLeaseTTL)
 }
 
-// lockRequest is a decoded PUT or DELETE /v1/locks/{name}.
-type lockRequest struct {
+// holdFields are what a lock request and a campaign share: the lease to
+// hang on, the value published, how long to wait, and a connection-bound
+// hold with the TTL of its own lease.
+type holdFields struct {
 	Lease      string
 	Value      string
 	Wait       time.Duration
 	Connection bool
 	TTL        time.Duration
-	LockDelay  time.Duration
 }
 
-func decodeHold(hold string) (bool, error) {
+func decodeHoldFields(lease, value, wait, hold, ttl string) (holdFields, error) {
+	var out holdFields
+	if lease != "" {
+		if err := checkID("lease", lease); err != nil {
+			return out, err
+		}
+	}
+	if len(value) > fsm.MaxValueLen {
+		return out, badf("value is longer than %d bytes", fsm.MaxValueLen)
+	}
 	switch hold {
 	case "":
-		return false, nil
 	case api.HoldConnection:
-		return true, nil
+		out.Connection = true
+	default:
+		return out, badf("hold %q: the only kind is %q", hold, api.HoldConnection)
 	}
-	return false, badf("hold %q: the only kind is %q", hold, api.HoldConnection)
+	if out.Connection && lease != "" {
+		return out, badf("a connection-bound hold has a lease of its own; drop \"lease\" or \"hold\"")
+	}
+	if !out.Connection && ttl != "" {
+		return out, badf("ttl applies only to a connection-bound hold; lease TTLs are set with POST /v1/leases")
+	}
+	out.Lease, out.Value = lease, value
+	var err error
+	if out.Wait, err = parseDuration("wait", wait, 0, MaxWait); err != nil {
+		return out, err
+	}
+	if out.TTL, err = parseDuration("ttl", ttl, fsm.MinLeaseTTL, fsm.MaxLeaseTTL); err != nil {
+		return out, err
+	}
+	return out, nil
+}
+
+// lockRequest is a decoded PUT /v1/locks/{name}.
+type lockRequest struct {
+	holdFields
+	LockDelay time.Duration
 }
 
 func decodeLockRequest(body []byte) (lockRequest, error) {
@@ -267,26 +298,8 @@ func decodeLockRequest(body []byte) (lockRequest, error) {
 	if err := decodeJSON(body, &req, true); err != nil {
 		return out, err
 	}
-	if req.Lease != "" {
-		if err := checkID("lease", req.Lease); err != nil {
-			return out, err
-		}
-	}
-	if len(req.Value) > fsm.MaxValueLen {
-		return out, badf("value is longer than %d bytes", fsm.MaxValueLen)
-	}
-	conn, err := decodeHold(req.Hold)
-	if err != nil {
-		return out, err
-	}
-	if conn && req.Lease != "" {
-		return out, badf("a connection-bound hold has a lease of its own; drop \"lease\" or \"hold\"")
-	}
-	out.Lease, out.Value, out.Connection = req.Lease, req.Value, conn
-	if out.Wait, err = parseDuration("wait", req.Wait, 0, MaxWait); err != nil {
-		return out, err
-	}
-	if out.TTL, err = parseDuration("ttl", req.TTL, fsm.MinLeaseTTL, fsm.MaxLeaseTTL); err != nil {
+	var err error
+	if out.holdFields, err = decodeHoldFields(req.Lease, req.Value, req.Wait, req.Hold, req.TTL); err != nil {
 		return out, err
 	}
 	if out.LockDelay, err = parseDuration("lock_delay", req.LockDelay, 0, fsm.MaxLockDelay); err != nil {
@@ -297,13 +310,9 @@ func decodeLockRequest(body []byte) (lockRequest, error) {
 
 // campaignRequest is a decoded PUT /v1/elections/{name}/campaign.
 type campaignRequest struct {
-	Candidate  string
-	Value      string
-	Service    string
-	Lease      string
-	Wait       time.Duration
-	Connection bool
-	TTL        time.Duration
+	holdFields
+	Candidate string
+	Service   string
 }
 
 func decodeCampaignRequest(body []byte) (campaignRequest, error) {
@@ -320,28 +329,11 @@ func decodeCampaignRequest(body []byte) (campaignRequest, error) {
 			return out, err
 		}
 	}
-	if req.Lease != "" {
-		if err := checkID("lease", req.Lease); err != nil {
-			return out, err
-		}
-	}
-	if len(req.Value) > fsm.MaxValueLen {
-		return out, badf("value is longer than %d bytes", fsm.MaxValueLen)
-	}
-	conn, err := decodeHold(req.Hold)
-	if err != nil {
+	var err error
+	if out.holdFields, err = decodeHoldFields(req.Lease, req.Value, req.Wait, req.Hold, req.TTL); err != nil {
 		return out, err
 	}
-	if conn && req.Lease != "" {
-		return out, badf("a connection-bound hold has a lease of its own; drop \"lease\" or \"hold\"")
-	}
-	out.Candidate, out.Value, out.Service, out.Lease, out.Connection = req.Candidate, req.Value, req.Service, req.Lease, conn
-	if out.Wait, err = parseDuration("wait", req.Wait, 0, MaxWait); err != nil {
-		return out, err
-	}
-	if out.TTL, err = parseDuration("ttl", req.TTL, fsm.MinLeaseTTL, fsm.MaxLeaseTTL); err != nil {
-		return out, err
-	}
+	out.Candidate, out.Service = req.Candidate, req.Service
 	return out, nil
 }
 

@@ -57,7 +57,7 @@ func FuzzDecodeLockRequest(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte) {
 		req, err := decodeLockRequest(body)
 		requireBadRequest(t, err)
-		if err == nil && (req.Wait < 0 || req.Wait > MaxWait || (req.Connection && req.Lease != "")) {
+		if err == nil && (req.Wait < 0 || req.Wait > MaxWait || (req.Connection && req.Lease != "") || (!req.Connection && req.TTL != 0)) {
 			t.Fatalf("accepted %+v", req)
 		}
 	})

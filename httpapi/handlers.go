@@ -13,6 +13,20 @@ import (
 	"github.com/sidecarhq/sidecar/fsm"
 )
 
+// pathName is the {name} of a route, which must be a DNS label.
+func pathName(r *http.Request, what string) (string, error) {
+	name := r.PathValue("name")
+	return name, checkName(what, name)
+}
+
+// holdTTL is the TTL of a connection-bound hold's lease.
+func (s *Server) holdTTL(ttl time.Duration) time.Duration {
+	if ttl == 0 {
+		return s.cfg.SessionTTL
+	}
+	return ttl
+}
+
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) error {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	return nil
@@ -116,8 +130,8 @@ func (s *Server) services(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) service(w http.ResponseWriter, r *http.Request) error {
-	name := r.PathValue("name")
-	if err := checkName("service", name); err != nil {
+	name, err := pathName(r, "service")
+	if err != nil {
 		return err
 	}
 	q := r.URL.Query()
@@ -282,8 +296,8 @@ func stream[T any](w http.ResponseWriter, r *http.Request, hold func(emit electi
 }
 
 func (s *Server) lock(w http.ResponseWriter, r *http.Request) error {
-	name := r.PathValue("name")
-	if err := checkName("lock", name); err != nil {
+	name, err := pathName(r, "lock")
+	if err != nil {
 		return err
 	}
 	body, err := readBody(w, r)
@@ -296,16 +310,9 @@ func (s *Server) lock(w http.ResponseWriter, r *http.Request) error {
 	}
 	spec := election.LockSpec{Name: name, Lease: req.Lease, Value: req.Value, Wait: req.Wait, LockDelay: req.LockDelay}
 	if req.Connection {
-		ttl := req.TTL
-		if ttl == 0 {
-			ttl = s.cfg.SessionTTL
-		}
 		return stream(w, r, func(emit election.Emit[api.LockResult]) error {
-			return s.holds.HoldLock(r.Context(), spec, ttl, emit)
+			return s.holds.HoldLock(r.Context(), spec, s.holdTTL(req.TTL), emit)
 		})
-	}
-	if req.TTL != 0 {
-		return badf("ttl applies only to a connection-bound hold; lease TTLs are set with POST /v1/leases")
 	}
 	res, err := s.holds.Lock(r.Context(), spec)
 	if err != nil {
@@ -320,8 +327,8 @@ func (s *Server) lock(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) unlock(w http.ResponseWriter, r *http.Request) error {
-	name := r.PathValue("name")
-	if err := checkName("lock", name); err != nil {
+	name, err := pathName(r, "lock")
+	if err != nil {
 		return err
 	}
 	body, err := readBody(w, r)
@@ -345,8 +352,8 @@ func (s *Server) unlock(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) lockInfo(w http.ResponseWriter, r *http.Request) error {
-	name := r.PathValue("name")
-	if err := checkName("lock", name); err != nil {
+	name, err := pathName(r, "lock")
+	if err != nil {
 		return err
 	}
 	m, err := block(s, w, r, fsm.TableLocks, func() *fsm.Mutex { m, _ := s.reg.Lock(name); return m })
@@ -362,8 +369,8 @@ func (s *Server) lockInfo(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) campaign(w http.ResponseWriter, r *http.Request) error {
-	name := r.PathValue("name")
-	if err := checkName("election", name); err != nil {
+	name, err := pathName(r, "election")
+	if err != nil {
 		return err
 	}
 	body, err := readBody(w, r)
@@ -376,16 +383,9 @@ func (s *Server) campaign(w http.ResponseWriter, r *http.Request) error {
 	}
 	spec := election.CampaignSpec{Election: name, Candidate: req.Candidate, Value: req.Value, Service: req.Service, Lease: req.Lease, Wait: req.Wait}
 	if req.Connection {
-		ttl := req.TTL
-		if ttl == 0 {
-			ttl = s.cfg.SessionTTL
-		}
 		return stream(w, r, func(emit election.Emit[api.CampaignResult]) error {
-			return s.holds.HoldCampaign(r.Context(), spec, ttl, emit)
+			return s.holds.HoldCampaign(r.Context(), spec, s.holdTTL(req.TTL), emit)
 		})
-	}
-	if req.TTL != 0 {
-		return badf("ttl applies only to a connection-bound hold; lease TTLs are set with POST /v1/leases")
 	}
 	res, err := s.holds.Campaign(r.Context(), spec)
 	if err != nil {
@@ -396,8 +396,8 @@ func (s *Server) campaign(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) resign(w http.ResponseWriter, r *http.Request) error {
-	name := r.PathValue("name")
-	if err := checkName("election", name); err != nil {
+	name, err := pathName(r, "election")
+	if err != nil {
 		return err
 	}
 	cand := r.URL.Query().Get("candidate")
@@ -412,8 +412,8 @@ func (s *Server) resign(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) electionInfo(w http.ResponseWriter, r *http.Request) error {
-	name := r.PathValue("name")
-	if err := checkName("election", name); err != nil {
+	name, err := pathName(r, "election")
+	if err != nil {
 		return err
 	}
 	m, err := block(s, w, r, fsm.TableElections, func() *fsm.Mutex { m, _ := s.reg.Election(name); return m })
@@ -428,8 +428,8 @@ func (s *Server) electionInfo(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) self(w http.ResponseWriter, r *http.Request) error {
-	name := r.PathValue("name")
-	if err := checkName("election", name); err != nil {
+	name, err := pathName(r, "election")
+	if err != nil {
 		return err
 	}
 	q, err := parseBlocking(r.URL.Query())
