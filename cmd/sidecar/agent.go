@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/sidecarhq/sidecar/agent"
+	"github.com/sidecarhq/sidecar/election"
 )
 
 // runAgent turns the parsed configuration into an agent and runs it until
@@ -17,6 +18,11 @@ func runAgent(ctx context.Context, cfg *Config, stdout, stderr io.Writer) int {
 	attrs := make([]any, 0, len(cfg.Banner()))
 	for _, a := range cfg.Banner() {
 		attrs = append(attrs, a)
+	}
+	if cfg.Server {
+		rc := election.DefaultServerConfig()
+		attrs = append(attrs, "raft_heartbeat_timeout", rc.HeartbeatTimeout, "raft_election_timeout", rc.ElectionTimeout,
+			"raft_leader_lease_timeout", rc.LeaderLeaseTimeout, "raft_commit_timeout", rc.CommitTimeout)
 	}
 	log.Info("sidecar agent starting", attrs...)
 
