@@ -53,8 +53,10 @@ func (t *leaseTracker) lead(ctx context.Context) {
 		}
 	}
 	t.mu.Lock()
-	t.deadlines = map[string]time.Time{}
-	t.ttls = map[string]time.Duration{}
+	if !bugLeaseLocalClock || t.deadlines == nil {
+		t.deadlines = map[string]time.Time{}
+		t.ttls = map[string]time.Duration{}
+	}
 	t.expiring = map[string]bool{}
 	t.seenIndex = 0
 	t.reconcileLocked()
@@ -66,7 +68,10 @@ func (t *leaseTracker) lead(ctx context.Context) {
 	defer func() {
 		t.mu.Lock()
 		t.leading = false
-		t.deadlines, t.ttls, t.expiring = nil, nil, nil
+		if !bugLeaseLocalClock {
+			t.deadlines, t.ttls = nil, nil
+		}
+		t.expiring = nil
 		t.ready = make(chan struct{})
 		t.mu.Unlock()
 	}()

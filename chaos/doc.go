@@ -1,0 +1,19 @@
+// Package chaos is sidecar's fault-injection suite, in the style of etcd's
+// robustness tests and Jepsen: it drives real servers under partitions,
+// one-way cuts, delays, loss and crashes while sequential clients register,
+// deregister, read, lock and campaign, records every operation with its
+// invoke and return times and outcome (ok, failed, unknown), and checks the
+// history against the guarantees of SPEC.md.
+//
+//   - chaos/checker: the history, porcupine models (registry per key, try-
+//     locks per name) and the other checks (fencing tokens, a fenced
+//     resource, never two live holders, leases never expire early, no lost
+//     acknowledged write, convergence, no hold on a dead lease).
+//   - chaos/inproc: 3 or 5 election.Server on real Raft and raft-boltdb in
+//     temporary dirs, linked by a transport that drops, delays and cuts
+//     links one way; servers crash and restart on their data dirs.
+//
+// Build tags chaosbug_lockignoreslease, chaosbug_readskipsleader and
+// chaosbug_leaselocalclock plant known bugs in fsm and election; the suite
+// must then report anomalies (see mk/chaos.mk).
+package chaos

@@ -1,0 +1,5 @@
+//go:build chaosbug_leaselocalclock
+
+package inproc
+
+const plantedBug = "leaselocalclock"

@@ -1,0 +1,5 @@
+//go:build chaosbug_lockignoreslease
+
+package inproc
+
+const plantedBug = "lockignoreslease"

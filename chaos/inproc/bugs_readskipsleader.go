@@ -1,0 +1,5 @@
+//go:build chaosbug_readskipsleader
+
+package inproc
+
+const plantedBug = "readskipsleader"

@@ -1,0 +1,67 @@
+package inproc
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// TestCampaign runs one campaign. CHAOS_SEED picks the seed (default: from
+// the clock), CHAOS_DURATION its length (default 5s, so that `go test ./...`
+// stays quick), CHAOS_SERVERS 3 or 5 (default: from the seed), CHAOS_OUT
+// where visualizations go. A build with a bug switch (tag chaosbug_*) must
+// report anomalies; a normal build must report none.
+func TestCampaign(t *testing.T) {
+	seed := time.Now().UnixNano() % 1_000_000
+	if s := os.Getenv("CHAOS_SEED"); s != "" {
+		v, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			t.Fatalf("CHAOS_SEED: %v", err)
+		}
+		seed = v
+	}
+	dur := 5 * time.Second
+	if s := os.Getenv("CHAOS_DURATION"); s != "" {
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			t.Fatalf("CHAOS_DURATION: %v", err)
+		}
+		dur = v
+	}
+	servers := 0
+	if s := os.Getenv("CHAOS_SERVERS"); s != "" {
+		servers, _ = strconv.Atoi(s)
+	}
+	t.Logf("seed %d, duration %v, planted bug %q (replay: CHAOS_SEED=%d)", seed, dur, plantedBug, seed)
+	res, err := Run(context.Background(), Config{
+		Seed: seed, Duration: dur, Servers: servers, Dir: t.TempDir(), OutDir: os.Getenv("CHAOS_OUT"),
+		Logf: t.Logf,
+	})
+	if err != nil {
+		t.Fatalf("seed %d: %v", seed, err)
+	}
+	t.Logf("seed %d: %d servers, converged in %v after healing, run took %v, new leader after leader crash: %v\n%s",
+		seed, res.Servers, res.Convergence.Round(time.Millisecond), res.Elapsed.Round(time.Second), res.LeaderRecovery, res.Report)
+	// One line for scripts.
+	t.Logf("CHAOS-RESULT seed=%d bug=%s ops=%d faults=%d handovers=%d anomalies=%d",
+		seed, plantedBug, res.Report.Ops, res.Report.Faults, res.Report.Handovers, len(res.Report.Anomalies))
+	switch {
+	case plantedBug == "" && len(res.Report.Anomalies) > 0:
+		t.Errorf("seed %d: %d anomalies (replay with CHAOS_SEED=%d); visualizations: %s", seed,
+			len(res.Report.Anomalies), seed, strings.Join(res.Report.Visualizations, " "))
+	case plantedBug != "" && len(res.Report.Anomalies) == 0:
+		t.Errorf("seed %d: bug %q planted, no anomaly found", seed, plantedBug)
+	}
+	if res.Report.Ops == 0 || res.Report.Faults == 0 && dur >= 5*time.Second {
+		t.Errorf("seed %d: the run did nothing (%d operations, %d faults)", seed, res.Report.Ops, res.Report.Faults)
+	}
+}

@@ -1,0 +1,331 @@
+package inproc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand"
+	"time"
+
+	"github.com/sidecarhq/sidecar/chaos/checker"
+	"github.com/sidecarhq/sidecar/election"
+	"github.com/sidecarhq/sidecar/fsm"
+)
+
+// regNode owns every instance the clients register.
+const regNode = "chaos"
+
+// opTimeout bounds one client operation.
+const opTimeout = 2 * time.Second
+
+// client is one sequential client: a sidecar on its home server's node,
+// with its own holds (election.Local) and one session at a time.
+type client struct {
+	id  int
+	r   *run
+	rng *rand.Rand
+	ttl time.Duration
+
+	home, gen int
+	b         *backend
+	local     *election.Local
+	sess      *election.Session
+	seq       int
+}
+
+// ensure gives the client a live home server, a Local on it and a session.
+// A client whose home server crashed loses its holds as a crash would: they
+// end by their leases' TTL.
+func (c *client) ensure(ctx context.Context) bool {
+	if c.local != nil {
+		if s, gen := c.r.c.Server(c.home); s == nil || gen != c.gen {
+			c.local.Abandon()
+			c.local, c.sess = nil, nil
+		}
+	}
+	if c.local == nil {
+		up := c.r.c.Up()
+		if len(up) == 0 {
+			return false
+		}
+		c.home = up[c.rng.Intn(len(up))]
+		s, gen := c.r.c.Server(c.home)
+		if s == nil {
+			return false
+		}
+		c.gen = gen
+		c.b = &backend{c: c.r.c, home: c.home, rec: c.r.rec}
+		c.local = election.NewLocal(election.LocalConfig{Node: fmt.Sprintf("c%d", c.id), SessionTTL: c.ttl}, c.b, s.FSM())
+	}
+	if c.sess != nil {
+		select {
+		case <-c.sess.Done():
+			c.sess = nil
+		default:
+		}
+	}
+	if c.sess == nil {
+		octx, cancel := context.WithTimeout(ctx, opTimeout)
+		defer cancel()
+		s, err := c.local.NewSession(octx, c.ttl)
+		if err != nil {
+			return false
+		}
+		c.sess = s
+	}
+	return true
+}
+
+func (c *client) close() {
+	if c.local == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c.local.Close(ctx)
+	c.local.Abandon()
+}
+
+func (c *client) loop(ctx context.Context) {
+	defer c.close()
+	for ctx.Err() == nil {
+		if !c.ensure(ctx) {
+			select {
+			case <-ctx.Done():
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		}
+		switch p := c.rng.Float64(); {
+		case p < 0.25:
+			c.put(ctx)
+		case p < 0.33:
+			c.del(ctx)
+		case p < 0.50:
+			c.get(ctx)
+		case p < 0.55:
+			c.staleRead()
+		case p < 0.72:
+			c.tryLock(ctx)
+		case p < 0.87:
+			c.waitLock(ctx)
+		case p < 0.96:
+			c.campaign(ctx)
+		default:
+			c.zombie(ctx)
+		}
+	}
+}
+
+func (c *client) key() string {
+	k := fmt.Sprintf("k%d-%d", c.r.rec.Now()/int64(c.r.epoch), c.rng.Intn(3))
+	c.r.useKey(k)
+	return k
+}
+
+func (c *client) lockName() string {
+	return fmt.Sprintf("p%d-%d", c.r.rec.Now()/int64(c.r.epoch), c.rng.Intn(2))
+}
+
+func (c *client) put(ctx context.Context) {
+	c.seq++
+	key, val := c.key(), fmt.Sprintf("c%d-%d", c.id, c.seq)
+	octx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	op := checker.Op{Client: c.id, Kind: checker.Put, Key: key, Value: val, Call: c.r.rec.Now()}
+	_, err := c.b.Apply(octx, &fsm.RegisterInstance{Instance: fsm.Instance{ID: key, Name: "svc", Node: regNode, Address: val, Port: 1}})
+	op.Return, op.Outcome = c.r.rec.Now(), outcome(err)
+	if err != nil {
+		op.Err = err.Error()
+	}
+	c.r.rec.Add(op)
+}
+
+func (c *client) del(ctx context.Context) {
+	key := c.key()
+	octx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	op := checker.Op{Client: c.id, Kind: checker.Del, Key: key, Call: c.r.rec.Now()}
+	_, err := c.b.Apply(octx, &fsm.DeregisterInstance{Node: regNode, ID: key})
+	op.Return, op.Outcome = c.r.rec.Now(), outcome(err)
+	op.Found = err == nil
+	if err != nil {
+		op.Err = err.Error()
+	}
+	c.r.rec.Add(op)
+}
+
+func (c *client) get(ctx context.Context) {
+	c.r.read(ctx, c.id, c.b, c.key())
+}
+
+// read records a consistent read; a read that failed is no operation.
+func (r *run) read(ctx context.Context, id int, b *backend, key string) bool {
+	octx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	op := checker.Op{Client: id, Kind: checker.Get, Key: key, Call: r.rec.Now()}
+	reg, err := b.consistentRead(octx)
+	if err != nil {
+		return false
+	}
+	if in, ok := reg.Instance(regNode, key); ok {
+		op.Value, op.Found = in.Address, true
+	}
+	op.Return = r.rec.Now()
+	r.rec.Add(op)
+	return true
+}
+
+func (c *client) staleRead() {
+	key := c.key()
+	s, _ := c.r.c.Server(c.home)
+	if s == nil {
+		return
+	}
+	op := checker.Op{Client: c.id, Kind: checker.StaleRead, Key: key, Call: c.r.rec.Now()}
+	if in, ok := s.FSM().Instance(regNode, key); ok {
+		op.Value, op.Found = in.Address, true
+	}
+	op.Return = c.r.rec.Now()
+	c.r.rec.Add(op)
+}
+
+// holdFor is how long a holder keeps what it got: mostly short, sometimes
+// longer than its TTL so that faults hit live holds.
+func (c *client) holdFor() time.Duration {
+	if c.rng.Intn(5) == 0 {
+		return c.ttl + time.Duration(c.rng.Int63n(int64(c.ttl)))
+	}
+	return time.Duration(c.rng.Int63n(int64(400 * time.Millisecond)))
+}
+
+// hold acts on the fenced resource while the holder is surely live.
+func (c *client) hold(ctx context.Context, g *checker.Grant, live func() bool, d time.Duration) {
+	end := time.Now().Add(d)
+	for ctx.Err() == nil && live() {
+		c.r.rec.Act(g, live)
+		if time.Now().After(end) {
+			return
+		}
+		time.Sleep(time.Duration(5+c.rng.Intn(25)) * time.Millisecond)
+	}
+}
+
+func (c *client) tryLock(ctx context.Context) {
+	name, sess := c.lockName(), c.sess
+	octx, cancel := context.WithTimeout(ctx, opTimeout)
+	op := checker.Op{Client: c.id, Kind: checker.TryLock, Key: name, Lease: sess.ID(), Call: c.r.rec.Now()}
+	res, err := c.local.Lock(octx, election.LockSpec{Name: name, Lease: sess.ID()})
+	cancel()
+	op.Return, op.Outcome = c.r.rec.Now(), outcome(err)
+	op.Held, op.Token = res.Held, res.Token
+	op.Refused = errors.Is(err, fsm.ErrUnknownLease)
+	if err != nil {
+		op.Err = err.Error()
+	}
+	c.r.rec.Add(op)
+	if op.Outcome == checker.Failed {
+		return
+	}
+	if res.Held {
+		g := c.r.rec.AddGrant(checker.Grant{Name: name, Client: c.id, Lease: sess.ID(), Token: res.Token, Invoke: op.Call, Return: op.Return})
+		c.hold(ctx, g, sess.Live, c.holdFor())
+	}
+	// Release also after an unknown outcome: the lock may be ours.
+	if res.Held || op.Outcome == checker.Unknown {
+		c.unlock(name, sess.ID(), true)
+	}
+}
+
+func (c *client) unlock(name, lease string, record bool) {
+	octx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	defer cancel()
+	op := checker.Op{Client: c.id, Kind: checker.Unlock, Key: name, Lease: lease, Call: c.r.rec.Now()}
+	err := c.local.Unlock(octx, name, lease)
+	op.Return, op.Outcome = c.r.rec.Now(), outcome(err)
+	op.Refused = errors.Is(err, fsm.ErrNotHolder) || errors.Is(err, fsm.ErrUnknownLock)
+	if err != nil {
+		op.Err = err.Error()
+	}
+	if record {
+		c.r.rec.Add(op)
+	}
+}
+
+func (c *client) waitLock(ctx context.Context) {
+	name, sess := fmt.Sprintf("q%d", c.rng.Intn(2)), c.sess
+	wait := time.Duration(200+c.rng.Intn(1300)) * time.Millisecond
+	octx, cancel := context.WithTimeout(ctx, wait+opTimeout)
+	invoke := c.r.rec.Now()
+	res, err := c.local.Lock(octx, election.LockSpec{Name: name, Lease: sess.ID(), Wait: wait})
+	cancel()
+	ret := c.r.rec.Now()
+	if err == nil && res.Held {
+		g := c.r.rec.AddGrant(checker.Grant{Name: name, Client: c.id, Lease: sess.ID(), Token: res.Token, Invoke: invoke, Return: ret})
+		c.hold(ctx, g, sess.Live, c.holdFor())
+	}
+	c.unlock(name, sess.ID(), false)
+}
+
+func (c *client) campaign(ctx context.Context) {
+	name, sess := fmt.Sprintf("e%d", c.rng.Intn(2)), c.sess
+	cand := fmt.Sprintf("c%d", c.id)
+	wait := time.Duration(100+c.rng.Intn(900)) * time.Millisecond
+	octx, cancel := context.WithTimeout(ctx, wait+opTimeout)
+	invoke := c.r.rec.Now()
+	res, err := c.local.Campaign(octx, election.CampaignSpec{Election: name, Candidate: cand, Value: cand, Lease: sess.ID(), Wait: wait})
+	cancel()
+	ret := c.r.rec.Now()
+	if err == nil && res.Leader {
+		token := res.Token
+		g := c.r.rec.AddGrant(checker.Grant{Name: name, Election: true, Client: c.id, Lease: sess.ID(), Token: token, Invoke: invoke, Return: ret})
+		c.hold(ctx, g, func() bool {
+			st := c.local.Self(name)
+			return st.Leader && st.Token == token
+		}, c.holdFor())
+	}
+	rctx, rcancel := context.WithTimeout(context.Background(), opTimeout)
+	c.local.Resign(rctx, name, cand)
+	rcancel()
+}
+
+// zombie revokes the session, then tries a lock with the dead lease, as a
+// client that missed the end of its session would: the registry must
+// refuse.
+func (c *client) zombie(ctx context.Context) {
+	sess := c.sess
+	select {
+	case <-sess.Done():
+		return
+	default:
+	}
+	c.sess = nil
+	octx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	rv := checker.Op{Client: c.id, Kind: checker.Revoke, Lease: sess.ID(), Call: c.r.rec.Now()}
+	err := sess.Close(octx)
+	rv.Return, rv.Outcome = c.r.rec.Now(), outcome(err)
+	rv.Refused = errors.Is(err, fsm.ErrUnknownLease)
+	if err != nil {
+		rv.Err = err.Error()
+		if rv.Outcome == checker.Failed {
+			// Retried through leader changes: it may have been applied.
+			rv.Outcome = checker.Unknown
+		}
+	}
+	c.r.rec.Add(rv)
+	if rv.Outcome != checker.OK {
+		return
+	}
+	name := c.lockName()
+	op := checker.Op{Client: c.id, Kind: checker.TryLock, Key: name, Lease: sess.ID(), Call: c.r.rec.Now()}
+	res, err := c.b.Apply(octx, &fsm.AcquireLock{Name: name, Lease: sess.ID(), Node: fmt.Sprintf("c%d", c.id), Now: time.Now().UnixNano()})
+	op.Return, op.Outcome = c.r.rec.Now(), outcome(err)
+	op.Refused = errors.Is(err, fsm.ErrUnknownLease)
+	if err == nil {
+		op.Held, op.Token = res.Held, res.Token
+	} else {
+		op.Err = err.Error()
+	}
+	c.r.rec.Add(op)
+}
