@@ -346,4 +346,3 @@ func (rep *Report) String() string {
 	}
 	return b.String()
 }
-

@@ -20,6 +20,9 @@ type backend struct {
 	c    *Cluster
 	home int
 	rec  *checker.Recorder
+	// readVia is the server consistent reads go to (-1: ask home); only
+	// the client's goroutine touches it.
+	readVia int
 }
 
 var _ election.Backend = (*backend)(nil)
@@ -109,29 +112,35 @@ func (b *backend) KeepAlive(ctx context.Context, id string) (time.Duration, erro
 }
 
 // consistentRead makes the home server's registry reflect every write
-// acknowledged before the call, as an agent does: on the leader by
-// confirming leadership, elsewhere by asking the leader for a read index and
-// waiting to apply it.
+// acknowledged before the call, as an agent does with a read index: it asks
+// the server it last saw lead to confirm leadership (Server.ConsistentRead)
+// and report its applied index, then waits for the home server to apply
+// that far. Like a client library, it keeps asking the same server until
+// that one says it no longer leads: Server.ConsistentRead must say so.
 func (b *backend) consistentRead(ctx context.Context) (*fsm.FSM, error) {
 	home, _ := b.c.Server(b.home)
 	if home == nil {
 		return nil, errDown
 	}
-	if home.IsLeader() {
-		if err := home.ConsistentRead(ctx); err != nil {
-			return nil, err
+	if b.readVia < 0 {
+		name, _ := home.Leader()
+		if b.readVia = b.c.Index(name); b.readVia < 0 {
+			return nil, election.ErrNotLeader
 		}
-		return home.FSM(), nil
 	}
-	s, j, err := b.leader()
-	if err != nil {
-		return nil, err
+	j := b.readVia
+	s, _ := b.c.Server(j)
+	if s == nil || !b.c.net.Deliver(b.c.Name(b.home), b.c.Name(j)) {
+		b.readVia = -1
+		return nil, fmt.Errorf("%w: %s unreachable", election.ErrNotLeader, b.c.Name(j))
 	}
 	if err := s.ConsistentRead(ctx); err != nil {
+		b.readVia = -1
 		return nil, err
 	}
 	idx := s.FSM().Index()
 	if !b.c.net.Deliver(b.c.Name(j), b.c.Name(b.home)) {
+		b.readVia = -1
 		return nil, fmt.Errorf("read index answer: %w", errUnreachable)
 	}
 	reg := home.FSM()

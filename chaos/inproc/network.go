@@ -114,14 +114,14 @@ func (t *transport) call(target raft.ServerAddress, f func() error) error {
 	return nil
 }
 
-func (t *transport) Consumer() <-chan raft.RPC         { return t.inner.Consumer() }
-func (t *transport) LocalAddr() raft.ServerAddress     { return t.inner.LocalAddr() }
+func (t *transport) Consumer() <-chan raft.RPC          { return t.inner.Consumer() }
+func (t *transport) LocalAddr() raft.ServerAddress      { return t.inner.LocalAddr() }
 func (t *transport) SetHeartbeatHandler(func(raft.RPC)) {}
 func (t *transport) EncodePeer(id raft.ServerID, a raft.ServerAddress) []byte {
 	return t.inner.EncodePeer(id, a)
 }
 func (t *transport) DecodePeer(b []byte) raft.ServerAddress { return t.inner.DecodePeer(b) }
-func (t *transport) Close() error                            { return t.inner.Close() }
+func (t *transport) Close() error                           { return t.inner.Close() }
 
 // AppendEntriesPipeline is not supported, so that every append goes
 // through the network's decisions one by one.

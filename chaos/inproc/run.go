@@ -22,7 +22,7 @@ type Config struct {
 	Duration time.Duration
 	// Servers is 3 or 5; 0 draws it from the seed.
 	Servers int
-	// Clients is the number of sequential clients (default 4).
+	// Clients is the number of sequential clients (default 6).
 	Clients int
 	// Dir holds the servers' data dirs (default: a new temporary dir).
 	Dir string
@@ -73,7 +73,7 @@ func (r *run) useKey(k string) {
 func Run(ctx context.Context, cfg Config) (*Result, error) {
 	start := time.Now()
 	if cfg.Clients <= 0 {
-		cfg.Clients = 4
+		cfg.Clients = 6
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -167,7 +167,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	sort.Strings(keys)
 	if l := c.Leader(); l >= 0 {
-		b := &backend{c: c, home: l, rec: r.rec}
+		b := &backend{c: c, home: l, rec: r.rec, readVia: -1}
 		for _, k := range keys {
 			for i := 0; i < 20 && !r.read(ctx, cfg.Clients, b, k); i++ {
 				time.Sleep(50 * time.Millisecond)

@@ -54,7 +54,7 @@ func (c *client) ensure(ctx context.Context) bool {
 			return false
 		}
 		c.gen = gen
-		c.b = &backend{c: c.r.c, home: c.home, rec: c.r.rec}
+		c.b = &backend{c: c.r.c, home: c.home, rec: c.r.rec, readVia: -1}
 		c.local = election.NewLocal(election.LocalConfig{Node: fmt.Sprintf("c%d", c.id), SessionTTL: c.ttl}, c.b, s.FSM())
 	}
 	if c.sess != nil {
@@ -97,19 +97,19 @@ func (c *client) loop(ctx context.Context) {
 			continue
 		}
 		switch p := c.rng.Float64(); {
-		case p < 0.25:
+		case p < 0.22:
 			c.put(ctx)
-		case p < 0.33:
+		case p < 0.30:
 			c.del(ctx)
 		case p < 0.50:
 			c.get(ctx)
 		case p < 0.55:
 			c.staleRead()
-		case p < 0.72:
+		case p < 0.70:
 			c.tryLock(ctx)
-		case p < 0.87:
+		case p < 0.84:
 			c.waitLock(ctx)
-		case p < 0.96:
+		case p < 0.94:
 			c.campaign(ctx)
 		default:
 			c.zombie(ctx)

@@ -1,0 +1,26 @@
+# Fault-injection suite (chaos/): real Raft servers under partitions, one-way
+# cuts, delays, loss and crashes, histories checked with porcupine and the
+# guarantees of SPEC.md. See chaos/doc.go and chaos/run.sh.
+
+# Seed of `make chaos` (default: the clock) and its length.
+SEED     ?= $(shell date +%s)
+DURATION ?= 30m
+# The bounded run of `make test`: two campaigns (3 and 5 servers) of
+# CHAOS_BOUNDED_DURATION, then each bug switch on CHAOS_BUG_RUNS seeds of
+# CHAOS_BUG_DURATION. About 6 minutes on 2 cores.
+CHAOS_BOUNDED_DURATION ?= 75s
+CHAOS_BUG_DURATION     ?= 20s
+CHAOS_BUG_RUNS         ?= 2
+
+.PHONY: chaos chaos-bounded
+
+## chaos: long fault-injection campaign (SEED=N DURATION=30m): prints operations, faults, anomalies, handovers; on failure the seed and porcupine visualizations
+chaos:
+	./chaos/run.sh campaign $(SEED) $(DURATION) 1
+
+## chaos-bounded: bounded fault-injection run of make test (2 campaigns + every bug switch must be detected), under 8 minutes
+chaos-bounded:
+	./chaos/run.sh campaign $(SEED) $(CHAOS_BOUNDED_DURATION) 2
+	./chaos/run.sh bugs $(SEED) $(CHAOS_BUG_DURATION) $(CHAOS_BUG_RUNS)
+
+TEST_EXTRA += chaos-bounded
