@@ -556,8 +556,7 @@ func TestE2E_compose(t *testing.T) {
 			return false, err.Error()
 		}
 		state := fmt.Sprintf("%s: %+v; %s: %+v", raftLeader, back, rest[0], seen)
-		return len(seen.Peers) == 3 && slices.Contains(seen.Peers, raftLeader) && back.Leader == seen.Leader &&
-			back.AppliedIndex >= seen.CommitIndex-1 && seen.CommitIndex > 0, state
+		return len(seen.Peers) == 3 && slices.Contains(seen.Peers, raftLeader) && back.Leader != "" && back.Leader == seen.Leader, state
 	})
 	t.Logf("end to end: %v (cleanup follows)", time.Since(total).Round(10*time.Millisecond))
 }
