@@ -491,7 +491,11 @@ func TestKubernetes_demoDeployment(t *testing.T) {
 	}
 	r := app.Readiness
 	if r == nil || r.HTTPGet == nil || r.HTTPGet.Path != "/v1/elections/"+election+"/self" {
-		t.Fatalf("app readiness probe %+v, want GET /v1/elections/%s/self", r, election)
+		path := "none"
+		if r != nil && r.HTTPGet != nil {
+			path = "GET " + r.HTTPGet.Path
+		}
+		t.Fatalf("app readiness probe %s, want GET /v1/elections/%s/self", path, election)
 	}
 	if p, ok := r.HTTPGet.Port.(int); !ok || p != httpPort {
 		t.Errorf("app readiness probe on port %v, want the sidecar's HTTP port %d as a number (a port name resolves only among the app container's own ports)", r.HTTPGet.Port, httpPort)
