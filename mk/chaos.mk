@@ -7,10 +7,10 @@ SEED     ?= $(shell date +%s)
 DURATION ?= 30m
 # The bounded run of `make test`: two campaigns (3 and 5 servers) of
 # CHAOS_BOUNDED_DURATION, then each bug switch on CHAOS_BUG_RUNS seeds of
-# CHAOS_BUG_DURATION. About 6 minutes on 2 cores.
-CHAOS_BOUNDED_DURATION ?= 75s
+# CHAOS_BUG_DURATION. About 6.5 minutes on 2 cores.
+CHAOS_BOUNDED_DURATION ?= 60s
 CHAOS_BUG_DURATION     ?= 20s
-CHAOS_BUG_RUNS         ?= 2
+CHAOS_BUG_RUNS         ?= 3
 
 .PHONY: chaos chaos-bounded
 

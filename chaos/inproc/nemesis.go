@@ -14,8 +14,10 @@ import (
 func (r *run) nemesis(ctx context.Context, rng *rand.Rand) {
 	defer r.healAll()
 	n := r.c.Size()
-	kinds := []string{"isolate-leader", "partition", "oneway-leader-out", "oneway-leader-in", "oneway-random",
-		"delay", "loss", "crash", "crash-leader"}
+	// Partitions that leave a leader behind are listed twice: they are
+	// where stale reads and early lease expiry would show.
+	kinds := []string{"isolate-leader", "isolate-leader", "partition", "partition", "oneway-leader-out", "oneway-leader-in",
+		"oneway-random", "delay", "loss", "crash", "crash-leader"}
 	if n == 5 {
 		kinds = append(kinds, "bridge", "ring")
 	}

@@ -1,0 +1,129 @@
+package checker
+
+import (
+	"math"
+	"strings"
+	"testing"
+	"time"
+)
+
+func op(client int, kind Kind, key, value string, call, ret int64) Op {
+	return Op{Client: client, Kind: kind, Key: key, Value: value, Call: call, Return: ret}
+}
+
+func check(ops []Op, grants []Grant, leases []LeaseRecord) *Report {
+	r := NewRecorder()
+	r.ops = ops
+	for i := range grants {
+		r.grants = append(r.grants, &grants[i])
+	}
+	for i := range leases {
+		r.leases[leases[i].ID] = &leases[i]
+	}
+	return r.Check(Options{Timeout: 10 * time.Second})
+}
+
+func TestCheck_registry(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		ops       []Op
+		anomalies int
+	}{
+		{"read after write", []Op{op(0, Put, "k", "a", 0, 10), op(1, Get, "k", "a", 20, 30)}, 0},
+		{"concurrent read may miss", []Op{op(0, Put, "k", "a", 0, 10), op(1, Get, "k", "", 5, 30)}, 0},
+		{"stale read", []Op{op(0, Put, "k", "a", 0, 10), op(0, Put, "k", "b", 11, 20), op(1, Get, "k", "a", 30, 40)}, 2},
+		{"unknown write may land late", []Op{{Kind: Put, Key: "k", Value: "a", Outcome: Unknown, Call: 0, Return: math.MaxInt64},
+			op(1, Get, "k", "", 20, 30), op(1, Get, "k", "a", 40, 50)}, 0},
+		{"lost write", []Op{op(0, Put, "k", "a", 0, 10), op(1, Get, "k", "", 20, 30)}, 2},
+		{"deleted", []Op{op(0, Put, "k", "a", 0, 10), {Kind: Del, Key: "k", Found: true, Call: 11, Return: 12}, op(1, Get, "k", "", 20, 30)}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rep := check(tc.ops, nil, nil)
+			if len(rep.Anomalies) != tc.anomalies {
+				t.Errorf("anomalies %d, want %d: %v", len(rep.Anomalies), tc.anomalies, rep.Anomalies)
+			}
+		})
+	}
+}
+
+func TestCheck_locks(t *testing.T) {
+	try := func(client int, lease string, held bool, token uint64, call, ret int64) Op {
+		return Op{Client: client, Kind: TryLock, Key: "l", Lease: lease, Held: held, Token: token, Call: call, Return: ret}
+	}
+	for _, tc := range []struct {
+		name      string
+		ops       []Op
+		anomalies int
+	}{
+		{"handover", []Op{try(0, "a", true, 5, 0, 1), {Kind: Unlock, Key: "l", Lease: "a", Call: 2, Return: 3}, try(1, "b", true, 9, 4, 5)}, 0},
+		{"busy", []Op{try(0, "a", true, 5, 0, 1), try(1, "b", false, 0, 2, 3)}, 0},
+		{"expiry may free it", []Op{try(0, "a", true, 5, 0, 1), try(1, "b", true, 7, 2, 3)}, 0},
+		{"token goes back", []Op{try(0, "a", true, 5, 0, 1), {Kind: Unlock, Key: "l", Lease: "a", Call: 2, Return: 3}, try(1, "b", true, 4, 4, 5)}, 1},
+		{"revoked lease granted", []Op{{Kind: Revoke, Lease: "a", Call: 0, Return: 1}, try(0, "a", true, 5, 2, 3)}, 1},
+		{"revoked lease refused", []Op{{Kind: Revoke, Lease: "a", Call: 0, Return: 1}, {Kind: TryLock, Key: "l", Lease: "a", Refused: true, Call: 2, Return: 3}}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rep := check(tc.ops, nil, nil)
+			if len(rep.Anomalies) != tc.anomalies {
+				t.Errorf("anomalies %d, want %d: %v", len(rep.Anomalies), tc.anomalies, rep.Anomalies)
+			}
+		})
+	}
+}
+
+func TestCheck_holdersAndTokens(t *testing.T) {
+	ok := []Grant{
+		{Name: "q", Lease: "a", Token: 3, Invoke: 0, Return: 10, LastLive: 50},
+		{Name: "q", Lease: "b", Token: 8, Invoke: 20, Return: 60, LastLive: 90},
+	}
+	if rep := check(nil, ok, nil); len(rep.Anomalies) != 0 || rep.Handovers != 1 {
+		t.Errorf("clean handover: anomalies %v, handovers %d", rep.Anomalies, rep.Handovers)
+	}
+	overlap := []Grant{
+		{Name: "q", Lease: "a", Token: 3, Invoke: 0, Return: 10, LastLive: 70},
+		{Name: "q", Lease: "b", Token: 8, Invoke: 20, Return: 60},
+	}
+	if rep := check(nil, overlap, nil); len(rep.Anomalies) != 1 || !strings.Contains(rep.Anomalies[0], "was live") {
+		t.Errorf("two live holders: anomalies %v", rep.Anomalies)
+	}
+	dup := []Grant{
+		{Name: "q", Lease: "a", Token: 3, Invoke: 0, Return: 10},
+		{Name: "q", Lease: "b", Token: 3, Invoke: 20, Return: 30},
+	}
+	if rep := check(nil, dup, nil); len(rep.Anomalies) == 0 {
+		t.Error("duplicate token not reported")
+	}
+}
+
+func TestCheck_leases(t *testing.T) {
+	sec := int64(time.Second)
+	leases := []LeaseRecord{
+		{ID: "fine", TTL: time.Second, LastAckSent: sec, Gone: 2*sec + 1},
+		{ID: "early", TTL: time.Second, LastAckSent: sec, Gone: 2*sec - 1},
+		{ID: "revoked", TTL: time.Second, LastAckSent: sec, Gone: sec, Revoked: true},
+	}
+	rep := check(nil, nil, leases)
+	if len(rep.Anomalies) != 1 || !strings.Contains(rep.Anomalies[0], "lease early") {
+		t.Errorf("anomalies %v, want one for lease early", rep.Anomalies)
+	}
+}
+
+func TestRecorder_Act_fencedResource(t *testing.T) {
+	r := NewRecorder()
+	old := r.AddGrant(Grant{Name: "q", Lease: "a", Token: 3})
+	cur := r.AddGrant(Grant{Name: "q", Lease: "b", Token: 8})
+	live := func() bool { return true }
+	if !r.Act(cur, live) {
+		t.Fatal("current token refused")
+	}
+	if r.Act(old, func() bool { return false }) {
+		t.Fatal("stale token accepted")
+	}
+	if rep := r.Check(Options{}); len(rep.Anomalies) != 0 || rep.FencedRefused != 1 {
+		t.Errorf("stale write by a demoted holder: anomalies %v, refused %d", rep.Anomalies, rep.FencedRefused)
+	}
+	r.Act(old, live)
+	if rep := r.Check(Options{}); len(rep.Anomalies) == 0 || !strings.Contains(rep.Anomalies[0], "refused") {
+		t.Errorf("stale write by a live holder: anomalies %v", rep.Anomalies)
+	}
+}
