@@ -76,12 +76,18 @@ cleanup() {
 	fi
 	exit "$code"
 }
+child=
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# The test runs in the background so that a signal to this script (Ctrl-C
+# under make, or a CI runner's SIGTERM) is handled at once: stop the test,
+# then remove the project.
+trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null; exit 130' INT
+trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null; exit 143' TERM
 
 export E2E_COMPOSE="${compose[*]}" E2E_PROJECT=$project E2E_COMPOSE_FILE=$PWD/$file DOCKER
 # go test's own -timeout panics without running cleanups; timeout(1) is the
 # backstop, and the trap above removes the project in every case.
 timeout --kill-after=10 $((E2E_TIMEOUT + 30)) \
-	"$GO" test -tags e2e -count=1 -v -timeout "${E2E_TIMEOUT}s" -run '^(TestImage|TestE2E)' ./deploy/
+	"$GO" test -tags e2e -count=1 -v -timeout "${E2E_TIMEOUT}s" -run '^(TestImage|TestE2E)' ./deploy/ &
+child=$!
+wait "$child"
