@@ -112,8 +112,9 @@ func (b *backend) KeepAlive(ctx context.Context, id string) (time.Duration, erro
 }
 
 // consistentRead makes the home server's registry reflect every write
-// acknowledged before the call, as an agent does with a read index: it asks
-// the server it last saw lead to confirm leadership (Server.ConsistentRead)
+// acknowledged before the call. It asks the home server, then, if that one
+// does not lead, does what an agent does with a read index: it asks the
+// server it last saw lead to confirm leadership (Server.ConsistentRead)
 // and report its applied index, then waits for the home server to apply
 // that far. Like a client library, it keeps asking the same server until
 // that one says it no longer leads: Server.ConsistentRead must say so.
@@ -121,6 +122,14 @@ func (b *backend) consistentRead(ctx context.Context) (*fsm.FSM, error) {
 	home, _ := b.c.Server(b.home)
 	if home == nil {
 		return nil, errDown
+	}
+	// The home server first: Server.ConsistentRead must refuse unless it
+	// leads (the agent guards it with IsLeader too; this tests the
+	// contract itself).
+	if err := home.ConsistentRead(ctx); err == nil {
+		return home.FSM(), nil
+	} else if !errors.Is(err, election.ErrNotLeader) {
+		return nil, err
 	}
 	if b.readVia < 0 {
 		name, _ := home.Leader()

@@ -99,15 +99,15 @@ func (c *client) loop(ctx context.Context) {
 		switch p := c.rng.Float64(); {
 		case p < 0.22:
 			c.put(ctx)
-		case p < 0.30:
+		case p < 0.28:
 			c.del(ctx)
-		case p < 0.50:
-			c.get(ctx)
 		case p < 0.55:
+			c.get(ctx)
+		case p < 0.59:
 			c.staleRead()
-		case p < 0.70:
+		case p < 0.72:
 			c.tryLock(ctx)
-		case p < 0.84:
+		case p < 0.85:
 			c.waitLock(ctx)
 		case p < 0.94:
 			c.campaign(ctx)
@@ -118,7 +118,7 @@ func (c *client) loop(ctx context.Context) {
 }
 
 func (c *client) key() string {
-	k := fmt.Sprintf("k%d-%d", c.r.rec.Now()/int64(c.r.epoch), c.rng.Intn(3))
+	k := fmt.Sprintf("k%d-%d", c.r.rec.Now()/int64(c.r.epoch), c.rng.Intn(2))
 	c.r.useKey(k)
 	return k
 }
