@@ -184,7 +184,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if out == "" {
 		out = filepath.Join(os.TempDir(), fmt.Sprintf("sidecar-chaos-%d", cfg.Seed))
 	}
-	res.Report = r.rec.Check(checker.Options{OutDir: out, Timeout: 30 * time.Second})
+	res.Report = r.rec.Check(checker.Options{OutDir: out, Timeout: 5 * time.Second})
 	r.mu.Lock()
 	res.LeaderRecovery = append(res.LeaderRecovery, r.recovery...)
 	r.mu.Unlock()
