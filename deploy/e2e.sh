@@ -46,13 +46,19 @@ for img in "$SIDECAR_IMAGE" "$DEMO_IMAGE"; do
 done
 
 # Projects of earlier runs that died without cleaning up (kill -9, power
-# loss): their pid is gone. Remove them so they do not pile up.
+# loss): their pid is gone and their containers are older than any run may
+# last (10 minutes), which spares live runs in other pid namespaces sharing
+# this engine. Remove them so they do not pile up.
+now=$(date +%s)
 for p in $("$DOCKER" ps -a --filter label=com.docker.compose.project --format '{{.Label "com.docker.compose.project"}}' | sort -u); do
 	case $p in
 	sidecar-e2e-*)
 		pid=${p#sidecar-e2e-}
-		if ! kill -0 "$pid" 2>/dev/null; then
-			echo "e2e: removing leftover project $p"
+		kill -0 "$pid" 2>/dev/null && continue
+		created=$("$DOCKER" inspect -f '{{.Created}}' $("$DOCKER" ps -aq --filter "label=com.docker.compose.project=$p") 2>/dev/null | sort | tail -n 1)
+		age=$((now - $(date -d "$created" +%s 2>/dev/null || echo "$now")))
+		if [ "$age" -gt 600 ]; then
+			echo "e2e: removing leftover project $p (${age}s old)"
 			timeout 60 "${compose[@]}" -p "$p" -f "$file" down -v --remove-orphans -t 1 >/dev/null 2>&1 || true
 		fi ;;
 	esac
