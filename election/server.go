@@ -277,7 +277,7 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 		}
 	}
 
-	r, err := raft.NewRaft(rc, &recordingFSM{FSM: s.fsm, log: s.changes}, logs, stable, snaps, s.trans)
+	r, err := newRaft(rc, &recordingFSM{FSM: s.fsm, log: s.changes}, logs, stable, snaps, s.trans)
 	if err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
@@ -295,6 +295,18 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 		"heartbeat_timeout", cfg.HeartbeatTimeout, "election_timeout", cfg.ElectionTimeout,
 		"snapshot_threshold", cfg.SnapshotThreshold)
 	return s, nil
+}
+
+// newRaft is raft.NewRaft with its panics (a log entry missing behind the
+// snapshot it could restore, for one) turned into errors, so that the
+// stores opened for it are closed again and the data dir can be reopened.
+func newRaft(rc *raft.Config, f raft.FSM, logs raft.LogStore, stable raft.StableStore, snaps raft.SnapshotStore, trans raft.Transport) (r *raft.Raft, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("raft refused its stored state: %v", p)
+		}
+	}()
+	return raft.NewRaft(rc, f, logs, stable, snaps, trans)
 }
 
 // FSM is the registry this server applies to.
