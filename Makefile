@@ -23,7 +23,7 @@ TEST_EXTRA :=
 
 ## help: list the targets
 help:
-	@grep -E '^## ' $(MAKEFILE_LIST) | sed 's/^## /  /'
+	@grep -hE '^## ' $(MAKEFILE_LIST) | sed 's/^## /  /'
 
 ## build: static binary at bin/sidecar (CGO off, version from git)
 build:

@@ -210,6 +210,12 @@ func (g *Gossip) Join(ctx context.Context, addrs []string) (int, error) {
 			return 0, fmt.Errorf("discovery: join %s: %w", strings.Join(addrs, ","), err)
 		}
 		n, err := g.joinOnce(ctx, addrs)
+		if n > 0 && g.NumMembers() < 2 {
+			// Only this node answered (its own address is in the list,
+			// or behind a name such as a Kubernetes headless Service):
+			// that is no cluster yet, so keep trying in the background.
+			n, err = 0, errors.New("only this node answered")
+		}
 		if n > 0 {
 			g.markJoined()
 			g.log.Info("joined cluster", "contacted", n, "attempts", attempt, "members", g.NumMembers())

@@ -681,3 +681,24 @@ func (h countingHandler) WithAttrs(as []slog.Attr) slog.Handler {
 func (h countingHandler) WithGroup(name string) slog.Handler {
 	return countingHandler{h.Handler.WithGroup(name), h.msg, h.n}
 }
+
+// A join list holding this node's own address (as a Kubernetes headless
+// Service does) is no cluster: Join keeps trying until another node answers.
+func TestGossip_Join_selfIsNotACluster(t *testing.T) {
+	t.Parallel()
+	a := newNode(t, "a")
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if n, err := a.Join(ctx, []string{a.Addr()}); n != 0 || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Join of only itself = %d, %v; want 0 and the deadline", n, err)
+	}
+	b := newNode(t, "b")
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel2()
+	if n, err := a.Join(ctx2, []string{a.Addr(), b.Addr()}); n == 0 || err != nil {
+		t.Fatalf("Join with another node = %d, %v", n, err)
+	}
+	if a.NumMembers() != 2 {
+		t.Fatalf("a sees %d members, want 2", a.NumMembers())
+	}
+}
