@@ -151,6 +151,7 @@ type bench struct {
 	etcdMin int64
 
 	rows   []*row
+	notes  []string
 	errors []string
 }
 
@@ -228,6 +229,10 @@ func (b *bench) run() int {
 			b.etcdMin = 2
 		}
 		logf("etcd grants %ds for a 1s lease", b.etcdMin)
+		b.notes = append(b.notes, fmt.Sprintf("etcd granted a %ds lease when asked for 1s: its shortest TTL here.", b.etcdMin))
+		src := b.sc.streamSources()
+		logf("sidecar change streams: %s", src)
+		b.notes = append(b.notes, "sidecar clients' change streams (they feed the rows through client-0 and client-1: handovers, lock, propagation): "+src+".")
 		minLabel = fmt.Sprintf("shortest TTL (sidecar 1s, etcd %ds)", b.etcdMin)
 		rKill.what = "handover after holder process SIGKILL, " + minLabel + ": median"
 		rNode.what = "handover after holder node SIGKILL, " + minLabel + ": median"
@@ -317,6 +322,9 @@ func (b *bench) run() int {
 			// so its node kill is the process kill measured above.
 			ttl.med.etcd, ttl.max.etcd = ttl.etcdMed.etcd, ttl.etcdMax.etcd
 		}
+		if b.cfg.sections["kill"] {
+			b.notes = append(b.notes, "etcd's node-kill rows repeat its process-kill trials: an etcd session lives in the holder process, there is no agent to kill.")
+		}
 	}
 
 	if need("graceful") {
@@ -395,6 +403,7 @@ func (b *bench) run() int {
 		rGapMax.sidecar, rGapMax.etcd = maxOf(scGap), maxOf(etGap)
 		rNewLeader.sidecar, rNewLeader.etcd = median(scLead), median(etLead)
 		rGap.note = fmt.Sprintf("(n=%d)", len(scGap))
+		b.notes = append(b.notes, "after the leader kills: "+b.sc.streamSources()+".")
 	}
 
 	if need("throughput") {
@@ -698,6 +707,12 @@ func (b *bench) finish(machine string) int {
 	out.WriteString(machine)
 	out.WriteString("\n")
 	out.WriteString(markdown(b.rows))
+	if len(b.notes) > 0 {
+		out.WriteString("\n")
+		for _, n := range b.notes {
+			out.WriteString("- " + n + "\n")
+		}
+	}
 	if len(b.errors) > 0 {
 		out.WriteString("\nFailed sections (their rows show —):\n")
 		for _, e := range b.errors {

@@ -1,76 +1,97 @@
 package main
 
 import (
-	"fmt"
+	"context"
 	"net"
-	"os"
-	"path/filepath"
+	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
+	"time"
 )
 
-// remotePorts lists the remote ports of the established TCP connections
-// of process pid (from /proc/<pid>/fd and /proc/net/tcp).
-func remotePorts(pid int) (map[int]bool, error) {
-	inodes := map[string]bool{}
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+// conn is one established TCP connection as ss reports it.
+type conn struct {
+	pid        int
+	remotePort int
+	received   int64 // bytes_received
+}
+
+var (
+	ssPid      = regexp.MustCompile(`pid=(\d+)`)
+	ssReceived = regexp.MustCompile(`bytes_received:(\d+)`)
+)
+
+// tcpConns lists established TCP connections with their owner and bytes
+// received, keyed by "pid local remote" (ss -tinp).
+func tcpConns() (map[string]conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ss", "-tinpH", "state", "established").Output()
 	if err != nil {
 		return nil, err
 	}
-	for _, fd := range fds {
-		l, err := os.Readlink(filepath.Join(fmt.Sprintf("/proc/%d/fd", pid), fd.Name()))
-		if err == nil && strings.HasPrefix(l, "socket:[") {
-			inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
-		}
-	}
-	b, err := os.ReadFile("/proc/net/tcp")
-	if err != nil {
-		return nil, err
-	}
-	ports := map[int]bool{}
-	for _, line := range strings.Split(string(b), "\n")[1:] {
-		f := strings.Fields(line)
-		if len(f) < 10 || f[3] != "01" || !inodes[f[9]] { // 01: ESTABLISHED
+	conns := map[string]conn{}
+	lines := strings.Split(string(out), "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		f := strings.Fields(lines[i])
+		m := ssPid.FindStringSubmatch(lines[i])
+		if len(f) < 4 || m == nil {
 			continue
 		}
-		rem := f[2]
-		if i := strings.IndexByte(rem, ':'); i >= 0 {
-			if p, err := strconv.ParseUint(rem[i+1:], 16, 16); err == nil {
-				ports[int(p)] = true
-			}
+		// Fields: Recv-Q Send-Q Local Peer Process (state filtered away).
+		local, peer := f[2], f[3]
+		_, port, err := net.SplitHostPort(peer)
+		if err != nil {
+			continue
 		}
+		pid, _ := strconv.Atoi(m[1])
+		c := conn{pid: pid}
+		c.remotePort, _ = strconv.Atoi(port)
+		if r := ssReceived.FindStringSubmatch(lines[i+1]); r != nil {
+			c.received, _ = strconv.ParseInt(r[1], 10, 64)
+			i++
+		}
+		conns[m[1]+" "+local+" "+peer] = c
 	}
-	return ports, nil
+	return conns, nil
 }
 
 // streamSources says, for each client agent, which server its change
-// stream most likely comes from: a client forwards writes only to the
-// leader, so a connection to a follower's Raft port is its stream; with
-// connections to the leader only, the stream is the leader's.
+// stream comes from: the stream is the connection to a server's Raft port
+// that keeps receiving (heartbeats every 500 ms) while nothing is written.
+// Call it while the cluster is idle.
 func (c *sidecarCluster) streamSources() string {
 	leader, _ := c.leader()
 	raftPort := map[int]*scNode{}
 	for _, s := range c.servers {
 		raftPort[portOf(s)] = s
 	}
+	before, err := tcpConns()
+	if err != nil {
+		return "unknown (ss: " + err.Error() + ")"
+	}
+	time.Sleep(1200 * time.Millisecond)
+	after, err := tcpConns()
+	if err != nil {
+		return "unknown (ss: " + err.Error() + ")"
+	}
 	var out []string
 	for _, cl := range c.clients {
-		ports, err := remotePorts(cl.p.pid())
-		if err != nil {
-			out = append(out, cl.name+": unknown")
-			continue
-		}
-		src := ""
-		for p := range ports {
-			if s, ok := raftPort[p]; ok && s != leader {
-				src = s.name + " (a follower)"
+		src := "unknown"
+		for k, a := range after {
+			s, ok := raftPort[a.remotePort]
+			if a.pid != cl.p.pid() || !ok {
+				continue
 			}
-		}
-		if src == "" && leader != nil && ports[portOf(leader)] {
-			src = leader.name + " (the leader)"
-		}
-		if src == "" {
-			src = "unknown"
+			if b, seen := before[k]; seen && a.received > b.received {
+				src = s.name
+				if s == leader {
+					src += " (the leader)"
+				} else {
+					src += " (a follower)"
+				}
+			}
 		}
 		out = append(out, cl.name+" streams from "+src)
 	}
