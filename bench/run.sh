@@ -13,8 +13,10 @@
 #
 # Environment: BENCH_TRIALS (5), BENCH_SECONDS (3, per throughput trial),
 # BENCH_LOCK_OPS (200), BENCH_PROP_SAMPLES (50), BENCH_SECTIONS (all; a comma
-# list of rss,kill,node,graceful,lock,propagation,leader,throughput,dns),
-# BENCH_OUT (also write the table there), SIDECAR_BIN (bin/sidecar).
+# list of rss,kill,node,graceful,lock,propagation,leader,throughput,dns, plus
+# diag and profile, which only log: see bench/README.md), BENCH_OUT (also
+# write the table there), BENCH_KEEP=1 (keep the scratch directory and its
+# logs), SIDECAR_BIN (bin/sidecar).
 #
 # Every process is started by the driver, which stops each by PID when it
 # ends or is signalled (and gives each Pdeathsig=SIGKILL); this script stops
