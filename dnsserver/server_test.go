@@ -14,6 +14,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/sidecarhq/sidecar/dnsserver"
 	"github.com/sidecarhq/sidecar/fsm"
@@ -602,25 +603,36 @@ func TestServer_metrics(t *testing.T) {
 		`qtype="A",rcode="NXDOMAIN"`:    1,
 		`qtype="other",rcode="NOERROR"`: 1,
 	}
-	families, err := pr.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The server counts a query after it wrote the answer, so the last
+	// one may land a moment after the client has it: poll.
+	var families []*dto.MetricFamily
+	var got map[string]float64
 	var histCount uint64
-	got := map[string]float64{}
-	for _, f := range families {
-		switch f.GetName() {
-		case "sidecar_dns_queries_total":
-			for _, m := range f.GetMetric() {
-				var labels []string
-				for _, l := range m.GetLabel() {
-					labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
-				}
-				got[strings.Join(labels, ",")] = m.GetCounter().GetValue()
-			}
-		case "sidecar_dns_request_duration_seconds":
-			histCount = f.GetMetric()[0].GetHistogram().GetSampleCount()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var err error
+		if families, err = pr.Gather(); err != nil {
+			t.Fatal(err)
 		}
+		got, histCount = map[string]float64{}, 0
+		for _, f := range families {
+			switch f.GetName() {
+			case "sidecar_dns_queries_total":
+				for _, m := range f.GetMetric() {
+					var labels []string
+					for _, l := range m.GetLabel() {
+						labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+					}
+					got[strings.Join(labels, ",")] = m.GetCounter().GetValue()
+				}
+			case "sidecar_dns_request_duration_seconds":
+				histCount = f.GetMetric()[0].GetHistogram().GetSampleCount()
+			}
+		}
+		if histCount >= 4 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 	for k, v := range want {
 		if got[k] != v {
