@@ -192,6 +192,7 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 		a.formation = discovery.NewFormation(fc, g, a.server, a.remote)
 	} else {
 		a.replica = election.NewReplica(a.reg, a.serverAddrs, log)
+		a.replica.Prefer(a.leaderAddr)
 	}
 
 	a.local = election.NewLocal(election.LocalConfig{
@@ -236,6 +237,23 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 	}
 	a.dns = dns
 	return a, nil
+}
+
+// leaderAddr is the RPC address of the Raft leader, "" when unknown. A
+// client streams from the leader when it can: a follower learns of commits
+// a heartbeat later, and every read-your-write through the client would
+// wait for that.
+func (a *Agent) leaderAddr() string {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	st, err := a.remote.ServerStatus(ctx)
+	if err != nil || st.Leader == "" {
+		return ""
+	}
+	if m, ok := a.gossip.Member(st.Leader); ok && m.Status == discovery.StatusAlive {
+		return m.Meta.RaftAddr
+	}
+	return ""
 }
 
 // serverAddrs lists the RPC addresses of alive servers, from gossip.
@@ -592,7 +610,9 @@ func (a *Agent) syncChecks(ctx context.Context) {
 	var seen uint64
 	for {
 		watch := a.reg.Watch()
-		if idx := a.reg.TableIndex(fsm.TableServices); idx != seen {
+		// Only this node's instances matter; the services table moves on
+		// every registration anywhere.
+		if idx := a.reg.NodeIndex(a.cfg.Name); idx != seen {
 			seen = idx
 			a.syncChecksNow()
 		}

@@ -27,7 +27,8 @@ type Replica struct {
 	rpc     *rpcClient
 	log     *slog.Logger
 
-	next atomic.Uint64
+	next   atomic.Uint64
+	prefer func() string
 
 	mu        sync.Mutex
 	lastHeard time.Time
@@ -39,6 +40,10 @@ type Replica struct {
 func NewReplica(reg *fsm.FSM, servers func() []string, log *slog.Logger) *Replica {
 	return &Replica{fsm: reg, servers: servers, rpc: newRPCClient(), log: log.With("component", "replica")}
 }
+
+// Prefer names the server to stream from when it can (the Raft leader,
+// whose registry is the first to hold every commit). Call before Run.
+func (r *Replica) Prefer(f func() string) { r.prefer = f }
 
 // FSM is the local copy.
 func (r *Replica) FSM() *fsm.FSM { return r.fsm }
@@ -74,6 +79,11 @@ func (r *Replica) Run(ctx context.Context) {
 			continue
 		}
 		addr := list[int(r.next.Add(1)%uint64(len(list)))]
+		if r.prefer != nil {
+			if p := r.prefer(); p != "" {
+				addr = p
+			}
+		}
 		err := r.follow(ctx, addr)
 		r.mu.Lock()
 		r.server = ""

@@ -83,12 +83,14 @@ type ServerConfig struct {
 // DefaultServerConfig returns the production settings.
 func DefaultServerConfig() ServerConfig {
 	return ServerConfig{
-		// Half of raft's WAN-safe 1s defaults: sidecar runs on LANs, and
-		// with pre-vote a flapping link cannot force needless elections, so
-		// a leader kill costs about one election timeout of writes.
-		HeartbeatTimeout:   500 * time.Millisecond,
-		ElectionTimeout:    500 * time.Millisecond,
-		LeaderLeaseTimeout: 250 * time.Millisecond,
+		// Under a third of raft's WAN-safe 1s defaults: sidecar runs on
+		// LANs, where a follower that heard nothing for 300 ms has lost its
+		// leader, and with pre-vote a flapping link cannot force needless
+		// elections; a leader kill costs about one election timeout (plus
+		// its randomisation) of writes.
+		HeartbeatTimeout:   300 * time.Millisecond,
+		ElectionTimeout:    300 * time.Millisecond,
+		LeaderLeaseTimeout: 150 * time.Millisecond,
 		// Followers learn of commits within this, so their local copies
 		// (and DNS) lag the leader by at most about this much.
 		CommitTimeout: 20 * time.Millisecond,

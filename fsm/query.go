@@ -112,13 +112,19 @@ func (f *FSM) NodeInstances(node string) []*Instance {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	var out []*Instance
-	for key, in := range f.st.instances {
-		if key.node == node {
-			out = append(out, in.clone())
-		}
+	for key := range f.st.byNode[node] {
+		out = append(out, f.st.instances[key].clone())
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
+}
+
+// NodeIndex is the index of the last entry that changed a node's instances
+// or their checks (0 when unknown); it moves only for that node.
+func (f *FSM) NodeIndex(node string) uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.nodeIndex[node]
 }
 
 // CheckOwner returns the instance that owns a check of a node.

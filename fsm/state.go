@@ -18,6 +18,12 @@ type state struct {
 	// byService indexes instances by lower-cased service name, because
 	// service lookups (DNS above all) are by name and case-insensitive.
 	byService map[string]map[instanceKey]struct{}
+	// byNode indexes instances by their node, and nodeIndex is the index of
+	// the last entry that changed a node's instances: an agent follows its
+	// own instances (to run their checks) without scanning everyone's.
+	// Both derive from instances and are rebuilt on restore.
+	byNode    map[string]map[instanceKey]struct{}
+	nodeIndex map[string]uint64
 	leases    map[string]*Lease
 	locks     map[string]*Mutex
 	elections map[string]*Mutex
@@ -31,6 +37,8 @@ func newState() *state {
 		instances: map[instanceKey]*Instance{},
 		checks:    map[instanceKey]instanceKey{},
 		byService: map[string]map[instanceKey]struct{}{},
+		byNode:    map[string]map[instanceKey]struct{}{},
+		nodeIndex: map[string]uint64{},
 		leases:    map[string]*Lease{},
 		locks:     map[string]*Mutex{},
 		elections: map[string]*Mutex{},
@@ -183,6 +191,11 @@ func (s *state) removeInstance(key instanceKey) {
 	if len(s.byService[svc]) == 0 {
 		delete(s.byService, svc)
 	}
+	delete(s.byNode[key.node], key)
+	if len(s.byNode[key.node]) == 0 {
+		delete(s.byNode, key.node)
+	}
+	s.nodeIndex[key.node] = s.index
 }
 
 func (s *state) addInstance(key instanceKey, in *Instance) {
@@ -192,6 +205,11 @@ func (s *state) addInstance(key instanceKey, in *Instance) {
 		s.byService[svc] = map[instanceKey]struct{}{}
 	}
 	s.byService[svc][key] = struct{}{}
+	if s.byNode[key.node] == nil {
+		s.byNode[key.node] = map[instanceKey]struct{}{}
+	}
+	s.byNode[key.node][key] = struct{}{}
+	s.nodeIndex[key.node] = s.index
 }
 
 func (s *state) deregisterInstance(index uint64, c *DeregisterInstance) (*Result, bool) {
@@ -220,6 +238,7 @@ func (s *state) updateCheck(index uint64, c *UpdateCheck) (*Result, bool) {
 		}
 		ch.Status, ch.Output, ch.ModifyIndex = c.Status, c.Output, index
 		in.ModifyIndex = index
+		s.nodeIndex[c.Node] = index
 		s.touch(index, TableServices)
 		return &Result{}, true
 	}
