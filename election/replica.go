@@ -17,6 +17,10 @@ import (
 	"github.com/sidecarhq/sidecar/fsm"
 )
 
+// preferCheck is how often a replica checks that it streams from the
+// preferred server.
+const preferCheck = 2 * time.Second
+
 // Replica keeps a client's in-memory copy of the registry, fed by a change
 // stream from any server: a snapshot, then every entry from its index on.
 // When a stream breaks it resumes from its own index on another server (the
@@ -68,6 +72,7 @@ func (r *Replica) Current() error {
 func (r *Replica) Run(ctx context.Context) {
 	defer r.rpc.close()
 	backoff := 50 * time.Millisecond
+	skipPrefer := false
 	for ctx.Err() == nil {
 		list := r.servers()
 		if len(list) == 0 {
@@ -79,12 +84,16 @@ func (r *Replica) Run(ctx context.Context) {
 			continue
 		}
 		addr := list[int(r.next.Add(1)%uint64(len(list)))]
-		if r.prefer != nil {
+		preferred := false
+		if r.prefer != nil && !skipPrefer {
 			if p := r.prefer(); p != "" {
-				addr = p
+				addr, preferred = p, true
 			}
 		}
 		err := r.follow(ctx, addr)
+		// A preferred server that failed us is skipped once, so that a
+		// stale idea of the leader cannot keep the copy from any stream.
+		skipPrefer = preferred && !errors.Is(err, errMoveToPreferred)
 		r.mu.Lock()
 		r.server = ""
 		r.mu.Unlock()
@@ -100,7 +109,10 @@ func (r *Replica) Run(ctx context.Context) {
 	}
 }
 
-func (r *Replica) follow(ctx context.Context, addr string) error {
+// errMoveToPreferred ends a stream to reconnect to the preferred server.
+var errMoveToPreferred = errors.New("election: moving to the preferred server")
+
+func (r *Replica) follow(ctx context.Context, addr string) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	from := r.fsm.Index()
@@ -122,6 +134,33 @@ func (r *Replica) follow(ctx context.Context, addr string) error {
 	// A stream that goes silent is cut, so a dead server is left quickly.
 	watchdog := time.AfterFunc(3*streamHeartbeat, cancel)
 	defer watchdog.Stop()
+	var moved atomic.Bool
+	defer func() {
+		if moved.Load() {
+			err = errMoveToPreferred
+		}
+	}()
+	if r.prefer != nil {
+		// Move to the preferred server (the leader) once it is known and
+		// this one is not it: the resume from our index costs nothing.
+		go func() {
+			t := time.NewTicker(preferCheck)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					if p := r.prefer(); p != "" && p != addr {
+						r.log.Debug("moving change stream to the leader", "from", addr, "to", p)
+						moved.Store(true)
+						cancel()
+						return
+					}
+				}
+			}
+		}()
+	}
 	br := bufio.NewReaderSize(resp.Body, 64<<10)
 	for {
 		typ, index, data, err := readFrame(br)

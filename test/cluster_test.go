@@ -23,22 +23,35 @@ type node struct {
 }
 
 // startNode starts `sidecar agent` with every listener on a free loopback
-// port; servers > 0 makes it a server expecting that many.
+// port; servers > 0 makes it a server expecting that many. A port picked
+// free can be taken by a parallel test before the agent binds it: an agent
+// that dies of that is started again on other ports.
 func startNode(t testing.TB, name string, expect int, join string, extra ...string) *node {
 	t.Helper()
-	n := &node{name: name, gossip: freeAddr(t), dns: freeAddr(t)}
-	httpAddr := freeAddr(t)
-	n.url = "http://" + httpAddr
-	args := []string{"agent", "--name", name, "--bind-addr", n.gossip, "--advertise-addr", "127.0.0.1",
-		"--http-addr", httpAddr, "--dns-addr", n.dns, "--log-level", "warn"}
-	if expect > 0 {
-		args = append(args, "--server", "--bootstrap-expect", fmt.Sprint(expect), "--raft-addr", freeAddr(t), "--data-dir", t.TempDir())
+	for attempt := 1; ; attempt++ {
+		n := &node{name: name, gossip: freeAddr(t), dns: freeAddr(t)}
+		httpAddr := freeAddr(t)
+		n.url = "http://" + httpAddr
+		args := []string{"agent", "--name", name, "--bind-addr", n.gossip, "--advertise-addr", "127.0.0.1",
+			"--http-addr", httpAddr, "--dns-addr", n.dns, "--log-level", "warn"}
+		if expect > 0 {
+			args = append(args, "--server", "--bootstrap-expect", fmt.Sprint(expect), "--raft-addr", freeAddr(t), "--data-dir", t.TempDir())
+		}
+		if join != "" {
+			args = append(args, "--join", join)
+		}
+		n.p = start(t, append(args, extra...)...)
+		// Listeners bind within the first moments of the process.
+		select {
+		case <-n.p.done:
+			if attempt < 3 && strings.Contains(n.p.output.String(), "address already in use") {
+				continue
+			}
+			t.Fatalf("agent %s exited at start: %s", name, n.p.output.String())
+		case <-time.After(500 * time.Millisecond):
+		}
+		return n
 	}
-	if join != "" {
-		args = append(args, "--join", join)
-	}
-	n.p = start(t, append(args, extra...)...)
-	return n
 }
 
 func (n *node) ready() bool {
