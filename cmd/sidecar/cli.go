@@ -111,6 +111,23 @@ func wantArgs(fs *flag.FlagSet, pos []string, n int, what string) error {
 	return nil
 }
 
+// clientArgs parses a client command's flags, wants n positional arguments
+// (what names them), and builds the client of the agent at addr.
+func clientArgs(s *streams, fs *flag.FlagSet, addr *string, args []string, n int, what string) ([]string, *api.Client, error) {
+	pos, err := parseFlags(fs, args)
+	if err != nil {
+		return nil, nil, flagError(s, fs, err)
+	}
+	if err := wantArgs(fs, pos, n, what); err != nil {
+		return nil, nil, err
+	}
+	c, err := newClient(*addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pos, c, nil
+}
+
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -125,14 +142,7 @@ func cmdMembers(ctx context.Context, s *streams, args []string) error {
 	fs := newFlagSet("members")
 	addr := addrFlag(fs)
 	asJSON := fs.Bool("json", false, "print the raw JSON answer")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return flagError(s, fs, err)
-	}
-	if err := wantArgs(fs, pos, 0, ""); err != nil {
-		return err
-	}
-	c, err := newClient(*addr)
+	_, c, err := clientArgs(s, fs, addr, args, 0, "")
 	if err != nil {
 		return err
 	}
@@ -166,14 +176,7 @@ func cmdStatus(ctx context.Context, s *streams, args []string) error {
 	fs := newFlagSet("status")
 	addr := addrFlag(fs)
 	asJSON := fs.Bool("json", false, "print the raw JSON answer")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return flagError(s, fs, err)
-	}
-	if err := wantArgs(fs, pos, 0, ""); err != nil {
-		return err
-	}
-	c, err := newClient(*addr)
+	_, c, err := clientArgs(s, fs, addr, args, 0, "")
 	if err != nil {
 		return err
 	}
@@ -353,14 +356,7 @@ func cmdRegister(ctx context.Context, s *streams, args []string) error {
 func cmdDeregister(ctx context.Context, s *streams, args []string) error {
 	fs := newFlagSet("deregister")
 	addr := addrFlag(fs)
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return flagError(s, fs, err)
-	}
-	if err := wantArgs(fs, pos, 1, "instance ID"); err != nil {
-		return err
-	}
-	c, err := newClient(*addr)
+	pos, c, err := clientArgs(s, fs, addr, args, 1, "instance ID")
 	if err != nil {
 		return err
 	}
@@ -374,14 +370,7 @@ func cmdLeader(ctx context.Context, s *streams, args []string) error {
 	fs := newFlagSet("leader")
 	addr := addrFlag(fs)
 	asJSON := fs.Bool("json", false, "print the raw JSON answer")
-	pos, err := parseFlags(fs, args)
-	if err != nil {
-		return flagError(s, fs, err)
-	}
-	if err := wantArgs(fs, pos, 1, "election NAME"); err != nil {
-		return err
-	}
-	c, err := newClient(*addr)
+	pos, c, err := clientArgs(s, fs, addr, args, 1, "election NAME")
 	if err != nil {
 		return err
 	}
