@@ -506,7 +506,9 @@ func (a *Agent) Node() string { return a.cfg.Name }
 // Status implements httpapi.Agent.
 func (a *Agent) Status() api.Status {
 	if a.server != nil {
-		return a.server.Status()
+		st := a.server.Status()
+		st.RegistryIndex, st.Digest = a.reg.Index(), a.reg.Digest()
+		return st
 	}
 	// A client has no Raft of its own: it reports a server's view, with
 	// its own name, role and how far its copy has applied.
@@ -522,6 +524,7 @@ func (a *Agent) Status() api.Status {
 		}
 	}
 	st.Node, st.Role, st.AppliedIndex = a.cfg.Name, "client", a.reg.Index()
+	st.RegistryIndex, st.Digest = a.reg.Index(), a.reg.Digest()
 	if st.Peers == nil {
 		st.Peers = []string{}
 	}

@@ -182,4 +182,34 @@ func TestCluster_clients(t *testing.T) {
 	if after.Leader == nil || after.Leader.Candidate != "b" || before.Leader == nil || after.Leader.Token <= before.Leader.Token {
 		t.Fatalf("leader before %+v, after %+v: want b with a greater token", before.Leader, after.Leader)
 	}
+
+	// Every node reports its own copy's digest: once the writes above have
+	// reached all of them, the digests agree, and a write moves them all.
+	digests := func() map[string]bool {
+		seen := map[string]bool{}
+		for _, n := range append(append([]*agenttest.Agent{}, servers...), b) {
+			_, body := httpDo(t, "GET", n.URL+"/v1/status", "")
+			var st api.Status
+			if json.Unmarshal(body, &st) != nil || st.Digest == "" || st.RegistryIndex == 0 {
+				t.Fatalf("status without digest or registry index: %s", body)
+			}
+			seen[st.Digest] = true
+		}
+		return seen
+	}
+	var converged string
+	agenttest.WaitFor(t, 10*time.Second, "equal digests on every node", func() bool {
+		d := digests()
+		for k := range d {
+			converged = k
+		}
+		return len(d) == 1
+	})
+	if code, body := httpDo(t, "PUT", b.URL+"/v1/services", `{"id":"api-1","name":"api","port":9090}`); code != 200 {
+		t.Fatalf("register through client B: %d %s", code, body)
+	}
+	agenttest.WaitFor(t, 10*time.Second, "new equal digests on every node", func() bool {
+		d := digests()
+		return len(d) == 1 && !d[converged]
+	})
 }

@@ -37,6 +37,11 @@ type Status struct {
 	CommitIndex  uint64   `json:"commit_index"`
 	AppliedIndex uint64   `json:"applied_index"`
 	Peers        []string `json:"peers"`
+	// RegistryIndex and Digest describe this agent's own copy of the
+	// registry: equal digests mean equal registries, so a caller can tell
+	// when every node has converged (the fault-injection suite does).
+	RegistryIndex uint64 `json:"registry_index"`
+	Digest        string `json:"digest"`
 }
 
 // Member is one entry of GET /v1/members.

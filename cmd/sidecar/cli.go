@@ -198,6 +198,8 @@ func cmdStatus(ctx context.Context, s *streams, args []string) error {
 	fmt.Fprintf(tw, "term\t%d\n", st.Term)
 	fmt.Fprintf(tw, "commit index\t%d\n", st.CommitIndex)
 	fmt.Fprintf(tw, "applied index\t%d\n", st.AppliedIndex)
+	fmt.Fprintf(tw, "registry index\t%d\n", st.RegistryIndex)
+	fmt.Fprintf(tw, "registry digest\t%s\n", st.Digest)
 	fmt.Fprintf(tw, "peers\t%s\n", strings.Join(st.Peers, ", "))
 	return tw.Flush()
 }
