@@ -7,8 +7,10 @@ GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X main.version=$(VERSION)
 BIN      := bin/sidecar
-# How long each fuzz target runs under `make fuzz`.
+# How long each fuzz target runs under `make fuzz`, and extra flags for
+# `go test -fuzz` (FUZZFLAGS=-parallel=1 leaves a core free).
 FUZZTIME ?= 30s
+FUZZFLAGS ?=
 
 # Process-level tests exec this binary instead of building their own.
 export SIDECAR_BIN := $(CURDIR)/$(BIN)
@@ -49,7 +51,7 @@ fuzz:
 	@set -e; for pkg in $$($(GO) list ./...); do \
 		for fn in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
 			echo "== $$pkg $$fn ($(FUZZTIME))"; \
-			$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $$pkg; \
+			$(GO) test -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) $(FUZZFLAGS) $$pkg; \
 		done; \
 	done
 
