@@ -168,10 +168,13 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 		changes: newChangeLog(16384),
 		rpc:     newRPCClient(),
 	}
+	// Every error return sets the named result s to nil before deferred
+	// calls run: hold on to the server to close what it opened.
+	opened := s
 	defer func() {
 		if err != nil {
-			for i := len(s.closer) - 1; i >= 0; i-- {
-				s.closer[i].Close()
+			for i := len(opened.closer) - 1; i >= 0; i-- {
+				opened.closer[i].Close()
 			}
 		}
 	}()
