@@ -1,0 +1,23 @@
+# Black-box fault injection (chaos/blackbox): 5 servers and 2 clients of
+# bin/sidecar as processes in their own network namespaces, cut apart with
+# iptables, paused with SIGSTOP and killed with SIGKILL. Needs root; the
+# script installs iproute2/iptables if missing. See chaos/blackbox/README.md.
+
+# The bounded run of `make test`: the full durability series (15 leader
+# kills, 5 random kills) and a campaign of BLACKBOX_BOUNDED_DURATION; about
+# 3 minutes on 2 cores.
+BLACKBOX_BOUNDED_DURATION ?= 30s
+
+.PHONY: chaos-blackbox chaos-blackbox-bounded
+
+## chaos-blackbox: black-box campaign of DURATION (SEED=N DURATION=30m) and the kill -9 durability series (15 leader + 5 random kills); logs in /tmp/sidecar-chaos-logs/blackbox-SEED
+chaos-blackbox: build
+	./chaos/blackbox/run.sh durability $(SEED) 15 5
+	./chaos/blackbox/run.sh campaign $(SEED) $(DURATION)
+
+## chaos-blackbox-bounded: bounded black-box run of make test: durability series (15 leader + 5 random kills) and a 30 s campaign, about 3 minutes
+chaos-blackbox-bounded: build
+	./chaos/blackbox/run.sh durability $(SEED) 15 5
+	./chaos/blackbox/run.sh campaign $(SEED) $(BLACKBOX_BOUNDED_DURATION)
+
+TEST_EXTRA += chaos-blackbox-bounded
