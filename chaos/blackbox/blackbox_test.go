@@ -73,3 +73,28 @@ func TestDurability(t *testing.T) {
 		t.Errorf("seed %d: %d acknowledged registrations lost, e.g. %v", seed, len(res.Lost), res.Lost[:min(10, len(res.Lost))])
 	}
 }
+
+func TestCampaign(t *testing.T) {
+	c, seed := setup(t)
+	dur, err := time.ParseDuration(os.Getenv("BLACKBOX_DURATION"))
+	if err != nil {
+		t.Fatalf("BLACKBOX_DURATION: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), dur+10*time.Minute)
+	defer cancel()
+	out := os.Getenv("BLACKBOX_OUT")
+	res, err := RunCampaign(ctx, c, seed, dur, out)
+	if err != nil {
+		t.Fatalf("seed %d: %v", seed, err)
+	}
+	fmt.Println(res)
+	for _, f := range res.Failures {
+		t.Errorf("seed %d: %s", seed, f)
+	}
+	for _, a := range res.Report.Anomalies {
+		t.Errorf("seed %d: anomaly: %s", seed, a)
+	}
+	for _, v := range res.Report.Visualizations {
+		t.Logf("visualization: %s", v)
+	}
+}

@@ -1,0 +1,193 @@
+package blackbox
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/sidecarhq/sidecar/api"
+	"github.com/sidecarhq/sidecar/chaos/checker"
+)
+
+// CampaignConvergeBound: after the last fault is healed and the apps
+// stopped, every node's registry copy is the same within this (leases of
+// the apps, at most 2 s, expire meanwhile).
+const CampaignConvergeBound = 20 * time.Second
+
+// CampaignResult is what a campaign did and found.
+type CampaignResult struct {
+	Seed      int64
+	Report    *checker.Report
+	Converged time.Duration
+	NewLeader []time.Duration
+	// DNS lags in quiet gaps (measured, bounded by gapProbeLimit) and after
+	// healing (asserted within DNSLagBound).
+	GapLag, HealedLag []time.Duration
+	GapOverBound      int
+	DNSServices       int
+	Failures          []string
+}
+
+// gapProbeLimit bounds a probe in a quiet gap, where the cluster may still
+// be recovering from the last fault (a restarted node catching up).
+const gapProbeLimit = 10 * time.Second
+
+func (r *CampaignResult) String() string {
+	rep := r.Report
+	return fmt.Sprintf("%s\nconverged %v after healing; new leader after leader kill (n=%d) p50 %v max %v\n"+
+		"DNS lag in quiet gaps (n=%d) p50 %v max %v, %d over %v; after healing (n=%d) p50 %v max %v (bound %v); DNS = registry on %d services x %d nodes\n"+
+		"CHAOS-RESULT layer=blackbox seed=%d ops=%d faults=%d handovers=%d anomalies=%d failures=%d",
+		rep, r.Converged.Round(time.Millisecond), len(r.NewLeader), pct(r.NewLeader, 50), pct(r.NewLeader, 100),
+		len(r.GapLag), pct(r.GapLag, 50), pct(r.GapLag, 100), r.GapOverBound, DNSLagBound,
+		len(r.HealedLag), pct(r.HealedLag, 50), pct(r.HealedLag, 100), DNSLagBound, r.DNSServices, 7,
+		r.Seed, rep.Ops, rep.Faults, rep.Handovers, len(rep.Anomalies), len(r.Failures))
+}
+
+// RunCampaign runs apps beside the agents under the nemesis for dur, heals,
+// waits for convergence, reads every key consistently and checks the
+// history, then compares DNS with the registry.
+func RunCampaign(ctx context.Context, c *Cluster, seed int64, dur time.Duration, outDir string) (*CampaignResult, error) {
+	rng := rand.New(rand.NewSource(seed))
+	rec := checker.NewRecorder()
+	res := &CampaignResult{Seed: seed}
+	keys := &keySet{keys: map[string]keyRef{}}
+
+	// Apps: two beside each client sidecar, and two beside servers drawn
+	// from the seed.
+	homes := []*Node{c.Clients[0], c.Clients[0], c.Clients[len(c.Clients)-1], c.Clients[len(c.Clients)-1],
+		c.Servers[rng.Intn(len(c.Servers))], c.Servers[rng.Intn(len(c.Servers))]}
+	actx, stopApps := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for i, h := range homes {
+		a := &app{id: i, node: h, rec: rec, rng: rand.New(rand.NewSource(seed*100 + int64(i))), keys: keys}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.loop(actx)
+		}()
+	}
+	c.logf("apps beside %s", names(homes))
+
+	probeSeq := 0
+	m := &nemesis{c: c, rec: rec, rng: rand.New(rand.NewSource(seed + 7))}
+	m.probe = func(ctx context.Context) {
+		if len(c.Up(c.Nodes)) != len(c.Nodes) {
+			return
+		}
+		probeSeq++
+		reg, dereg, err := ProbeDNS(ctx, c, c.Nodes[rng.Intn(len(c.Nodes))], probeSeq, gapProbeLimit)
+		if err != nil {
+			if ctx.Err() == nil {
+				res.Failures = append(res.Failures, "DNS probe in a quiet gap: "+err.Error())
+			}
+			return
+		}
+		for _, d := range []time.Duration{reg, dereg} {
+			res.GapLag = append(res.GapLag, d)
+			if d > DNSLagBound {
+				res.GapOverBound++
+			}
+		}
+	}
+	nctx, stopNemesis := context.WithTimeout(ctx, dur)
+	err := m.run(nctx)
+	stopNemesis()
+	res.NewLeader = m.newLeader
+	stopApps()
+	wg.Wait()
+	if err != nil {
+		return res, fmt.Errorf("nemesis: %w", err)
+	}
+	// Heal everything (the nemesis undoes each fault; this is the belt).
+	for _, n := range c.Nodes {
+		if !n.Running() {
+			if err := c.Start(n); err != nil {
+				return res, err
+			}
+		}
+	}
+	if err := c.Heal(); err != nil {
+		return res, err
+	}
+	healed := time.Now()
+	if err := c.WaitReady(ctx, c.Nodes, CampaignConvergeBound); err != nil {
+		res.Failures = append(res.Failures, "after healing: "+err.Error())
+	}
+	if err := c.WaitConverged(ctx, CampaignConvergeBound); err != nil {
+		res.Failures = append(res.Failures, fmt.Sprintf("no convergence within %v of healing: %v", CampaignConvergeBound, err))
+	}
+	res.Converged = time.Since(healed)
+
+	// A final consistent read of every key, so porcupine sees where each
+	// one ended (lost acknowledged writes show here).
+	finalReads(ctx, c, rec, keys, len(homes))
+
+	opt := checker.Options{OutDir: outDir, Timeout: 30 * time.Second}
+	res.Report = rec.Check(opt)
+
+	// DNS: probes in the healed cluster, then every service on every node.
+	for i := 0; i < 5; i++ {
+		probeSeq++
+		reg, dereg, err := ProbeDNS(ctx, c, c.Nodes[i%len(c.Nodes)], probeSeq, DNSLagBound)
+		res.HealedLag = append(res.HealedLag, reg, dereg)
+		if err != nil {
+			res.Failures = append(res.Failures, fmt.Sprintf("DNS after healing, bound %v: %v", DNSLagBound, err))
+		}
+	}
+	if err := c.WaitConverged(ctx, CampaignConvergeBound); err != nil {
+		res.Failures = append(res.Failures, "before comparing DNS: "+err.Error())
+	}
+	n, bad, err := CompareDNS(ctx, c, c.Servers[0])
+	res.DNSServices = n
+	if err != nil {
+		res.Failures = append(res.Failures, "DNS vs registry: "+err.Error())
+	}
+	for _, b := range bad {
+		res.Failures = append(res.Failures, "DNS vs registry: "+b)
+	}
+	return res, nil
+}
+
+// finalReads records one consistent read of every key as a Get of an extra
+// client.
+func finalReads(ctx context.Context, c *Cluster, rec *checker.Recorder, keys *keySet, client int) {
+	keys.mu.Lock()
+	byService := map[string][]string{}
+	owner := map[string]*Node{}
+	for k, ref := range keys.keys {
+		byService[ref.service] = append(byService[ref.service], k)
+		owner[k] = ref.node
+	}
+	keys.mu.Unlock()
+	svcs := make([]string, 0, len(byService))
+	for s := range byService {
+		svcs = append(svcs, s)
+	}
+	sort.Strings(svcs)
+	for _, svc := range svcs {
+		for attempt := 0; attempt < 10; attempt++ {
+			via := c.Servers[attempt%len(c.Servers)]
+			call := rec.Now()
+			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			list, _, err := via.API.Service(rctx, svc, false, "", &api.QueryOptions{Consistent: true})
+			cancel()
+			if err != nil && !api.IsNotFound(err) {
+				continue
+			}
+			ret := rec.Now()
+			for _, k := range byService[svc] {
+				op := checker.Op{Client: client, Kind: checker.Get, Key: k, Call: call, Return: ret}
+				for _, in := range list {
+					if in.ID == k && in.Node == owner[k].Name {
+						op.Value, op.Found = in.Meta["v"], true
+					}
+				}
+				rec.Add(op)
+			}
+			break
+		}
+	}
+}

@@ -1,0 +1,202 @@
+package blackbox
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"syscall"
+	"time"
+
+	"github.com/sidecarhq/sidecar/chaos/checker"
+)
+
+// faultKinds are the nemesis's faults, drawn from the seed one at a time.
+var faultKinds = []string{
+	"isolate-leader", "partition", "bridge", "ring", "loss50", "oneway",
+	"pause-leader", "pause-follower", "pause-client", "kill",
+}
+
+// nemesis injects one fault at a time with quiet gaps between.
+type nemesis struct {
+	c   *Cluster
+	rec *checker.Recorder
+	rng *rand.Rand
+	// probes measures DNS lag in quiet gaps (nil: none).
+	probe func(ctx context.Context)
+	// newLeader: time to a new leader after each leader kill or isolation.
+	newLeader []time.Duration
+}
+
+func (m *nemesis) shuffled(nodes []*Node) []*Node {
+	s := append([]*Node(nil), nodes...)
+	m.rng.Shuffle(len(s), func(i, j int) { s[i], s[j] = s[j], s[i] })
+	return s
+}
+
+func others(all []*Node, not ...*Node) []*Node {
+	var out []*Node
+outer:
+	for _, n := range all {
+		for _, x := range not {
+			if n == x {
+				continue outer
+			}
+		}
+		out = append(out, n)
+	}
+	return out
+}
+
+// run injects faults until ctx ends, then heals.
+func (m *nemesis) run(ctx context.Context) error {
+	for ctx.Err() == nil {
+		// Quiet gap: the cluster recovers, and DNS lag is measured.
+		gapEnd := time.Now().Add(time.Duration(1000+m.rng.Intn(1500)) * time.Millisecond)
+		if m.probe != nil {
+			m.probe(ctx)
+		}
+		if !sleepUntil(ctx, gapEnd) {
+			break
+		}
+		kind := faultKinds[m.rng.Intn(len(faultKinds))]
+		if err := m.inject(ctx, kind); err != nil {
+			return fmt.Errorf("fault %s: %w", kind, err)
+		}
+	}
+	return nil
+}
+
+func sleepUntil(ctx context.Context, t time.Time) bool {
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(time.Until(t)):
+		return true
+	}
+}
+
+// inject applies one fault for its duration and undoes it. It runs to the
+// end even when ctx ends, so nothing stays cut, stopped or dead.
+func (m *nemesis) inject(ctx context.Context, kind string) error {
+	c := m.c
+	bg := context.Background()
+	dur := time.Duration(1000+m.rng.Intn(3000)) * time.Millisecond
+	leader := c.Leader(bg, c.Up(c.Servers))
+	if leader == nil {
+		leader = c.Servers[m.rng.Intn(len(c.Servers))]
+	}
+	f := checker.Fault{Kind: kind, Start: m.rec.Now()}
+	var rules map[*Node]Rules
+	switch kind {
+	case "isolate-leader":
+		rules = Partition([]*Node{leader}, others(c.Nodes, leader))
+		f.Detail = leader.Name
+	case "partition":
+		s := m.shuffled(c.Servers)
+		minority, majority := s[:2], s[2:]
+		for _, cl := range c.Clients {
+			if m.rng.Intn(2) == 0 {
+				minority = append(minority, cl)
+			} else {
+				majority = append(majority, cl)
+			}
+		}
+		rules = Partition(minority, majority)
+		f.Detail = names(minority) + " | " + names(majority)
+	case "bridge":
+		// a,b | c | d,e: c sees everyone, the two sides only c.
+		s := m.shuffled(c.Servers)
+		rules = Partition(s[:2], s[3:])
+		f.Detail = fmt.Sprintf("%s | %s | %s", names(s[:2]), s[2].Name, names(s[3:]))
+	case "ring":
+		// Each server sees its two ring neighbours only: every one is in a
+		// majority, no two of them the same.
+		s := m.shuffled(c.Servers)
+		var pairs [][2]*Node
+		for i := range s {
+			pairs = append(pairs, [2]*Node{s[i], s[(i+2)%len(s)]})
+		}
+		rules = CutPairs(pairs)
+		f.Detail = names(s)
+	case "loss50":
+		rules = map[*Node]Rules{}
+		for _, n := range c.Nodes {
+			rules[n] = Rules{Loss: 0.5}
+		}
+	case "oneway":
+		// One node's packets to every other are dropped, or every other's
+		// packets to it: the leader half the time.
+		n := leader
+		if m.rng.Intn(2) == 0 {
+			n = c.Nodes[m.rng.Intn(len(c.Nodes))]
+		}
+		rules = map[*Node]Rules{}
+		if m.rng.Intn(2) == 0 {
+			rules[n] = Rules{NoSend: others(c.Nodes, n)}
+			f.Detail = n.Name + " -/-> others"
+		} else {
+			for _, o := range others(c.Nodes, n) {
+				rules[o] = Rules{NoSend: []*Node{n}}
+			}
+			f.Detail = "others -/-> " + n.Name
+		}
+	case "pause-leader", "pause-follower", "pause-client":
+		n := leader
+		switch kind {
+		case "pause-follower":
+			n = others(c.Servers, leader)[m.rng.Intn(len(c.Servers)-1)]
+		case "pause-client":
+			n = c.Clients[m.rng.Intn(len(c.Clients))]
+		}
+		// Longer than the node's lease, so its holds must end.
+		dur = c.Env.SessionTTL + time.Duration(500+m.rng.Intn(1500))*time.Millisecond
+		f.Detail = fmt.Sprintf("%s for %v", n.Name, dur)
+		if err := c.Signal(n, syscall.SIGSTOP); err != nil {
+			return err
+		}
+		time.Sleep(dur) // the fault's length is the point, nothing to poll
+		if err := c.Signal(n, syscall.SIGCONT); err != nil {
+			return err
+		}
+		f.Stop = m.rec.Now()
+		m.rec.AddFault(f)
+		return nil
+	case "kill":
+		n := c.Nodes[m.rng.Intn(len(c.Nodes))]
+		if m.rng.Intn(2) == 0 {
+			n = leader
+		}
+		f.Detail = n.Name
+		killed := time.Now()
+		if err := c.Kill(n); err != nil {
+			return err
+		}
+		if n == leader {
+			rest := others(c.Servers, n)
+			if err := poll(bg, NewLeaderBound, 10*time.Millisecond, func() (bool, string) {
+				return c.Leader(bg, rest) != nil, "no leader among " + names(rest)
+			}); err == nil {
+				m.newLeader = append(m.newLeader, time.Since(killed))
+			} else {
+				m.rec.Anomaly("kill of leader %s: %v", n.Name, err)
+			}
+		}
+		sleepUntil(bg, killed.Add(dur))
+		if err := c.Start(n); err != nil {
+			return err
+		}
+		f.Stop = m.rec.Now()
+		m.rec.AddFault(f)
+		return nil
+	}
+	if err := c.ApplyRules(rules); err != nil {
+		return err
+	}
+	time.Sleep(dur) // the fault's length is the point, nothing to poll
+	if err := c.Heal(); err != nil {
+		return err
+	}
+	f.Stop = m.rec.Now()
+	m.rec.AddFault(f)
+	return nil
+}
