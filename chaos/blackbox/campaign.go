@@ -37,10 +37,10 @@ const gapProbeLimit = 10 * time.Second
 
 func (r *CampaignResult) String() string {
 	rep := r.Report
-	return fmt.Sprintf("%s\nconverged %v after healing; new leader after leader kill (n=%d) p50 %v max %v\n"+
+	return fmt.Sprintf("BLACKBOX-CAMPAIGN seed %d, 5 servers and 2 clients as processes\n%s\nconverged %v after healing; new leader after leader kill (n=%d) p50 %v max %v\n"+
 		"DNS lag in quiet gaps (n=%d) p50 %v max %v, %d over %v; after healing (n=%d) p50 %v max %v (bound %v); DNS = registry on %d services x %d nodes\n"+
 		"CHAOS-RESULT layer=blackbox seed=%d ops=%d faults=%d handovers=%d anomalies=%d failures=%d",
-		rep, r.Converged.Round(time.Millisecond), len(r.NewLeader), pct(r.NewLeader, 50), pct(r.NewLeader, 100),
+		r.Seed, rep, r.Converged.Round(time.Millisecond), len(r.NewLeader), pct(r.NewLeader, 50), pct(r.NewLeader, 100),
 		len(r.GapLag), pct(r.GapLag, 50), pct(r.GapLag, 100), r.GapOverBound, DNSLagBound,
 		len(r.HealedLag), pct(r.HealedLag, 50), pct(r.HealedLag, 100), DNSLagBound, r.DNSServices, 7,
 		r.Seed, rep.Ops, rep.Faults, rep.Handovers, len(rep.Anomalies), len(r.Failures))

@@ -86,6 +86,9 @@ func (m *nemesis) inject(ctx context.Context, kind string) error {
 		leader = c.Servers[m.rng.Intn(len(c.Servers))]
 	}
 	f := checker.Fault{Kind: kind, Start: m.rec.Now()}
+	defer func() {
+		c.logf("fault %s %s: %v", f.Kind, f.Detail, time.Duration(f.Stop-f.Start).Round(time.Millisecond))
+	}()
 	var rules map[*Node]Rules
 	switch kind {
 	case "isolate-leader":

@@ -122,7 +122,8 @@ ip netns exec "$hub" env \
 	>"$logdir/test.log" 2>&1
 rc=$?
 set -e
-grep -E '^BLACKBOX|^  ' "$logdir/test.log" | grep -v '^    ' || true
+# The summary: from a BLACKBOX- line to its last line.
+awk '/^BLACKBOX-/{p=1} p{print} /^CHAOS-RESULT|^BLACKBOX-DURABILITY/{p=0}' "$logdir/test.log"
 if [ $rc != 0 ]; then
 	grep -E -- '--- FAIL|FAIL:|panic:|blackbox_test.go:[0-9]+: ' "$logdir/test.log" | tail -40 || true
 	echo "FAIL: blackbox $mode seed $seed (replay: $0 $mode $seed ${3:-} ${4:-}), logs $logdir (test.log, one per agent)"
