@@ -20,28 +20,40 @@ runs=${4:-1}
 logdir=${CHAOS_LOGDIR:-/tmp/sidecar-chaos-logs}
 mkdir -p "$logdir"
 
-# one TAGS SEED SERVERS runs one campaign; sets log (its file) and ok (1 if
-# the test passed: no anomaly, or with a bug switch at least one).
+# one TAGS SEED SERVERS runs one campaign into its log file and leaves, next
+# to it, a .ok file holding 1 if the test passed (no anomaly; with a bug
+# switch, at least one) or 0.
+logof() { echo "$logdir/${1:-clean}-$2.log"; }
 one() {
-	local tags=$1 s=$2 servers=$3
-	log="$logdir/${tags:-clean}-$s.log"
-	if CHAOS_SEED=$s CHAOS_DURATION=$dur CHAOS_SERVERS=$servers CHAOS_OUT="$logdir/viz-$s" \
+	local tags=$1 s=$2 servers=$3 log ok=0
+	log=$(logof "$tags" "$s")
+	if CHAOS_SEED=$s CHAOS_DURATION=$dur CHAOS_SERVERS=$servers CHAOS_OUT="$logdir/viz-${tags:-clean}-$s" \
 		$GO test ${tags:+-tags $tags} -count=1 -timeout ${CHAOS_TEST_TIMEOUT:-0} -run '^TestCampaign$' -v ./chaos/inproc >"$log" 2>&1; then
 		ok=1
-	else
-		ok=0
 	fi
+	echo $ok >"$log.ok"
 }
+
+# Campaigns use little CPU (the servers mostly wait on timers and the
+# network's decisions), so up to CHAOS_JOBS run at once; the test binaries
+# are compiled first so the runs do not race to build them.
+jobs=${CHAOS_JOBS:-3}
+limit() { while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done; }
 
 case $mode in
 campaign)
+	$GO test -count=1 -run '^$' ./chaos/inproc >/dev/null
+	for i in $(seq 0 $((runs - 1))); do
+		limit
+		one "" $((seed + i)) $((i % 2 == 0 ? 3 : 5)) &
+	done
+	wait
 	fail=0
 	for i in $(seq 0 $((runs - 1))); do
 		s=$((seed + i))
-		servers=$((i % 2 == 0 ? 3 : 5))
-		one "" $s $servers
+		log=$(logof "" $s)
 		sed -n '/ servers, converged/,/CHAOS-RESULT/p' "$log" | sed 's/^ *run_test.go:[0-9]*: //'
-		if [ $ok = 0 ]; then
+		if [ "$(cat "$log.ok")" != 1 ]; then
 			echo "FAIL: seed $s (replay: make chaos SEED=$s DURATION=$dur), log $log"
 			grep -o 'see [^ ]*\.html' "$log" | sed 's/^see /visualization: /' || true
 			fail=1
@@ -51,20 +63,26 @@ campaign)
 	;;
 bugs)
 	export CHAOS_TEST_TIMEOUT=${CHAOS_TEST_TIMEOUT:-150s} # a hung campaign fails, with a goroutine dump in its log
+	bugs=${CHAOS_BUGS:-readskipsleader lockignoreslease leaselocalclock}
+	for bug in $bugs; do
+		$GO test -tags chaosbug_$bug -count=1 -run '^$' ./chaos/inproc >/dev/null
+	done
+	for bug in $bugs; do
+		for i in $(seq 0 $((runs - 1))); do
+			limit
+			one chaosbug_$bug $((seed + i)) 0 &
+		done
+	done
+	wait
 	fail=0
-	# CHAOS_BUGS picks the switches. lockignoreslease is left out of the
-	# default until the harness survives what it plants: a lock held on a
-	# lease that does not exist makes the registry refuse its own snapshot
-	# when a crashed server restarts, and the restart then wedges the run
-	# instead of reporting an anomaly (see chaos/README.md).
-	for bug in ${CHAOS_BUGS:-readskipsleader leaselocalclock}; do
+	for bug in $bugs; do
 		found=0
 		for i in $(seq 0 $((runs - 1))); do
 			s=$((seed + i))
-			one chaosbug_$bug $s 0
+			log=$(logof chaosbug_$bug $s)
 			line=$(grep -o 'CHAOS-RESULT.*' "$log" || echo "no result (see $log)")
 			echo "$bug seed $s: $line"
-			if [ $ok = 1 ]; then found=$((found + 1)); fi
+			if [ "$(cat "$log.ok")" = 1 ]; then found=$((found + 1)); fi
 		done
 		echo "bug $bug detected in $found/$runs runs"
 		# CHAOS_MIN_FOUND: detections required (default: most runs). The
