@@ -432,7 +432,7 @@ func parseAgentConfig(args []string) (*Config, error) {
 	}
 
 	c := defaultConfig()
-	explicit := map[string]bool{}
+	explicit := map[string]source{} // setting name → where its value came from
 	apply := func(st *setting, v string, src source) error {
 		if err := st.set(c, v); err != nil {
 			if st.name == "encrypt" {
@@ -440,7 +440,7 @@ func parseAgentConfig(args []string) (*Config, error) {
 			}
 			return src.wrap(fmt.Sprintf("invalid %s %q: %v", src.describe(st), v, err))
 		}
-		explicit[st.name] = true
+		explicit[st.name] = src
 		return nil
 	}
 
@@ -492,8 +492,10 @@ func parseAgentConfig(args []string) (*Config, error) {
 }
 
 // derive fills the defaults that depend on other settings and applies --dev.
-func (c *Config) derive(explicit map[string]bool) error {
-	if !explicit["name"] {
+// explicit holds the settings given by a flag, the environment or the file.
+func (c *Config) derive(explicit map[string]source) error {
+	given := func(name string) bool { _, ok := explicit[name]; return ok }
+	if !given("name") {
 		h, err := hostname()
 		if err != nil {
 			return configErrorf("cannot read the host name (%v); set --name", err)
@@ -505,32 +507,34 @@ func (c *Config) derive(explicit map[string]bool) error {
 		// Dev mode is one self-bootstrapped server with nothing on disk:
 		// settings that contradict that are mistakes, not preferences.
 		switch {
-		case explicit["server"] && !c.Server:
+		case given("server") && !c.Server:
 			return configErrorf("--dev always runs a server; drop --server=false")
-		case explicit["bootstrap-expect"] && c.BootstrapExpect != 1:
+		case given("bootstrap-expect") && c.BootstrapExpect != 1:
 			return configErrorf("--dev is a single server; --bootstrap-expect must be 1 or unset")
-		case explicit["data-dir"]:
-			return configErrorf("--dev keeps everything in memory; drop --data-dir")
+		case given("data-dir"):
+			// Name the layer that set it: the image or an env file may set
+			// SIDECAR_DATA_DIR without the user knowing.
+			return configErrorf("--dev keeps everything in memory; drop %s", explicit["data-dir"].describe(lookupSetting("data-dir")))
 		case len(c.Join) > 0:
 			return configErrorf("--dev is a single server; it cannot --join")
 		}
 		c.Server, c.BootstrapExpect, c.DataDir = true, 1, ""
-		if !explicit["bind-addr"] {
+		if !given("bind-addr") {
 			c.BindAddr = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), defaultGossipPort).String()
 		}
-		if !explicit["advertise-addr"] {
+		if !given("advertise-addr") {
 			c.AdvertiseAddr = "127.0.0.1"
 		}
 	}
 
 	bind := netip.MustParseAddrPort(c.BindAddr) // validated by its setter
-	if !explicit["raft-addr"] {
+	if !given("raft-addr") {
 		c.RaftAddr = netip.AddrPortFrom(bind.Addr(), defaultRaftPort).String()
 	}
-	if !c.Dev && !explicit["data-dir"] {
+	if !c.Dev && !given("data-dir") {
 		c.DataDir = c.Name + ".sidecar"
 	}
-	if c.Server && !explicit["bootstrap-expect"] {
+	if c.Server && !given("bootstrap-expect") {
 		// --server alone is a one-node cluster. With --join it is a server
 		// joining an existing cluster, which must never bootstrap a second
 		// one: the leader adds it as a voter instead.

@@ -322,7 +322,8 @@ func TestRun_agentConfigErrors(t *testing.T) {
 		{name: "domain chars", args: []string{"--domain", "a b"}, want: "invalid character"},
 		{name: "port clash", args: []string{"--http-addr", "127.0.0.1:7946"}, want: "--bind-addr 0.0.0.0:7946 and --http-addr 127.0.0.1:7946 use the same port"},
 		{name: "raft clash", args: []string{"--server", "--raft-addr", "10.0.0.1:7080", "--http-addr", "0.0.0.0:7080"}, want: "use the same port"},
-		{name: "dev data dir", args: []string{"--dev", "--data-dir", "x"}, want: "--dev keeps everything in memory"},
+		{name: "dev data dir", args: []string{"--dev", "--data-dir", "x"}, want: "--dev keeps everything in memory; drop --data-dir"},
+		{name: "dev data dir env", args: []string{"--dev"}, env: map[string]string{"SIDECAR_DATA_DIR": "x"}, want: "drop SIDECAR_DATA_DIR"},
 		{name: "dev bootstrap", args: []string{"--dev", "--bootstrap-expect", "3"}, want: "--bootstrap-expect must be 1"},
 		{name: "dev not server", args: []string{"--dev", "--server=false"}, want: "--dev always runs a server"},
 		{name: "dev join", args: []string{"--dev", "--join", "a:1"}, want: "cannot --join"},
@@ -601,10 +602,10 @@ func FuzzParseConfigFile(f *testing.F) {
 		// Whatever parsed must validate without panicking.
 		c := defaultConfig()
 		c.Name, c.Services, c.Elections = "n", fc.services, fc.elections
-		explicit := map[string]bool{"name": true}
+		explicit := map[string]source{"name": {kind: "flag"}}
 		for _, v := range fc.values {
 			if v.st.set(c, v.value) == nil {
-				explicit[v.st.name] = true
+				explicit[v.st.name] = source{kind: "file", file: "f", line: v.line}
 			}
 		}
 		if c.derive(explicit) == nil {
