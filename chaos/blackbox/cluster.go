@@ -362,3 +362,29 @@ func poll(ctx context.Context, timeout, interval time.Duration, cond func() (boo
 		}
 	}
 }
+
+// AllAlive reports whether every node's gossip view has every node alive,
+// and describes the first view that does not.
+func (c *Cluster) AllAlive(ctx context.Context) (bool, string) {
+	for _, n := range c.Nodes {
+		mctx, cancel := context.WithTimeout(ctx, time.Second)
+		ms, err := n.API.Members(mctx)
+		cancel()
+		if err != nil {
+			return false, fmt.Sprintf("members of %s: %v", n.Name, err)
+		}
+		alive := 0
+		var not []string
+		for _, m := range ms {
+			if m.Status == "alive" {
+				alive++
+			} else {
+				not = append(not, m.Name+"="+m.Status)
+			}
+		}
+		if alive != len(c.Nodes) {
+			return false, fmt.Sprintf("%s sees %d alive, %v", n.Name, alive, not)
+		}
+	}
+	return true, ""
+}

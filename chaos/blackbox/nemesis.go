@@ -7,6 +7,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/chaos/checker"
 )
 
@@ -25,6 +26,9 @@ type nemesis struct {
 	probe func(ctx context.Context)
 	// newLeader: time to a new leader after each leader kill or isolation.
 	newLeader []time.Duration
+	// pauses counts SIGSTOPs; selfChecked those after which a rival had
+	// won, so the paused sidecar's self answer was checked.
+	pauses, selfChecked int
 }
 
 func (m *nemesis) shuffled(nodes []*Node) []*Node {
@@ -96,7 +100,9 @@ func (m *nemesis) inject(ctx context.Context, kind string) error {
 		f.Detail = leader.Name
 	case "partition":
 		s := m.shuffled(c.Servers)
-		minority, majority := s[:2], s[2:]
+		// Fresh slices: appending to s[:2] would overwrite s[2].
+		minority := append([]*Node(nil), s[:2]...)
+		majority := append([]*Node(nil), s[2:]...)
 		for _, cl := range c.Clients {
 			if m.rng.Intn(2) == 0 {
 				minority = append(minority, cl)
@@ -154,16 +160,7 @@ func (m *nemesis) inject(ctx context.Context, kind string) error {
 		// Longer than the node's lease, so its holds must end.
 		dur = c.Env.SessionTTL + time.Duration(500+m.rng.Intn(1500))*time.Millisecond
 		f.Detail = fmt.Sprintf("%s for %v", n.Name, dur)
-		if err := c.Signal(n, syscall.SIGSTOP); err != nil {
-			return err
-		}
-		time.Sleep(dur) // the fault's length is the point, nothing to poll
-		if err := c.Signal(n, syscall.SIGCONT); err != nil {
-			return err
-		}
-		f.Stop = m.rec.Now()
-		m.rec.AddFault(f)
-		return nil
+		return m.pause(n, dur, f)
 	case "kill":
 		n := c.Nodes[m.rng.Intn(len(c.Nodes))]
 		if m.rng.Intn(2) == 0 {
@@ -201,5 +198,75 @@ func (m *nemesis) inject(ctx context.Context, kind string) error {
 	}
 	f.Stop = m.rec.Now()
 	m.rec.AddFault(f)
+	return nil
+}
+
+// pause SIGSTOPs n for dur, then SIGCONTs it. Around it, it checks
+// self-demotion: a probe candidate campaigns through n before the pause, a
+// rival through another node during it; if the rival won before n was
+// continued, n's first answer to GET /v1/elections/{name}/self must be 503.
+func (m *nemesis) pause(n *Node, dur time.Duration, f checker.Fault) error {
+	c := m.c
+	bg := context.Background()
+	m.pauses++
+	name := fmt.Sprintf("pz%d", m.pauses)
+	cand := "probe-" + n.Name
+	cctx, cancel := context.WithTimeout(bg, 2*time.Second)
+	res, err := n.API.Campaign(cctx, name, api.CampaignRequest{Candidate: cand, Value: n.IP + ":1", Wait: "1s"})
+	cancel()
+	leads := err == nil && res.Leader
+	if err := c.Signal(n, syscall.SIGSTOP); err != nil {
+		return err
+	}
+	stopped := time.Now()
+	rivalNode := others(c.Up(c.Nodes), n)[m.rng.Intn(len(c.Up(c.Nodes))-1)]
+	type won struct {
+		res *api.CampaignResult
+		err error
+	}
+	rival := make(chan won, 1)
+	if leads {
+		go func() {
+			rctx, cancel := context.WithTimeout(bg, dur+3*time.Second)
+			defer cancel()
+			r, err := rivalNode.API.Campaign(rctx, name, api.CampaignRequest{Candidate: "rival", Value: rivalNode.IP + ":1", Wait: (dur + time.Second).String()})
+			rival <- won{r, err}
+		}()
+	}
+	sleepUntil(bg, stopped.Add(dur)) // the fault's length is the point, nothing to poll
+	var before *won
+	select {
+	case w := <-rival:
+		before = &w
+	default:
+	}
+	if err := c.Signal(n, syscall.SIGCONT); err != nil {
+		return err
+	}
+	f.Stop = m.rec.Now()
+	m.rec.AddFault(f)
+	if leads {
+		sctx, cancel := context.WithTimeout(bg, 2*time.Second)
+		st, _, err := n.API.Self(sctx, name, nil)
+		cancel()
+		if before != nil && before.err == nil && before.res.Leader {
+			m.selfChecked++
+			if err == nil && st.Leader && st.Token == res.Token {
+				m.rec.Anomaly("%s: %s still answers leader (token %d) after a SIGSTOP of %v, while rival on %s was granted token %d before SIGCONT",
+					name, n.Name, res.Token, dur, rivalNode.Name, before.res.Token)
+			}
+		}
+		if before == nil {
+			<-rival
+		}
+		for _, x := range []struct {
+			n    *Node
+			cand string
+		}{{n, cand}, {rivalNode, "rival"}} {
+			rctx, cancel := context.WithTimeout(bg, 2*time.Second)
+			_ = x.n.API.Resign(rctx, name, x.cand) // best effort: a vanished candidacy is fine
+			cancel()
+		}
+	}
 	return nil
 }
