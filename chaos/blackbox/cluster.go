@@ -388,3 +388,29 @@ func (c *Cluster) AllAlive(ctx context.Context) (bool, string) {
 	}
 	return true, ""
 }
+
+// AliveEverywhere returns the nodes that every node's gossip view has
+// alive (none when some view cannot be read).
+func (c *Cluster) AliveEverywhere(ctx context.Context) []*Node {
+	count := map[string]int{}
+	for _, n := range c.Nodes {
+		mctx, cancel := context.WithTimeout(ctx, time.Second)
+		ms, err := n.API.Members(mctx)
+		cancel()
+		if err != nil {
+			return nil
+		}
+		for _, m := range ms {
+			if m.Status == "alive" {
+				count[m.Name]++
+			}
+		}
+	}
+	var out []*Node
+	for _, n := range c.Nodes {
+		if count[n.Name] == len(c.Nodes) {
+			out = append(out, n)
+		}
+	}
+	return out
+}

@@ -160,7 +160,7 @@ func (m *nemesis) inject(ctx context.Context, kind string) error {
 		// Longer than the node's lease, so its holds must end.
 		dur = c.Env.SessionTTL + time.Duration(500+m.rng.Intn(1500))*time.Millisecond
 		f.Detail = fmt.Sprintf("%s for %v", n.Name, dur)
-		return m.pause(n, dur, f)
+		return m.pause(n, dur, &f)
 	case "kill":
 		n := c.Nodes[m.rng.Intn(len(c.Nodes))]
 		if m.rng.Intn(2) == 0 {
@@ -205,7 +205,7 @@ func (m *nemesis) inject(ctx context.Context, kind string) error {
 // self-demotion: a probe candidate campaigns through n before the pause, a
 // rival through another node during it; if the rival won before n was
 // continued, n's first answer to GET /v1/elections/{name}/self must be 503.
-func (m *nemesis) pause(n *Node, dur time.Duration, f checker.Fault) error {
+func (m *nemesis) pause(n *Node, dur time.Duration, f *checker.Fault) error {
 	c := m.c
 	bg := context.Background()
 	m.pauses++
@@ -244,7 +244,10 @@ func (m *nemesis) pause(n *Node, dur time.Duration, f checker.Fault) error {
 		return err
 	}
 	f.Stop = m.rec.Now()
-	m.rec.AddFault(f)
+	m.rec.AddFault(*f)
+	if !leads {
+		c.logf("pause of %s: probe candidate did not lead (%v), no self-demotion check", n.Name, err)
+	}
 	if leads {
 		sctx, cancel := context.WithTimeout(bg, 2*time.Second)
 		st, _, err := n.API.Self(sctx, name, nil)
@@ -257,7 +260,10 @@ func (m *nemesis) pause(n *Node, dur time.Duration, f checker.Fault) error {
 			}
 		}
 		if before == nil {
-			<-rival
+			w := <-rival
+			c.logf("pause of %s: rival on %s won only after SIGCONT (%+v, %v); self said %+v (%v)", n.Name, rivalNode.Name, w.res, w.err, st, err)
+		} else {
+			c.logf("pause of %s: rival on %s before SIGCONT: %+v (%v); self said %+v (%v)", n.Name, rivalNode.Name, before.res, before.err, st, err)
 		}
 		for _, x := range []struct {
 			n    *Node
