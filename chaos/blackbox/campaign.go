@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
+	"os"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,6 +39,13 @@ type CampaignResult struct {
 	// the continued sidecar had to answer 503 to elections/self.
 	Pauses, SelfChecked int
 	Failures            []string
+	// NodeSessionLost: per sidecar, campaigns on its node session refused
+	// as an unknown lease during the run; NoNodeSession: sidecars that could
+	// not campaign on it after healing. Known: failures of a known bug
+	// listed in BLACKBOX_KNOWN_BUGS, reported but not failing the run.
+	NodeSessionLost string
+	NoNodeSession   []string
+	Known           []string
 }
 
 // gapProbeLimit bounds a probe in a quiet gap, where the cluster may still
@@ -52,10 +61,12 @@ func (r *CampaignResult) String() string {
 	rep := r.Report
 	return fmt.Sprintf("BLACKBOX-CAMPAIGN seed %d, 5 servers and 2 clients as processes\n%s\nSIGSTOPs %d, self-demotion checked after %d (a rival had won); registry converged %v after healing, every node alive in every gossip view after %v; new leader after leader kill (n=%d) p50 %v max %v\n"+
 		"DNS lag in quiet gaps (n=%d, %d gaps skipped: a node down or none alive in every view) p50 %v max %v, %d over %v; after healing (n=%d) p50 %v max %v (bound %v); DNS = registry on %d services x %d nodes\n"+
+		"node sessions: campaigns refused as unknown lease during the run [%s]; sidecars unable to campaign on it after healing %d%s\n"+
 		"CHAOS-RESULT layer=blackbox seed=%d ops=%d faults=%d handovers=%d anomalies=%d failures=%d",
 		r.Seed, rep, r.Pauses, r.SelfChecked, r.Converged.Round(time.Millisecond), r.AllAlive.Round(time.Millisecond), len(r.NewLeader), pct(r.NewLeader, 50), pct(r.NewLeader, 100),
 		len(r.GapLag), r.GapSkipped, pct(r.GapLag, 50), pct(r.GapLag, 100), r.GapOverBound, DNSLagBound,
 		len(r.HealedLag), pct(r.HealedLag, 50), pct(r.HealedLag, 100), DNSLagBound, r.DNSServices, 7,
+		r.NodeSessionLost, len(r.NoNodeSession), known(r.Known),
 		r.Seed, rep.Ops, rep.Faults, rep.Handovers, len(rep.Anomalies), len(r.Failures))
 }
 
@@ -67,6 +78,7 @@ func RunCampaign(ctx context.Context, c *Cluster, seed int64, dur time.Duration,
 	rec := checker.NewRecorder()
 	res := &CampaignResult{Seed: seed}
 	keys := &keySet{keys: map[string]keyRef{}}
+	lost := &nameSet{}
 
 	// Apps: two beside each client sidecar, and two beside servers drawn
 	// from the seed.
@@ -75,7 +87,7 @@ func RunCampaign(ctx context.Context, c *Cluster, seed int64, dur time.Duration,
 	actx, stopApps := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	for i, h := range homes {
-		a := &app{id: i, node: h, rec: rec, rng: rand.New(rand.NewSource(seed*100 + int64(i))), keys: keys}
+		a := &app{id: i, node: h, rec: rec, rng: rand.New(rand.NewSource(seed*100 + int64(i))), keys: keys, nodeSessionLost: lost}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -164,6 +176,31 @@ func RunCampaign(ctx context.Context, c *Cluster, seed int64, dur time.Duration,
 	if err := c.WaitConverged(ctx, CampaignConvergeBound); err != nil {
 		res.Failures = append(res.Failures, "before comparing DNS: "+err.Error())
 	}
+	// Every sidecar can still campaign on its node session after healing
+	// (SPEC: without a lease, a hold hangs on the sidecar's own node lease).
+	res.NodeSessionLost = lost.String()
+	for _, n := range c.Nodes {
+		cand, name := "final-"+n.Name, "final-"+n.Name
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		r, err := n.API.Campaign(cctx, name, api.CampaignRequest{Candidate: cand, Value: n.IP + ":1", Wait: "2s"})
+		cancel()
+		if err != nil || !r.Leader {
+			res.NoNodeSession = append(res.NoNodeSession, fmt.Sprintf("%s (%v)", n.Name, err))
+			continue
+		}
+		cctx, cancel = context.WithTimeout(ctx, 5*time.Second)
+		_ = n.API.Resign(cctx, name, cand) // best effort: only the campaign was checked
+		cancel()
+	}
+	if len(res.NoNodeSession) > 0 {
+		msg := fmt.Sprintf("after healing, sidecars cannot campaign on their node session: %s", strings.Join(res.NoNodeSession, ", "))
+		if KnownBug("nodesession") {
+			res.Known = append(res.Known, msg)
+		} else {
+			res.Failures = append(res.Failures, msg)
+		}
+	}
+
 	n, bad, err := CompareDNS(ctx, c, c.Servers[0])
 	res.DNSServices = n
 	if err != nil {
@@ -214,4 +251,22 @@ func finalReads(ctx context.Context, c *Cluster, rec *checker.Recorder, keys *ke
 			break
 		}
 	}
+}
+
+func known(k []string) string {
+	if len(k) == 0 {
+		return ""
+	}
+	return " (KNOWN BUG, not failing: " + strings.Join(k, "; ") + ")"
+}
+
+// KnownBug reports whether BLACKBOX_KNOWN_BUGS (comma list) names bug: its
+// check then reports without failing the run. See README.md.
+func KnownBug(bug string) bool {
+	for _, b := range strings.Split(os.Getenv("BLACKBOX_KNOWN_BUGS"), ",") {
+		if strings.TrimSpace(b) == bug {
+			return true
+		}
+	}
+	return false
 }

@@ -211,10 +211,18 @@ func (m *nemesis) pause(n *Node, dur time.Duration, f *checker.Fault) error {
 	m.pauses++
 	name := fmt.Sprintf("pz%d", m.pauses)
 	cand := "probe-" + n.Name
-	cctx, cancel := context.WithTimeout(bg, 2*time.Second)
-	res, err := n.API.Campaign(cctx, name, api.CampaignRequest{Candidate: cand, Value: n.IP + ":1", Wait: "1s"})
-	cancel()
-	leads := err == nil && res.Leader
+	// Leases of their own, kept alive through each candidate's sidecar, so
+	// the check does not depend on the sidecars' node sessions.
+	probeLease, err := keepLease(n, c.Env.SessionTTL)
+	leads := false
+	var res *api.CampaignResult
+	if err == nil {
+		defer probeLease.stop()
+		cctx, cancel := context.WithTimeout(bg, 2*time.Second)
+		res, err = n.API.Campaign(cctx, name, api.CampaignRequest{Candidate: cand, Value: n.IP + ":1", Wait: "1s", Lease: probeLease.id})
+		cancel()
+		leads = err == nil && res.Leader
+	}
 	if err := c.Signal(n, syscall.SIGSTOP); err != nil {
 		return err
 	}
@@ -227,9 +235,15 @@ func (m *nemesis) pause(n *Node, dur time.Duration, f *checker.Fault) error {
 	rival := make(chan won, 1)
 	if leads {
 		go func() {
+			rl, err := keepLease(rivalNode, c.Env.SessionTTL)
+			if err != nil {
+				rival <- won{nil, err}
+				return
+			}
+			defer rl.stop()
 			rctx, cancel := context.WithTimeout(bg, dur+3*time.Second)
 			defer cancel()
-			r, err := rivalNode.API.Campaign(rctx, name, api.CampaignRequest{Candidate: "rival", Value: rivalNode.IP + ":1", Wait: (dur + time.Second).String()})
+			r, err := rivalNode.API.Campaign(rctx, name, api.CampaignRequest{Candidate: "rival", Value: rivalNode.IP + ":1", Wait: (dur + time.Second).String(), Lease: rl.id})
 			rival <- won{r, err}
 		}()
 	}
@@ -275,4 +289,47 @@ func (m *nemesis) pause(n *Node, dur time.Duration, f *checker.Fault) error {
 		}
 	}
 	return nil
+}
+
+// keptLease is a lease the harness keeps alive through one sidecar.
+type keptLease struct {
+	id   string
+	quit chan struct{}
+	done chan struct{}
+}
+
+// keepLease grants a lease through n and renews it every third of ttl
+// until stop.
+func keepLease(n *Node, ttl time.Duration) (*keptLease, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	l, err := n.API.GrantLease(ctx, ttl)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("lease through %s: %w", n.Name, err)
+	}
+	k := &keptLease{id: l.ID, quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(k.done)
+		t := time.NewTicker(ttl / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-k.quit:
+				return
+			case <-t.C:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), ttl/3)
+			_, err := n.API.KeepAlive(ctx, k.id)
+			cancel()
+			if api.IsNotFound(err) {
+				return
+			}
+		}
+	}()
+	return k, nil
+}
+
+func (k *keptLease) stop() {
+	close(k.quit)
+	<-k.done
 }

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"math/rand"
 	"net/http"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -30,13 +32,16 @@ const (
 // deregisters and reads instances of that agent's node, holds a lease with
 // keepalives, takes try-locks on it and campaigns through the agent.
 type app struct {
-	id    int
-	node  *Node
-	rec   *checker.Recorder
-	rng   *rand.Rand
-	keys  *keySet
-	seq   int
-	lease *appLease
+	id   int
+	node *Node
+	rec  *checker.Recorder
+	rng  *rand.Rand
+	keys *keySet
+	// nodeSessionLost collects sidecars that refused a campaign on their
+	// node session as an unknown lease.
+	nodeSessionLost *nameSet
+	seq             int
+	lease           *appLease
 }
 
 // appLease is the app's current lease and what it knows of its liveness.
@@ -386,14 +391,27 @@ func (a *app) campaign(ctx context.Context) {
 	a.seq++
 	cand := fmt.Sprintf("a%d-%d", a.id, a.seq)
 	wait := time.Duration(100+a.rng.Intn(900)) * time.Millisecond
+	// Half the campaigns hang on the app's own lease, half on the
+	// sidecar's node session.
+	lease, leaseLabel := "", a.node.Name+"/"+cand
+	if a.rng.Intn(2) == 0 {
+		l := a.ensureLease(ctx)
+		if l == nil {
+			return
+		}
+		lease, leaseLabel = l.id, l.id
+	}
 	invoke := a.now()
 	octx, cancel := context.WithTimeout(ctx, wait+opTimeout)
-	res, err := a.node.API.Campaign(octx, name, api.CampaignRequest{Candidate: cand, Value: fmt.Sprintf("%s:%d", a.node.IP, a.seq%60000+1), Wait: wait.String()})
+	res, err := a.node.API.Campaign(octx, name, api.CampaignRequest{Candidate: cand, Value: fmt.Sprintf("%s:%d", a.node.IP, a.seq%60000+1), Wait: wait.String(), Lease: lease})
 	cancel()
 	ret := a.now()
+	if lease == "" && err != nil && api.IsNotFound(err) {
+		a.nodeSessionLost.add(a.node.Name)
+	}
 	if err == nil && res.Leader {
 		token := res.Token
-		g := a.rec.AddGrant(checker.Grant{Name: name, Election: true, Client: a.id, Lease: a.node.Name + "/" + cand, Token: token, Invoke: invoke, Return: ret})
+		g := a.rec.AddGrant(checker.Grant{Name: name, Election: true, Client: a.id, Lease: leaseLabel, Token: token, Invoke: invoke, Return: ret})
 		a.hold(ctx, g, func() bool {
 			sctx, cancel := context.WithTimeout(ctx, opTimeout)
 			defer cancel()
@@ -404,4 +422,37 @@ func (a *app) campaign(ctx context.Context) {
 	rctx, rcancel := context.WithTimeout(context.Background(), opTimeout)
 	_ = a.node.API.Resign(rctx, name, cand) // best effort: a vanished candidacy is fine
 	rcancel()
+}
+
+// nameSet is a set of node names, safe for concurrent use.
+type nameSet struct {
+	mu sync.Mutex
+	m  map[string]int
+}
+
+func (s *nameSet) add(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[string]int{}
+	}
+	s.m[name]++
+}
+
+func (s *nameSet) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ks := make([]string, 0, len(s.m))
+	for k := range s.m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	var b strings.Builder
+	for i, k := range ks {
+		if i > 0 {
+			b.WriteString(" ")
+		}
+		fmt.Fprintf(&b, "%s:%d", k, s.m[k])
+	}
+	return b.String()
 }
