@@ -53,9 +53,11 @@ type CampaignResult struct {
 const gapProbeLimit = 10 * time.Second
 
 // GossipRecoverBound: after healing, every node is alive in every gossip
-// view within this. A node gossip declared failed during a partition only
-// learns it and refutes at memberlist's next push-pull sync (30 s).
-const GossipRecoverBound = 45 * time.Second
+// view within this. A node some view declared failed during a partition is
+// only seen alive again by that view after a push-pull sync (every 30 s,
+// with a random peer) brings it the node's refutation: up to about a
+// minute has been seen.
+const GossipRecoverBound = 90 * time.Second
 
 func (r *CampaignResult) String() string {
 	rep := r.Report
