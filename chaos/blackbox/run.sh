@@ -16,8 +16,8 @@
 #
 # Everything made here (agents, namespaces with their veths, temp dirs) is
 # removed on exit; namespaces of earlier runs whose PID is gone are removed
-# at start. Logs stay in $BLACKBOX_LOGDIR (default
-# /tmp/sidecar-chaos-logs/blackbox-SEED), printed on failure.
+# at start. Logs stay in $BLACKBOX_LOGDIR/MODE (default
+# /tmp/sidecar-chaos-logs/blackbox-SEED/MODE), printed on failure.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 GO=${GO:-go}
@@ -56,7 +56,7 @@ prefix=scbb$$
 net=${BLACKBOX_NET_PREFIX:-10.203.0}
 nodes=7
 hub=$prefix-hub
-logdir=${BLACKBOX_LOGDIR:-/tmp/sidecar-chaos-logs/blackbox-$seed}
+logdir=${BLACKBOX_LOGDIR:-/tmp/sidecar-chaos-logs/blackbox-$seed}/$mode
 work=$(mktemp -d /tmp/sidecar-blackbox.XXXXXX)
 
 # remove_ns NS kills whatever still runs in NS, then deletes it (its veth
