@@ -50,7 +50,7 @@ func (l *Local) Campaign(ctx context.Context, spec CampaignSpec) (api.CampaignRe
 	c.parked = spec.Service != "" && l.serviceStatus(spec.Service) != fsm.StatusPassing
 	if !c.parked {
 		if err := l.enter(ctx, spec.Election, spec.Candidate, c); err != nil {
-			return api.CampaignResult{}, err
+			return api.CampaignResult{}, l.nodeSessionErr(lease, err)
 		}
 	} else if _, ok := l.reg.Instance(l.cfg.Node, spec.Service); !ok {
 		return api.CampaignResult{}, fmt.Errorf("%w: service instance %q of this node", fsm.ErrUnknownInstance, spec.Service)
@@ -147,8 +147,9 @@ func (l *Local) followHealth(ctx context.Context) {
 			l.mu.Lock()
 			if c := l.candidates[mv.key]; c != nil && err == nil {
 				c.parked = !mv.c.parked
-			} else if errors.Is(err, fsm.ErrUnknownLease) {
-				// Its session ended: nothing left to campaign with.
+			} else if errors.Is(err, fsm.ErrUnknownLease) && c != nil && c.lease == mv.c.lease && !l.onNodeSessionLocked(c.lease) {
+				// Its app's lease ended: nothing left to campaign with. (A
+				// lost node session is renewed, and the candidacy with it.)
 				delete(l.candidates, mv.key)
 			}
 			l.mu.Unlock()
@@ -164,6 +165,11 @@ func (l *Local) followHealth(ctx context.Context) {
 			// Retry failed moves now and then even if nothing changes.
 		}
 	}
+}
+
+// onNodeSessionLocked: lease is the node session's (l.mu held).
+func (l *Local) onNodeSessionLocked(lease string) bool {
+	return l.node != nil && l.node.ID() == lease
 }
 
 // Resign withdraws a candidate of this sidecar.
@@ -258,7 +264,7 @@ func (l *Local) Lock(ctx context.Context, spec LockSpec) (api.LockResult, error)
 	spec.Lease = lease
 	res, err := l.acquire(ctx, spec, spec.Wait > 0)
 	if err != nil {
-		return api.LockResult{}, err
+		return api.LockResult{}, l.nodeSessionErr(lease, err)
 	}
 	if res.Held || spec.Wait <= 0 {
 		return res, nil

@@ -65,6 +65,9 @@ type Local struct {
 	healthStop context.CancelFunc
 	healthDone chan struct{}
 
+	renewStop context.CancelFunc // the node session's renewal loop
+	renewDone chan struct{}
+
 	lockAcquisitions prometheus.Counter
 	collectors       []prometheus.Collector
 }
@@ -118,24 +121,110 @@ func NewLocal(cfg LocalConfig, backend Backend, reg *fsm.FSM) *Local {
 func (l *Local) now() time.Time { return l.cfg.Now() }
 
 // Start opens the node session, retrying while no leader is known, until
-// ctx ends.
+// ctx ends. From then on a node session whose lease the servers expired
+// (this node was cut off or paused longer than its TTL) is replaced by a
+// new one, and the candidacies it carried campaign again on it.
 func (l *Local) Start(ctx context.Context) error {
+	s, err := l.openNodeSession(ctx, func(err error) bool {
+		return errors.Is(err, ErrNotLeader) || errors.Is(err, ErrUnknownOutcome)
+	})
+	if err != nil {
+		return err
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		cancel()
+		return ErrClosed
+	}
+	l.node = s
+	l.renewStop, l.renewDone = cancel, make(chan struct{})
+	l.mu.Unlock()
+	l.log.Info("node session opened", "lease", s.ID(), "ttl", s.TTL())
+	go func() {
+		defer close(l.renewDone)
+		l.renewNodeSession(rctx)
+	}()
+	return nil
+}
+
+// openNodeSession grants the node session, retrying errors that retry
+// accepts every 50 ms, up to 1 s apart, until ctx ends.
+func (l *Local) openNodeSession(ctx context.Context, retry func(error) bool) (*Session, error) {
+	backoff := 50 * time.Millisecond
 	for {
 		s, err := l.NewSession(ctx, l.cfg.SessionTTL)
 		if err == nil {
-			l.mu.Lock()
-			l.node = s
-			l.mu.Unlock()
-			l.log.Info("node session opened", "lease", s.ID(), "ttl", s.TTL())
-			return nil
+			return s, nil
 		}
-		if !errors.Is(err, ErrNotLeader) && !errors.Is(err, ErrUnknownOutcome) {
-			return fmt.Errorf("open node session: %w", err)
+		if !retry(err) {
+			return nil, fmt.Errorf("open node session: %w", err)
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("open node session: %w", ctx.Err())
-		case <-time.After(50 * time.Millisecond):
+			return nil, fmt.Errorf("open node session: %w", ctx.Err())
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// renewNodeSession waits for the node session to be lost, opens a new one
+// and moves the candidacies of the lost one to it, until ctx ends. Locks on
+// the lost session are gone (the servers released them when it expired);
+// an app takes them again, on the new session by default.
+func (l *Local) renewNodeSession(ctx context.Context) {
+	for {
+		old := l.NodeSession()
+		select {
+		case <-ctx.Done():
+			return
+		case <-old.Done():
+		}
+		if !errors.Is(old.Err(), ErrSessionLost) {
+			return // closed by this sidecar
+		}
+		old.cancel() // its keepalives may still be retrying through a cut
+		<-old.loopDone
+		l.forgetSession(old)
+		l.log.Warn("node session lost: opening a new one", "lease", old.ID())
+		s, err := l.openNodeSession(ctx, func(err error) bool { return !errors.Is(err, ErrClosed) })
+		if err != nil {
+			return
+		}
+		l.mu.Lock()
+		l.node = s
+		var again []candidateKey
+		for k, c := range l.candidates {
+			if c.lease == old.ID() {
+				c.lease = s.ID()
+				if !c.parked {
+					again = append(again, k)
+				}
+			}
+		}
+		for k := range l.locks {
+			if k.lease == old.ID() {
+				delete(l.locks, k)
+			}
+		}
+		l.mu.Unlock()
+		l.log.Info("node session opened", "lease", s.ID(), "ttl", s.TTL(), "candidacies", len(again))
+		for _, k := range again {
+			l.mu.Lock()
+			c := l.candidates[k]
+			var cc candidacy
+			if c != nil {
+				cc = *c
+			}
+			l.mu.Unlock()
+			if c == nil || cc.parked || cc.lease != s.ID() {
+				continue // resigned, parked or moved meanwhile
+			}
+			if err := l.enter(ctx, k.election, k.candidate, &cc); err != nil && ctx.Err() == nil {
+				l.log.Warn("campaign again on the new node session failed", "election", k.election, "candidate", k.candidate, "err", err)
+			}
 		}
 	}
 }
@@ -272,7 +361,29 @@ func (l *Local) defaultLease(lease string) (string, error) {
 	if s == nil {
 		return "", fmt.Errorf("%w: node session not open yet", ErrNotLeader)
 	}
+	select {
+	case <-s.Done():
+		// Lost, and a new one not open yet (the servers are unreachable):
+		// as unavailable as before the first one.
+		return "", fmt.Errorf("%w: node session lost, opening a new one", ErrNotLeader)
+	default:
+	}
 	return s.ID(), nil
+}
+
+// nodeSessionErr turns the servers' "unknown lease" for the node session
+// into the end of that session (its renewal starts at once, without waiting
+// for a keepalive to learn it) and an unavailable error for the app.
+func (l *Local) nodeSessionErr(lease string, err error) error {
+	if !errors.Is(err, fsm.ErrUnknownLease) {
+		return err
+	}
+	s := l.NodeSession()
+	if s == nil || s.ID() != lease {
+		return err
+	}
+	s.end(ErrSessionLost)
+	return fmt.Errorf("%w: node session lost, opening a new one", ErrNotLeader)
 }
 
 // apply writes through the backend, then waits until this sidecar's copy of
@@ -343,15 +454,22 @@ func (l *Local) Abandon() {
 	l.mu.Lock()
 	l.closed = true
 	stopHealth, healthDone := l.healthStop, l.healthDone
+	stopRenew, renewDone := l.renewStop, l.renewDone
+	l.mu.Unlock()
+	if stopRenew != nil {
+		stopRenew()
+		<-renewDone
+	}
+	if stopHealth != nil {
+		stopHealth()
+		<-healthDone
+	}
+	l.mu.Lock()
 	sessions := make([]*Session, 0, len(l.sessions))
 	for _, s := range l.sessions {
 		sessions = append(sessions, s)
 	}
 	l.mu.Unlock()
-	if stopHealth != nil {
-		stopHealth()
-		<-healthDone
-	}
 	for _, s := range sessions {
 		s.cancel()
 		<-s.loopDone
@@ -374,7 +492,12 @@ func (l *Local) Close(ctx context.Context) error {
 	}
 	l.closed = true
 	stopHealth, healthDone := l.healthStop, l.healthDone
+	stopRenew, renewDone := l.renewStop, l.renewDone
 	l.mu.Unlock()
+	if stopRenew != nil {
+		stopRenew()
+		<-renewDone
+	}
 	if stopHealth != nil {
 		stopHealth()
 		<-healthDone

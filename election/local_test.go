@@ -290,3 +290,70 @@ func TestLocal_Campaign_followsServiceHealth(t *testing.T) {
 		return m.WaiterIndex("a") == 0
 	})
 }
+
+// A sidecar cut off longer than its node session's TTL loses the session
+// (the servers expire it and hand its holds on); once it reaches them again
+// it opens a new node session, its candidacies campaign again on it, and
+// locks taken without a lease work again.
+func TestLocal_nodeSessionRenewedAfterLoss(t *testing.T) {
+	c := electiontest.NewCluster(t, 1, nil)
+	srv := c.Servers[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	cb := &cutBackend{Backend: c.Backend()}
+	a := newLocal(t, "node-a", cb, srv.FSM())
+	b := newLocal(t, "node-b", c.Backend(), srv.FSM())
+	for _, l := range []*election.Local{a, b} {
+		if err := l.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r, err := a.Campaign(ctx, election.CampaignSpec{Election: "db", Candidate: "a", Value: "a:1"}); err != nil || !r.Leader {
+		t.Fatalf("campaign a: %+v %v", r, err)
+	}
+	first := a.Self("db").Token
+	if r, err := a.Lock(ctx, election.LockSpec{Name: "job"}); err != nil || !r.Held {
+		t.Fatalf("lock a: %+v %v", r, err)
+	}
+	old := a.NodeSession().ID()
+
+	cb.cut.Store(true)
+	if r, err := b.Campaign(ctx, election.CampaignSpec{Election: "db", Candidate: "b", Value: "b:1", Wait: 10 * time.Second}); err != nil || !r.Leader {
+		t.Fatalf("b did not take over from the cut-off a: %+v %v", r, err)
+	}
+	if _, ok := srv.FSM().Lease(old); ok {
+		t.Fatal("a's node session still known after b took over")
+	}
+	// While cut off, requests on the node session are refused as
+	// unavailable, not as an unknown lease.
+	if _, err := a.Lock(ctx, election.LockSpec{Name: "other"}); !errors.Is(err, election.ErrNotLeader) {
+		t.Fatalf("lock on a lost node session: %v, want ErrNotLeader", err)
+	}
+
+	cb.cut.Store(false)
+	waitFor(t, 10*time.Second, "a new node session on a", func() bool {
+		s := a.NodeSession()
+		return s.ID() != old && s.Live()
+	})
+	waitFor(t, 10*time.Second, "a campaigning again", func() bool {
+		m, _ := srv.FSM().Election("db")
+		for _, w := range m.Waiters {
+			if w.ID == "a" && w.Lease == a.NodeSession().ID() {
+				return true
+			}
+		}
+		return false
+	})
+	if err := b.Resign(ctx, "db", "b"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "a leading again", func() bool { return a.Self("db").Leader })
+	if tok := a.Self("db").Token; tok <= first {
+		t.Fatalf("a leads again with token %d, not above its first %d", tok, first)
+	}
+	r, err := a.Lock(ctx, election.LockSpec{Name: "job"})
+	if err != nil || !r.Held || r.Lease != a.NodeSession().ID() {
+		t.Fatalf("lock on the new node session: %+v %v", r, err)
+	}
+}
