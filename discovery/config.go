@@ -64,6 +64,18 @@ type Config struct {
 	// that comes back before then simply turns alive again.
 	ReapAfter time.Duration
 
+	// ReconnectInterval is how often one failed (not left) member, picked
+	// at random, is contacted again with a full state exchange. After a
+	// partition heals, memberlist alone learns that a member it declared
+	// failed is back only when someone gossips a fresh message to it or at
+	// a push-pull with a random peer (every 30s): up to a minute in which
+	// that node's services stay out of DNS. 0 turns reconnection off.
+	ReconnectInterval time.Duration
+
+	// wrapTransport lets in-package tests put a filter (network cuts)
+	// between memberlist and its sockets.
+	wrapTransport func(memberlist.Transport) memberlist.Transport
+
 	// BroadcastTimeout bounds how long UpdateMeta and Leave wait for their
 	// message to be gossiped before they return (the message keeps spreading
 	// afterwards until Shutdown).
@@ -109,6 +121,11 @@ func DefaultConfig() Config {
 		// leader has all the time its own reap policy needs; a left
 		// member's entry costs a few hundred bytes.
 		ReapAfter: 72 * time.Hour,
+		// 2s: a healed node is seen alive again within a few seconds
+		// (after its refutation spreads); a member that really is gone
+		// costs one failed connection attempt per interval, shared among
+		// all failed members.
+		ReconnectInterval: 2 * time.Second,
 		// 5s: a broadcast reaches every member of a 1000-node cluster in
 		// well under a second with the timings below (12 retransmits, 3
 		// peers per 100ms gossip round), so 5s only runs out when the
@@ -180,6 +197,7 @@ func TestConfig() Config {
 	// Fast retries: tests start seeds late on purpose.
 	c.JoinRetryInterval = 20 * time.Millisecond
 	c.JoinRetryMax = 250 * time.Millisecond
+	c.ReconnectInterval = 250 * time.Millisecond
 
 	m := memberlist.DefaultLANConfig()
 	// Loopback answers in microseconds; 100ms probes with a 50ms timeout
@@ -237,6 +255,9 @@ func (c Config) normalize() (*memberlist.Config, error) {
 	}
 	if c.EncryptKey != nil && len(c.EncryptKey) != KeySize {
 		return nil, fmt.Errorf("%w: encrypt key is %d bytes, want %d", ErrConfig, len(c.EncryptKey), KeySize)
+	}
+	if c.ReconnectInterval < 0 {
+		return nil, fmt.Errorf("%w: reconnect interval must not be negative", ErrConfig)
 	}
 	if c.ReapAfter <= 0 {
 		return nil, fmt.Errorf("%w: reap after must be positive", ErrConfig)

@@ -118,6 +118,20 @@ func New(cfg Config) (*Gossip, error) {
 	mc.Events = eventDelegate{g}
 	mc.Logger = logadapt.StdLogger(log.With("component", "memberlist"))
 
+	if cfg.wrapTransport != nil {
+		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+			BindAddrs: []string{mc.BindAddr}, BindPort: mc.BindPort,
+			Logger: logadapt.StdLogger(log.With("component", "memberlist")),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("discovery: listen on %s: %w", cfg.BindAddr, err)
+		}
+		if mc.BindPort == 0 {
+			mc.BindPort = nt.GetAutoBindPort()
+			mc.AdvertisePort = mc.BindPort
+		}
+		mc.Transport = cfg.wrapTransport(nt)
+	}
 	ml, err := memberlist.Create(mc)
 	if err != nil {
 		return nil, fmt.Errorf("discovery: start memberlist on %s: %w", cfg.BindAddr, err)
@@ -129,9 +143,10 @@ func New(cfg Config) (*Gossip, error) {
 		_ = ml.Shutdown()
 		return nil, err
 	}
-	g.wg.Add(2)
+	g.wg.Add(3)
 	go g.deliverEvents()
 	go g.reapLoop()
+	go g.reconnectLoop()
 	g.log.Info("gossip listening", "name", cfg.Name, "bind", net.JoinHostPort(mc.BindAddr, fmt.Sprint(g.port)),
 		"advertise", g.addr, "encrypted", mc.SecretKey != nil, "role", cfg.Meta.Role)
 	return g, nil
@@ -496,6 +511,47 @@ func (g *Gossip) reapLoop() {
 			return
 		case now := <-t.C:
 			g.reap(now)
+		}
+	}
+}
+
+// reconnectLoop contacts one random failed member every
+// ReconnectInterval (see Config.ReconnectInterval).
+func (g *Gossip) reconnectLoop() {
+	defer g.wg.Done()
+	if g.cfg.ReconnectInterval <= 0 {
+		return
+	}
+	t := time.NewTicker(g.cfg.ReconnectInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.stop:
+			return
+		case <-t.C:
+		}
+		if g.left.Load() {
+			continue
+		}
+		var failed []Member
+		g.mu.Lock()
+		for name, ms := range g.members {
+			if name != g.cfg.Name && ms.m.Status == StatusFailed {
+				failed = append(failed, ms.m)
+			}
+		}
+		g.mu.Unlock()
+		if len(failed) == 0 {
+			continue
+		}
+		m := failed[rand.IntN(len(failed))]
+		addr := net.JoinHostPort(m.Addr, fmt.Sprint(m.Port))
+		// The exchange tells the member it was declared failed, so it
+		// refutes with a new incarnation that reaches everyone.
+		if _, err := g.ml.Join([]string{addr}); err != nil {
+			g.log.Debug("reconnect to failed member", "member", m.Name, "addr", addr, "err", oneLine(err))
+		} else {
+			g.log.Info("reconnected to failed member", "member", m.Name, "addr", addr)
 		}
 	}
 }
