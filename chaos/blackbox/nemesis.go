@@ -273,6 +273,20 @@ func (m *nemesis) pause(n *Node, dur time.Duration, f *checker.Fault) error {
 					name, n.Name, res.Token, dur, rivalNode.Name, before.res.Token)
 			}
 		}
+		// What the servers think, for the log: the election's holder and
+		// whether the probe's lease still exists after the pause.
+		var view []string
+		for _, srv := range c.Up(c.Servers) {
+			ectx, cancel := context.WithTimeout(bg, time.Second)
+			e, _, eerr := srv.API.Election(ectx, name, nil)
+			cancel()
+			if eerr == nil && e.Leader != nil {
+				view = append(view, fmt.Sprintf("%s: %s/%d", srv.Name, e.Leader.Candidate, e.Leader.Token))
+			} else {
+				view = append(view, fmt.Sprintf("%s: vacant (%v)", srv.Name, eerr))
+			}
+		}
+		c.logf("pause of %s (%v, probe lease %s, token %d): servers see %v", n.Name, dur, probeLease.id, res.Token, view)
 		if before == nil {
 			w := <-rival
 			c.logf("pause of %s: rival on %s won only after SIGCONT (%+v, %v); self said %+v (%v)", n.Name, rivalNode.Name, w.res, w.err, st, err)
