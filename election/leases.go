@@ -81,9 +81,20 @@ func (t *leaseTracker) lead(ctx context.Context) {
 	for {
 		watch := t.s.fsm.Watch()
 		due, next := t.collect()
+		retry := false
 		for _, id := range due {
-			if !t.expire(ctx, id) {
+			leading, failed := t.expire(ctx, id)
+			if !leading {
 				return
+			}
+			retry = retry || failed
+		}
+		if retry {
+			// A failed expiry is tried again soon, not in a tight loop.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(t.s.cfg.HeartbeatTimeout / 2):
 			}
 		}
 		if len(due) > 0 {
@@ -133,27 +144,40 @@ func (t *leaseTracker) collect() (due []string, next time.Time) {
 	return due, next
 }
 
-// expire commits a lease's expiry; it reports false when this server no
-// longer leads.
-func (t *leaseTracker) expire(ctx context.Context, id string) bool {
-	ctx, cancel := context.WithTimeout(ctx, t.s.cfg.ApplyTimeout)
-	defer cancel()
-	_, err := t.s.Apply(ctx, &fsm.ExpireLease{ID: id, Now: t.now().UnixNano()})
-	switch {
-	case err == nil, errors.Is(err, fsm.ErrUnknownLease):
-		t.s.m.leaseExpirations.Inc()
-		t.s.log.Debug("lease expired", "lease", id)
-		return true
-	case errors.Is(err, ErrNotLeader), errors.Is(err, ErrShutdown), errors.Is(err, ErrUnknownOutcome), ctx.Err() != nil:
-		return false
-	default:
-		// Try again on the next round; the lease stays marked, so no
-		// keepalive revives it meanwhile.
-		t.s.log.Warn("lease expiry failed", "lease", id, "err", err)
-		t.mu.Lock()
-		delete(t.expiring, id)
-		t.mu.Unlock()
-		return true
+// expire commits a lease's expiry. It reports leading false when this
+// server no longer leads (the term's work ends), and failed when the entry
+// was refused: the lease is then unmarked and tried again on a later round.
+// An entry whose outcome is unknown while this server still leads (a slow
+// or lost commit) is retried at once with the lease still marked, so no
+// keepalive is acknowledged for a lease whose expiry may yet commit; the
+// tracker must not stop then either, or no lease would expire until the
+// next election.
+func (t *leaseTracker) expire(term context.Context, id string) (leading, failed bool) {
+	for {
+		ctx, cancel := context.WithTimeout(term, t.s.cfg.ApplyTimeout)
+		_, err := t.s.Apply(ctx, &fsm.ExpireLease{ID: id, Now: t.now().UnixNano()})
+		cancel()
+		switch {
+		case err == nil, errors.Is(err, fsm.ErrUnknownLease):
+			t.s.m.leaseExpirations.Inc()
+			t.s.log.Debug("lease expired", "lease", id)
+			return true, false
+		case term.Err() != nil, errors.Is(err, ErrNotLeader), errors.Is(err, ErrShutdown), !t.s.IsLeader():
+			return false, false
+		case errors.Is(err, ErrUnknownOutcome), errors.Is(err, context.DeadlineExceeded):
+			t.s.log.Warn("lease expiry outcome unknown, retrying", "lease", id, "err", err)
+			select {
+			case <-term.Done():
+				return false, false
+			case <-time.After(t.s.cfg.HeartbeatTimeout / 2):
+			}
+		default:
+			t.s.log.Warn("lease expiry failed", "lease", id, "err", err)
+			t.mu.Lock()
+			delete(t.expiring, id)
+			t.mu.Unlock()
+			return true, true
+		}
 	}
 }
 
