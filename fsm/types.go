@@ -161,8 +161,10 @@ func (m *Mutex) clone() *Mutex {
 	return &c
 }
 
+// cloneMap copies m; an empty map becomes nil, the one form a snapshot
+// (which omits empty maps) restores, so a registry and its snapshot agree.
 func cloneMap(m map[string]string) map[string]string {
-	if m == nil {
+	if len(m) == 0 {
 		return nil
 	}
 	c := make(map[string]string, len(m))
