@@ -12,6 +12,10 @@
 //   - chaos/inproc: 3 or 5 election.Server on real Raft and raft-boltdb in
 //     temporary dirs, linked by a transport that drops, delays and cuts
 //     links one way; servers crash and restart on their data dirs.
+//   - chaos/blackbox: 5 servers and 2 clients of bin/sidecar as processes
+//     in network namespaces, cut with iptables, paused with SIGSTOP, killed
+//     and restarted; the kill -9 durability series; DNS against the
+//     registry.
 //
 // Build tags chaosbug_lockignoreslease, chaosbug_readskipsleader and
 // chaosbug_leaselocalclock plant known bugs in fsm and election; the suite
