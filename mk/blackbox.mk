@@ -5,8 +5,8 @@
 
 # The bounded run of `make test`: the full durability series (15 leader
 # kills, 5 random kills) and a campaign of BLACKBOX_BOUNDED_DURATION; about
-# 3 minutes on 2 cores.
-BLACKBOX_BOUNDED_DURATION ?= 30s
+# 2 minutes on 2 cores.
+BLACKBOX_BOUNDED_DURATION ?= 60s
 # Known sidecar bugs whose checks report without failing the bounded run
 # (chaos/blackbox/README.md), e.g. nodesession; none since e71e794 fixed the
 # node session renewal. `make chaos-blackbox` never excuses them.
@@ -22,7 +22,7 @@ chaos-blackbox: build
 	./chaos/blackbox/run.sh durability $(SEED) 15 5
 	./chaos/blackbox/run.sh campaign $(SEED) $(DURATION)
 
-## chaos-blackbox-bounded: bounded black-box run of make test: durability series (15 leader + 5 random kills) and a 30 s campaign, about 3 minutes
+## chaos-blackbox-bounded: bounded black-box run of make test: durability series (15 leader + 5 random kills) and a 60 s campaign, about 2 minutes
 chaos-blackbox-bounded: build
 	./chaos/blackbox/run.sh durability $(SEED) 15 5
 	BLACKBOX_KNOWN_BUGS=$(BLACKBOX_KNOWN_BUGS) ./chaos/blackbox/run.sh campaign $(SEED) $(BLACKBOX_BOUNDED_DURATION)
