@@ -79,17 +79,23 @@ type recordingFSM struct {
 }
 
 func (r *recordingFSM) Apply(l *raft.Log) interface{} {
+	// An entry the registry applied already (replayed after an older
+	// snapshot, see fsm.FSM.RestoreNewer) is not streamed twice.
+	fresh := l.Index > r.FSM.Index()
 	res := r.FSM.Apply(l)
-	if l.Type == raft.LogCommand {
+	if fresh && l.Type == raft.LogCommand {
 		r.log.append(l.Index, l.Data)
 	}
 	return res
 }
 
 func (r *recordingFSM) Restore(rc io.ReadCloser) error {
-	if err := r.FSM.Restore(rc); err != nil {
+	restored, err := r.FSM.RestoreNewer(rc)
+	if err != nil {
 		return err
 	}
-	r.log.reset(r.FSM.Index())
+	if restored {
+		r.log.reset(r.FSM.Index())
+	}
 	return nil
 }

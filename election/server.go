@@ -453,6 +453,11 @@ func (s *Server) SaveSnapshot(w io.Writer) error {
 	return s.fsm.WriteSnapshot(w)
 }
 
+// restoreIndexGap is how far past the last Raft index a user's restore is
+// placed: far more entries than a leader appends while a restore waits for
+// its turn in Raft's loop.
+const restoreIndexGap = 1 << 16
+
 // RestoreSnapshot replaces the registry of the whole cluster with a saved
 // one. The file is checked in full first: Raft cannot take back a restore
 // its state machine fails on.
@@ -467,7 +472,17 @@ func (s *Server) RestoreSnapshot(ctx context.Context, r io.Reader) error {
 	if !s.IsLeader() {
 		return ErrNotLeader
 	}
-	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: int64(len(data))}
+	// Raft gives the restore the index max(meta.Index, last index) + 1.
+	// Asking for an index well past the last one makes that exactly at, and
+	// the registry is reindexed to it, so every replica takes the restore as
+	// newer than what it holds (fsm.FSM.RestoreNewer); the gap leaves room
+	// for entries appended before Raft's loop takes the restore.
+	at := s.raft.LastIndex() + restoreIndexGap
+	data, err = fsm.Reindex(data, at+1)
+	if err != nil {
+		return err
+	}
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: int64(len(data)), Index: at}
 	if err := s.raft.Restore(meta, bytes.NewReader(data), s.timeout(ctx)); err != nil {
 		return fmt.Errorf("raft restore: %w", mapRaftError(err))
 	}

@@ -107,9 +107,12 @@ func (f *FSM) ApplyBytes(index uint64, data []byte) *Result {
 	cmd, err := Decode(data)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if index > f.st.index {
-		f.st.index = index
+	if index <= f.st.index && f.st.index > 0 {
+		// Applied already: Raft replays entries after a snapshot older than
+		// this registry (see Restore). Every replica applied the same entry.
+		return &Result{Index: index}
 	}
+	f.st.index = index
 	if err != nil {
 		return &Result{Index: index, Err: err}
 	}
@@ -138,24 +141,38 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	return &fsmSnapshot{data: f.st.export()}, nil
 }
 
-// Restore implements raft.FSM. The snapshot is decoded and checked in full
-// before it replaces the state, so a corrupt one leaves the state untouched.
+// Restore implements raft.FSM: see RestoreNewer.
 func (f *FSM) Restore(rc io.ReadCloser) error {
+	_, err := f.RestoreNewer(rc)
+	return err
+}
+
+// RestoreNewer replaces the registry with a snapshot, unless the snapshot
+// is older than the registry: hashicorp/raft has a follower install
+// whatever snapshot its leader sends, even one taken before entries the
+// follower already applied, and then replays the entries after it. Keeping
+// the newer state (those entries are committed, so every replica applies
+// the same ones) and skipping the replayed entries in ApplyBytes means a
+// registry never goes back in time: no instance deregistered a moment ago
+// reappears in DNS, no expired lease comes back. A user's restore is made
+// newer than everything (election.Server.RestoreSnapshot, Reindex). The
+// snapshot is checked in full first: a corrupt one leaves the state as it
+// was.
+func (f *FSM) RestoreNewer(rc io.ReadCloser) (restored bool, err error) {
 	defer rc.Close()
 	st, err := readSnapshot(rc)
 	if err != nil {
-		return err
+		return false, err
 	}
-	f.replace(st)
-	return nil
-}
-
-func (f *FSM) replace(st *state) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if st.index < f.st.index {
+		return false, nil
+	}
 	f.st = st
 	close(f.changed)
 	f.changed = make(chan struct{})
+	return true, nil
 }
 
 // WriteSnapshot writes the current state in the snapshot format.

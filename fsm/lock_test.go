@@ -1,6 +1,7 @@
 package fsm_test
 
 import (
+	"bytes"
 	"reflect"
 	"strings"
 	"testing"
@@ -288,10 +289,23 @@ func TestFSM_ApplyBytes_fencingTokens(t *testing.T) {
 	}
 
 	// An entry applied at an index not above the last token still gets a
-	// greater token.
+	// greater token: a saved registry (tokens up to last) restored at a
+	// lower index, as into a younger cluster.
 	h.ok(release("a", "l1", t0))
 	last := h.lock("a").LastToken
-	r := h.f.ApplyBytes(last-5, encode(t, acquire("a", "l2", t0)))
+	var buf bytes.Buffer
+	if err := h.f.WriteSnapshot(&buf); err != nil {
+		t.Fatal(err)
+	}
+	saved, err := fsm.Reindex(buf.Bytes(), last-6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	young := fsm.New()
+	if err := young.Restore(nopCloser(saved)); err != nil {
+		t.Fatal(err)
+	}
+	r := young.ApplyBytes(last-5, encode(t, acquire("a", "l2", t0)))
 	if r.Err != nil || !r.Held || r.Token != last+1 {
 		t.Fatalf("result %+v, want held with token %d", r, last+1)
 	}

@@ -93,9 +93,12 @@ func TestFSM_WriteSnapshot_restoreGivesEqualState(t *testing.T) {
 			if err := fsm.CheckSnapshot(bytes.NewReader(snap)); err != nil {
 				t.Fatalf("CheckSnapshot: %v", err)
 			}
-			// Restore into a registry that holds something else: it is
-			// replaced, not merged.
-			dst := newHarness(t, regNode("other"), grant("other"), acquire("other", "other", t0))
+			// Restore into a registry that holds something else, and is
+			// older: it is replaced, not merged.
+			dst := newHarness(t)
+			if tc.log != nil {
+				dst = newHarness(t, regNode("other"), grant("other"), acquire("other", "other", t0))
+			}
 			if err := dst.f.Restore(nopCloser(snap)); err != nil {
 				t.Fatalf("Restore: %v", err)
 			}
@@ -348,5 +351,69 @@ func TestCheckSnapshot_good(t *testing.T) {
 	}
 	if err := fsm.CheckSnapshot(strings.NewReader(fmt.Sprintf("%s\n{}", snapshotMagic))); !errors.Is(err, fsm.ErrCorruptSnapshot) {
 		t.Fatalf("header without checksum: %v", err)
+	}
+}
+
+// A follower can be sent a snapshot older than what it applied already
+// (hashicorp/raft installs it, then replays the entries after it): the
+// registry keeps its newer state and skips the replayed entries, so it
+// never goes back in time and ends where every other replica does.
+func TestFSM_Restore_olderSnapshotKeepsNewerState(t *testing.T) {
+	leader := newHarness(t, richWorld()[:4]...)
+	old := snapshotBytes(t, leader.f)
+	oldIndex := leader.f.Index()
+	var rest [][]byte
+	for _, c := range append(richWorld()[4:], &fsm.RevokeLease{ID: "l1", Now: t0}) {
+		rest = append(rest, encode(t, c))
+	}
+	for _, e := range rest {
+		leader.applyBytes(e)
+	}
+	follower := newHarness(t, richWorld()[:4]...)
+	for _, e := range rest {
+		follower.applyBytes(e)
+	}
+	before := viewOf(follower.f)
+	restored, err := follower.f.RestoreNewer(nopCloser(old))
+	if err != nil || restored {
+		t.Fatalf("RestoreNewer(older snapshot) = %v, %v; want kept", restored, err)
+	}
+	if !reflect.DeepEqual(viewOf(follower.f), before) {
+		t.Fatal("an older snapshot changed the registry")
+	}
+	// Raft replays the entries after the snapshot: already applied.
+	for i, e := range rest {
+		if r := follower.f.ApplyBytes(oldIndex+1+uint64(i), e); r.Err != nil || r.Held {
+			t.Fatalf("replayed entry %d: %+v, want a no-op", i, r)
+		}
+	}
+	requireSameView(t, follower.f, leader.f)
+	// A newer snapshot still replaces it.
+	if restored, err := fsm.New().RestoreNewer(nopCloser(snapshotBytes(t, leader.f))); err != nil || !restored {
+		t.Fatalf("RestoreNewer into an empty registry = %v, %v", restored, err)
+	}
+}
+
+// A saved snapshot restored through Raft is reindexed above every replica:
+// replicas take it whatever they applied, and tokens keep growing past the
+// ones it carries.
+func TestReindex(t *testing.T) {
+	src := newHarness(t, richWorld()...)
+	saved := snapshotBytes(t, src.f)
+	busy := newHarness(t, richWorld()...)
+	busy.apply(regNode("later"))
+	at := busy.f.Index() + 100
+	data, err := fsm.Reindex(saved, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if restored, err := busy.f.RestoreNewer(nopCloser(data)); err != nil || !restored {
+		t.Fatalf("reindexed snapshot refused: %v, %v", restored, err)
+	}
+	if busy.f.Index() != at || busy.f.Digest() != src.f.Digest() {
+		t.Fatalf("index %d digest %s, want %d and the saved registry's", busy.f.Index(), busy.f.Digest(), at)
+	}
+	if _, err := fsm.Reindex(saved[:len(saved)-2], at); !errors.Is(err, fsm.ErrCorruptSnapshot) {
+		t.Fatalf("Reindex of a corrupt snapshot: %v", err)
 	}
 }
