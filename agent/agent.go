@@ -366,7 +366,10 @@ func (a *Agent) join(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("service %q from config: %w", svc.ID, err)
 		}
-		if _, err := a.Apply(ctx, &fsm.RegisterInstance{Instance: *in}); err != nil {
+		if err := a.retry(ctx, func() error {
+			_, err := a.Apply(ctx, &fsm.RegisterInstance{Instance: *in})
+			return err
+		}); err != nil {
 			return fmt.Errorf("register service %q: %w", svc.ID, err)
 		}
 	}
@@ -389,12 +392,14 @@ func (a *Agent) join(ctx context.Context) error {
 	return nil
 }
 
-// retry retries f while no leader is reachable, until ctx ends: a cluster
-// forms after its servers start.
+// retry retries f while no leader is reachable or a leader change leaves
+// its outcome unknown, until ctx ends: a cluster forms after its servers
+// start, and elections may still churn then. Only for writes that may be
+// applied twice (registering the node and config services: upserts).
 func (a *Agent) retry(ctx context.Context, f func() error) error {
 	for {
 		err := f()
-		if err == nil || !errors.Is(err, election.ErrNotLeader) {
+		if err == nil || !(errors.Is(err, election.ErrNotLeader) || errors.Is(err, election.ErrUnknownOutcome)) {
 			return err
 		}
 		select {
