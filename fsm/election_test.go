@@ -55,13 +55,17 @@ func TestFSM_ApplyBytes_campaign(t *testing.T) {
 			},
 		},
 		{
+			// A new lease is a new acquisition: the leader stays, with a
+			// greater token, so what still acts on the old lease's token
+			// (a zombie of the old session) is fenced off.
 			name:   "leader moves to another lease",
 			setup:  two,
 			cmd:    campaign("e", "c1", "l3", now),
 			tables: []fsm.Table{fsm.TableElections},
-			check: func(t *testing.T, h *harness, _ *fsm.Result) {
-				if e := h.election("e"); e.Holder.Lease != "l3" || e.Holder.Token != 4 {
-					t.Errorf("holder %+v", e.Holder)
+			check: func(t *testing.T, h *harness, r *fsm.Result) {
+				if e := h.election("e"); e.Holder.Lease != "l3" || e.Holder.Token != h.f.Index() || e.Holder.Token <= 4 ||
+					e.Holder.Since != now || e.LastToken != e.Holder.Token || !r.Held || r.Token != e.Holder.Token {
+					t.Errorf("holder %+v, result %+v", e.Holder, r)
 				}
 			},
 		},

@@ -378,6 +378,13 @@ func (s *state) enter(index uint64, m *Mutex, h Holder, queue bool, now int64) (
 		if m.Holder.Lease == h.Lease && m.Holder.Value == h.Value && m.Holder.Service == h.Service && m.Holder.Node == h.Node {
 			return mutexResult(m, h.ID), false
 		}
+		if m.Holder.Lease != h.Lease {
+			// Another lease is another session: the candidate goes on
+			// leading, but as a new acquisition with a greater token, so
+			// whatever still acts on the old lease's token is fenced off.
+			token := max(index, m.LastToken+1)
+			m.Holder.Token, m.Holder.Since, m.LastToken = token, now, token
+		}
 		m.Holder.Lease, m.Holder.Value, m.Holder.Service, m.Holder.Node = h.Lease, h.Value, h.Service, h.Node
 	case i >= 0:
 		changed = m.Waiters[i] != h
