@@ -27,6 +27,18 @@ type leaseTracker struct {
 	expiring  map[string]bool
 	seenIndex uint64 // lease table index last reconciled
 	wake      chan struct{}
+
+	// Keepalives are acknowledged only after a quorum confirmed, once they
+	// had arrived, that this server still leads (see confirmLeader).
+	vmu      sync.Mutex
+	vnext    *leaderCheck // the round keepalives arriving now wait for
+	vrunning bool
+}
+
+// leaderCheck is one round of confirming leadership with a quorum.
+type leaderCheck struct {
+	done chan struct{}
+	err  error
 }
 
 func newLeaseTracker(s *Server) *leaseTracker {
@@ -232,6 +244,18 @@ func (t *leaseTracker) keepAlive(ctx context.Context, id string) (time.Duration,
 	if err := t.waitReady(ctx); err != nil {
 		return 0, err
 	}
+	ttl, err := t.extend(id)
+	if err != nil {
+		return 0, err
+	}
+	if err := t.confirmLeader(ctx); err != nil {
+		return 0, err
+	}
+	return ttl, nil
+}
+
+// extend restarts a lease's TTL from now.
+func (t *leaseTracker) extend(id string) (time.Duration, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !t.leading {
@@ -250,6 +274,53 @@ func (t *leaseTracker) keepAlive(ctx context.Context, id string) (time.Duration,
 	ttl := t.ttls[id]
 	t.deadlines[id] = t.now().Add(ttl)
 	return ttl, nil
+}
+
+// confirmLeader returns once a quorum has confirmed that this server leads,
+// in a round that began after the call: an acknowledged keepalive then
+// arrived before any successor could be elected, and a successor restarts
+// every lease's full TTL, so the holder's deadline (send time + TTL) stays a
+// lower bound of the expiry. Without it, a leader paused past its
+// successor's election (SIGSTOP, a long GC, a frozen VM) would, on waking,
+// acknowledge keepalives queued meanwhile, while the successor expires the
+// lease on its own clock. Concurrent keepalives share one round.
+func (t *leaseTracker) confirmLeader(ctx context.Context) error {
+	t.vmu.Lock()
+	if t.vnext == nil {
+		t.vnext = &leaderCheck{done: make(chan struct{})}
+	}
+	round := t.vnext
+	if !t.vrunning {
+		t.vrunning = true
+		go t.runLeaderChecks()
+	}
+	t.vmu.Unlock()
+	select {
+	case <-round.done:
+		return round.err
+	case <-ctx.Done():
+		return fmt.Errorf("%w: leadership not confirmed: %v", ErrUnknownOutcome, ctx.Err())
+	}
+}
+
+// runLeaderChecks runs rounds while keepalives wait for one; each round
+// starts after every keepalive waiting for it has arrived.
+func (t *leaseTracker) runLeaderChecks() {
+	for {
+		t.vmu.Lock()
+		round := t.vnext
+		t.vnext = nil
+		if round == nil {
+			t.vrunning = false
+			t.vmu.Unlock()
+			return
+		}
+		t.vmu.Unlock()
+		if err := t.s.raft.VerifyLeader().Error(); err != nil {
+			round.err = fmt.Errorf("%w: %v", ErrNotLeader, err)
+		}
+		close(round.done)
+	}
 }
 
 func (t *leaseTracker) remaining(id string) (time.Duration, bool) {

@@ -1,12 +1,18 @@
 package election_test
 
 import (
+	"context"
+	"errors"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/sidecarhq/sidecar/election"
+	"github.com/sidecarhq/sidecar/election/electiontest"
+	"github.com/sidecarhq/sidecar/fsm"
 )
 
 // A server that fails to start after opening its Raft log returns an error
@@ -42,5 +48,48 @@ func TestNewServer_failedStartReleasesDataDir(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("second start on the same data dir still waits for the Raft log's file lock")
+	}
+}
+
+// A leader acknowledges a keepalive only once a quorum has confirmed, after
+// the keepalive arrived, that it still leads. A leader cut off (or paused
+// past its successor's election) that still believes it leads must not
+// acknowledge: its successor keeps the lease's deadline on its own clock,
+// and the holder would trust the lease past the moment the successor can
+// expire it.
+func TestServer_KeepAlive_notAcknowledgedWithoutQuorum(t *testing.T) {
+	// A long leader lease keeps the cut-off leader believing it leads for
+	// a while: the window in which an unconfirmed keepalive was acked.
+	c := electiontest.NewCluster(t, 3, func(cfg *election.ServerConfig) {
+		cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = time.Second, time.Second, time.Second
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	leader := c.WaitLeader(10 * time.Second)
+	res, err := leader.Apply(ctx, &fsm.GrantLease{TTL: int64(5 * time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leader.KeepAlive(ctx, res.LeaseID); err != nil {
+		t.Fatalf("keepalive on a connected leader: %v", err)
+	}
+	var mine *raft.InmemTransport
+	for i, s := range c.Servers {
+		if s == leader {
+			mine = c.Trans[i]
+		}
+	}
+	mine.DisconnectAll()
+	for _, tr := range c.Trans {
+		if tr != mine {
+			tr.Disconnect(mine.LocalAddr())
+		}
+	}
+	if !leader.IsLeader() {
+		t.Skip("the leader stepped down before the keepalive could be sent")
+	}
+	_, err = leader.KeepAlive(ctx, res.LeaseID)
+	if !errors.Is(err, election.ErrNotLeader) && !errors.Is(err, election.ErrUnknownOutcome) {
+		t.Fatalf("keepalive on a cut-off leader = %v, want not acknowledged (not leader)", err)
 	}
 }
