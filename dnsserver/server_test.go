@@ -1,6 +1,7 @@
 package dnsserver_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -840,14 +841,19 @@ func TestServer_followsRegistry(t *testing.T) {
 			r.apply(instance("c", "svc", "n1", "10.0.5.3", 3))
 			expect("registered again", svcA, dns.TypeA, dns.RcodeSuccess, svcA+" 5 IN A 10.0.5.3")
 
-			// A snapshot restore replaces everything.
+			// A snapshot restore replaces everything (a user's restore is
+			// reindexed past the registry, as the servers do).
 			empty := newRegistry(t)
 			empty.apply(node("n1", "10.0.0.1"))
 			var snap strings.Builder
 			if err := empty.f.WriteSnapshot(&snap); err != nil {
 				t.Fatal(err)
 			}
-			if err := r.f.Restore(io.NopCloser(strings.NewReader(snap.String()))); err != nil {
+			data, err := fsm.Reindex([]byte(snap.String()), r.f.Index()+1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := r.f.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
 				t.Fatal(err)
 			}
 			expect("restored", svcA, dns.TypeA, dns.RcodeNameError)
