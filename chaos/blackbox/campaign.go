@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -164,6 +165,16 @@ func RunCampaign(ctx context.Context, c *Cluster, seed int64, dur time.Duration,
 
 	opt := checker.Options{OutDir: outDir, Timeout: 30 * time.Second}
 	res.Report = rec.Check(opt)
+	if len(res.Report.Anomalies) > 0 && outDir != "" {
+		// The whole history beside the visualizations, to read each anomaly
+		// in its context.
+		if err := os.MkdirAll(outDir, 0o755); err == nil {
+			if f, err := os.Create(filepath.Join(outDir, "history.json")); err == nil {
+				_ = rec.WriteHistory(f)
+				f.Close()
+			}
+		}
+	}
 
 	// DNS: probes in the healed cluster, then every service on every node.
 	for i := 0; i < 5; i++ {

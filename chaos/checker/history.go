@@ -3,6 +3,8 @@
 package checker
 
 import (
+	"encoding/json"
+	"io"
 	"math"
 	"sort"
 	"sync"
@@ -242,4 +244,19 @@ func (r *Recorder) snapshot() (ops []Op, grants []Grant, leases []LeaseRecord, f
 	sort.Slice(leases, func(i, j int) bool { return leases[i].ID < leases[j].ID })
 	faults = append(faults, r.faults...)
 	return
+}
+
+// WriteHistory writes the whole record as one JSON document (operations,
+// grants, leases, faults; times in nanoseconds since the start), so that an
+// anomaly can be read in its context after the run.
+func (r *Recorder) WriteHistory(w io.Writer) error {
+	ops, grants, leases, faults := r.snapshot()
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", " ")
+	return enc.Encode(struct {
+		Ops    []Op
+		Grants []Grant
+		Leases []LeaseRecord
+		Faults []Fault
+	}{ops, grants, leases, faults})
 }
