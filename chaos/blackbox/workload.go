@@ -322,11 +322,20 @@ func (a *app) tryLock(ctx context.Context) {
 	}
 	// Release also after an unknown outcome: the lock may be ours.
 	if op.Held || op.Outcome == checker.Unknown {
-		a.unlock(name, l.id)
+		if a.unlock(name, l.id) == checker.Unknown {
+			// The release may still land later (a request held up by a
+			// partition arrives when it heals, TCP retransmits it) and
+			// would release a later hold of this lease on the same lock,
+			// as it would for any client of a lease-keyed lock (etcd's
+			// too). As such a client must, start a new lease: this one
+			// ends by its TTL.
+			a.dropLease()
+		}
 	}
 }
 
-func (a *app) unlock(name, lease string) {
+// unlock releases name held by lease and returns the outcome.
+func (a *app) unlock(name, lease string) checker.Outcome {
 	op := checker.Op{Client: a.id, Kind: checker.Unlock, Key: name, Lease: lease, Call: a.now()}
 	octx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	err := a.node.API.Unlock(octx, name, lease)
@@ -337,6 +346,7 @@ func (a *app) unlock(name, lease string) {
 		op.Err = err.Error()
 	}
 	a.rec.Add(op)
+	return op.Outcome
 }
 
 // revoke ends the app's lease explicitly, then tries a lock with it as a
