@@ -245,13 +245,17 @@ func (t *leaseTracker) keepAlive(ctx context.Context, id string) (time.Duration,
 		return 0, err
 	}
 	ttl, err := t.extend(id)
-	if err != nil {
+	if err != nil && !errors.Is(err, fsm.ErrUnknownLease) {
 		return 0, err
 	}
-	if err := t.confirmLeader(ctx); err != nil {
-		return 0, err
+	// "Unknown lease" is as definite an answer as an acknowledgement: a
+	// deposed leader that has not noticed yet may be expiring a lease its
+	// successor keeps alive, or not know one granted since. Both wait for
+	// the confirmation.
+	if cerr := t.confirmLeader(ctx); cerr != nil {
+		return 0, cerr
 	}
-	return ttl, nil
+	return ttl, err
 }
 
 // extend restarts a lease's TTL from now.
