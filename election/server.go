@@ -189,9 +189,12 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 	rc.SnapshotInterval = cfg.SnapshotInterval
 	rc.TrailingLogs = cfg.TrailingLogs
 	rc.NotifyCh = s.notify
-	// Concurrent writes wait in a channel as deep as one append batch, so
-	// the leader writes (and fsyncs) them to the log together.
-	rc.BatchApplyCh = true
+	// BatchApplyCh stays off: with it, an Apply enqueued just before Raft
+	// shuts down waits forever (its future is in a buffer nobody drains and
+	// knows nothing of the shutdown; the in-process chaos run hung on one).
+	// Concurrent writes are still written and fsynced together: the leader
+	// loop gathers every Apply ready to send into one append batch.
+	rc.BatchApplyCh = false
 	rc.Logger = logadapt.Hclog(cfg.Logger, "raft")
 	if err := raft.ValidateConfig(rc); err != nil {
 		return nil, fmt.Errorf("raft config: %w", err)
