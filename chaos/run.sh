@@ -42,6 +42,15 @@ limit() { while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done;
 
 case $mode in
 campaign)
+	# A hung campaign fails with a goroutine dump in its log instead of
+	# holding up CI: the run's length plus 10 minutes for setup and checks.
+	case $dur in
+	*h) secs=$((${dur%h} * 3600)) ;;
+	*m) secs=$((${dur%m} * 60)) ;;
+	*s) secs=${dur%s} ;;
+	*) secs=3600 ;;
+	esac
+	export CHAOS_TEST_TIMEOUT=${CHAOS_TEST_TIMEOUT:-$((secs + 600))s}
 	$GO test -count=1 -run '^$' ./chaos/inproc >/dev/null
 	for i in $(seq 0 $((runs - 1))); do
 		limit
