@@ -74,8 +74,9 @@ func (t *leaseTracker) lead(ctx context.Context) {
 	t.reconcileLocked()
 	t.leading = true
 	close(t.ready)
+	loaded := len(t.deadlines)
 	t.mu.Unlock()
-	t.s.log.Info("lease tracker leading", "leases", len(t.deadlines))
+	t.s.log.Info("lease tracker leading", "leases", loaded)
 
 	defer func() {
 		t.mu.Lock()
@@ -281,7 +282,8 @@ func (t *leaseTracker) extend(id string) (time.Duration, error) {
 }
 
 // confirmLeader returns once a quorum has confirmed that this server leads,
-// in a round that began after the call: an acknowledged keepalive then
+// in a round that began after the call (consistent reads use it too): an
+// acknowledged keepalive then
 // arrived before any successor could be elected, and a successor restarts
 // every lease's full TTL, so the holder's deadline (send time + TTL) stays a
 // lower bound of the expiry. Without it, a leader paused past its

@@ -402,8 +402,10 @@ func (s *Server) ConsistentRead(ctx context.Context) error {
 		return ErrNotLeader
 	}
 	readIndex := s.raft.CommitIndex()
-	if err := s.raft.VerifyLeader().Error(); err != nil {
-		return mapRaftError(err)
+	// The same quorum round keepalives wait for: it begins after the read
+	// index was taken, and concurrent reads and keepalives share it.
+	if err := s.leases.confirmLeader(ctx); err != nil {
+		return err
 	}
 	for s.raft.AppliedIndex() < readIndex {
 		select {
