@@ -187,7 +187,16 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 	rc.CommitTimeout = cfg.CommitTimeout
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.SnapshotInterval = cfg.SnapshotInterval
-	rc.TrailingLogs = cfg.TrailingLogs
+	// At least a snapshot's worth of log stays behind each snapshot.
+	// hashicorp/raft has a follower install any snapshot its leader sends,
+	// also one older than the follower's own; the follower then applies the
+	// entries after it from its own log, and panics ("log not found") if
+	// its own snapshot already truncated them. A leader's latest snapshot
+	// lags its log by about the threshold (plus what is written until the
+	// next snapshot check), so keeping at least that many entries keeps
+	// them in all but extreme cases. (Found by make chaos, which draws
+	// small values; the defaults, 8192 and 10240, already satisfy it.)
+	rc.TrailingLogs = max(cfg.TrailingLogs, cfg.SnapshotThreshold)
 	rc.NotifyCh = s.notify
 	// BatchApplyCh stays off: with it, an Apply enqueued just before Raft
 	// shuts down waits forever (its future is in a buffer nobody drains and
