@@ -71,7 +71,14 @@ campaign)
 	exit $fail
 	;;
 bugs)
-	export CHAOS_TEST_TIMEOUT=${CHAOS_TEST_TIMEOUT:-150s} # a hung campaign fails, with a goroutine dump in its log
+	# A hung campaign fails, with a goroutine dump in its log; a planted bug
+	# may stop convergence, whose wait comes on top of the run.
+	case $dur in
+	*m) secs=$((${dur%m} * 60)) ;;
+	*s) secs=${dur%s} ;;
+	*) secs=60 ;;
+	esac
+	export CHAOS_TEST_TIMEOUT=${CHAOS_TEST_TIMEOUT:-$((secs + 150))s}
 	bugs=${CHAOS_BUGS:-readskipsleader lockignoreslease leaselocalclock}
 	for bug in $bugs; do
 		$GO test -tags chaosbug_$bug -count=1 -run '^$' ./chaos/inproc >/dev/null
