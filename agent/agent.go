@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/sidecarhq/sidecar/fsm"
 	"github.com/sidecarhq/sidecar/healthcheck"
 	"github.com/sidecarhq/sidecar/httpapi"
+	"github.com/sidecarhq/sidecar/localstate"
 )
 
 // Config is what the agent needs to run; cmd/sidecar fills it from flags,
@@ -67,6 +69,9 @@ type Config struct {
 
 	// Raft overrides the Raft server settings (tests); zero: defaults.
 	Raft *election.ServerConfig
+	// AntiEntropyInterval is the backstop between comparisons of the
+	// registry with the local state when nothing changed; zero: 30s.
+	AntiEntropyInterval time.Duration
 }
 
 // Election is a candidacy from the config file.
@@ -90,6 +95,10 @@ type Agent struct {
 	http      *httpapi.Server
 	dns       *dnsserver.Server
 	checks    *healthcheck.Runner
+	// state is what this agent owns (its registrations), antiEntropy keeps
+	// the registry in line with it.
+	state       *localstate.Store
+	antiEntropy *localstate.AntiEntropy
 
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
@@ -212,13 +221,32 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 	closers = append(closers, func() { checks.Close() })
 	a.checks = checks
 
+	statePath := ""
+	if !cfg.Dev && cfg.DataDir != "" {
+		statePath = filepath.Join(cfg.DataDir, localstate.FileName)
+	}
+	state, err := localstate.Open(statePath)
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, func() { state.Close() })
+	a.state = state
+	a.antiEntropy = localstate.NewAntiEntropy(localstate.Config{
+		Node: cfg.Name,
+		NodeEntry: func() *fsm.RegisterNode {
+			return &fsm.RegisterNode{Name: cfg.Name, Address: a.advertiseIP(), Meta: map[string]string{"role": a.role()}}
+		},
+		Interval: cfg.AntiEntropyInterval, CheckStatus: checks.RegistryStatus, Forgotten: checks.RemoveInstance,
+		Logger: log, Registerer: a.metrics,
+	}, state, a.reg, a)
+
 	hc := httpapi.DefaultConfig()
 	hc.Addr = cfg.HTTPAddr
 	hc.SessionTTL = cfg.SessionTTL
 	hc.Logger = log
 	hc.Registerer = a.metrics
 	hc.Gatherer = a.metrics
-	a.http = httpapi.New(hc, a.reg, a, a.local)
+	a.http = httpapi.New(hc, a.reg, a, holds{a.local, a})
 
 	dc := dnsserver.DefaultConfig()
 	dc.Addr = cfg.DNSAddr
@@ -308,9 +336,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.replica != nil {
 		a.goBackground(func() { a.replica.Run(bg) })
 	}
-	a.goBackground(func() { a.syncChecks(bg) })
 	startErr := make(chan error, 1)
-	go func() { startErr <- a.join(ctx) }()
+	go func() { startErr <- a.join(ctx, bg) }()
 	select {
 	case err := <-startErr:
 		if err != nil && ctx.Err() == nil {
@@ -350,8 +377,9 @@ func (a *Agent) forwardEvents(ctx context.Context) {
 }
 
 // join waits until writes can reach a leader, records this node, opens the
-// node session and registers what the config file declares.
-func (a *Agent) join(ctx context.Context) error {
+// node session, brings back what the local state holds (and what the config
+// file declares), and campaigns again; only then is the agent ready.
+func (a *Agent) join(ctx, bg context.Context) error {
 	if err := a.retry(ctx, func() error {
 		_, err := a.Apply(ctx, &fsm.RegisterNode{Name: a.cfg.Name, Address: a.advertiseIP(), Meta: map[string]string{"role": a.role()}})
 		return err
@@ -361,31 +389,17 @@ func (a *Agent) join(ctx context.Context) error {
 	if err := a.local.Start(ctx); err != nil {
 		return err
 	}
-	for _, svc := range a.cfg.Services {
-		in, err := httpapi.InstanceFromRegistration(svc, a.cfg.Name)
-		if err != nil {
-			return fmt.Errorf("service %q from config: %w", svc.ID, err)
-		}
-		if err := a.retry(ctx, func() error {
-			_, err := a.Apply(ctx, &fsm.RegisterInstance{Instance: *in})
-			return err
-		}); err != nil {
-			return fmt.Errorf("register service %q: %w", svc.ID, err)
-		}
+	if err := a.startLocalState(ctx, bg); err != nil {
+		return err
 	}
-	for _, e := range a.cfg.Elections {
-		cand := e.Candidate
-		if cand == "" {
-			cand = a.cfg.Name
-		}
-		if _, err := a.local.Campaign(ctx, election.CampaignSpec{Election: e.Name, Candidate: cand, Value: e.Value, Service: e.Service}); err != nil {
-			return fmt.Errorf("campaign %q from config: %w", e.Name, err)
-		}
+	if err := a.campaignLocal(ctx); err != nil {
+		return err
 	}
 	a.mu.Lock()
 	a.ready = true
 	a.mu.Unlock()
-	a.log.Info("agent ready", "node", a.cfg.Name, "role", a.role(), "http_addr", a.http.Addr(), "dns_addr", a.dns.Addr())
+	a.log.Info("agent ready", "node", a.cfg.Name, "role", a.role(), "http_addr", a.http.Addr(), "dns_addr", a.dns.Addr(),
+		"local_instances", a.state.Len())
 	if a.cfg.OnReady != nil {
 		a.cfg.OnReady()
 	}
@@ -455,6 +469,9 @@ func (a *Agent) shutdown() error {
 			errs = append(errs, err)
 		}
 	}
+	if err := a.state.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close local state: %w", err))
+	}
 	return errors.Join(errs...)
 }
 
@@ -483,6 +500,7 @@ func (a *Agent) Kill() {
 	a.checks.Close()
 	a.local.Abandon()
 	a.remote.Close()
+	a.state.Close()
 }
 
 func (a *Agent) role() string {
@@ -505,189 +523,8 @@ func (a *Agent) advertiseIP() string {
 	return "127.0.0.1"
 }
 
-// Node implements httpapi.Agent.
-func (a *Agent) Node() string { return a.cfg.Name }
-
-// Status implements httpapi.Agent.
-func (a *Agent) Status() api.Status {
-	if a.server != nil {
-		st := a.server.Status()
-		st.RegistryIndex, st.Digest = a.reg.Index(), a.reg.Digest()
-		return st
-	}
-	// A client has no Raft of its own: it reports a server's view, with
-	// its own name, role and how far its copy has applied.
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	st, err := a.remote.ServerStatus(ctx)
-	if err != nil {
-		st = api.Status{}
-		for _, m := range a.gossip.Members() {
-			if m.Status == discovery.StatusAlive && m.Meta.IsServer() {
-				st.Peers = append(st.Peers, m.Name)
-			}
-		}
-	}
-	st.Node, st.Role, st.AppliedIndex = a.cfg.Name, "client", a.reg.Index()
-	st.RegistryIndex, st.Digest = a.reg.Index(), a.reg.Digest()
-	if st.Peers == nil {
-		st.Peers = []string{}
-	}
-	return st
-}
-
-// Members lists the gossip members.
-func (a *Agent) Members() []api.Member {
-	var out []api.Member
-	for _, m := range a.gossip.Members() {
-		out = append(out, api.Member{Name: m.Name, Addr: m.Addr, Port: m.Port, Role: m.Meta.Role, Status: string(m.Status)})
-	}
-	return out
-}
-
-// Ready implements httpapi.Agent: joined, a leader known (a client: its
-// copy of the registry current).
-func (a *Agent) Ready() error {
-	if a.server != nil {
-		if leader, _ := a.server.Leader(); leader == "" {
-			return errors.New("no raft leader known")
-		}
-	} else if err := a.replica.Current(); err != nil {
-		return err
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if !a.ready {
-		return errors.New("agent still joining")
-	}
-	return nil
-}
-
-// Apply writes through the Raft leader.
-func (a *Agent) Apply(ctx context.Context, cmd fsm.Command) (*fsm.Result, error) {
-	return a.remote.Apply(ctx, cmd)
-}
-
-// ConsistentRead implements httpapi.Agent.
-func (a *Agent) ConsistentRead(ctx context.Context) error {
-	if a.server != nil && a.server.IsLeader() {
-		return a.server.ConsistentRead(ctx)
-	}
-	return a.remote.ConsistentRead(ctx, a.reg)
-}
-
-// SaveSnapshot implements httpapi.Agent: any agent holds a whole copy.
-func (a *Agent) SaveSnapshot(w io.Writer) error { return a.reg.WriteSnapshot(w) }
-
-// RestoreSnapshot implements httpapi.Agent: the Raft leader restores,
-// wherever the request arrives.
-func (a *Agent) RestoreSnapshot(ctx context.Context, r io.Reader) error {
-	data, err := io.ReadAll(r)
-	if err != nil {
-		return fmt.Errorf("read snapshot: %w", err)
-	}
-	return a.remote.Restore(ctx, data)
-}
-
-// KeepAlive writes nothing: it reaches the leader's lease tracker.
-func (a *Agent) KeepAlive(ctx context.Context, id string) (time.Duration, error) {
-	return a.remote.KeepAlive(ctx, id)
-}
-
-// LeaseRemaining tells how long a lease surely stays live, for DNS TTLs of
-// leader records: this sidecar's own knowledge, else the leader's deadline.
-func (a *Agent) LeaseRemaining(id string) (time.Duration, bool) {
-	if d, ok := a.local.LeaseRemaining(id); ok {
-		return d, true
-	}
-	if a.server != nil {
-		return a.server.LeaseRemaining(id)
-	}
-	return 0, false
-}
-
 // Gossip is the agent's membership (tests).
 func (a *Agent) Gossip() *discovery.Gossip { return a.gossip }
 
 // Server is the agent's Raft server, nil on a client (tests).
 func (a *Agent) Server() *election.Server { return a.server }
-
-// syncChecks runs the checks of this node's instances: started when an
-// instance registers, changed or stopped with it.
-func (a *Agent) syncChecks(ctx context.Context) {
-	var seen uint64
-	for {
-		watch := a.reg.Watch()
-		// Only this node's instances matter; the services table moves on
-		// every registration anywhere.
-		if idx := a.reg.NodeIndex(a.cfg.Name); idx != seen {
-			seen = idx
-			a.syncChecksNow()
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-watch:
-		}
-	}
-}
-
-func (a *Agent) syncChecksNow() {
-	var list []healthcheck.Instance
-	for _, in := range a.reg.NodeInstances(a.cfg.Name) {
-		if len(in.Checks) > 0 {
-			list = append(list, healthcheck.Instance{ID: in.ID, Checks: in.Checks})
-		}
-	}
-	if err := a.checks.Sync(list); err != nil && !errors.Is(err, healthcheck.ErrClosed) {
-		a.log.Warn("some checks not run", "err", err)
-	}
-}
-
-// UpdateTTLCheck feeds a TTL check (PUT /v1/checks/{id}/pass|warn|fail)
-// and waits until this agent's copy of the registry shows the status.
-func (a *Agent) UpdateTTLCheck(ctx context.Context, checkID, status, note string) error {
-	err := a.checks.TTLUpdate(checkID, status, note)
-	if errors.Is(err, healthcheck.ErrUnknownCheck) {
-		// Registered an instant ago: the runner has not synced yet.
-		a.syncChecksNow()
-		err = a.checks.TTLUpdate(checkID, status, note)
-	}
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	for {
-		watch := a.reg.Watch()
-		if in, ok := a.reg.CheckOwner(a.cfg.Name, checkID); ok {
-			for _, c := range in.Checks {
-				if c.ID == checkID && c.Status == status {
-					return nil
-				}
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("check %s not yet %s in the registry: %w", checkID, status, ctx.Err())
-		case <-watch:
-		}
-	}
-}
-
-// checkNotifier writes check status changes, and deregistrations of
-// instances critical for too long, through Raft.
-type checkNotifier struct{ a *Agent }
-
-func (n checkNotifier) UpdateCheck(ctx context.Context, checkID, status, output string) error {
-	_, err := n.a.Apply(ctx, &fsm.UpdateCheck{Node: n.a.cfg.Name, CheckID: checkID, Status: status, Output: output})
-	return err
-}
-
-func (n checkNotifier) DeregisterCritical(ctx context.Context, instanceID string) error {
-	_, err := n.a.Apply(ctx, &fsm.DeregisterInstance{Node: n.a.cfg.Name, ID: instanceID})
-	if errors.Is(err, fsm.ErrUnknownInstance) {
-		return nil
-	}
-	return err
-}

@@ -312,7 +312,18 @@ func (l *Local) KeepAlive(ctx context.Context, id string) (time.Duration, error)
 func (l *Local) RevokeLease(ctx context.Context, id string) error {
 	l.mu.Lock()
 	s := l.sessions[id]
+	node := l.node
 	l.mu.Unlock()
+	if s != nil && s == node {
+		// Revoking the node session through the API ends it as a loss
+		// would: the renewal loop opens a new one, so lease-less locks and
+		// campaigns keep working.
+		err := l.revoke(ctx, id)
+		if err == nil || errors.Is(err, fsm.ErrUnknownLease) {
+			s.end(ErrSessionLost)
+		}
+		return err
+	}
 	if s != nil {
 		return s.Close(ctx)
 	}
@@ -481,8 +492,8 @@ func (l *Local) Abandon() {
 	}
 }
 
-// Close resigns every candidacy and releases every lock taken through this
-// sidecar, then revokes its sessions. The agent calls it on SIGTERM, before
+// Close resigns the candidacies and releases the locks this sidecar holds
+// on its own sessions, then revokes those sessions. The agent calls it on SIGTERM, before
 // leaving the cluster.
 func (l *Local) Close(ctx context.Context) error {
 	l.mu.Lock()
@@ -503,15 +514,21 @@ func (l *Local) Close(ctx context.Context) error {
 		<-healthDone
 	}
 	l.mu.Lock()
+	// Only holds on this sidecar's own sessions (the node session and
+	// connection-bound holds) end with it. A lock or candidacy on a lease
+	// the app created lives on with that lease: the app keeps it alive, and
+	// still holds what it took, while its sidecar restarts.
 	cands := make([]candidateKey, 0, len(l.candidates))
 	for k, c := range l.candidates {
-		if !c.parked {
+		if !c.parked && l.sessions[c.lease] != nil {
 			cands = append(cands, k)
 		}
 	}
 	locks := make([]lockKey, 0, len(l.locks))
 	for k := range l.locks {
-		locks = append(locks, k)
+		if l.sessions[k.lease] != nil {
+			locks = append(locks, k)
+		}
 	}
 	sessions := make([]*Session, 0, len(l.sessions))
 	for _, s := range l.sessions {

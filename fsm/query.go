@@ -119,6 +119,17 @@ func (f *FSM) NodeInstances(node string) []*Instance {
 	return out
 }
 
+// VisitNode calls fn for each instance a node owns without copying it,
+// under the read lock: fn must not keep the instance nor call into the FSM.
+// The agent's anti-entropy compares its own instances through it.
+func (f *FSM) VisitNode(node string, fn func(in *Instance)) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	for key := range f.st.byNode[node] {
+		fn(f.st.instances[key])
+	}
+}
+
 // NodeIndex is the index of the last entry that changed a node's instances
 // or their checks (0 when unknown); it moves only for that node.
 func (f *FSM) NodeIndex(node string) uint64 {

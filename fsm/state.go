@@ -107,10 +107,8 @@ func (s *state) deregisterNode(index uint64, c *DeregisterNode) (*Result, bool) 
 		return &Result{Err: fmt.Errorf("%w: %q", ErrUnknownNode, c.Name)}, false
 	}
 	delete(s.nodes, c.Name)
-	for key := range s.instances {
-		if key.node == c.Name {
-			s.removeInstance(key)
-		}
+	for key := range s.byNode[c.Name] {
+		s.removeInstance(key)
 	}
 	s.touch(index, TableNodes, TableServices)
 	return &Result{}, true

@@ -61,6 +61,9 @@ type Runner struct {
 	mu     sync.Mutex
 	closed bool
 	checks map[string]*check // by check id
+	// byInstance lists the ids of each instance's running checks, so that
+	// SyncInstance touches one instance's checks only.
+	byInstance map[string][]string
 	// retired holds stopped checks whose goroutine has not ended yet, so
 	// that a check started again under the same id waits for it: the
 	// notifications of one check id never overlap.
@@ -84,13 +87,14 @@ func New(cfg Config, notifier Notifier) (*Runner, error) {
 		return nil, err
 	}
 	r := &Runner{
-		cfg:       cfg,
-		log:       cfg.Logger.With("component", "healthcheck"),
-		notifier:  notifier,
-		metrics:   m,
-		transport: newTransport(),
-		checks:    map[string]*check{},
-		retired:   map[string]*check{},
+		cfg:        cfg,
+		log:        cfg.Logger.With("component", "healthcheck"),
+		notifier:   notifier,
+		metrics:    m,
+		transport:  newTransport(),
+		checks:     map[string]*check{},
+		byInstance: map[string][]string{},
+		retired:    map[string]*check{},
 	}
 	r.deregisterer, _ = notifier.(Deregisterer)
 	r.client = newHTTPClient(r.transport)
@@ -208,6 +212,7 @@ func (r *Runner) startLocked(s *spec) {
 	}
 	c := newCheck(r, s, prev)
 	r.checks[s.def.ID] = c
+	r.byInstance[s.instance] = append(r.byInstance[s.instance], s.def.ID)
 	r.wg.Add(1)
 	go c.loop()
 }
@@ -215,6 +220,12 @@ func (r *Runner) startLocked(s *spec) {
 func (r *Runner) stopLocked(c *check) {
 	c.stop()
 	delete(r.checks, c.spec.def.ID)
+	ids := slices.DeleteFunc(r.byInstance[c.spec.instance], func(id string) bool { return id == c.spec.def.ID })
+	if len(ids) == 0 {
+		delete(r.byInstance, c.spec.instance)
+	} else {
+		r.byInstance[c.spec.instance] = ids
+	}
 	r.retired[c.spec.def.ID] = c
 }
 
@@ -330,4 +341,75 @@ func (s *spec) sameDefinition(o *spec) bool {
 		a.Timeout == b.Timeout && a.SuccessBeforePassing == b.SuccessBeforePassing &&
 		a.FailuresBeforeCritical == b.FailuresBeforeCritical &&
 		a.DeregisterCriticalAfter == b.DeregisterCriticalAfter
+}
+
+// SyncInstance makes the running checks of one instance those of in, as
+// Sync does for all: new checks start, changed ones restart, unchanged ones
+// keep running, and checks of the instance no longer listed stop. It costs
+// the instance's checks, not every running check, so an agent with tens of
+// thousands of instances registers one in constant time. A check id that
+// another instance runs is refused with ErrInvalidCheck.
+func (r *Runner) SyncInstance(in Instance) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return ErrClosed
+	}
+	var errs []error
+	want := map[string]*spec{}
+	for i := range in.Checks {
+		s, err := r.newSpec(in.ID, &in.Checks[i])
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if c := r.checks[s.def.ID]; c != nil && c.spec.instance != in.ID {
+			errs = append(errs, fmt.Errorf("%w %q of instance %q: id used by instance %q", ErrInvalidCheck, s.def.ID, in.ID, c.spec.instance))
+			continue
+		}
+		if _, dup := want[s.def.ID]; dup {
+			errs = append(errs, fmt.Errorf("%w %q of instance %q: id used twice", ErrInvalidCheck, s.def.ID, in.ID))
+			continue
+		}
+		want[s.def.ID] = s
+	}
+	for _, id := range slices.Clone(r.byInstance[in.ID]) {
+		c := r.checks[id]
+		if c == nil {
+			continue
+		}
+		if s, ok := want[id]; ok && s.sameDefinition(c.spec) {
+			c.registryStatus(s.def.Status)
+			delete(want, id)
+			continue
+		}
+		r.stopLocked(c)
+	}
+	for _, s := range want {
+		r.startLocked(s)
+	}
+	return errors.Join(errs...)
+}
+
+// RemoveInstance stops the checks of one instance.
+func (r *Runner) RemoveInstance(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, cid := range slices.Clone(r.byInstance[id]) {
+		if c := r.checks[cid]; c != nil {
+			r.stopLocked(c)
+		}
+	}
+}
+
+// RegistryStatus tells a running check what the registry holds for it; a
+// check whose last report differs reports its status again (after a
+// snapshot restore or a re-registration reset it in the registry).
+func (r *Runner) RegistryStatus(checkID, status string) {
+	r.mu.Lock()
+	c := r.checks[checkID]
+	r.mu.Unlock()
+	if c != nil {
+		c.registryStatus(status)
+	}
 }

@@ -99,7 +99,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	res, err := s.agent.Apply(r.Context(), &fsm.RegisterInstance{Instance: *in})
+	res, err := s.agent.RegisterService(r.Context(), in)
 	if err != nil {
 		return err
 	}
@@ -112,7 +112,7 @@ func (s *Server) deregister(w http.ResponseWriter, r *http.Request) error {
 	if err := checkID("instance id", id); err != nil {
 		return err
 	}
-	res, err := s.agent.Apply(r.Context(), &fsm.DeregisterInstance{Node: s.agent.Node(), ID: id})
+	res, err := s.agent.DeregisterService(r.Context(), id)
 	if err != nil {
 		return err
 	}

@@ -46,6 +46,10 @@ type Agent interface {
 	Ready() error
 	// Apply writes through the Raft leader.
 	Apply(ctx context.Context, cmd fsm.Command) (*fsm.Result, error)
+	// RegisterService registers an instance of this node, which the agent
+	// keeps in its local state; DeregisterService removes one.
+	RegisterService(ctx context.Context, in *fsm.Instance) (*fsm.Result, error)
+	DeregisterService(ctx context.Context, id string) (*fsm.Result, error)
 	// ConsistentRead returns once the local registry holds every write
 	// acknowledged before the call.
 	ConsistentRead(ctx context.Context) error

@@ -1,0 +1,460 @@
+// Package localstate is what an agent owns: the service instances, checks
+// and candidacies registered through it, kept in its data dir so that a
+// restart brings them back, and the anti-entropy that keeps the registry's
+// view of the node equal to them.
+package localstate
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"hash/maphash"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/sidecarhq/sidecar/fsm"
+)
+
+// Where a service came from: the config file's are declarative (re-read at
+// start and on reload), the API's stay until deregistered.
+const (
+	SourceAPI    = "api"
+	SourceConfig = "config"
+)
+
+// FileName is the local state's file in the data dir.
+const FileName = "local.db"
+
+// Service is an instance registered through this agent, as the registry
+// should hold it: its definition only (no status, output or indexes).
+type Service struct {
+	Instance fsm.Instance `json:"instance"`
+	Source   string       `json:"source"`
+}
+
+// Candidacy is a campaign on the node session made through this agent's
+// API: the agent campaigns again after a restart.
+type Candidacy struct {
+	Election  string `json:"election"`
+	Candidate string `json:"candidate"`
+	Value     string `json:"value,omitempty"`
+	Service   string `json:"service,omitempty"`
+}
+
+// ErrClosed: the store was closed.
+var ErrClosed = errors.New("localstate: closed")
+
+var (
+	bucketServices    = []byte("services")
+	bucketCandidacies = []byte("candidacies")
+	castagnoli        = crc32.MakeTable(crc32.Castagnoli)
+)
+
+// Store holds the local state in memory, mirrored to a bbolt file unless it
+// is in memory only (--dev). A write returns once it is on disk (fsync'd):
+// the agent answers a registration only after that, so a crash right after
+// the answer loses nothing. Concurrent writes share one commit.
+type Store struct {
+	path    string
+	db      *bolt.DB // nil: in memory
+	created bool
+
+	mu          sync.RWMutex
+	services    map[string]*Service
+	candidacies map[candidacyKey]Candidacy
+
+	ops       chan *op
+	closeOnce sync.Once
+	closing   chan struct{}
+	writerEnd chan struct{}
+
+	stripes [64]sync.Mutex
+	seed    maphash.Seed
+}
+
+type candidacyKey struct{ election, candidate string }
+
+// op is one write waiting for the group commit.
+type op struct {
+	bucket []byte
+	key    []byte
+	val    []byte // nil: delete
+	done   chan error
+}
+
+// Open opens the local state at path, creating it; an empty path keeps it
+// in memory. A record that fails its checksum or does not decode ends Open
+// with an error naming the file and the key: the agent must not start
+// believing it owns less than it does.
+func Open(path string) (*Store, error) {
+	s := &Store{
+		path:        path,
+		services:    map[string]*Service{},
+		candidacies: map[candidacyKey]Candidacy{},
+		closing:     make(chan struct{}),
+		writerEnd:   make(chan struct{}),
+		seed:        maphash.MakeSeed(),
+	}
+	if path == "" {
+		s.created = true
+		close(s.writerEnd)
+		return s, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("local state: create data dir: %w", err)
+	}
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		s.created = true
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("local state %s: open: %w", path, err)
+	}
+	s.db = db
+	if err := s.load(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.ops = make(chan *op, 1024)
+	go s.writer()
+	return s, nil
+}
+
+func (s *Store) load() error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketServices, bucketCandidacies} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return fmt.Errorf("local state %s: create bucket %s: %w", s.path, b, err)
+			}
+		}
+		err := tx.Bucket(bucketServices).ForEach(func(k, v []byte) error {
+			var svc Service
+			if err := s.decode(bucketServices, k, v, &svc); err != nil {
+				return err
+			}
+			s.services[svc.Instance.ID] = &svc
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketCandidacies).ForEach(func(k, v []byte) error {
+			var c Candidacy
+			if err := s.decode(bucketCandidacies, k, v, &c); err != nil {
+				return err
+			}
+			s.candidacies[candidacyKey{c.Election, c.Candidate}] = c
+			return nil
+		})
+	})
+}
+
+// encode is a record as stored: a CRC-32C of the JSON, then the JSON. bbolt
+// checks its pages' structure, not the values in them.
+func encode(v any) ([]byte, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 4, 4+len(data))
+	binary.BigEndian.PutUint32(out, crc32.Checksum(data, castagnoli))
+	return append(out, data...), nil
+}
+
+func (s *Store) decode(bucket, key, raw []byte, v any) error {
+	bad := func(why string) error {
+		return fmt.Errorf("local state %s: record %s/%q is damaged (%s); move the file away to start without the local registrations, or restore it from a backup", s.path, bucket, key, why)
+	}
+	if len(raw) < 4 {
+		return bad("too short")
+	}
+	if crc32.Checksum(raw[4:], castagnoli) != binary.BigEndian.Uint32(raw) {
+		return bad("checksum mismatch")
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw[4:]))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return bad(err.Error())
+	}
+	return nil
+}
+
+// writer commits queued writes, as many as are waiting in one transaction:
+// one fsync serves every registration that arrived while the previous one
+// ran.
+func (s *Store) writer() {
+	defer close(s.writerEnd)
+	for {
+		var batch []*op
+		select {
+		case o := <-s.ops:
+			batch = append(batch, o)
+		case <-s.closing:
+			return
+		}
+	more:
+		for len(batch) < 4096 {
+			select {
+			case o := <-s.ops:
+				batch = append(batch, o)
+			default:
+				break more
+			}
+		}
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			for _, o := range batch {
+				b := tx.Bucket(o.bucket)
+				var err error
+				if o.val == nil {
+					err = b.Delete(o.key)
+				} else {
+					err = b.Put(o.key, o.val)
+				}
+				if err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			err = fmt.Errorf("local state %s: write: %w", s.path, err)
+		}
+		for _, o := range batch {
+			o.done <- err
+		}
+	}
+}
+
+// persist writes one record (val nil: deletes it) and waits until it is on
+// disk.
+func (s *Store) persist(bucket, key, val []byte) error {
+	if s.db == nil {
+		return nil
+	}
+	o := &op{bucket: bucket, key: key, val: val, done: make(chan error, 1)}
+	select {
+	case s.ops <- o:
+	case <-s.closing:
+		return ErrClosed
+	}
+	select {
+	case err := <-o.done:
+		return err
+	case <-s.writerEnd:
+		// Closed while queued: the write may or may not have been taken.
+		select {
+		case err := <-o.done:
+			return err
+		default:
+			return ErrClosed
+		}
+	}
+}
+
+// Created reports whether the store began empty: a new file, or in memory.
+func (s *Store) Created() bool { return s.created }
+
+// LockID serialises the writes of one instance id (a registration and the
+// anti-entropy's correction of it) without serialising different ids.
+func (s *Store) LockID(id string) (unlock func()) {
+	m := &s.stripes[maphash.String(s.seed, id)%uint64(len(s.stripes))]
+	m.Lock()
+	return m.Unlock
+}
+
+// PutService stores a service, replacing one with the same instance id.
+func (s *Store) PutService(svc Service) error {
+	svc.Instance = Definition(svc.Instance)
+	val, err := encode(&svc)
+	if err != nil {
+		return fmt.Errorf("local state: encode %q: %w", svc.Instance.ID, err)
+	}
+	if err := s.persist(bucketServices, []byte(svc.Instance.ID), val); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.services[svc.Instance.ID] = &svc
+	s.mu.Unlock()
+	return nil
+}
+
+// DeleteService forgets a service; it reports whether one was stored.
+func (s *Store) DeleteService(id string) (bool, error) {
+	s.mu.RLock()
+	_, ok := s.services[id]
+	s.mu.RUnlock()
+	if !ok {
+		return false, nil
+	}
+	if err := s.persist(bucketServices, []byte(id), nil); err != nil {
+		return true, err
+	}
+	s.mu.Lock()
+	delete(s.services, id)
+	s.mu.Unlock()
+	return true, nil
+}
+
+// Service returns a stored service.
+func (s *Store) Service(id string) (Service, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	svc, ok := s.services[id]
+	if !ok {
+		return Service{}, false
+	}
+	return Service{Instance: Definition(svc.Instance), Source: svc.Source}, true
+}
+
+// Services returns every stored service, sorted by instance id.
+func (s *Store) Services() []Service {
+	s.mu.RLock()
+	out := make([]Service, 0, len(s.services))
+	for _, svc := range s.services {
+		out = append(out, Service{Instance: Definition(svc.Instance), Source: svc.Source})
+	}
+	s.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Instance.ID < out[j].Instance.ID })
+	return out
+}
+
+// Len is how many services are stored.
+func (s *Store) Len() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.services)
+}
+
+func candidacyRecordKey(election, candidate string) []byte {
+	// Names and candidates never hold a NUL byte (fsm.ValidName/ValidID).
+	return []byte(election + "\x00" + candidate)
+}
+
+// PutCandidacy stores a candidacy.
+func (s *Store) PutCandidacy(c Candidacy) error {
+	val, err := encode(&c)
+	if err != nil {
+		return fmt.Errorf("local state: encode candidacy: %w", err)
+	}
+	if err := s.persist(bucketCandidacies, candidacyRecordKey(c.Election, c.Candidate), val); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.candidacies[candidacyKey{c.Election, c.Candidate}] = c
+	s.mu.Unlock()
+	return nil
+}
+
+// DeleteCandidacy forgets a candidacy.
+func (s *Store) DeleteCandidacy(election, candidate string) error {
+	s.mu.RLock()
+	_, ok := s.candidacies[candidacyKey{election, candidate}]
+	s.mu.RUnlock()
+	if !ok {
+		return nil
+	}
+	if err := s.persist(bucketCandidacies, candidacyRecordKey(election, candidate), nil); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	delete(s.candidacies, candidacyKey{election, candidate})
+	s.mu.Unlock()
+	return nil
+}
+
+// Candidacies returns the stored candidacies, sorted by election and
+// candidate.
+func (s *Store) Candidacies() []Candidacy {
+	s.mu.RLock()
+	out := make([]Candidacy, 0, len(s.candidacies))
+	for _, c := range s.candidacies {
+		out = append(out, c)
+	}
+	s.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Election != out[j].Election {
+			return out[i].Election < out[j].Election
+		}
+		return out[i].Candidate < out[j].Candidate
+	})
+	return out
+}
+
+// Close waits for queued writes and closes the file.
+func (s *Store) Close() error {
+	var err error
+	s.closeOnce.Do(func() {
+		close(s.closing)
+		<-s.writerEnd
+		if s.db != nil {
+			err = s.db.Close()
+		}
+	})
+	return err
+}
+
+// Definition is an instance's definition: what its owner registered,
+// without the status, output and indexes the registry adds. Slices and maps
+// are copied.
+func Definition(in fsm.Instance) fsm.Instance {
+	in.CreateIndex, in.ModifyIndex = 0, 0
+	in.Tags = slices.Clone(in.Tags)
+	if len(in.Tags) == 0 {
+		in.Tags = nil
+	}
+	if len(in.Meta) == 0 {
+		in.Meta = nil
+	} else {
+		m := make(map[string]string, len(in.Meta))
+		for k, v := range in.Meta {
+			m[k] = v
+		}
+		in.Meta = m
+	}
+	if len(in.Checks) == 0 {
+		in.Checks = nil
+	} else {
+		checks := make([]fsm.Check, len(in.Checks))
+		for i, c := range in.Checks {
+			c.Status, c.Output, c.ModifyIndex = "", "", 0
+			c.Exec = slices.Clone(c.Exec)
+			checks[i] = c
+		}
+		in.Checks = checks
+	}
+	return in
+}
+
+// SameDefinition reports whether the registry's instance reg is what the
+// local definition def asks for: everything but status, output and indexes.
+func SameDefinition(reg, def *fsm.Instance) bool {
+	if reg.ID != def.ID || reg.Name != def.Name || reg.Node != def.Node || reg.Address != def.Address ||
+		reg.Port != def.Port || reg.Lease != def.Lease || !slices.Equal(reg.Tags, def.Tags) ||
+		len(reg.Meta) != len(def.Meta) || len(reg.Checks) != len(def.Checks) {
+		return false
+	}
+	for k, v := range def.Meta {
+		if w, ok := reg.Meta[k]; !ok || w != v {
+			return false
+		}
+	}
+	for i := range def.Checks {
+		a, b := &reg.Checks[i], &def.Checks[i]
+		if a.ID != b.ID || a.Name != b.Name || a.Type != b.Type || a.HTTP != b.HTTP || a.TCP != b.TCP ||
+			!slices.Equal(a.Exec, b.Exec) || a.TTL != b.TTL || a.Interval != b.Interval || a.Timeout != b.Timeout ||
+			a.SuccessBeforePassing != b.SuccessBeforePassing || a.FailuresBeforeCritical != b.FailuresBeforeCritical ||
+			a.DeregisterCriticalAfter != b.DeregisterCriticalAfter {
+			return false
+		}
+	}
+	return true
+}
