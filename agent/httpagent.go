@@ -114,4 +114,3 @@ func (a *Agent) LeaseRemaining(id string) (time.Duration, bool) {
 	}
 	return 0, false
 }
-
