@@ -1,0 +1,372 @@
+package localstate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"go.uber.org/goleak"
+
+	"github.com/sidecarhq/sidecar/fsm"
+)
+
+func svc(id string, port int) Service {
+	return Service{Source: SourceAPI, Instance: fsm.Instance{ID: id, Name: "web", Node: "n1", Port: port,
+		Tags: []string{"a"}, Meta: map[string]string{"k": "v"},
+		Checks: []fsm.Check{{ID: id + ":ttl", Type: "ttl", TTL: 1e10, Status: "passing", Output: "ok", ModifyIndex: 9}}}}
+}
+
+func TestStore_keepsWritesAcrossReopen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.Created() {
+		t.Fatal("a new file is not reported as created")
+	}
+	// Concurrent writers share commits; every one of them is kept.
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				if err := s.PutService(svc(fmt.Sprintf("w%d-%d", w, i), i)); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if _, err := s.DeleteService("w0-0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutCandidacy(Candidacy{Election: "db", Candidate: "a", Value: "v"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err = Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Created() {
+		t.Fatal("an existing file is reported as created")
+	}
+	if s.Len() != 399 {
+		t.Fatalf("reopened with %d services, want 399", s.Len())
+	}
+	if _, ok := s.Service("w0-0"); ok {
+		t.Fatal("a deleted service came back")
+	}
+	got, ok := s.Service("w3-7")
+	if !ok || got.Instance.Port != 7 || got.Source != SourceAPI || got.Instance.Checks[0].Status != "" || got.Instance.Checks[0].ModifyIndex != 0 {
+		t.Fatalf("w3-7 after reopen: %+v %v; want its definition without status or indexes", got, ok)
+	}
+	if c := s.Candidacies(); len(c) != 1 || c[0] != (Candidacy{Election: "db", Candidate: "a", Value: "v"}) {
+		t.Fatalf("candidacies after reopen: %+v", c)
+	}
+}
+
+// A damaged record stops Open with a message naming the file and the
+// record, never a start that silently owns less.
+func TestStore_damagedRecordRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutService(svc("web-1", 80)); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketServices)
+		v := append([]byte(nil), b.Get([]byte("web-1"))...)
+		v[len(v)-3] ^= 0x20 // one flipped bit in the JSON
+		return b.Put([]byte("web-1"), v)
+	})
+	db.Close()
+	_, err = Open(path)
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "web-1") || !strings.Contains(err.Error(), "checksum") {
+		t.Fatalf("open of a damaged record: %v; want an error naming the file, the record and the checksum", err)
+	}
+}
+
+func TestStore_inMemory(t *testing.T) {
+	s, err := Open("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutService(svc("a", 1)); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Services(); len(got) != 1 || got[0].Instance.ID != "a" {
+		t.Fatalf("services: %+v", got)
+	}
+	s.Close()
+}
+
+func TestStore_writeAfterCloseFails(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if err := s.PutService(svc("a", 1)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("write after close: %v, want ErrClosed", err)
+	}
+	if _, ok := s.Service("a"); ok {
+		t.Fatal("a write that failed is visible")
+	}
+}
+
+func TestStore_unwritableDir(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root writes anywhere")
+	}
+	dir := t.TempDir()
+	os.Chmod(dir, 0o500)
+	defer os.Chmod(dir, 0o700)
+	if _, err := Open(filepath.Join(dir, FileName)); err == nil {
+		t.Fatal("open in a read-only dir succeeded")
+	}
+}
+
+// SameDefinition compares every field of an instance and of its checks
+// except the ones the registry owns; a field added to fsm.Instance or
+// fsm.Check must be compared (or listed here as the registry's).
+func TestSameDefinition_everyField(t *testing.T) {
+	registryOwned := map[string]bool{"CreateIndex": true, "ModifyIndex": true, "Checks.Status": true,
+		"Checks.Output": true, "Checks.ModifyIndex": true}
+	base := svc("web-1", 80).Instance
+	base.Checks[0].Exec = []string{"x"}
+	check := func(field string, mutate func(in *fsm.Instance)) {
+		in := Definition(base)
+		mutate(&in)
+		def := Definition(base)
+		same := SameDefinition(&in, &def)
+		if registryOwned[field] && !same {
+			t.Errorf("a change of %s (the registry's) counts as a different definition", field)
+		}
+		if !registryOwned[field] && same {
+			t.Errorf("a change of %s goes unnoticed", field)
+		}
+	}
+	it := reflect.TypeOf(fsm.Instance{})
+	for i := 0; i < it.NumField(); i++ {
+		f := it.Field(i)
+		if f.Name == "Checks" {
+			ct := reflect.TypeOf(fsm.Check{})
+			for j := 0; j < ct.NumField(); j++ {
+				cf := ct.Field(j)
+				check("Checks."+cf.Name, func(in *fsm.Instance) { perturb(reflect.ValueOf(&in.Checks[0]).Elem().Field(j)) })
+			}
+			check("Checks", func(in *fsm.Instance) { in.Checks = nil })
+			continue
+		}
+		check(f.Name, func(in *fsm.Instance) { perturb(reflect.ValueOf(in).Elem().Field(i)) })
+	}
+}
+
+// perturb changes a value of a basic kind, a slice or a map.
+func perturb(v reflect.Value) {
+	switch v.Kind() {
+	case reflect.String:
+		v.SetString(v.String() + "x")
+	case reflect.Int, reflect.Int64:
+		v.SetInt(v.Int() + 1)
+	case reflect.Uint64:
+		v.SetUint(v.Uint() + 1)
+	case reflect.Slice:
+		v.Set(reflect.Append(v, reflect.ValueOf("y")))
+	case reflect.Map:
+		v.Set(reflect.ValueOf(map[string]string{"other": "1"}))
+	default:
+		panic("perturb: unhandled kind " + v.Kind().String())
+	}
+}
+
+// fakeRegistry is a registry of one node's instances.
+type fakeRegistry struct {
+	mu      sync.Mutex
+	node    *fsm.Node
+	byID    map[string]*fsm.Instance
+	index   uint64
+	changed chan struct{}
+}
+
+func newFakeRegistry() *fakeRegistry {
+	return &fakeRegistry{node: &fsm.Node{Name: "n1"}, byID: map[string]*fsm.Instance{}, changed: make(chan struct{})}
+}
+
+func (r *fakeRegistry) Watch() <-chan struct{}  { r.mu.Lock(); defer r.mu.Unlock(); return r.changed }
+func (r *fakeRegistry) NodeIndex(string) uint64 { r.mu.Lock(); defer r.mu.Unlock(); return r.index }
+func (r *fakeRegistry) Node(string) (*fsm.Node, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.node == nil {
+		return nil, false
+	}
+	n := *r.node
+	return &n, true
+}
+func (r *fakeRegistry) Instance(_, id string) (*fsm.Instance, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	in, ok := r.byID[id]
+	if !ok {
+		return nil, false
+	}
+	c := Definition(*in)
+	return &c, true
+}
+func (r *fakeRegistry) VisitNode(_ string, fn func(in *fsm.Instance)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, in := range r.byID {
+		fn(in)
+	}
+}
+
+// Apply plays a writer that writes into the fake registry.
+func (r *fakeRegistry) Apply(_ context.Context, cmd fsm.Command) (*fsm.Result, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch c := cmd.(type) {
+	case *fsm.RegisterNode:
+		r.node = &fsm.Node{Name: c.Name}
+	case *fsm.RegisterInstance:
+		if c.Instance.Lease == "gone" {
+			return nil, fmt.Errorf("%w: gone", fsm.ErrUnknownLease)
+		}
+		in := Definition(c.Instance)
+		for i := range in.Checks {
+			in.Checks[i].Status = fsm.StatusCritical
+		}
+		r.byID[in.ID] = &in
+	case *fsm.DeregisterInstance:
+		delete(r.byID, c.ID)
+	}
+	r.index++
+	close(r.changed)
+	r.changed = make(chan struct{})
+	return &fsm.Result{Index: r.index}, nil
+}
+
+type countingWriter struct {
+	*fakeRegistry
+	mu   sync.Mutex
+	cmds []string
+}
+
+func (w *countingWriter) Apply(ctx context.Context, cmd fsm.Command) (*fsm.Result, error) {
+	w.mu.Lock()
+	w.cmds = append(w.cmds, cmd.Type().String())
+	w.mu.Unlock()
+	return w.fakeRegistry.Apply(ctx, cmd)
+}
+
+func TestAntiEntropy_writesOnlyTheDifference(t *testing.T) {
+	store, _ := Open("")
+	reg := newFakeRegistry()
+	w := &countingWriter{fakeRegistry: reg}
+	var statuses []string
+	var forgotten []string
+	ae := NewAntiEntropy(Config{Node: "n1",
+		NodeEntry:   func() *fsm.RegisterNode { return &fsm.RegisterNode{Name: "n1"} },
+		CheckStatus: func(id, st string) { statuses = append(statuses, id+"="+st) },
+		Forgotten:   func(id string) { forgotten = append(forgotten, id) },
+	}, store, reg, w)
+	ctx := context.Background()
+	for _, id := range []string{"same", "missing", "changed"} {
+		store.PutService(svc(id, 80))
+	}
+	store.PutService(Service{Source: SourceAPI, Instance: fsm.Instance{ID: "leased", Name: "web", Node: "n1", Lease: "gone"}})
+	same, changed := Definition(svc("same", 80).Instance), Definition(svc("changed", 81).Instance)
+	same.Checks[0].Status = "passing"
+	reg.byID["same"], reg.byID["changed"] = &same, &changed
+	reg.byID["unknown"] = &fsm.Instance{ID: "unknown", Name: "web", Node: "n1"}
+	reg.node = nil
+
+	if err := ae.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	for _, c := range w.cmds {
+		got[c]++
+	}
+	want := map[string]int{"register_node": 1, "register_instance": 3, "deregister_instance": 1}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("first sync wrote %v, want %v", got, want)
+	}
+	if _, ok := store.Service("leased"); ok || !reflect.DeepEqual(forgotten, []string{"leased"}) {
+		t.Fatalf("an instance whose lease is gone stays local (forgotten %v)", forgotten)
+	}
+	if !reflect.DeepEqual(statuses, []string{"same:ttl=passing"}) {
+		t.Fatalf("check statuses fed back: %v", statuses)
+	}
+	for _, id := range []string{"same", "missing", "changed"} {
+		in, ok := reg.byID[id]
+		def, _ := store.Service(id)
+		if !ok || !SameDefinition(in, &def.Instance) {
+			t.Fatalf("%s after sync: %+v", id, in)
+		}
+	}
+	if _, ok := reg.byID["unknown"]; ok {
+		t.Fatal("an instance the agent does not own stayed")
+	}
+
+	w.cmds = nil
+	if err := ae.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(w.cmds) != 0 {
+		t.Fatalf("a sync with nothing to fix wrote %v", w.cmds)
+	}
+}
+
+func TestAntiEntropy_runFollowsChanges(t *testing.T) {
+	store, _ := Open("")
+	reg := newFakeRegistry()
+	ae := NewAntiEntropy(Config{Node: "n1", MinInterval: 1}, store, reg, reg)
+	store.PutService(svc("web-1", 80))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { ae.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	ae.Kick()
+	waitUntil(t, func() bool { _, ok := reg.Instance("n1", "web-1"); return ok })
+	// Removed behind the agent's back: put back on the change alone.
+	reg.Apply(ctx, &fsm.DeregisterInstance{Node: "n1", ID: "web-1"})
+	waitUntil(t, func() bool { _, ok := reg.Instance("n1", "web-1"); return ok })
+}
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
