@@ -34,7 +34,7 @@ func (a *Agent) register(ctx context.Context, in fsm.Instance, source string) (*
 		return nil, fmt.Errorf("keep registration %q in the local state: %w", in.ID, err)
 	}
 	res, err := a.Apply(ctx, &fsm.RegisterInstance{Instance: in})
-	if err != nil && !errors.Is(err, election.ErrUnknownOutcome) {
+	if refused(err) {
 		a.undo(in.ID, prev, had)
 		return res, err
 	}
@@ -66,17 +66,35 @@ func (a *Agent) deregisterLocked(ctx context.Context, id string) (*fsm.Result, e
 	case err == nil:
 	case errors.Is(err, fsm.ErrUnknownInstance) && had:
 		err = nil
-	case errors.Is(err, election.ErrUnknownOutcome):
-		a.antiEntropy.Kick()
-	default:
+	case refused(err):
 		a.undo(id, prev, had)
 		return res, err
+	default:
+		a.antiEntropy.Kick()
 	}
 	a.checks.RemoveInstance(id)
 	if res == nil {
 		res = &fsm.Result{Index: a.reg.Index()}
 	}
 	return res, err
+}
+
+// refused reports whether a write surely changed nothing: the registry
+// refused it, or no leader took it. Anything else (a lost leader, a timeout,
+// a cut connection) may have been applied, so the local state keeps what
+// was asked and anti-entropy makes the registry agree with it: the write
+// then takes effect late, never half.
+func refused(err error) bool {
+	if err == nil {
+		return false
+	}
+	for _, e := range []error{fsm.ErrInvalid, fsm.ErrUnknownNode, fsm.ErrUnknownInstance, fsm.ErrUnknownLease,
+		fsm.ErrUnknownCheck, fsm.ErrCheckConflict} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return errors.Is(err, election.ErrNotLeader) && !errors.Is(err, election.ErrUnknownOutcome)
 }
 
 // undo puts a local record back as it was before a refused write.
@@ -302,10 +320,13 @@ func (n checkNotifier) DeregisterCritical(ctx context.Context, instanceID string
 		}
 	}
 	_, err := n.a.Apply(ctx, &fsm.DeregisterInstance{Node: n.a.cfg.Name, ID: instanceID})
-	if err == nil || errors.Is(err, fsm.ErrUnknownInstance) || errors.Is(err, election.ErrUnknownOutcome) {
-		n.a.checks.RemoveInstance(instanceID)
-		return nil
+	if err != nil && !errors.Is(err, fsm.ErrUnknownInstance) && refused(err) {
+		n.a.undo(instanceID, prev, had)
+		return err
 	}
-	n.a.undo(instanceID, prev, had)
-	return err
+	if err != nil && !errors.Is(err, fsm.ErrUnknownInstance) {
+		n.a.antiEntropy.Kick()
+	}
+	n.a.checks.RemoveInstance(instanceID)
+	return nil
 }

@@ -30,8 +30,8 @@ for i in 0 1 2; do
 	start "server-$i" $i --server --bootstrap-expect 3 --raft-addr 127.0.0.1:$((17947 + 10 * i)) \
 		--data-dir "$DIR/server-$i" --join 127.0.0.1:17946
 done
-start client-a 3 --join 127.0.0.1:17946
-start client-b 4 --join 127.0.0.1:17946
+start client-a 3 --data-dir "$DIR/client-a" --join 127.0.0.1:17946
+start client-b 4 --data-dir "$DIR/client-b" --join 127.0.0.1:17946
 
 for i in 0 1 2 3 4; do
 	port=$((17080 + 10 * i))

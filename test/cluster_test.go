@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -34,8 +35,11 @@ func startNode(t testing.TB, name string, expect int, join string, extra ...stri
 		n.url = "http://" + httpAddr
 		args := []string{"agent", "--name", name, "--bind-addr", n.gossip, "--advertise-addr", "127.0.0.1",
 			"--http-addr", httpAddr, "--dns-addr", n.dns, "--log-level", "warn"}
+		if !slices.Contains(extra, "--data-dir") {
+			args = append(args, "--data-dir", t.TempDir())
+		}
 		if expect > 0 {
-			args = append(args, "--server", "--bootstrap-expect", fmt.Sprint(expect), "--raft-addr", freeAddr(t), "--data-dir", t.TempDir())
+			args = append(args, "--server", "--bootstrap-expect", fmt.Sprint(expect), "--raft-addr", freeAddr(t))
 		}
 		if join != "" {
 			args = append(args, "--join", join)
@@ -328,4 +332,52 @@ func BenchmarkProcessCluster(b *testing.B) {
 	b.ReportMetric(med(gap), "ms-write-gap-after-leader-kill")
 	b.ReportMetric(med(leave), "ms-killed-client-leaves-dns")
 	b.ReportMetric(med(handover), "ms-handover-after-node-kill-ttl2s")
+}
+
+// kill -9 of a client right after its registrations were answered 200, then
+// a restart on its data dir: every acknowledged registration is there, and
+// stays there once the restarted agent compared the registry with its local
+// state (which removes what it does not know). Deregistrations answered 200
+// stay deregistered.
+func TestProcessCluster_clientKill9AfterRegistration_keepsIt(t *testing.T) {
+	servers, _ := processCluster(t)
+	dir := t.TempDir()
+	seed := servers[0].gossip
+	c := startNode(t, "client-k", 0, seed, "--data-dir", dir)
+	waitFor(t, 60*time.Second, "client-k ready", c.ready)
+
+	const writers, each = 4, 10
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				body := fmt.Sprintf(`{"id":"k-%d-%d","name":"k","port":%d}`, w, i, 1000+i)
+				if code, out := call(t, "PUT", c.url+"/v1/services", body); code != 200 {
+					t.Errorf("register: %d %s", code, out)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if code, out := call(t, "DELETE", c.url+"/v1/services/k-0-0", ""); code != 200 {
+		t.Fatalf("deregister: %d %s", code, out)
+	}
+	c.p.kill9()
+
+	c = startNode(t, "client-k", 0, seed, "--data-dir", dir)
+	waitFor(t, 60*time.Second, "client-k ready again", c.ready)
+	code, body := call(t, "GET", servers[1].url+"/v1/services/k?consistent", "")
+	var got []api.Instance
+	if code != 200 || json.Unmarshal(body, &got) != nil {
+		t.Fatalf("read k: %d %s", code, body)
+	}
+	ids := map[string]bool{}
+	for _, in := range got {
+		ids[in.ID] = true
+	}
+	if len(ids) != writers*each-1 || ids["k-0-0"] {
+		t.Fatalf("after kill -9 and restart: %d instances (k-0-0 present: %v), want %d without k-0-0", len(ids), ids["k-0-0"], writers*each-1)
+	}
 }

@@ -116,7 +116,7 @@ func (c *sidecarCluster) startClient(name string, extra ...string) (*scNode, err
 	if err != nil {
 		return nil, err
 	}
-	n.args = append(n.args, "--join", strings.Join(c.joins, ","))
+	n.args = append(n.args, "--join", strings.Join(c.joins, ","), "--data-dir", filepath.Join(c.dataRoot, name))
 	n.args = append(n.args, extra...)
 	if err := c.run(n); err != nil {
 		return nil, err

@@ -129,10 +129,11 @@ func NewCluster(env Env, logf func(string, ...any)) (*Cluster, error) {
 		n.args = []string{"agent", "--name", n.Name,
 			"--bind-addr", fmt.Sprintf("%s:%d", n.IP, gossipPort), "--advertise-addr", n.IP,
 			"--http-addr", n.URL[len("http://"):], "--dns-addr", n.DNSAddr,
-			"--join", strings.Join(join, ","), "--session-ttl", env.SessionTTL.String(), "--log-level", "info"}
+			"--join", strings.Join(join, ","), "--session-ttl", env.SessionTTL.String(), "--log-level", "info",
+			"--data-dir", n.DataDir}
 		if n.Server {
 			n.args = append(n.args, "--server", "--bootstrap-expect", strconv.Itoa(env.Servers),
-				"--raft-addr", fmt.Sprintf("%s:%d", n.IP, raftPort), "--data-dir", n.DataDir)
+				"--raft-addr", fmt.Sprintf("%s:%d", n.IP, raftPort))
 		}
 		c.Nodes = append(c.Nodes, n)
 		if n.Server {
