@@ -161,6 +161,14 @@ func (a *Agent) loadConfigServices(services []api.ServiceRegistration) error {
 // ReloadServices applies the config file's services again (SIGHUP): new
 // ones are registered, changed ones corrected, removed ones deregistered.
 func (a *Agent) ReloadServices(ctx context.Context, services []api.ServiceRegistration) error {
+	a.mu.Lock()
+	ready := a.ready
+	a.mu.Unlock()
+	if !ready {
+		// The join applies the file it started with; the local state is
+		// not compared with the registry before then.
+		return errors.New("agent still joining: reload once it is ready")
+	}
 	if err := a.loadConfigServices(services); err != nil {
 		return err
 	}

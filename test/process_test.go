@@ -11,8 +11,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -201,4 +203,73 @@ func BenchmarkProcess_electKill9Handover(b *testing.B) {
 	sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
 	b.ReportMetric(float64(took[len(took)/2].Microseconds())/1000, "ms-median")
 	b.ReportMetric(float64(took[len(took)-1].Microseconds())/1000, "ms-max")
+}
+
+// SIGHUP applies the config file's services again: a changed one is
+// corrected, a removed one deregistered, a new one registered; what the API
+// registered stays.
+func TestProcess_sighupReloadsConfigServices(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "sidecar.yaml")
+	write := func(body string) {
+		if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("services:\n  - {id: web-1, name: web, port: 8080}\n  - {id: web-2, name: web, port: 8081}\n")
+	httpAddr := freeAddr(t)
+	url := "http://" + httpAddr
+	p := start(t, "agent", "--dev", "--name", "dev", "--http-addr", httpAddr, "--dns-addr", freeAddr(t),
+		"--bind-addr", freeAddr(t), "--raft-addr", freeAddr(t), "--config-file", file)
+	ports := func() map[string]int {
+		resp, err := http.Get(url + "/v1/services/web")
+		if err != nil {
+			return nil
+		}
+		defer resp.Body.Close()
+		var list []api.Instance
+		if json.NewDecoder(resp.Body).Decode(&list) != nil {
+			return nil
+		}
+		out := map[string]int{}
+		for _, in := range list {
+			out[in.ID] = in.Port
+		}
+		return out
+	}
+	waitUntil(t, 20*time.Second, "web-1 and web-2 from the file", func() bool {
+		return reflect.DeepEqual(ports(), map[string]int{"web-1": 8080, "web-2": 8081})
+	})
+	req, _ := http.NewRequest("PUT", url+"/v1/services", strings.NewReader(`{"id":"web-api","name":"web","port":9000}`))
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("register through the API: %v %v", resp, err)
+	}
+	write("services:\n  - {id: web-1, name: web, port: 9090}\n  - {id: web-3, name: web, port: 8083}\n")
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	want := map[string]int{"web-1": 9090, "web-3": 8083, "web-api": 9000}
+	waitUntil(t, 20*time.Second, "the file's services after SIGHUP", func() bool { return reflect.DeepEqual(ports(), want) })
+
+	// A file that no longer parses changes nothing: the next good reload
+	// (handled after it) finds everything as the bad one left it.
+	write("services:\n  - {id: web-1, name: web, port: eighty}\n")
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	write("services:\n  - {id: web-1, name: web, port: 9090}\n  - {id: web-3, name: web, port: 8083}\n  - {id: web-4, name: web, port: 8084}\n")
+	p.cmd.Process.Signal(syscall.SIGHUP)
+	want["web-4"] = 8084
+	waitUntil(t, 20*time.Second, "web-4 added by the next good reload", func() bool { return reflect.DeepEqual(ports(), want) })
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	<-p.done // the output is the process's until it exits
+	if out := p.output.String(); !strings.Contains(out, "configuration refused") || !strings.Contains(out, "eighty") {
+		t.Fatalf("the bad file's refusal is not logged with its cause:\n%s", out)
+	}
+}
+
+func waitUntil(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

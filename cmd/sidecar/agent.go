@@ -4,16 +4,22 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
+	"os/signal"
+	"syscall"
+	"time"
 
 	"github.com/sidecarhq/sidecar/agent"
 	"github.com/sidecarhq/sidecar/election"
 )
 
 // runAgent turns the parsed configuration into an agent and runs it until
-// ctx ends (SIGINT/SIGTERM); it returns the process exit code.
-func runAgent(ctx context.Context, cfg *Config, stdout, stderr io.Writer) int {
+// ctx ends (SIGINT/SIGTERM); it returns the process exit code. On SIGHUP it
+// reads the configuration again through reload and applies the config
+// file's services.
+func runAgent(ctx context.Context, cfg *Config, reload func() (*Config, error), stdout, stderr io.Writer) int {
 	log := newLogger(cfg, stderr)
 	attrs := make([]any, 0, len(cfg.Banner()))
 	for _, a := range cfg.Banner() {
@@ -46,12 +52,42 @@ func runAgent(ctx context.Context, cfg *Config, stdout, stderr io.Writer) int {
 		log.Error("agent failed to start", "err", err)
 		return 1
 	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go reloadOnHUP(ctx, a, hup, reload, log)
 	if err := a.Run(ctx); err != nil {
 		log.Error("agent stopped with error", "err", err)
 		return 1
 	}
 	log.Info("agent stopped")
 	return 0
+}
+
+// reloadOnHUP applies the config file's services again on each SIGHUP: new
+// ones are registered, changed ones corrected, removed ones deregistered. A
+// configuration that no longer parses changes nothing.
+func reloadOnHUP(ctx context.Context, a *agent.Agent, hup <-chan os.Signal, reload func() (*Config, error), log *slog.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		cfg, err := reload()
+		if err != nil {
+			log.Error("reload: configuration refused, nothing changed", "err", err)
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err = a.ReloadServices(rctx, cfg.Services)
+		cancel()
+		if err != nil {
+			log.Error("reload of the config file's services", "err", err)
+			continue
+		}
+		log.Info("reloaded the config file's services", "services", len(cfg.Services))
+	}
 }
 
 // sdNotify tells systemd (Type=notify) about the agent's state through the

@@ -167,7 +167,8 @@ func cmdAgent(ctx context.Context, s *streams, args []string) error {
 	if err != nil {
 		return err
 	}
-	if code := runAgent(ctx, cfg, s.stdout, s.stderr); code != 0 {
+	reload := func() (*Config, error) { return parseAgentConfig(args) }
+	if code := runAgent(ctx, cfg, reload, s.stdout, s.stderr); code != 0 {
 		// runAgent has logged why; exit with its code and nothing more.
 		return exitCode(code)
 	}
