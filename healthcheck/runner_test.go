@@ -894,3 +894,66 @@ func TestRunner_defaults(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "restart", func() bool { return asked.Load() == int64(100*time.Millisecond) })
 }
+
+// SyncInstance changes one instance's checks and leaves every other
+// instance's alone; RemoveInstance stops one instance's checks;
+// RegistryStatus makes a check report again what the registry lost.
+func TestRunner_SyncInstance(t *testing.T) {
+	a := newTarget(t, "", 200)
+	b := newTarget(t, "", 200)
+	var starts atomic.Int64
+	cfg := testConfig(t)
+	cfg.InitialDelay = func(time.Duration) time.Duration { starts.Add(1); return 0 }
+	n := &recorder{}
+	r := newRunner(t, cfg, n)
+	other := httpCheck("other", b.URL)
+	if err := r.SyncInstance(healthcheck.Instance{ID: "api-1", Checks: []fsm.Check{other}}); err != nil {
+		t.Fatal(err)
+	}
+	c := httpCheck("c", a.URL)
+	if err := r.SyncInstance(healthcheck.Instance{ID: "web-1", Checks: []fsm.Check{c}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "both checks passing", func() bool {
+		return len(n.statuses("c")) == 1 && len(n.statuses("other")) == 1
+	})
+
+	// The same definition again: nothing restarts.
+	if err := r.SyncInstance(healthcheck.Instance{ID: "web-1", Checks: []fsm.Check{c}}); err != nil {
+		t.Fatal(err)
+	}
+	// A check id another instance runs is refused; the instance's other
+	// checks still run.
+	ttl := fsm.Check{ID: "t", Type: "ttl", TTL: int64(time.Minute)}
+	err := r.SyncInstance(healthcheck.Instance{ID: "web-1", Checks: []fsm.Check{c, ttl, httpCheck("other", a.URL)}})
+	if !errors.Is(err, healthcheck.ErrInvalidCheck) || !strings.Contains(err.Error(), `used by instance "api-1"`) {
+		t.Fatalf("a check id of another instance: %v", err)
+	}
+	if st := r.Statuses(); len(st) != 3 || st["other"].Instance != "api-1" || st["t"].Instance != "web-1" {
+		t.Fatalf("running %v", st)
+	}
+	if s := starts.Load(); s != 2 { // TTL checks do not run, so they take no initial delay
+		t.Fatalf("%d checks started, want 2 (an unchanged check restarted)", s)
+	}
+
+	// The registry lost the status (a restore): reported again.
+	r.RegistryStatus("c", fsm.StatusCritical)
+	waitFor(t, 5*time.Second, "passing reported again", func() bool { return len(n.statuses("c")) == 2 })
+
+	// Dropping a check from the instance stops only it.
+	if err := r.SyncInstance(healthcheck.Instance{ID: "web-1", Checks: []fsm.Check{ttl}}); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.Statuses(); len(st) != 2 || st["c"].Type != "" {
+		t.Fatalf("running after dropping c: %v", st)
+	}
+	r.RemoveInstance("web-1")
+	if st := r.Statuses(); len(st) != 1 || st["other"].Instance != "api-1" {
+		t.Fatalf("running after removing web-1: %v", st)
+	}
+	before, fromB := a.requests(), b.requests()
+	waitFor(t, 5*time.Second, "other keeps running", func() bool { return b.requests() >= fromB+3 })
+	if got := a.requests() - before; got > 1 { // one run may have been in flight
+		t.Fatalf("a got %d requests after web-1's checks stopped", got)
+	}
+}
