@@ -493,8 +493,8 @@ func (l *Local) Abandon() {
 }
 
 // Close resigns the candidacies and releases the locks this sidecar holds
-// on its own sessions, then revokes those sessions. The agent calls it on SIGTERM, before
-// leaving the cluster.
+// on its own sessions, then revokes those sessions. The agent calls it on
+// SIGTERM, before leaving the cluster.
 func (l *Local) Close(ctx context.Context) error {
 	l.mu.Lock()
 	if l.closed {
