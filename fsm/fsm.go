@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 
 	"github.com/hashicorp/raft"
@@ -68,11 +69,120 @@ type FSM struct {
 	mu      sync.RWMutex
 	st      *state
 	changed chan struct{}
+
+	// watchers are the channels of blocking reads of one table, service,
+	// lock or election, closed when it changes. They are made on demand and
+	// dropped when closed, so a thousand blocked reads of a thousand
+	// services cost a thousand channels, and a write wakes only its own.
+	wmu      sync.Mutex
+	watchers map[watchKey]chan struct{}
+}
+
+type watchKind byte
+
+const (
+	watchTable watchKind = iota
+	watchService
+	watchLock
+	watchElection
+)
+
+type watchKey struct {
+	kind  watchKind
+	table Table
+	name  string
 }
 
 // New returns an empty registry.
 func New() *FSM {
-	return &FSM{st: newState(), changed: make(chan struct{})}
+	return &FSM{st: newState(), changed: make(chan struct{}), watchers: map[watchKey]chan struct{}{}}
+}
+
+// watch returns the channel closed at the next change of key.
+func (f *FSM) watch(key watchKey) <-chan struct{} {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	ch, ok := f.watchers[key]
+	if !ok {
+		ch = make(chan struct{})
+		f.watchers[key] = ch
+	}
+	return ch
+}
+
+// wake closes the channels of what the last entry touched; with all, every
+// channel (a restore may have changed anything). Callers hold f.mu.
+func (f *FSM) wake(touched []watchKey, all bool) {
+	f.wmu.Lock()
+	defer f.wmu.Unlock()
+	if all {
+		for _, ch := range f.watchers {
+			close(ch)
+		}
+		clear(f.watchers)
+		return
+	}
+	for _, k := range touched {
+		if ch, ok := f.watchers[k]; ok {
+			close(ch)
+			delete(f.watchers, k)
+		}
+	}
+}
+
+// WatchTable returns a channel closed at the next change of a table.
+func (f *FSM) WatchTable(t Table) <-chan struct{} {
+	return f.watch(watchKey{kind: watchTable, table: t})
+}
+
+// WatchService returns a channel closed at the next change of a service's
+// instances or their health (name matched without regard to case).
+func (f *FSM) WatchService(name string) <-chan struct{} {
+	return f.watch(watchKey{kind: watchService, name: strings.ToLower(name)})
+}
+
+// WatchLock returns a channel closed at the next change of a lock.
+func (f *FSM) WatchLock(name string) <-chan struct{} {
+	return f.watch(watchKey{kind: watchLock, name: name})
+}
+
+// WatchElection returns a channel closed at the next change of an election.
+func (f *FSM) WatchElection(name string) <-chan struct{} {
+	return f.watch(watchKey{kind: watchElection, name: name})
+}
+
+// ServiceIndex is the index of the last entry that changed a service's
+// instances or their health. A service never seen reports the index of the
+// snapshot the registry was restored from (0 when none).
+func (f *FSM) ServiceIndex(name string) uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if idx, ok := f.st.svcIndex[strings.ToLower(name)]; ok {
+		return idx
+	}
+	return f.st.floor
+}
+
+// LockIndex is the index of the last entry that changed a lock (the
+// restore's index for one never seen).
+func (f *FSM) LockIndex(name string) uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if m, ok := f.st.locks[name]; ok {
+		return max(m.ModifyIndex, f.st.floor)
+	}
+	return f.st.floor
+}
+
+// ElectionIndex is the index of the last entry that changed an election
+// (the restore's index for one never seen).
+func (f *FSM) ElectionIndex(name string) uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if m, ok := f.st.elections[name]; ok {
+		return max(m.ModifyIndex, f.st.floor)
+	}
+	return f.st.floor
 }
 
 // Watch returns a channel closed at the next change of the registry. Take it
@@ -116,11 +226,13 @@ func (f *FSM) ApplyBytes(index uint64, data []byte) *Result {
 	if err != nil {
 		return &Result{Index: index, Err: err}
 	}
+	f.st.touched = f.st.touched[:0]
 	res, changed := f.st.apply(index, cmd)
 	res.Index = index
 	if changed {
 		close(f.changed)
 		f.changed = make(chan struct{})
+		f.wake(f.st.touched, false)
 	}
 	return res
 }
@@ -172,6 +284,7 @@ func (f *FSM) RestoreNewer(rc io.ReadCloser) (restored bool, err error) {
 	f.st = st
 	close(f.changed)
 	f.changed = make(chan struct{})
+	f.wake(nil, true)
 	return true, nil
 }
 

@@ -316,6 +316,33 @@ func checkInvariants(t fataler, f *fsm.FSM) {
 			}
 		}
 	}
+	// The services list, kept up to date entry by entry, is the one its
+	// instances make.
+	want := map[string]map[string]bool{}
+	for _, n := range f.Nodes() {
+		for _, in := range f.NodeInstances(n.Name) {
+			if want[in.Name] == nil {
+				want[in.Name] = map[string]bool{}
+			}
+			for _, tag := range in.Tags {
+				want[in.Name][tag] = true
+			}
+		}
+	}
+	got := f.Services()
+	if len(got) != len(want) {
+		t.Fatalf("services list %v, instances make %v", got, want)
+	}
+	for name, tags := range got {
+		if len(tags) != len(want[name]) {
+			t.Fatalf("service %q lists tags %v, its instances have %v", name, tags, want[name])
+		}
+		for _, tag := range tags {
+			if !want[name][tag] {
+				t.Fatalf("service %q lists tag %q no instance has", name, tag)
+			}
+		}
+	}
 	for svc := range f.Services() {
 		for _, e := range f.ServiceInstances(svc) {
 			if !nodes[e.Instance.Node] {

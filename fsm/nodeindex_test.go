@@ -58,3 +58,98 @@ func TestFSM_NodeIndex_followsOneNode(t *testing.T) {
 		t.Fatalf("after deregistering a's only instance: NodeIndex %d (want %d), %d instances", got, idx, len(f.NodeInstances("a")))
 	}
 }
+
+// A service's index and watch move only for that service: its instances,
+// their checks, their node's status; a write to another service or a node
+// without it leaves them alone. A deregistered service keeps its index; a
+// restore moves every index to the restore's.
+func TestFSM_ServiceIndex_followsOneService(t *testing.T) {
+	f := fsm.New()
+	idx := uint64(0)
+	apply := func(c fsm.Command) {
+		t.Helper()
+		idx++
+		b, err := fsm.Encode(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res := f.ApplyBytes(idx, b); res.Err != nil {
+			t.Fatalf("%T: %v", c, res.Err)
+		}
+	}
+	closed := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	apply(&fsm.RegisterNode{Name: "a", Address: "10.0.0.1"})
+	apply(&fsm.RegisterNode{Name: "b", Address: "10.0.0.2"})
+	if got := f.ServiceIndex("web"); got != 0 {
+		t.Fatalf("index of a service never seen: %d, want 0", got)
+	}
+	web := f.WatchService("Web")
+	apply(&fsm.RegisterInstance{Instance: fsm.Instance{ID: "w1", Name: "web", Node: "a", Checks: []fsm.Check{{ID: "c", Type: "ttl", TTL: 1e9}}}})
+	if got := f.ServiceIndex("WEB"); got != idx || !closed(web) {
+		t.Fatalf("after registering web: index %d (want %d), watch closed %v", got, idx, closed(web))
+	}
+	webAt := idx
+	web = f.WatchService("web")
+	apply(&fsm.RegisterInstance{Instance: fsm.Instance{ID: "d1", Name: "db", Node: "b"}})
+	apply(&fsm.SetNodeStatus{Name: "b", Status: fsm.NodeFailed})
+	apply(&fsm.GrantLease{TTL: 1e9})
+	lease := fsm.LeaseIDFromIndex(idx)
+	if got := f.ServiceIndex("web"); got != webAt || closed(web) {
+		t.Fatalf("writes elsewhere moved web: index %d (want %d), watch closed %v", got, webAt, closed(web))
+	}
+	for _, c := range []fsm.Command{
+		&fsm.UpdateCheck{Node: "a", CheckID: "c", Status: fsm.StatusPassing},
+		&fsm.SetNodeStatus{Name: "a", Status: fsm.NodeFailed},
+		&fsm.RegisterNode{Name: "a", Address: "10.0.0.1"}, // alive again
+		&fsm.DeregisterInstance{Node: "a", ID: "w1"},
+	} {
+		web = f.WatchService("web")
+		apply(c)
+		if got := f.ServiceIndex("web"); got != idx || !closed(web) {
+			t.Fatalf("%T: web index %d (want %d), watch closed %v", c, got, idx, closed(web))
+		}
+	}
+	if _, ok := f.Services()["web"]; ok {
+		t.Fatal("web listed after its last instance went")
+	}
+	// Locks wake their own readers only.
+	x := f.WatchLock("x")
+	apply(&fsm.AcquireLock{Name: "y", Lease: lease})
+	if closed(x) {
+		t.Fatal("lock y woke a reader of x")
+	}
+	apply(&fsm.AcquireLock{Name: "x", Lease: lease})
+	if !closed(x) || f.LockIndex("x") != idx {
+		t.Fatalf("lock x: watch closed %v, index %d (want %d)", closed(x), f.LockIndex("x"), idx)
+	}
+	x, el := f.WatchLock("x"), f.WatchElection("e")
+	apply(&fsm.RevokeLease{ID: lease})
+	if !closed(x) || closed(el) {
+		t.Fatalf("revoking x's lease: lock watch closed %v, election watch closed %v", closed(x), closed(el))
+	}
+
+	var buf bytes.Buffer
+	if err := f.WriteSnapshot(&buf); err != nil {
+		t.Fatal(err)
+	}
+	restored := fsm.New()
+	data, err := fsm.Reindex(buf.Bytes(), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	web = restored.WatchService("web")
+	if err := restored.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
+		t.Fatal(err)
+	}
+	if !closed(web) || restored.ServiceIndex("db") != 100 || restored.ServiceIndex("never") != 100 || restored.LockIndex("x") != 100 {
+		t.Fatalf("after a restore at 100: watch closed %v, db %d, never %d, lock %d", closed(web),
+			restored.ServiceIndex("db"), restored.ServiceIndex("never"), restored.LockIndex("x"))
+	}
+}

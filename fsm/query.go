@@ -36,23 +36,14 @@ func (f *FSM) Nodes() []*Node {
 }
 
 // Services maps every service name to the sorted union of its instances'
-// tags.
+// tags. It costs the number of services and tags, not of instances.
 func (f *FSM) Services() map[string][]string {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	tags := map[string]map[string]bool{}
-	for _, in := range f.st.instances {
-		if tags[in.Name] == nil {
-			tags[in.Name] = map[string]bool{}
-		}
-		for _, t := range in.Tags {
-			tags[in.Name][t] = true
-		}
-	}
-	out := make(map[string][]string, len(tags))
-	for name, set := range tags {
-		list := make([]string, 0, len(set))
-		for t := range set {
+	out := make(map[string][]string, len(f.st.svcTags))
+	for name, st := range f.st.svcTags {
+		list := make([]string, 0, len(st.tags))
+		for t := range st.tags {
 			list = append(list, t)
 		}
 		sort.Strings(list)

@@ -131,7 +131,7 @@ func readSnapshot(r io.Reader) (*state, error) {
 // keeps, so that a restored registry is one Apply could have produced.
 func (d *snapshotData) build() (*state, error) {
 	s := newState()
-	s.index = d.Index
+	s.index, s.floor = d.Index, d.Index
 	if len(d.Tables) > int(numTables) {
 		return nil, corrupt("%d table indexes", len(d.Tables))
 	}
@@ -187,6 +187,7 @@ func (d *snapshotData) build() (*state, error) {
 			set.into[m.Name] = m.clone()
 		}
 	}
+	s.touched = nil // the restore wakes every watcher
 	return s, nil
 }
 

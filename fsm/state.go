@@ -24,9 +24,34 @@ type state struct {
 	// Both derive from instances and are rebuilt on restore.
 	byNode    map[string]map[instanceKey]struct{}
 	nodeIndex map[string]uint64
+	// byLease indexes the instances that hang on a lease, so that a lease's
+	// end does not scan every instance.
+	byLease map[string]map[instanceKey]struct{}
+	// svcIndex is the index of the last entry that changed a service's
+	// instances or their health, by lower-cased name. It outlives the
+	// service's last instance, so that a blocking read of a service wakes
+	// when that service changes and never for a write elsewhere.
+	svcIndex map[string]uint64
+	// svcTags counts the instances of each service (by name as registered)
+	// and their tags, so that the services list is not rebuilt from every
+	// instance.
+	svcTags map[string]*serviceTags
+	// floor is what a name never seen in this state reports as its index:
+	// the index of the snapshot the state was restored from (0 when new),
+	// so a blocking read from before a restore wakes once after it.
+	floor     uint64
 	leases    map[string]*Lease
 	locks     map[string]*Mutex
 	elections map[string]*Mutex
+
+	// touched collects what the entry being applied changed, for the FSM's
+	// watchers; reset before each entry.
+	touched []watchKey
+}
+
+type serviceTags struct {
+	instances int
+	tags      map[string]int
 }
 
 type instanceKey struct{ node, id string }
@@ -39,6 +64,9 @@ func newState() *state {
 		byService: map[string]map[instanceKey]struct{}{},
 		byNode:    map[string]map[instanceKey]struct{}{},
 		nodeIndex: map[string]uint64{},
+		byLease:   map[string]map[instanceKey]struct{}{},
+		svcIndex:  map[string]uint64{},
+		svcTags:   map[string]*serviceTags{},
 		leases:    map[string]*Lease{},
 		locks:     map[string]*Mutex{},
 		elections: map[string]*Mutex{},
@@ -48,7 +76,32 @@ func newState() *state {
 func (s *state) touch(index uint64, tables ...Table) {
 	for _, t := range tables {
 		s.tables[t] = index
+		s.touched = append(s.touched, watchKey{kind: watchTable, table: t})
 	}
+}
+
+// touchService records a change of one service (lower-cased name).
+func (s *state) touchService(svc string) {
+	s.svcIndex[svc] = s.index
+	s.touched = append(s.touched, watchKey{kind: watchService, name: svc})
+}
+
+// touchNodeServices records a change of every service with an instance on
+// node (its status or address changed).
+func (s *state) touchNodeServices(node string) {
+	seen := map[string]bool{}
+	for key := range s.byNode[node] {
+		svc := strings.ToLower(s.instances[key].Name)
+		if !seen[svc] {
+			seen[svc] = true
+			s.touchService(svc)
+		}
+	}
+}
+
+// touchMutex records a change of one lock or election.
+func (s *state) touchMutex(kind watchKind, name string) {
+	s.touched = append(s.touched, watchKey{kind: kind, name: name})
 }
 
 // apply runs one command. It reports whether anything changed; a command
@@ -94,6 +147,11 @@ func (s *state) registerNode(index uint64, c *RegisterNode) (*Result, bool) {
 		n = &Node{Name: c.Name}
 		s.nodes[c.Name] = n
 	}
+	if n.Address != c.Address || n.Status != NodeAlive {
+		// Instances without an address of their own answer with the node's,
+		// and a node's status is its instances'.
+		s.touchNodeServices(c.Name)
+	}
 	n.Address = c.Address
 	n.Meta = cloneMap(c.Meta)
 	n.Status = NodeAlive
@@ -125,6 +183,7 @@ func (s *state) setNodeStatus(index uint64, c *SetNodeStatus) (*Result, bool) {
 	n.Status = c.Status
 	n.ModifyIndex = index
 	// Instance status derives from node status, so DNS answers change too.
+	s.touchNodeServices(c.Name)
 	s.touch(index, TableNodes, TableServices)
 	return &Result{}, true
 }
@@ -193,7 +252,25 @@ func (s *state) removeInstance(key instanceKey) {
 	if len(s.byNode[key.node]) == 0 {
 		delete(s.byNode, key.node)
 	}
+	if in.Lease != "" {
+		delete(s.byLease[in.Lease], key)
+		if len(s.byLease[in.Lease]) == 0 {
+			delete(s.byLease, in.Lease)
+		}
+	}
+	if st := s.svcTags[in.Name]; st != nil {
+		st.instances--
+		for _, t := range in.Tags {
+			if st.tags[t]--; st.tags[t] <= 0 {
+				delete(st.tags, t)
+			}
+		}
+		if st.instances <= 0 {
+			delete(s.svcTags, in.Name)
+		}
+	}
 	s.nodeIndex[key.node] = s.index
+	s.touchService(svc)
 }
 
 func (s *state) addInstance(key instanceKey, in *Instance) {
@@ -207,7 +284,23 @@ func (s *state) addInstance(key instanceKey, in *Instance) {
 		s.byNode[key.node] = map[instanceKey]struct{}{}
 	}
 	s.byNode[key.node][key] = struct{}{}
+	if in.Lease != "" {
+		if s.byLease[in.Lease] == nil {
+			s.byLease[in.Lease] = map[instanceKey]struct{}{}
+		}
+		s.byLease[in.Lease][key] = struct{}{}
+	}
+	st := s.svcTags[in.Name]
+	if st == nil {
+		st = &serviceTags{tags: map[string]int{}}
+		s.svcTags[in.Name] = st
+	}
+	st.instances++
+	for _, t := range in.Tags {
+		st.tags[t]++
+	}
 	s.nodeIndex[key.node] = s.index
+	s.touchService(svc)
 }
 
 func (s *state) deregisterInstance(index uint64, c *DeregisterInstance) (*Result, bool) {
@@ -237,6 +330,7 @@ func (s *state) updateCheck(index uint64, c *UpdateCheck) (*Result, bool) {
 		ch.Status, ch.Output, ch.ModifyIndex = c.Status, c.Output, index
 		in.ModifyIndex = index
 		s.nodeIndex[c.Node] = index
+		s.touchService(strings.ToLower(in.Name))
 		s.touch(index, TableServices)
 		return &Result{}, true
 	}
@@ -278,19 +372,19 @@ func (s *state) dropLease(index uint64, id string, now int64, expired bool) (*Re
 		m := s.locks[name]
 		if s.dropFromMutex(index, m, id, now, expired) {
 			s.touch(index, TableLocks)
+			s.touchMutex(watchLock, name)
 		}
 	}
 	for _, name := range sortedKeys(s.elections) {
 		m := s.elections[name]
 		if s.dropFromMutex(index, m, id, now, false) {
 			s.touch(index, TableElections)
+			s.touchMutex(watchElection, name)
 		}
 	}
-	for key, in := range s.instances {
-		if in.Lease == id {
-			s.removeInstance(key)
-			s.touch(index, TableServices)
-		}
+	for key := range s.byLease[id] {
+		s.removeInstance(key)
+		s.touch(index, TableServices)
 	}
 	return &Result{}, true
 }
@@ -416,6 +510,7 @@ func (s *state) acquireLock(index uint64, c *AcquireLock) (*Result, bool) {
 	if changed {
 		s.locks[c.Name] = m
 		s.touch(index, TableLocks)
+		s.touchMutex(watchLock, c.Name)
 		return res, true
 	}
 	return res, false
@@ -432,6 +527,7 @@ func (s *state) releaseLock(index uint64, c *ReleaseLock) (*Result, bool) {
 	}
 	if changed {
 		s.touch(index, TableLocks)
+		s.touchMutex(watchLock, c.Name)
 	}
 	return res, changed
 }
@@ -449,6 +545,7 @@ func (s *state) campaign(index uint64, c *Campaign) (*Result, bool) {
 	if changed {
 		s.elections[c.Election] = m
 		s.touch(index, TableElections)
+		s.touchMutex(watchElection, c.Election)
 	}
 	return res, changed
 }
@@ -464,6 +561,7 @@ func (s *state) resign(index uint64, c *Resign) (*Result, bool) {
 	}
 	if changed {
 		s.touch(index, TableElections)
+		s.touchMutex(watchElection, c.Election)
 	}
 	return res, changed
 }

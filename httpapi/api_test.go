@@ -307,3 +307,32 @@ func TestAPI_connectionBoundLock(t *testing.T) {
 	}
 	drop2()
 }
+
+// A blocked read of one service answers with that service's own index and
+// is not woken by writes to other services or nodes: it returns when its
+// wait ends, with the index it was given.
+func TestAPI_blockingQuery_onlyItsOwnService(t *testing.T) {
+	a := agenttest.Start(t, nil)
+	mustOK(t, do(t, "PUT", a.URL+"/v1/services", `{"id":"web-1","name":"web","port":80}`))
+	r := do(t, "GET", a.URL+"/v1/services/web", "")
+	mustOK(t, r)
+	idx := r.header.Get(api.HeaderIndex)
+	got := make(chan reply, 1)
+	start := time.Now()
+	go func() { got <- do(t, "GET", a.URL+"/v1/services/web?index="+idx+"&wait=1s", "") }()
+	for i := 0; i < 5; i++ {
+		mustOK(t, do(t, "PUT", a.URL+"/v1/services", `{"id":"db-`+strconv.Itoa(i)+`","name":"db","port":5432}`))
+	}
+	r = <-got
+	mustOK(t, r)
+	if r.header.Get(api.HeaderIndex) != idx || time.Since(start) < time.Second {
+		t.Fatalf("woken by writes to another service: index %s (was %s) after %v", r.header.Get(api.HeaderIndex), idx, time.Since(start))
+	}
+	// Its own change wakes it at once.
+	go func() { got <- do(t, "GET", a.URL+"/v1/services/web?index="+idx+"&wait=10s", "") }()
+	mustOK(t, do(t, "PUT", a.URL+"/v1/services", `{"id":"web-2","name":"web","port":81}`))
+	r = <-got
+	if n, _ := strconv.ParseUint(r.header.Get(api.HeaderIndex), 10, 64); r.code != 200 || strconv.FormatUint(n, 10) == idx || !strings.Contains(string(r.body), "web-2") {
+		t.Fatalf("after web-2: %d index %s %s", r.code, r.header.Get(api.HeaderIndex), r.body)
+	}
+}

@@ -50,10 +50,35 @@ func (s *Server) members(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// block runs a read as a blocking query on one table: it answers at once
-// without ?index (or when the table's index already exceeds it), else when
-// the table changes past it or the wait ends, with the same answer then.
-func block[T any](s *Server, w http.ResponseWriter, r *http.Request, table fsm.Table, read func() T) (T, error) {
+// topic is what a blocking read waits on: a table, or one service, lock
+// or election, with its index and a channel closed when it changes.
+type topic struct {
+	index func() uint64
+	watch func() <-chan struct{}
+}
+
+func (s *Server) tableTopic(t fsm.Table) topic {
+	return topic{func() uint64 { return s.reg.TableIndex(t) }, func() <-chan struct{} { return s.reg.WatchTable(t) }}
+}
+
+func (s *Server) serviceTopic(name string) topic {
+	return topic{func() uint64 { return s.reg.ServiceIndex(name) }, func() <-chan struct{} { return s.reg.WatchService(name) }}
+}
+
+func (s *Server) lockTopic(name string) topic {
+	return topic{func() uint64 { return s.reg.LockIndex(name) }, func() <-chan struct{} { return s.reg.WatchLock(name) }}
+}
+
+func (s *Server) electionTopic(name string) topic {
+	return topic{func() uint64 { return s.reg.ElectionIndex(name) }, func() <-chan struct{} { return s.reg.WatchElection(name) }}
+}
+
+// block runs a read as a blocking query on one topic: it answers at once
+// without ?index (or when the topic's index already exceeds it), else when
+// the topic changes past it or the wait ends, with the same answer then.
+// Only a change of the topic wakes it, and it compares indexes before it
+// reads, so blocked queries cost memory, not CPU, while other writes flow.
+func block[T any](s *Server, w http.ResponseWriter, r *http.Request, tp topic, read func() T) (T, error) {
 	var zero T
 	q, err := parseBlocking(r.URL.Query())
 	if err != nil {
@@ -67,10 +92,10 @@ func block[T any](s *Server, w http.ResponseWriter, r *http.Request, table fsm.T
 	ctx, cancel := context.WithTimeout(r.Context(), q.Wait)
 	defer cancel()
 	for {
-		watch := s.reg.Watch()
-		idx := s.reg.TableIndex(table)
-		v := read()
+		watch := tp.watch()
+		idx := tp.index()
 		if q.Index == 0 || idx > q.Index || ctx.Err() != nil {
+			v := read()
 			setIndex(w, idx)
 			return v, nil
 		}
@@ -121,7 +146,7 @@ func (s *Server) deregister(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) services(w http.ResponseWriter, r *http.Request) error {
-	v, err := block(s, w, r, fsm.TableServices, s.reg.Services)
+	v, err := block(s, w, r, s.tableTopic(fsm.TableServices), s.reg.Services)
 	if err != nil {
 		return err
 	}
@@ -137,7 +162,7 @@ func (s *Server) service(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	_, passingOnly := q["passing"]
 	tags := q["tag"]
-	v, err := block(s, w, r, fsm.TableServices, func() []api.Instance {
+	v, err := block(s, w, r, s.serviceTopic(name), func() []api.Instance {
 		out := []api.Instance{}
 		for _, e := range s.reg.ServiceInstances(name) {
 			if passingOnly && e.Status != fsm.StatusPassing {
@@ -356,7 +381,7 @@ func (s *Server) lockInfo(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	m, err := block(s, w, r, fsm.TableLocks, func() *fsm.Mutex { m, _ := s.reg.Lock(name); return m })
+	m, err := block(s, w, r, s.lockTopic(name), func() *fsm.Mutex { m, _ := s.reg.Lock(name); return m })
 	if err != nil {
 		return err
 	}
@@ -416,7 +441,7 @@ func (s *Server) electionInfo(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	m, err := block(s, w, r, fsm.TableElections, func() *fsm.Mutex { m, _ := s.reg.Election(name); return m })
+	m, err := block(s, w, r, s.electionTopic(name), func() *fsm.Mutex { m, _ := s.reg.Election(name); return m })
 	if err != nil {
 		return err
 	}

@@ -29,6 +29,14 @@ import (
 type Registry interface {
 	Watch() <-chan struct{}
 	TableIndex(fsm.Table) uint64
+	// Per-topic indexes and watches of blocking queries.
+	WatchTable(fsm.Table) <-chan struct{}
+	ServiceIndex(name string) uint64
+	WatchService(name string) <-chan struct{}
+	LockIndex(name string) uint64
+	WatchLock(name string) <-chan struct{}
+	ElectionIndex(name string) uint64
+	WatchElection(name string) <-chan struct{}
 	Services() map[string][]string
 	ServiceInstances(name string) []fsm.ServiceEntry
 	Lock(name string) (*fsm.Mutex, bool)
