@@ -189,13 +189,13 @@ func (ae *AntiEntropy) Sync(ctx context.Context) error {
 	var statuses []status
 	ae.store.mu.RLock()
 	ae.reg.VisitNode(ae.cfg.Node, func(in *fsm.Instance) {
-		svc, ok := ae.store.services[in.ID]
+		sum, ok := ae.store.sums[in.ID]
 		if !ok {
 			remove = append(remove, in.ID)
 			return
 		}
 		seen[in.ID] = struct{}{}
-		if !SameDefinition(in, &svc.Instance) {
+		if sum != DefinitionSum(in) {
 			register = append(register, in.ID)
 			return
 		}
@@ -205,7 +205,7 @@ func (ae *AntiEntropy) Sync(ctx context.Context) error {
 			}
 		}
 	})
-	for id := range ae.store.services {
+	for id := range ae.store.sums {
 		if _, ok := seen[id]; !ok {
 			register = append(register, id)
 		}

@@ -162,6 +162,9 @@ func TestSameDefinition_everyField(t *testing.T) {
 		mutate(&in)
 		def := Definition(base)
 		same := SameDefinition(&in, &def)
+		if sameSum := DefinitionSum(&in) == DefinitionSum(&def); sameSum != same {
+			t.Errorf("a change of %s: SameDefinition %v but equal sums %v", field, same, sameSum)
+		}
 		if registryOwned[field] && !same {
 			t.Errorf("a change of %s (the registry's) counts as a different definition", field)
 		}
@@ -368,5 +371,24 @@ func waitUntil(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 10s")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A definition's sum does not depend on the order a map is walked in.
+func TestDefinitionSum_metaOrder(t *testing.T) {
+	in := fsm.Instance{ID: "a", Name: "web", Meta: map[string]string{}}
+	for i := 0; i < 20; i++ {
+		in.Meta[fmt.Sprint("k", i)] = fmt.Sprint("v", i)
+	}
+	want := DefinitionSum(&in)
+	for i := 0; i < 50; i++ {
+		c := Definition(in)
+		if DefinitionSum(&c) != want {
+			t.Fatal("equal definitions, different sums")
+		}
+	}
+	in.Meta["k1"], in.Meta["k2"] = "v2", "v1"
+	if DefinitionSum(&in) == want {
+		t.Fatal("meta values swapped between keys: same sum")
 	}
 }

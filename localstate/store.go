@@ -68,8 +68,14 @@ type Store struct {
 	db      *bolt.DB // nil: in memory
 	created bool
 
-	mu          sync.RWMutex
-	services    map[string]*Service
+	mu sync.RWMutex
+	// sums holds, for every stored service, a hash of its definition: what
+	// anti-entropy compares the registry with. The definitions themselves
+	// are read from the file when needed (bbolt maps it, so that is cheap),
+	// which keeps the agent's memory per instance to a map entry; in memory
+	// only (defs non-nil) they are kept here.
+	sums        map[string]uint64
+	defs        map[string]*Service
 	candidacies map[candidacyKey]Candidacy
 
 	ops       chan *op
@@ -82,6 +88,7 @@ type Store struct {
 }
 
 type candidacyKey struct{ election, candidate string }
+
 
 // op is one write waiting for the group commit.
 type op struct {
@@ -98,7 +105,7 @@ type op struct {
 func Open(path string) (*Store, error) {
 	s := &Store{
 		path:        path,
-		services:    map[string]*Service{},
+		sums:        map[string]uint64{},
 		candidacies: map[candidacyKey]Candidacy{},
 		closing:     make(chan struct{}),
 		writerEnd:   make(chan struct{}),
@@ -106,6 +113,7 @@ func Open(path string) (*Store, error) {
 	}
 	if path == "" {
 		s.created = true
+		s.defs = map[string]*Service{}
 		close(s.writerEnd)
 		return s, nil
 	}
@@ -141,7 +149,7 @@ func (s *Store) load() error {
 			if err := s.decode(bucketServices, k, v, &svc); err != nil {
 				return err
 			}
-			s.services[svc.Instance.ID] = &svc
+			s.sums[svc.Instance.ID] = DefinitionSum(&svc.Instance)
 			return nil
 		})
 		if err != nil {
@@ -282,7 +290,10 @@ func (s *Store) PutService(svc Service) error {
 		return err
 	}
 	s.mu.Lock()
-	s.services[svc.Instance.ID] = &svc
+	s.sums[svc.Instance.ID] = DefinitionSum(&svc.Instance)
+	if s.defs != nil {
+		s.defs[svc.Instance.ID] = &svc
+	}
 	s.mu.Unlock()
 	return nil
 }
@@ -290,7 +301,7 @@ func (s *Store) PutService(svc Service) error {
 // DeleteService forgets a service; it reports whether one was stored.
 func (s *Store) DeleteService(id string) (bool, error) {
 	s.mu.RLock()
-	_, ok := s.services[id]
+	_, ok := s.sums[id]
 	s.mu.RUnlock()
 	if !ok {
 		return false, nil
@@ -299,7 +310,8 @@ func (s *Store) DeleteService(id string) (bool, error) {
 		return true, err
 	}
 	s.mu.Lock()
-	delete(s.services, id)
+	delete(s.sums, id)
+	delete(s.defs, id)
 	s.mu.Unlock()
 	return true, nil
 }
@@ -307,23 +319,59 @@ func (s *Store) DeleteService(id string) (bool, error) {
 // Service returns a stored service.
 func (s *Store) Service(id string) (Service, bool) {
 	s.mu.RLock()
-	defer s.mu.RUnlock()
-	svc, ok := s.services[id]
-	if !ok {
+	_, ok := s.sums[id]
+	var mem *Service
+	if s.defs != nil {
+		mem = s.defs[id]
+	}
+	s.mu.RUnlock()
+	switch {
+	case !ok:
+		return Service{}, false
+	case s.db == nil:
+		return Service{Instance: Definition(mem.Instance), Source: mem.Source}, true
+	}
+	var svc Service
+	err := s.db.View(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucketServices).Get([]byte(id))
+		if raw == nil {
+			return errNotStored
+		}
+		return s.decode(bucketServices, []byte(id), raw, &svc)
+	})
+	if err != nil {
+		// Deleted meanwhile, or damaged since it was loaded (then the
+		// next start refuses the file).
 		return Service{}, false
 	}
-	return Service{Instance: Definition(svc.Instance), Source: svc.Source}, true
+	return svc, true
 }
+
+var errNotStored = errors.New("not stored")
 
 // Services returns every stored service, sorted by instance id.
 func (s *Store) Services() []Service {
-	s.mu.RLock()
-	out := make([]Service, 0, len(s.services))
-	for _, svc := range s.services {
-		out = append(out, Service{Instance: Definition(svc.Instance), Source: svc.Source})
+	var out []Service
+	if s.db == nil {
+		s.mu.RLock()
+		for _, svc := range s.defs {
+			out = append(out, Service{Instance: Definition(svc.Instance), Source: svc.Source})
+		}
+		s.mu.RUnlock()
+		sort.Slice(out, func(i, j int) bool { return out[i].Instance.ID < out[j].Instance.ID })
+		return out
 	}
-	s.mu.RUnlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].Instance.ID < out[j].Instance.ID })
+	// bbolt iterates in key order; a record damaged since the start is
+	// left out (the next start refuses the file).
+	s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketServices).ForEach(func(k, v []byte) error {
+			var svc Service
+			if s.decode(bucketServices, k, v, &svc) == nil {
+				out = append(out, svc)
+			}
+			return nil
+		})
+	})
 	return out
 }
 
@@ -331,7 +379,7 @@ func (s *Store) Services() []Service {
 func (s *Store) Len() int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return len(s.services)
+	return len(s.sums)
 }
 
 func candidacyRecordKey(election, candidate string) []byte {
@@ -432,6 +480,63 @@ func Definition(in fsm.Instance) fsm.Instance {
 		in.Checks = checks
 	}
 	return in
+}
+
+// sumSeed makes the definition sums of one process comparable; they are
+// never stored.
+var sumSeed = maphash.MakeSeed()
+
+// DefinitionSum hashes what SameDefinition compares: equal definitions
+// have equal sums, and different ones differ but with negligible chance.
+// Meta is hashed without regard to its order.
+func DefinitionSum(in *fsm.Instance) uint64 {
+	var h maphash.Hash
+	h.SetSeed(sumSeed)
+	str := func(v string) {
+		h.WriteString(v)
+		h.WriteByte(0)
+	}
+	num := func(v int64) {
+		var b [8]byte
+		binary.LittleEndian.PutUint64(b[:], uint64(v))
+		h.Write(b[:])
+	}
+	str(in.ID)
+	str(in.Name)
+	str(in.Node)
+	str(in.Address)
+	num(int64(in.Port))
+	str(in.Lease)
+	num(int64(len(in.Tags)))
+	for _, t := range in.Tags {
+		str(t)
+	}
+	var meta uint64
+	for k, v := range in.Meta {
+		meta += maphash.String(sumSeed, k+"\x00"+v)
+	}
+	num(int64(len(in.Meta)))
+	num(int64(meta))
+	num(int64(len(in.Checks)))
+	for i := range in.Checks {
+		c := &in.Checks[i]
+		str(c.ID)
+		str(c.Name)
+		str(c.Type)
+		str(c.HTTP)
+		str(c.TCP)
+		num(int64(len(c.Exec)))
+		for _, a := range c.Exec {
+			str(a)
+		}
+		num(c.TTL)
+		num(c.Interval)
+		num(c.Timeout)
+		num(int64(c.SuccessBeforePassing))
+		num(int64(c.FailuresBeforeCritical))
+		num(c.DeregisterCriticalAfter)
+	}
+	return h.Sum64()
 }
 
 // SameDefinition reports whether the registry's instance reg is what the
