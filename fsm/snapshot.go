@@ -170,7 +170,9 @@ func (d *snapshotData) build() (*state, error) {
 			}
 			s.checks[ck] = key
 		}
-		s.addInstance(key, in.clone())
+		c := in.clone()
+		c.intern()
+		s.addInstance(key, c)
 	}
 	for _, set := range []struct {
 		list []*Mutex

@@ -190,6 +190,7 @@ func (s *state) setNodeStatus(index uint64, c *SetNodeStatus) (*Result, bool) {
 
 func (s *state) registerInstance(index uint64, c *RegisterInstance) (*Result, bool) {
 	in := c.Instance.clone()
+	in.intern()
 	key := instanceKey{in.Node, in.ID}
 	if _, ok := s.nodes[in.Node]; !ok {
 		return &Result{Err: fmt.Errorf("%w: %q", ErrUnknownNode, in.Node)}, false
