@@ -54,6 +54,13 @@ func (c *changeLog) reset(index uint64) {
 	c.notify = make(chan struct{})
 }
 
+// covers reports whether every entry after index is still kept.
+func (c *changeLog) covers(index uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return index >= c.dropped
+}
+
 // since returns the entries after index and a channel closed at the next
 // append; ok is false when entries after index were dropped.
 func (c *changeLog) since(index uint64) (out []change, notify <-chan struct{}, ok bool) {

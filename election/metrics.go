@@ -10,6 +10,7 @@ type serverMetrics struct {
 	collectors       []prometheus.Collector
 	applyDuration    prometheus.Histogram
 	leaseExpirations prometheus.Counter
+	streamSnapshots  prometheus.Counter
 }
 
 func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
@@ -25,10 +26,15 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 			Name: "sidecar_lease_expirations_total",
 			Help: "Leases this server expired as Raft leader.",
 		}),
+		streamSnapshots: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sidecar_stream_snapshots_encoded_total",
+			Help: "Registry snapshots encoded for clients' change streams (shared by the streams that ask together).",
+		}),
 	}
 	m.collectors = []prometheus.Collector{
 		m.applyDuration,
 		m.leaseExpirations,
+		m.streamSnapshots,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sidecar_raft_leader",
 			Help: "1 while this server is the Raft leader.",

@@ -42,6 +42,9 @@ type Replica struct {
 
 // NewReplica returns a replica filling reg from the servers listed.
 func NewReplica(reg *fsm.FSM, servers func() []string, log *slog.Logger) *Replica {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	return &Replica{fsm: reg, servers: servers, rpc: newRPCClient(), log: log.With("component", "replica")}
 }
 

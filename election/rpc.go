@@ -369,7 +369,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 	for {
 		entries, notify, ok := s.changes.since(from)
 		if !ok || from == 0 {
-			snap, idx, err := s.fsm.SnapshotBytes()
+			snap, idx, err := s.streamSnapshot()
 			if err != nil {
 				s.log.Warn("stream snapshot failed", "err", err)
 				return

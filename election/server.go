@@ -131,6 +131,7 @@ type Server struct {
 	// changes feeds clients' change streams; rpc forwards to the leader;
 	// rpcSrv serves the internal RPC on the Raft port.
 	changes *changeLog
+	snaps   streamSnapshots
 	rpc     *rpcClient
 	mux     *muxListener
 	rpcSrv  *http.Server
