@@ -20,8 +20,13 @@
 // itself for one registered with a host name. An instance whose address is
 // a host name is left out of A and AAAA answers.
 //
-// Unknown names get NXDOMAIN, known names without records of the type asked
-// NOERROR with no answer; both carry the SOA. ANY gets one HINFO record
+//	<domain>                            SOA, NS ns.<domain>; ns.<domain> A/AAAA
+//
+// Which names exist follows from one description of the name tree (zone.go):
+// a name with nothing at or below it gets NXDOMAIN; an empty non-terminal
+// (service., _tcp.service., node., leader., addr. while names exist below
+// them) and a known name without records of the type asked get NOERROR with
+// no answer (RFC 8020); both carry the SOA. ANY gets one HINFO record
 // (RFC 8482). Answers over UDP that exceed 512 bytes, or the query's EDNS0
 // size up to Config.MaxUDPSize, are truncated with TC set; over TCP they are
 // whole. Every answer section is capped at Config.MaxRecords records, a

@@ -251,50 +251,6 @@ func (s *Server) relative(lower string) (string, bool) {
 	return "", false
 }
 
-// answer fills the reply to a name in the domain; orig is rel as queried.
-func (s *Server) answer(sc *scratch, q *dns.Question, orig, rel string) {
-	m := &sc.msg
-	if rel == "" {
-		s.apex(sc, q)
-		return
-	}
-	n, ok := splitLabels(rel, &sc.labels)
-	if !ok {
-		s.nxdomain(m)
-		return
-	}
-	label := func(i int) string { return rel[sc.labels[i][0]:sc.labels[i][1]] }
-	kind := label(n - 1)
-	switch kind {
-	case kindService, kindNode, kindLeader, kindAddr:
-	default:
-		s.nxdomain(m)
-		return
-	}
-	if n == 1 {
-		// service.<domain> and the like exist only as parents of names.
-		s.nodata(m)
-		return
-	}
-	if kind == kindService {
-		s.service(sc, q, rel, n)
-		return
-	}
-	if n != 2 {
-		s.nxdomain(m)
-		return
-	}
-	lo := label(0)
-	switch kind {
-	case kindNode:
-		s.nodeAnswer(sc, q, orig[:len(lo)], lo)
-	case kindLeader:
-		s.leaderAnswer(sc, q, orig[:len(lo)], lo)
-	case kindAddr:
-		s.addrAnswer(sc, q, lo)
-	}
-}
-
 func (s *Server) nxdomain(m *dns.Msg) {
 	m.Rcode = dns.RcodeNameError
 	m.Ns = append(m.Ns[:0], s.soa)
@@ -313,16 +269,6 @@ func (s *Server) hinfo(sc *scratch, q *dns.Question, ttl uint32) {
 		Cpu: "RFC8482",
 	}
 	sc.msg.Answer = append(sc.msg.Answer, &sc.hinfo)
-}
-
-func (s *Server) apex(sc *scratch, q *dns.Question) {
-	m := &sc.msg
-	switch q.Qtype {
-	case dns.TypeSOA, dns.TypeANY:
-		m.Answer = append(m.Answer, s.soa)
-	default:
-		s.nodata(m)
-	}
 }
 
 func (s *Server) nodeAnswer(sc *scratch, q *dns.Question, orig, lower string) {
