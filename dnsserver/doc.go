@@ -29,8 +29,12 @@
 // no answer (RFC 8020); both carry the SOA. ANY gets one HINFO record
 // (RFC 8482). Answers over UDP that exceed 512 bytes, or the query's EDNS0
 // size up to Config.MaxUDPSize, are truncated with TC set; over TCP they are
-// whole. Every answer section is capped at Config.MaxRecords records, a
-// random sample when a service has more passing instances.
+// whole. Every answer section is capped at Config.MaxRecords records. An
+// answer that holds only some of a service's records keeps the same ones
+// for the same asker while the service is unchanged, and other ones on
+// other agents (weighted rendezvous hashing of the server's seed, the
+// asker's address and the record). SRV records carry the instances'
+// weights, and answers are shuffled in proportion to them.
 //
 // The registry is read through Registry, a narrow interface *fsm.FSM
 // satisfies, and two optional capabilities found by type assertion: Lister

@@ -418,26 +418,38 @@ func TestServer_shuffledAndSampled(t *testing.T) {
 	fx := newFixture(t)
 	s, _ := startServer(t, dnsserver.TestConfig(), fx.reg.f)
 	orders := map[string]bool{}
-	seen := map[string]bool{}
+	sets := map[string]bool{}
 	for range 20 {
 		resp := exchange(t, s.Addr(), query{name: "big.service.sidecar.", qtype: dns.TypeA, net: "tcp"})
 		var order []string
 		for _, rr := range resp.Answer {
 			order = append(order, rr.(*dns.A).A.String())
-			seen[rr.(*dns.A).A.String()] = true
 		}
 		if len(order) != 64 {
 			t.Fatalf("%d answers, want 64", len(order))
 		}
 		orders[strings.Join(order, ",")] = true
+		slices.Sort(order)
+		sets[strings.Join(order, ",")] = true
 	}
 	if len(orders) < 2 {
 		t.Errorf("20 answers came in %d order(s): not shuffled", len(orders))
 	}
-	// 100 instances, 64 per answer: 20 random samples miss one instance
-	// with probability 100*(0.36^20), about 1e-7.
+	// 100 instances, 64 per answer: the same asker keeps the same 64.
+	if len(sets) != 1 {
+		t.Errorf("20 answers to one asker held %d different sets of 64", len(sets))
+	}
+	// Other askers get other subsets: 20 of them miss one instance with
+	// probability about 100*(0.36^20), 1e-7.
+	seen := map[string]bool{}
+	for i := range 20 {
+		peer := &net.TCPAddr{IP: net.IPv4(10, 7, 0, byte(i+1)), Port: 4000 + i}
+		for _, rr := range askFrom(t, s, peer, "big.service.sidecar.", dns.TypeA).Answer {
+			seen[rr.(*dns.A).A.String()] = true
+		}
+	}
 	if len(seen) != bigSize {
-		t.Errorf("20 answers named %d of %d instances: the cap does not sample", len(seen), bigSize)
+		t.Errorf("20 askers were answered %d of %d instances: the cap does not spread", len(seen), bigSize)
 	}
 }
 
