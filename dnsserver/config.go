@@ -52,7 +52,7 @@ type Config struct {
 	// the records a truncated answer keeps (different agents keep
 	// different subsets), and, when Addr is a wildcard and NSAddr is
 	// empty, ns.<domain> resolves to this node's address in the registry.
-	// Empty: a random seed per Server.
+	// Empty: the host name and Addr stand in for it.
 	NodeName string
 	// NSAddr is the address ns.<domain>, the apex's NS, resolves to.
 	// Empty: the address of Addr, or when that is a wildcard the address

@@ -118,7 +118,7 @@ func New(cfg Config, reg Registry, leases Leases) (*Server, error) {
 	if l, ok := reg.(ServiceLister); ok {
 		s.svcLister = l
 	}
-	s.seed = agentSeed(cfg.NodeName)
+	s.seed = agentSeed(cfg.NodeName, cfg.Addr)
 	s.setNSAddr(cfg.Addr)
 	neg := ttlSeconds(cfg.ServiceTTL)
 	s.soa = &dns.SOA{

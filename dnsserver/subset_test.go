@@ -104,6 +104,8 @@ func TestServer_truncatedSubsetsDifferByAgent(t *testing.T) {
 		return answerSet(resp)
 	}
 	servers := map[string]*dnsserver.Server{}
+	// "" stands for an agent that does not name its node: the host name
+	// and listen address seed it.
 	for _, name := range []string{"agent-a", "agent-b", ""} {
 		cfg := dnsserver.TestConfig()
 		cfg.NodeName = name
@@ -116,7 +118,7 @@ func TestServer_truncatedSubsetsDifferByAgent(t *testing.T) {
 	for _, qtype := range []uint16{dns.TypeSRV, dns.TypeA} {
 		a, b, anon := subset(servers["agent-a"], peer, qtype), subset(servers["agent-b"], peer, qtype), subset(servers[""], peer, qtype)
 		if a == b || a == anon || b == anon {
-			t.Errorf("%s: agents answered the same truncated subset (a=b %v, a=random %v, b=random %v)", dns.TypeToString[qtype], a == b, a == anon, b == anon)
+			t.Errorf("%s: agents answered the same truncated subset (a=b %v, a=unnamed %v, b=unnamed %v)", dns.TypeToString[qtype], a == b, a == anon, b == anon)
 		}
 		// The seed comes from the node name: the same name gives the
 		// same subset, e.g. after a restart.

@@ -2,7 +2,7 @@ package dnsserver
 
 import (
 	"hash/fnv"
-	"math/rand/v2"
+	"os"
 	"strings"
 
 	"github.com/miekg/dns"
@@ -261,12 +261,15 @@ func (s *Server) addrAnswerAt(sc *scratch, q *dns.Question, _, rel string, _ int
 }
 
 // agentSeed derives the seed of a server from its node's name, so that an
-// agent keeps its choices across restarts, or draws one when it has none.
-func agentSeed(node string) uint64 {
+// agent keeps its choices across restarts. Without one, the host's name and
+// the address served stand in: they differ between the agents of a
+// cluster too.
+func agentSeed(node, addr string) uint64 {
 	if node == "" {
-		return rand.Uint64()
+		host, _ := os.Hostname()
+		node = host + "|" + addr
 	}
 	h := fnv.New64a()
 	h.Write([]byte(node))
-	return h.Sum64()
+	return mix(h.Sum64())
 }
