@@ -239,3 +239,82 @@ func TestServer_weightedOrder(t *testing.T) {
 		})
 	}
 }
+
+// TestServer_truncatedSubsetWeighted: over many askers, a truncated answer
+// keeps heavier instances more often, in proportion to their weight.
+func TestServer_truncatedSubsetWeighted(t *testing.T) {
+	r := newRegistry(t)
+	r.apply(node("node1", "10.0.0.1"))
+	for i := range 40 {
+		in := instance(fmt.Sprintf("web-%d", i), "web", "node1", fmt.Sprintf("10.3.0.%d", i+1), 8000+i)
+		if i < 10 {
+			in.Instance.Weight = 10
+		}
+		r.apply(in)
+	}
+	cfg := dnsserver.TestConfig()
+	cfg.NodeName = "agent-a" // the same subsets on every machine
+	s, err := dnsserver.New(cfg, r.f, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	heavy, light := 0, 0
+	for i := range 200 {
+		peer := &net.UDPAddr{IP: net.IPv4(10, 9, byte(i/250), byte(i%250+1)), Port: 53}
+		resp := askFrom(t, s, peer, "_web._tcp.service.sidecar.", dns.TypeSRV)
+		if !resp.Truncated {
+			t.Fatal("answer of 40 SRV records not truncated")
+		}
+		for _, rr := range resp.Answer {
+			if rr.(*dns.SRV).Weight == 10 {
+				heavy++
+			} else {
+				light++
+			}
+		}
+	}
+	// 10 instances of weight 10 and 30 of weight 1; each answer keeps
+	// about 11. Drawn by weight, a heavy instance is kept in most answers
+	// and a light one in few: per instance, heavy ones are kept at least
+	// 4 times as often (uniform subsets would keep both alike).
+	perHeavy, perLight := float64(heavy)/10, float64(light)/30
+	t.Logf("kept per heavy instance %.0f, per light instance %.0f, over 200 askers", perHeavy, perLight)
+	if perHeavy < 4*perLight {
+		t.Errorf("heavy instances kept %.1f times, light ones %.1f: the subset ignores weights", perHeavy, perLight)
+	}
+}
+
+// TestServer_serviceAnswerAllocatesNothing: the choice of subsets, weights
+// and the cache of orders keep service answers free of allocation once an
+// asker's order is known (README, "Performance").
+func TestServer_serviceAnswerAllocatesNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("under the race detector sync.Pool drops scratch buffers at random")
+	}
+	r := fortyRegistry(t)
+	canary := instance("canary", "web", "node1", "10.3.1.1", 9000)
+	canary.Instance.Weight = 5
+	r.apply(canary)
+	s, err := dnsserver.New(dnsserver.TestConfig(), r.f, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		qtype uint16
+		peer  net.Addr
+	}{
+		{"SRV truncated", dns.TypeSRV, udpPeer},
+		{"A truncated", dns.TypeA, udpPeer},
+		{"SRV whole", dns.TypeSRV, tcpPeer},
+		{"A whole", dns.TypeA, tcpPeer},
+	} {
+		m := new(dns.Msg)
+		m.SetQuestion("web.service.sidecar.", tc.qtype)
+		var w dns.ResponseWriter = discard{tc.peer}
+		s.ServeDNS(w, m) // fills the caches
+		if n := testing.AllocsPerRun(200, func() { s.ServeDNS(w, m) }); n > 0 {
+			t.Errorf("%s: %.1f allocations per answer, want 0", tc.name, n)
+		}
+	}
+}
