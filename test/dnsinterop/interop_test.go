@@ -72,6 +72,9 @@ func TestInterop(t *testing.T) {
 	// are tried, and the 30 s it must hold steady start now.
 	hap := startHAProxy(t, dir, recipes["haproxy"], ag.dnsPort)
 
+	t.Run("dig", func(t *testing.T) {
+		testDig(t, ag.dnsPort)
+	})
 	t.Run("unbound strict qname minimisation", func(t *testing.T) {
 		testUnbound(t, dir, recipes["unbound"], ag.dnsPort)
 	})
@@ -288,6 +291,32 @@ func exchange(t *testing.T, addr, name string, qtype uint16) *dns.Msg {
 		t.Fatalf("%s %s at %s: %v", name, dns.TypeToString[qtype], addr, err)
 	}
 	return resp
+}
+
+// testDig: what `dig` shows a user: the apex's NS and its address, and
+// NOERROR for the empty non-terminal above the RFC 2782 names.
+func testDig(t *testing.T, dnsPort int) {
+	dig := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command("dig", append([]string{"@127.0.0.1", "-p", strconv.Itoa(dnsPort), "+time=2", "+tries=1"}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("dig %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	if out := dig("+short", "NS", "sidecar."); strings.TrimSpace(out) != "ns.sidecar." {
+		t.Errorf("dig NS sidecar.: %q, want ns.sidecar.", out)
+	}
+	if out := dig("+short", "A", "ns.sidecar."); strings.TrimSpace(out) != "127.0.0.1" {
+		t.Errorf("dig A ns.sidecar.: %q, want 127.0.0.1", out)
+	}
+	if out := dig("SRV", "_tcp.service.sidecar."); !strings.Contains(out, "status: NOERROR") || !strings.Contains(out, "IN\tSOA") {
+		t.Errorf("dig SRV _tcp.service.sidecar.: want NOERROR with the SOA:\n%s", out)
+	}
+	// dig over UDP gets a truncated answer and retries over TCP.
+	if out := dig("+short", "SRV", "_web._tcp.service.sidecar."); len(strings.Fields(out)) != 4*instances {
+		t.Errorf("dig SRV _web._tcp.service.sidecar.: %d records, want %d:\n%s", len(strings.Fields(out))/4, instances, out)
+	}
 }
 
 // testUnbound: unbound with strict query-name minimisation asks
