@@ -32,12 +32,12 @@ type pick struct {
 	t      target
 	ttl    uint32 // of the target's address record
 	port   uint16
-	weight uint16 // 1-65535
-	tid    int32  // the same for picks of the same target, below the list's length
-	idx    int32  // position among the matches of its query
-	off    int    // where packService packed the SRV target, -1 when it did not
-	id     uint64 // hash of target and port, which the choice of subsets draws from
-	key    float64
+	weight uint16  // 1-65535
+	tid    int32   // the same for picks of the same target, below the list's length
+	idx    int32   // position among the matches of its query
+	off    int     // where packService packed the SRV target, -1 when it did not
+	id     uint64  // hash of target and port, which the choice of subsets draws from
+	key    float64 // sort key of shuffle and askerOrder: earliest first
 }
 
 // visit is the VisitService callback: it collects the matching passing
