@@ -165,7 +165,7 @@ func TestClient_Service_query(t *testing.T) {
 		{name: "we/b", wantPath: "/v1/services/we%2Fb"},
 	}
 	for _, tt := range tests {
-		c, s := fakeAgent(t, reply(200, 5, `[{"id":"web-1","name":"web","node":"n1","address":"10.0.0.1","port":80,"tags":["v1"],"meta":{"k":"v"},"status":"passing"}]`))
+		c, s := fakeAgent(t, reply(200, 5, `[{"id":"web-1","name":"web","node":"n1","address":"10.0.0.1","port":80,"tags":["v1"],"meta":{"k":"v"},"status":"passing","weight":3}]`))
 		in, m, err := c.Service(context.Background(), tt.name, tt.passing, tt.tag, tt.q)
 		if err != nil {
 			t.Fatal(err)
@@ -173,7 +173,7 @@ func TestClient_Service_query(t *testing.T) {
 		if _, p, q, _ := s.get(); p != tt.wantPath || q != tt.wantQuery {
 			t.Errorf("Service(%q, %v, %q) sent %s?%s, want %s?%s", tt.name, tt.passing, tt.tag, p, q, tt.wantPath, tt.wantQuery)
 		}
-		if m.Index != 5 || len(in) != 1 || in[0].Meta["k"] != "v" || in[0].Status != StatusPassing {
+		if m.Index != 5 || len(in) != 1 || in[0].Meta["k"] != "v" || in[0].Status != StatusPassing || in[0].Weight != 3 {
 			t.Errorf("Service = %+v, %+v", in, m)
 		}
 	}
@@ -181,7 +181,7 @@ func TestClient_Service_query(t *testing.T) {
 
 func TestClient_Register(t *testing.T) {
 	c, s := fakeAgent(t, reply(200, 0, `{"id":"web-1","index":12}`))
-	reg := ServiceRegistration{ID: "web-1", Name: "web", Port: 8080, Tags: []string{"v1"},
+	reg := ServiceRegistration{ID: "web-1", Name: "web", Port: 8080, Tags: []string{"v1"}, Weight: 7,
 		Checks: []CheckDefinition{{Type: "http", HTTP: "http://127.0.0.1:8080/health", Interval: "1s"}}}
 	r, err := c.Register(context.Background(), reg)
 	if err != nil {
@@ -198,7 +198,7 @@ func TestClient_Register(t *testing.T) {
 	if err := json.Unmarshal(body, &got); err != nil {
 		t.Fatalf("body %s: %v", body, err)
 	}
-	if got.Name != "web" || got.Port != 8080 || len(got.Checks) != 1 || got.Checks[0].HTTP == "" {
+	if got.Name != "web" || got.Port != 8080 || got.Weight != 7 || len(got.Checks) != 1 || got.Checks[0].HTTP == "" {
 		t.Errorf("sent %s", body)
 	}
 }

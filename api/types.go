@@ -79,6 +79,10 @@ type ServiceRegistration struct {
 	Tags    []string          `json:"tags,omitempty" yaml:"tags"`
 	Meta    map[string]string `json:"meta,omitempty" yaml:"meta"`
 	Checks  []CheckDefinition `json:"checks,omitempty" yaml:"checks"`
+	// Weight (1-65535) is the instance's share of the load: its SRV
+	// weight, and how often DNS lists its address first. 0 (omitted)
+	// means 1.
+	Weight int `json:"weight,omitempty" yaml:"weight"`
 	// Lease optionally attaches the instance to a lease: revoking or expiring
 	// the lease deregisters the instance.
 	Lease string `json:"lease,omitempty" yaml:"lease"`
@@ -101,6 +105,9 @@ type Instance struct {
 	Meta    map[string]string `json:"meta"`
 	Status  string            `json:"status"`
 	Checks  []CheckStatus     `json:"checks,omitempty"`
+	// Weight is the instance's weight (1-65535); 0 from an agent that
+	// does not report weights, which serves 1.
+	Weight int `json:"weight,omitempty"`
 }
 
 // CheckStatus is a check's current state as reported with an instance.

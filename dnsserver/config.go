@@ -48,6 +48,16 @@ type Config struct {
 	// truncated with TC set, and the client retries over TCP. It is also
 	// the size the server advertises in its OPT record.
 	MaxUDPSize int
+	// NodeName names the agent the server runs in. It seeds the choice of
+	// the records a truncated answer keeps (different agents keep
+	// different subsets), and, when Addr is a wildcard and NSAddr is
+	// empty, ns.<domain> resolves to this node's address in the registry.
+	// Empty: the host name and Addr stand in for it.
+	NodeName string
+	// NSAddr is the address ns.<domain>, the apex's NS, resolves to.
+	// Empty: the address of Addr, or when that is a wildcard the address
+	// of node NodeName, else loopback.
+	NSAddr string
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
 	// Registerer receives the server's metrics; nil keeps them private.
@@ -152,6 +162,11 @@ func (c Config) normalize() (Config, error) {
 	}
 	if c.MaxUDPSize < dns.MinMsgSize || c.MaxUDPSize > dns.MaxMsgSize {
 		return c, fmt.Errorf("%w: max udp size %d must be between %d and %d", ErrConfig, c.MaxUDPSize, dns.MinMsgSize, dns.MaxMsgSize)
+	}
+	if c.NSAddr != "" {
+		if _, ok := parseIP(c.NSAddr); !ok {
+			return c, fmt.Errorf("%w: ns addr %q is not an IP address", ErrConfig, c.NSAddr)
+		}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

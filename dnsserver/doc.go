@@ -20,12 +20,21 @@
 // itself for one registered with a host name. An instance whose address is
 // a host name is left out of A and AAAA answers.
 //
-// Unknown names get NXDOMAIN, known names without records of the type asked
-// NOERROR with no answer; both carry the SOA. ANY gets one HINFO record
+//	<domain>                            SOA, NS ns.<domain>; ns.<domain> A/AAAA
+//
+// Which names exist follows from one description of the name tree (zone.go):
+// a name with nothing at or below it gets NXDOMAIN; an empty non-terminal
+// (service., _tcp.service., node., leader., addr. while names exist below
+// them) and a known name without records of the type asked get NOERROR with
+// no answer (RFC 8020); both carry the SOA. ANY gets one HINFO record
 // (RFC 8482). Answers over UDP that exceed 512 bytes, or the query's EDNS0
 // size up to Config.MaxUDPSize, are truncated with TC set; over TCP they are
-// whole. Every answer section is capped at Config.MaxRecords records, a
-// random sample when a service has more passing instances.
+// whole. Every answer section is capped at Config.MaxRecords records. An
+// answer that holds only some of a service's records keeps the same ones
+// for the same asker while the service is unchanged, and other ones on
+// other agents (weighted rendezvous hashing of the server's seed, the
+// asker's address and the record). SRV records carry the instances'
+// weights, and answers are shuffled in proportion to them.
 //
 // The registry is read through Registry, a narrow interface *fsm.FSM
 // satisfies, and two optional capabilities found by type assertion: Lister

@@ -13,6 +13,7 @@ import (
 // recorder is a dns.ResponseWriter that keeps what the handler writes.
 type recorder struct {
 	tcp    bool
+	remote net.Addr // the asker; nil: udpPeer or tcpPeer
 	writes [][]byte
 }
 
@@ -29,6 +30,9 @@ func (r *recorder) LocalAddr() net.Addr {
 }
 
 func (r *recorder) RemoteAddr() net.Addr {
+	if r.remote != nil {
+		return r.remote
+	}
 	if r.tcp {
 		return tcpPeer
 	}

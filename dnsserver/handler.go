@@ -32,25 +32,24 @@ type scratch struct {
 	labels   [maxLabels][2]int
 	tags     []string
 	cands    []candidate
+	all      []pick // the matches, when not from the cache
 	picks    []pick
 	seen     []uint32 // by target id: gen when its address record is in
 	gen      uint32
-	chosen   []int32 // open-addressing set of sampled indexes, by index+1
-	buf      []byte  // packed answer
-	packed   []byte  // an answer packed by packService, sent as is
+	buf      []byte // packed answer
+	packed   []byte // an answer packed by packService, sent as is
 
-	// The query being answered, and how large its answer may be over UDP
-	// (0: TCP, unbounded).
+	// The query being answered, who asked, and how large its answer may
+	// be over UDP (0: TCP, unbounded).
 	req     *dns.Msg
+	w       dns.ResponseWriter
 	udpSize int
 	hasOpt  bool
 
 	// Visit state, read by visit: VisitService takes a func, and a func
 	// value built once per scratch (visitFn) does not allocate per query.
-	visitFn  func(in *fsm.Instance, status string)
-	family   int // 4 or 6 to skip instances of the other family, else 0
-	max      int
-	matching int
+	visitFn func(in *fsm.Instance, status string)
+	family  int // 4 or 6 to skip instances of the other family, else 0
 }
 
 func (s *Server) newScratch() *scratch {
@@ -69,22 +68,13 @@ func (s *Server) newScratch() *scratch {
 		cands:  make([]candidate, 0, n),
 		picks:  make([]pick, 0, n),
 		seen:   make([]uint32, n),
-		chosen: make([]int32, nextPow2(2*n)),
+		all:    make([]pick, 0, n),
 		// 8 KB holds the largest answer of 64 records over TCP; a grown
 		// buffer is kept.
 		buf: make([]byte, 8192),
-		max: n,
 	}
 	sc.visitFn = sc.visit
 	return sc
-}
-
-func nextPow2(n int) int {
-	p := 16
-	for p < n {
-		p <<= 1
-	}
-	return p
 }
 
 // reset prepares the scratch to answer r and returns the reply, its header
@@ -108,6 +98,7 @@ func (sc *scratch) reset(r *dns.Msg) *dns.Msg {
 	sc.a, sc.aaaa, sc.srv, sc.ips = sc.a[:0], sc.aaaa[:0], sc.srv[:0], sc.ips[:0]
 	sc.tags, sc.cands, sc.picks = sc.tags[:0], sc.cands[:0], sc.picks[:0]
 	sc.req, sc.packed, sc.udpSize, sc.hasOpt = r, nil, 0, false
+	sc.all = sc.all[:0]
 	return m
 }
 
@@ -118,7 +109,9 @@ func (sc *scratch) release() {
 	if cap(sc.packed) > cap(sc.buf) && cap(sc.packed) <= 2*dns.MaxMsgSize {
 		sc.buf = sc.packed[:cap(sc.packed)]
 	}
-	sc.req, sc.packed = nil, nil
+	sc.req, sc.packed, sc.w = nil, nil, nil
+	clear(sc.cands) // drop the registry's strings
+	sc.cands = sc.cands[:0]
 }
 
 func (sc *scratch) newA(name string, ttl uint32, ip netip.Addr) *dns.A {
@@ -154,8 +147,8 @@ func (sc *scratch) addrRR(name string, ttl uint32, ip netip.Addr) dns.RR {
 func (sc *scratch) newSRV(name string, ttl uint32, port uint16, tgt string) *dns.SRV {
 	sc.srv = append(sc.srv, dns.SRV{
 		Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: ttl},
-		// Priority and weight 1 for all: clients pick at random among
-		// equals, and the answer is shuffled anyway.
+		// A leader's answer is its one record (service answers, with
+		// their weights, are packed by packService).
 		Priority: 1,
 		Weight:   1,
 		Port:     port,
@@ -227,7 +220,7 @@ func (s *Server) serve(sc *scratch, w dns.ResponseWriter, r *dns.Msg) int {
 	}
 	m.Authoritative = true
 	m.RecursionAvailable = len(s.cfg.Recursors) > 0
-	sc.udpSize = udpSize
+	sc.udpSize, sc.w = udpSize, w
 	s.answer(sc, q, q.Name[:len(rel)], rel)
 	if sc.packed != nil {
 		if _, err := w.Write(sc.packed); err != nil {
@@ -251,50 +244,6 @@ func (s *Server) relative(lower string) (string, bool) {
 	return "", false
 }
 
-// answer fills the reply to a name in the domain; orig is rel as queried.
-func (s *Server) answer(sc *scratch, q *dns.Question, orig, rel string) {
-	m := &sc.msg
-	if rel == "" {
-		s.apex(sc, q)
-		return
-	}
-	n, ok := splitLabels(rel, &sc.labels)
-	if !ok {
-		s.nxdomain(m)
-		return
-	}
-	label := func(i int) string { return rel[sc.labels[i][0]:sc.labels[i][1]] }
-	kind := label(n - 1)
-	switch kind {
-	case kindService, kindNode, kindLeader, kindAddr:
-	default:
-		s.nxdomain(m)
-		return
-	}
-	if n == 1 {
-		// service.<domain> and the like exist only as parents of names.
-		s.nodata(m)
-		return
-	}
-	if kind == kindService {
-		s.service(sc, q, rel, n)
-		return
-	}
-	if n != 2 {
-		s.nxdomain(m)
-		return
-	}
-	lo := label(0)
-	switch kind {
-	case kindNode:
-		s.nodeAnswer(sc, q, orig[:len(lo)], lo)
-	case kindLeader:
-		s.leaderAnswer(sc, q, orig[:len(lo)], lo)
-	case kindAddr:
-		s.addrAnswer(sc, q, lo)
-	}
-}
-
 func (s *Server) nxdomain(m *dns.Msg) {
 	m.Rcode = dns.RcodeNameError
 	m.Ns = append(m.Ns[:0], s.soa)
@@ -313,16 +262,6 @@ func (s *Server) hinfo(sc *scratch, q *dns.Question, ttl uint32) {
 		Cpu: "RFC8482",
 	}
 	sc.msg.Answer = append(sc.msg.Answer, &sc.hinfo)
-}
-
-func (s *Server) apex(sc *scratch, q *dns.Question) {
-	m := &sc.msg
-	switch q.Qtype {
-	case dns.TypeSOA, dns.TypeANY:
-		m.Answer = append(m.Answer, s.soa)
-	default:
-		s.nodata(m)
-	}
 }
 
 func (s *Server) nodeAnswer(sc *scratch, q *dns.Question, orig, lower string) {

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,17 +38,25 @@ const udpSocketBuffer = 4 << 20
 // other names to recursors. It is a dns.Handler (ServeDNS) and, after Start,
 // also serves UDP and TCP on one address.
 type Server struct {
-	cfg      Config
-	reg      Registry
-	lister   Lister  // nil when reg does not list names
-	watcher  Watcher // nil when reg cannot tell when it changes
-	services svcCache
-	leases   Leases // nil: leader answers get TTL 0
-	log      *slog.Logger
-	metrics  *metrics
-	soa      *dns.SOA
-	targets  *targetCache
-	pool     sync.Pool
+	cfg    Config
+	reg    Registry
+	lister Lister // nil when reg does not list names
+	// svcLister is nil when reg does not list services.
+	svcLister ServiceLister
+	watcher   Watcher // nil when reg cannot tell when it changes
+	services  svcCache
+	leases    Leases // nil: leader answers get TTL 0
+	log       *slog.Logger
+	metrics   *metrics
+	soa       *dns.SOA
+	ns        *dns.NS
+	// nsAddr is where ns.<domain> points; set again by Start, which learns
+	// the address served.
+	nsAddr atomic.Pointer[nsAddr]
+	// seed is this server's own, so that agents truncate differently.
+	seed    uint64
+	targets *targetCache
+	pool    sync.Pool
 
 	foldNodes, foldElections *foldIndex
 
@@ -105,6 +115,11 @@ func New(cfg Config, reg Registry, leases Leases) (*Server, error) {
 	if w, ok := reg.(Watcher); ok {
 		s.watcher = w
 	}
+	if l, ok := reg.(ServiceLister); ok {
+		s.svcLister = l
+	}
+	s.seed = agentSeed(cfg.NodeName, cfg.Addr)
+	s.setNSAddr(cfg.Addr)
 	neg := ttlSeconds(cfg.ServiceTTL)
 	s.soa = &dns.SOA{
 		// The SOA's TTL and minimum bound negative caching (RFC 2308):
@@ -122,8 +137,55 @@ func New(cfg Config, reg Registry, leases Leases) (*Server, error) {
 		Expire:  86400,
 		Minttl:  neg,
 	}
+	s.ns = &dns.NS{
+		Hdr: dns.RR_Header{Name: cfg.Domain, Rrtype: dns.TypeNS, Class: dns.ClassINET, Ttl: neg},
+		Ns:  s.soa.Ns,
+	}
 	s.pool.New = func() any { return s.newScratch() }
 	return s, nil
+}
+
+// nsAddr is the address of ns.<domain>.
+type nsAddr struct {
+	ip       netip.Addr // invalid: the address of node NodeName
+	loopback netip.Addr // when NodeName's address is unknown too
+}
+
+// setNSAddr sets the address of ns.<domain> from the address served, unless
+// Config.NSAddr names one.
+func (s *Server) setNSAddr(addr string) {
+	if ip, ok := parseIP(s.cfg.NSAddr); ok {
+		s.nsAddr.Store(&nsAddr{ip: ip})
+		return
+	}
+	host, _, _ := net.SplitHostPort(addr)
+	if ip, ok := parseIP(host); ok && !ip.IsUnspecified() {
+		s.nsAddr.Store(&nsAddr{ip: ip})
+		return
+	}
+	// A wildcard: the node's advertised address, else loopback, which a
+	// wildcard also listens on.
+	a := &nsAddr{loopback: netip.IPv6Loopback()}
+	if host == "" || strings.Contains(host, ".") {
+		a.loopback = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	}
+	s.nsAddr.Store(a)
+}
+
+// nsIP is the address of ns.<domain>: this server's.
+func (s *Server) nsIP() netip.Addr {
+	a := s.nsAddr.Load()
+	if a.ip.IsValid() {
+		return a.ip
+	}
+	if s.cfg.NodeName != "" {
+		if n, ok := s.reg.Node(s.cfg.NodeName); ok {
+			if ip, ok := parseIP(n.Address); ok && !ip.IsUnspecified() {
+				return ip
+			}
+		}
+	}
+	return a.loopback
 }
 
 // Start listens on cfg.Addr over UDP and TCP and serves in the background
@@ -143,6 +205,7 @@ func (s *Server) Start() error {
 		return fmt.Errorf("dnsserver: listen on %s: %w", s.cfg.Addr, err)
 	}
 	s.addr = ln.Addr().String()
+	s.setNSAddr(s.addr)
 	s.udp = &dns.Server{PacketConn: pc, Handler: s, UDPSize: udpReadSize}
 	s.tcp = &dns.Server{Listener: ln, Handler: s}
 	ready := make(chan struct{}, 2)

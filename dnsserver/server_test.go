@@ -230,6 +230,31 @@ func testAnswers(t *testing.T, fx *fixture, addr string) {
 		}},
 		{name: "apex A", q: query{name: "sidecar.", qtype: A}, rcode: ok, soa: true},
 		{name: "empty non-terminal", q: query{name: "service.sidecar.", qtype: A}, rcode: ok, soa: true},
+		{name: "apex NS", q: query{name: "sidecar.", qtype: dns.TypeNS}, rcode: ok,
+			answer: []string{"sidecar. 5 IN NS ns.sidecar."}, extra: []string{"ns.sidecar. 5 IN A 127.0.0.1"}},
+		{name: "apex ANY", q: query{name: "sidecar.", qtype: ANY}, rcode: ok, answer: []string{
+			"sidecar. 5 IN SOA ns.sidecar. hostmaster.sidecar. SERIAL 3600 600 86400 5",
+		}},
+		{name: "name server A", q: query{name: "ns.sidecar.", qtype: A}, rcode: ok, answer: []string{"ns.sidecar. 5 IN A 127.0.0.1"}},
+		{name: "name server upper", q: query{name: "NS.Sidecar.", qtype: A}, rcode: ok, answer: []string{"ns.sidecar. 5 IN A 127.0.0.1"}},
+		{name: "name server of another family", q: query{name: "ns.sidecar.", qtype: AAAA}, rcode: ok, soa: true},
+		{name: "below the name server", q: query{name: "x.ns.sidecar.", qtype: A}, rcode: nx, soa: true},
+
+		// Empty non-terminals: every type, ANY included, gets NOERROR
+		// with no record and the SOA (RFC 8020).
+		{name: "ENT service ANY", q: query{name: "service.sidecar.", qtype: ANY}, rcode: ok, soa: true},
+		{name: "ENT _tcp", q: query{name: "_tcp.service.sidecar.", qtype: SRV}, rcode: ok, soa: true},
+		{name: "ENT _tcp A", q: query{name: "_tcp.service.sidecar.", qtype: A}, rcode: ok, soa: true},
+		{name: "ENT _udp", q: query{name: "_udp.service.sidecar.", qtype: TXT}, rcode: ok, soa: true},
+		{name: "ENT _<tag>", q: query{name: "_primary.service.sidecar.", qtype: SRV}, rcode: ok, soa: true},
+		{name: "ENT _tcp upper", q: query{name: "_TCP.Service.sidecar.", qtype: ANY}, rcode: ok, soa: true},
+		{name: "ENT node", q: query{name: "node.sidecar.", qtype: A}, rcode: ok, soa: true},
+		{name: "ENT leader", q: query{name: "leader.sidecar.", qtype: TXT}, rcode: ok, soa: true},
+		{name: "ENT addr", q: query{name: "addr.sidecar.", qtype: A}, rcode: ok, soa: true},
+		{name: "nothing below an RFC 2782 name", q: query{name: "x._web._tcp.service.sidecar.", qtype: SRV}, rcode: nx, soa: true},
+		{name: "RFC 2782 form without underscore", q: query{name: "web._tcp.service.sidecar.", qtype: SRV}, rcode: nx, soa: true},
+		{name: "nothing below an addr", q: query{name: "x.0a000101.addr.sidecar.", qtype: A}, rcode: nx, soa: true},
+		{name: "nothing below a leader", q: query{name: "x.lead.leader.sidecar.", qtype: A}, rcode: nx, soa: true},
 		{name: "unknown kind", q: query{name: "foo.sidecar.", qtype: A}, rcode: nx, soa: true},
 		{name: "unknown kind deeper", q: query{name: "a.b.foo.sidecar.", qtype: A}, rcode: nx, soa: true},
 	}
@@ -393,26 +418,38 @@ func TestServer_shuffledAndSampled(t *testing.T) {
 	fx := newFixture(t)
 	s, _ := startServer(t, dnsserver.TestConfig(), fx.reg.f)
 	orders := map[string]bool{}
-	seen := map[string]bool{}
+	sets := map[string]bool{}
 	for range 20 {
 		resp := exchange(t, s.Addr(), query{name: "big.service.sidecar.", qtype: dns.TypeA, net: "tcp"})
 		var order []string
 		for _, rr := range resp.Answer {
 			order = append(order, rr.(*dns.A).A.String())
-			seen[rr.(*dns.A).A.String()] = true
 		}
 		if len(order) != 64 {
 			t.Fatalf("%d answers, want 64", len(order))
 		}
 		orders[strings.Join(order, ",")] = true
+		slices.Sort(order)
+		sets[strings.Join(order, ",")] = true
 	}
 	if len(orders) < 2 {
 		t.Errorf("20 answers came in %d order(s): not shuffled", len(orders))
 	}
-	// 100 instances, 64 per answer: 20 random samples miss one instance
-	// with probability 100*(0.36^20), about 1e-7.
+	// 100 instances, 64 per answer: the same asker keeps the same 64.
+	if len(sets) != 1 {
+		t.Errorf("20 answers to one asker held %d different sets of 64", len(sets))
+	}
+	// Other askers get other subsets: 20 of them miss one instance with
+	// probability about 100*(0.36^20), 1e-7.
+	seen := map[string]bool{}
+	for i := range 20 {
+		peer := &net.TCPAddr{IP: net.IPv4(10, 7, 0, byte(i+1)), Port: 4000 + i}
+		for _, rr := range askFrom(t, s, peer, "big.service.sidecar.", dns.TypeA).Answer {
+			seen[rr.(*dns.A).A.String()] = true
+		}
+	}
 	if len(seen) != bigSize {
-		t.Errorf("20 answers named %d of %d instances: the cap does not sample", len(seen), bigSize)
+		t.Errorf("20 askers were answered %d of %d instances: the cap does not spread", len(seen), bigSize)
 	}
 }
 

@@ -1,8 +1,13 @@
 package dnsserver
 
 import (
+	"cmp"
+	"encoding/binary"
 	"math"
 	"math/rand/v2"
+	"net"
+	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 
@@ -15,24 +20,28 @@ import (
 // strings point into the registry's instance, which is fine: strings are
 // immutable.
 type candidate struct {
-	addr string // "" uses the node's address
-	node string
-	port uint16
+	addr   string // "" uses the node's address
+	node   string
+	port   uint16
+	weight uint16
 }
 
 // pick is one record of a service answer: an instance resolved to its SRV
 // target and address.
 type pick struct {
-	t    target
-	ttl  uint32 // of the target's address record
-	port uint16
-	tid  int32 // the same for picks of the same target, below the list's length
-	off  int   // where packService packed the SRV target, -1 when it did not
+	t      target
+	ttl    uint32 // of the target's address record
+	port   uint16
+	weight uint16  // 1-65535
+	tid    int32   // the same for picks of the same target, below the list's length
+	idx    int32   // position among the matches of its query
+	off    int     // where packService packed the SRV target, -1 when it did not
+	id     uint64  // hash of target and port, which the choice of subsets draws from
+	key    float64 // sort key of shuffle and askerOrder: earliest first
 }
 
-// visit is the VisitService callback. It keeps a uniform random sample of at
-// most sc.max matching passing instances (reservoir sampling), so that a
-// service larger than the cap spreads its load over every instance.
+// visit is the VisitService callback: it collects the matching passing
+// instances.
 func (sc *scratch) visit(in *fsm.Instance, status string) {
 	if status != fsm.StatusPassing || !hasTags(in.Tags, sc.tags) {
 		return
@@ -43,13 +52,8 @@ func (sc *scratch) visit(in *fsm.Instance, status string) {
 			return
 		}
 	}
-	sc.matching++
-	c := candidate{addr: in.Address, node: in.Node, port: uint16(in.Port)}
-	if len(sc.cands) < sc.max {
-		sc.cands = append(sc.cands, c)
-	} else if j := rand.IntN(sc.matching); j < sc.max {
-		sc.cands[j] = c
-	}
+	w := uint16(min(max(in.EffectiveWeight(), 1), fsm.MaxWeight))
+	sc.cands = append(sc.cands, candidate{addr: in.Address, node: in.Node, port: uint16(in.Port), weight: w})
 }
 
 // hasTags reports whether every wanted tag (lower-case) is among tags.
@@ -96,7 +100,7 @@ func (s *Server) service(sc *scratch, q *dns.Question, rel string, n int) {
 		key.family = 6
 	}
 
-	exists, all := s.matches(sc, key)
+	exists, all, e := s.matches(sc, key)
 	switch {
 	case !exists:
 		s.nxdomain(m)
@@ -108,44 +112,201 @@ func (s *Server) service(sc *scratch, q *dns.Question, rel string, n int) {
 		s.nodata(m)
 		return
 	}
-	sc.sample(all, s.cfg.MaxRecords)
-	picks := sc.picks
-	for i := len(picks) - 1; i > 0; i-- {
-		j := rand.IntN(i + 1)
-		picks[i], picks[j] = picks[j], picks[i]
+	weighted := e != nil && e.weighted || e == nil && anyWeighted(all)
+	room := s.answerRoom(sc, q)
+	if len(all) <= s.cfg.MaxRecords && fit(all, q.Qtype, room) == len(all) {
+		// Every match goes in: all of them, in an order drawn anew for
+		// each answer.
+		sc.picks = append(sc.picks[:0], all...)
+		sc.shuffle(weighted)
+		if b := s.packService(sc, q, false); b != nil {
+			sc.packed = b
+			return
+		}
+		s.nodata(m)
+		return
 	}
-	if b, ok := s.packService(sc, q); ok {
+	// The answer holds only some of the matches, cut to MaxRecords or to
+	// what fits a datagram. Clients such as HAProxy use a partial answer
+	// as it is: drawn anew for each query, it would change every time
+	// and they would take servers out and in without end. So the subset
+	// is the same for the same asker while the matches are (only its
+	// order changes), and depends on this server's seed too, so that the
+	// askers of different agents spread over every instance.
+	s.askerOrder(sc, all, e)
+	k := fit(sc.picks, q.Qtype, room)
+	cut := k < len(sc.picks)
+	sc.picks = sc.picks[:k]
+	sc.shuffle(weighted)
+	if b := s.packService(sc, q, cut); b != nil {
 		sc.packed = b
 		return
 	}
 	s.nodata(m)
 }
 
+// answerRoom is how many bytes the answer section of a service answer may
+// take: the datagram's size less the header, the question and the OPT
+// record; unbounded over TCP.
+func (s *Server) answerRoom(sc *scratch, q *dns.Question) int {
+	if sc.udpSize == 0 {
+		return math.MaxInt
+	}
+	room := sc.udpSize - headerLen - (len(q.Name) + 1) - 4
+	if sc.hasOpt {
+		room -= optLen
+	}
+	return room
+}
+
+// fit returns how many of the first picks have records that fit in room
+// bytes, as packService packs them.
+func fit(picks []pick, qtype uint16, room int) int {
+	for i := range picks {
+		switch qtype {
+		case dns.TypeSRV:
+			// Pointer to the owner, type, class, TTL, RDLENGTH;
+			// priority, weight, port; the target whole.
+			room -= 2 + 10 + 6 + len(picks[i].t.wire)
+		case dns.TypeA:
+			room -= 2 + 10 + 4
+		default:
+			room -= 2 + 10 + 16
+		}
+		if room < 0 {
+			return i
+		}
+	}
+	return len(picks)
+}
+
+// anyWeighted reports whether the weights of picks differ from 1.
+func anyWeighted(picks []pick) bool {
+	for i := range picks {
+		if picks[i].weight != 1 {
+			return true
+		}
+	}
+	return false
+}
+
+// shuffle puts sc.picks in a random order: uniform when every weight is 1,
+// else one in which each pick comes first with a probability proportional
+// to its weight, and so on down the list (each pick draws an exponential
+// time of rate weight, and the earliest comes first: Efraimidis and
+// Spirakis' weighted sampling), so that clients that take the first
+// address spread their load by weight.
+func (sc *scratch) shuffle(weighted bool) {
+	picks := sc.picks
+	if !weighted {
+		for i := len(picks) - 1; i > 0; i-- {
+			j := rand.IntN(i + 1)
+			picks[i], picks[j] = picks[j], picks[i]
+		}
+		return
+	}
+	for i := range picks {
+		picks[i].key = rand.ExpFloat64() / float64(picks[i].weight)
+	}
+	slices.SortFunc(picks, byKey)
+}
+
+func byKey(a, b pick) int { return cmp.Compare(a.key, b.key) }
+
+// askerOrder puts into sc.picks the first MaxRecords of all in the order of
+// this asker: each pick draws its exponential time of rate weight (as
+// shuffle does) from a hash of this server's seed, the asker's address and
+// the pick itself instead of at random. The same asker gets the same
+// order, a pick keeps its place relative to the others when others come or
+// go (rendezvous hashing), and heavier picks come first more often. Orders
+// are kept with the cache entry e, when there is one.
+func (s *Server) askerOrder(sc *scratch, all []pick, e *svcEntry) {
+	asker := s.askerKey(sc.w)
+	if e != nil {
+		if order := e.order(asker); order != nil {
+			sc.picks = sc.picks[:0]
+			for _, i := range order {
+				sc.picks = append(sc.picks, all[i])
+			}
+			return
+		}
+	}
+	sc.picks = append(sc.picks[:0], all...)
+	for i := range sc.picks {
+		p := &sc.picks[i]
+		// 53 random bits, as a float in (0, 1).
+		u := (float64(mix(asker^p.id)>>11) + 0.5) / (1 << 53)
+		p.key = -math.Log(u) / float64(p.weight)
+	}
+	slices.SortFunc(sc.picks, byKey)
+	sc.picks = sc.picks[:min(len(sc.picks), s.cfg.MaxRecords)]
+	if e != nil {
+		e.keepOrder(asker, sc.picks)
+	}
+}
+
+// askerKey hashes this server's seed and the address of the asker (not its
+// port: resolvers draw a port per query).
+func (s *Server) askerKey(w dns.ResponseWriter) uint64 {
+	var ip net.IP
+	if w != nil {
+		switch a := w.RemoteAddr().(type) {
+		case *net.UDPAddr:
+			ip = a.IP
+		case *net.TCPAddr:
+			ip = a.IP
+		}
+	}
+	addr, _ := netip.AddrFromSlice(ip)
+	b := addr.Unmap().As16()
+	return mix(s.seed^binary.BigEndian.Uint64(b[:8])) ^ mix(binary.BigEndian.Uint64(b[8:])+s.seed)
+}
+
+// mix is splitmix64's finalizer: every bit of x moves about half the bits
+// of the result.
+func mix(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
+// pickID hashes an SRV target and port (FNV-1a), the identity of a record.
+func pickID(name string, port uint16) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(name); i++ {
+		h ^= uint64(name[i])
+		h *= 1099511628211
+	}
+	return mix(h ^ uint64(port))
+}
+
 // matches returns whether a service exists and the records of its passing
-// instances that match key: every one of them from the cache when the
-// registry can tell when it changes, else a random sample of at most
-// MaxRecords read now.
-func (s *Server) matches(sc *scratch, key svcKey) (bool, []pick) {
-	sc.family, sc.matching = key.family, 0
+// instances that match key, and the cache entry they come from: nil when
+// the registry cannot tell when it changes, and the records are read now.
+func (s *Server) matches(sc *scratch, key svcKey) (bool, []pick, *svcEntry) {
+	sc.family = key.family
 	if s.watcher == nil {
-		sc.max = s.cfg.MaxRecords
 		exists := s.reg.VisitService(key.name, sc.visitFn)
-		sc.picks = usable(s.resolve(sc.picks[:0], sc.cands), key.family)
-		return exists, sc.picks
+		sc.all = usable(s.resolve(sc.all[:0], sc.cands), key.family)
+		return exists, sc.all, nil
 	}
 	if e := s.services.get(key); e != nil {
-		return e.exists, e.picks
+		return e.exists, e.picks, e
 	}
 	// Watch before reading, so that a change during the read makes the
 	// entry stale at once.
 	valid := s.watcher.Watch()
-	sc.max = math.MaxInt
 	exists := s.reg.VisitService(key.name, sc.visitFn)
-	sc.max = s.cfg.MaxRecords
 	picks := usable(s.resolve(make([]pick, 0, len(sc.cands)), sc.cands), key.family)
+	for i := range picks {
+		picks[i].idx = int32(i)
+	}
 	clear(sc.cands) // drop the registry's strings from the pool
-	s.services.put(key, &svcEntry{valid: valid, exists: exists, picks: picks})
-	return exists, picks
+	e := &svcEntry{valid: valid, exists: exists, picks: picks, weighted: anyWeighted(picks)}
+	s.services.put(key, e)
+	return exists, picks, e
 }
 
 // usable drops in place the picks that cannot give a record: targets that
@@ -163,42 +324,6 @@ func usable(picks []pick, family int) []pick {
 		}
 	}
 	return out
-}
-
-// sample copies into sc.picks all of all, or k of them chosen uniformly at
-// random (Floyd's algorithm) when there are more.
-func (sc *scratch) sample(all []pick, k int) {
-	n := len(all)
-	if n <= k {
-		sc.picks = append(sc.picks[:0], all...)
-		return
-	}
-	clear(sc.chosen)
-	sc.picks = sc.picks[:0]
-	for j := n - k; j < n; j++ {
-		t := rand.IntN(j + 1)
-		if !sc.choose(t) {
-			sc.choose(j)
-			t = j
-		}
-		sc.picks = append(sc.picks, all[t])
-	}
-}
-
-// choose adds index i to the sampled set; false when it was there.
-func (sc *scratch) choose(i int) bool {
-	mask := len(sc.chosen) - 1
-	h := (i * 0x9E3779B1) & mask
-	for {
-		switch v := int(sc.chosen[h]); v {
-		case 0:
-			sc.chosen[h] = int32(i + 1)
-			return true
-		case i + 1:
-			return false
-		}
-		h = (h + 1) & mask
-	}
 }
 
 // firstExtra reports whether the target of a pick is seen for the first
@@ -232,7 +357,7 @@ func (s *Server) resolve(dst []pick, cands []candidate) []pick {
 	base := len(dst)
 	c.mu.RLock()
 	for i := range cands {
-		p := pick{port: cands[i].port, off: -1}
+		p := pick{port: cands[i].port, weight: cands[i].weight, off: -1}
 		if a := cands[i].addr; a != "" {
 			if t, ok := c.addrs[a]; ok {
 				p.t, p.ttl = t, svcTTL
@@ -268,6 +393,7 @@ func (s *Server) resolve(dst []pick, cands []candidate) []pick {
 	// Number the distinct targets, for firstExtra.
 	tids := make(map[string]int32, len(cands))
 	for i := base; i < len(dst); i++ {
+		dst[i].id = pickID(dst[i].t.name, dst[i].port)
 		id, ok := tids[dst[i].t.name]
 		if !ok {
 			id = int32(len(tids))
@@ -296,9 +422,42 @@ type svcKey struct {
 
 // svcEntry is the matches of a service query, read while valid was open.
 type svcEntry struct {
-	valid  <-chan struct{}
-	exists bool
-	picks  []pick // every match; shared, never modified
+	valid    <-chan struct{}
+	exists   bool
+	picks    []pick // every match; shared, never modified
+	weighted bool   // some pick has a weight other than 1
+
+	// orders keeps askerOrder's answer for each asker: the positions in
+	// picks of the first MaxRecords.
+	mu     sync.RWMutex
+	orders map[uint64][]int32
+}
+
+// maxOrders bounds the askers whose order an entry keeps: a host's own
+// resolvers and applications are a few; past that, orders are computed
+// for each query.
+const maxOrders = 256
+
+func (e *svcEntry) order(asker uint64) []int32 {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.orders[asker]
+}
+
+func (e *svcEntry) keepOrder(asker uint64, picks []pick) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.orders) >= maxOrders {
+		return
+	}
+	if e.orders == nil {
+		e.orders = map[uint64][]int32{}
+	}
+	order := make([]int32, len(picks))
+	for i := range picks {
+		order[i] = picks[i].idx
+	}
+	e.orders[asker] = order
 }
 
 // svcCache keeps svcEntries. Its size is bounded in records, so that queries

@@ -79,11 +79,14 @@ func appendAddr(b []byte, t target, ttl uint32) []byte {
 }
 
 // packService packs the answer to an A, AAAA or SRV query of a service from
-// its picks into sc.buf, cut to udpSize (0: TCP, no cut) with TC set when
-// records had to be left out. It reports false, having packed nothing, when
-// no pick gives a record or the question cannot be packed; the caller then
-// answers through miekg/dns.
-func (s *Server) packService(sc *scratch, q *dns.Question) ([]byte, bool) {
+// sc.picks, in their order, into sc.buf. Over UDP the answer stops at the
+// first record that does not fit udpSize (the caller chose picks that fit:
+// this is a safeguard), and at the first additional record that does not,
+// and sets TC. forceTC sets TC and leaves the additional section out: the
+// picks are what was kept of a cut answer. It returns nil, having packed
+// nothing, when no pick gives a record and TC is not set, or when the
+// question cannot be packed; the caller then answers through miekg/dns.
+func (s *Server) packService(sc *scratch, q *dns.Question, forceTC bool) []byte {
 	r, udpSize, hasOpt := sc.req, sc.udpSize, sc.hasOpt
 	limit := udpSize
 	if limit == 0 {
@@ -95,31 +98,33 @@ func (s *Server) packService(sc *scratch, q *dns.Question) ([]byte, bool) {
 	b := append(sc.buf[:0], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0) // header, set last
 	b, ok := appendName(b, q.Name)
 	if !ok {
-		return nil, false
+		return nil
 	}
 	b = binary.BigEndian.AppendUint16(b, q.Qtype)
 	b = binary.BigEndian.AppendUint16(b, q.Qclass)
 
 	picks := sc.picks
-	an, ar, tc := 0, 0, false
+	an, ar, tc, cut := 0, 0, forceTC, false
 	ttl := ttlSeconds(s.cfg.ServiceTTL)
 	if q.Qtype == dns.TypeSRV {
 		for i := range picks {
 			p := &picks[i]
 			p.off = -1
-			if p.t.wire == "" || tc {
+			if p.t.wire == "" || cut {
 				continue
 			}
 			start := len(b)
 			b = binary.BigEndian.AppendUint16(b, ptrQName)
 			b = appendRRHeader(b, dns.TypeSRV, ttl)
 			rdlen := len(b)
-			b = append(b, 0, 0, 0, 1, 0, 1) // RDLENGTH, then priority and weight 1
+			// RDLENGTH (set below), priority 1 for all, the weight.
+			b = append(b, 0, 0, 0, 1)
+			b = binary.BigEndian.AppendUint16(b, p.weight)
 			b = binary.BigEndian.AppendUint16(b, p.port)
 			off := len(b)
 			b = append(b, p.t.wire...)
 			if len(b) > limit {
-				b, tc = b[:start], true
+				b, tc, cut = b[:start], true, true
 				continue
 			}
 			binary.BigEndian.PutUint16(b[rdlen:], uint16(len(b)-rdlen-2))
@@ -158,14 +163,14 @@ func (s *Server) packService(sc *scratch, q *dns.Question) ([]byte, bool) {
 			b = binary.BigEndian.AppendUint16(b, ptrQName)
 			b = appendAddr(b, t, ttl)
 			if len(b) > limit {
-				b, tc = b[:start], true
+				b, tc, cut = b[:start], true, true
 				break
 			}
 			an++
 		}
 	}
 	if an == 0 && !tc {
-		return nil, false
+		return nil
 	}
 	if hasOpt {
 		b = append(b, 0, byte(dns.TypeOPT>>8), byte(dns.TypeOPT)) // root name, type
@@ -192,5 +197,5 @@ func (s *Server) packService(sc *scratch, q *dns.Question) ([]byte, bool) {
 	binary.BigEndian.PutUint16(b[6:], uint16(an))
 	binary.BigEndian.PutUint16(b[8:], 0)
 	binary.BigEndian.PutUint16(b[10:], uint16(ar))
-	return b, true
+	return b
 }

@@ -50,17 +50,23 @@ type Check struct {
 // Instance is one registered instance of a service, owned by a node. Its ID
 // is unique per node.
 type Instance struct {
-	ID          string            `json:"id"`
-	Name        string            `json:"name"`
-	Node        string            `json:"node"`
-	Address     string            `json:"address"`
-	Port        int               `json:"port"`
-	Tags        []string          `json:"tags,omitempty"`
-	Meta        map[string]string `json:"meta,omitempty"`
-	Lease       string            `json:"lease,omitempty"`
-	Checks      []Check           `json:"checks,omitempty"`
-	CreateIndex uint64            `json:"create_index"`
-	ModifyIndex uint64            `json:"modify_index"`
+	ID      string            `json:"id"`
+	Name    string            `json:"name"`
+	Node    string            `json:"node"`
+	Address string            `json:"address"`
+	Port    int               `json:"port"`
+	Tags    []string          `json:"tags,omitempty"`
+	Meta    map[string]string `json:"meta,omitempty"`
+	Lease   string            `json:"lease,omitempty"`
+	Checks  []Check           `json:"checks,omitempty"`
+	// Weight (1-65535) is the instance's share of the load: its SRV
+	// weight, and how often DNS lists it first. 0, the value of
+	// instances stored before weights existed (snapshots, log entries),
+	// means DefaultWeight; omitted when 0 so that those encode as
+	// before.
+	Weight      int    `json:"weight,omitempty"`
+	CreateIndex uint64 `json:"create_index"`
+	ModifyIndex uint64 `json:"modify_index"`
 }
 
 // Lease is a time-to-live that locks, candidacies and instances hang on. The
@@ -106,6 +112,22 @@ type Mutex struct {
 	LockDelay   int64  `json:"lock_delay,omitempty"`
 	DelayUntil  int64  `json:"delay_until,omitempty"`
 	ModifyIndex uint64 `json:"modify_index"`
+}
+
+// Instance weights: a registration without one gets DefaultWeight, and
+// MaxWeight is the largest an SRV record carries (RFC 2782).
+const (
+	DefaultWeight = 1
+	MaxWeight     = 65535
+)
+
+// EffectiveWeight is the weight the instance is served with: Weight, or
+// DefaultWeight when it has none.
+func (i *Instance) EffectiveWeight() int {
+	if i.Weight == 0 {
+		return DefaultWeight
+	}
+	return i.Weight
 }
 
 // InstanceStatus is the aggregate health of an instance: critical when its

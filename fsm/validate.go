@@ -130,6 +130,10 @@ func ValidateInstance(in *Instance) error {
 	if in.Port < 0 || in.Port > 65535 {
 		return invalid("port %d is outside 0-65535", in.Port)
 	}
+	// 0 is an instance from before weights, served as DefaultWeight.
+	if in.Weight < 0 || in.Weight > MaxWeight {
+		return invalid("weight %d is outside 1-%d", in.Weight, MaxWeight)
+	}
 	if len(in.Tags) > MaxTags {
 		return invalid("more than %d tags", MaxTags)
 	}

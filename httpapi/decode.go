@@ -127,9 +127,15 @@ func InstanceFromRegistration(reg api.ServiceRegistration, node string) (*fsm.In
 	if reg.Port < 0 || reg.Port > 65535 {
 		return nil, badf("port %d is outside 0-65535", reg.Port)
 	}
+	// 0 is no weight given, stored as such and served as
+	// fsm.DefaultWeight, so that a registration without one writes the
+	// same entry as before weights existed.
+	if reg.Weight < 0 || reg.Weight > fsm.MaxWeight {
+		return nil, badf("weight %d is outside 1-%d", reg.Weight, fsm.MaxWeight)
+	}
 	in := &fsm.Instance{
 		ID: reg.ID, Name: reg.Name, Node: node, Address: reg.Address, Port: reg.Port,
-		Tags: reg.Tags, Meta: reg.Meta, Lease: reg.Lease,
+		Tags: reg.Tags, Meta: reg.Meta, Lease: reg.Lease, Weight: reg.Weight,
 	}
 	for i, def := range reg.Checks {
 		ch, err := checkFromDefinition(def, reg.ID, i+1)
@@ -225,6 +231,14 @@ func decodeRegistration(body []byte, node string) (*fsm.Instance, error) {
 	var reg api.ServiceRegistration
 	if err := decodeJSON(body, &reg, false); err != nil {
 		return nil, err
+	}
+	// An explicit "weight": 0 is a mistake, not a request for the default
+	// that leaving it out gives.
+	var given struct {
+		Weight *int `json:"weight"`
+	}
+	if err := json.Unmarshal(body, &given); err == nil && given.Weight != nil && *given.Weight == 0 {
+		return nil, badf("weight 0 is outside 1-%d (leave it out for the default, 1)", fsm.MaxWeight)
 	}
 	return InstanceFromRegistration(reg, node)
 }

@@ -24,13 +24,14 @@ func FuzzDecodeRegistration(f *testing.F) {
 		`{"id":"db","name":"db","port":5432,"checks":[{"type":"ttl","ttl":"10s"},{"type":"tcp","tcp":"127.0.0.1:5432"},{"type":"exec","exec":["/bin/true"]}]}`,
 		`{"id":"x","name":"-bad-","port":1}`, `{"port":"80"}`, `{`, ``, `[]`, `{"id":"a","name":"b","port":70000}`,
 		`{"id":"a","name":"b","port":1,"checks":[{"type":"http"}]}`, `{"id":"a","name":"b","port":1} {}`,
+		`{"id":"a","name":"b","port":1,"weight":0}`, `{"id":"a","name":"b","port":1,"weight":70000}`, `{"id":"a","name":"b","port":1,"weight":"2"}`,
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		in, err := decodeRegistration(body, "node-1")
 		requireBadRequest(t, err)
-		if err == nil && (in.Node != "node-1" || in.ID == "") {
+		if err == nil && (in.Node != "node-1" || in.ID == "" || in.Weight < 0 || in.Weight > 65535) {
 			t.Fatalf("accepted instance %+v", in)
 		}
 	})

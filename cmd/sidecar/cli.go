@@ -283,6 +283,7 @@ func cmdRegister(ctx context.Context, s *streams, args []string) error {
 	checkTCP := fs.String("check-tcp", "", "health check: connect to `host:port`")
 	checkTTL := fs.Duration("check-ttl", 0, "health check: critical unless updated within `duration`")
 	interval := fs.Duration("check-interval", 10*time.Second, "how often the http or tcp check runs")
+	weight := fs.Int("weight", 0, "`weight` 1-65535: the SRV weight, and how often DNS lists the address first (default 1)")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return flagError(s, fs, err)
@@ -299,7 +300,12 @@ func cmdRegister(ctx context.Context, s *streams, args []string) error {
 		}
 		return usageErrorf("register: --port %d is outside 0-65535", *port)
 	}
-	reg := api.ServiceRegistration{ID: *id, Name: *name, Address: *address, Port: *port, Tags: tags}
+	weightSet := false
+	fs.Visit(func(f *flag.Flag) { weightSet = weightSet || f.Name == "weight" })
+	if weightSet && (*weight < 1 || *weight > 65535) {
+		return usageErrorf("register: --weight %d is outside 1-65535", *weight)
+	}
+	reg := api.ServiceRegistration{ID: *id, Name: *name, Address: *address, Port: *port, Tags: tags, Weight: *weight}
 	if reg.ID == "" {
 		reg.ID = defaultServiceID(reg.Name, reg.Port)
 	}

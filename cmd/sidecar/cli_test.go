@@ -155,6 +155,8 @@ func TestCLI_register(t *testing.T) {
 			api.ServiceRegistration{ID: "web-8080", Name: "web", Port: 8080, Checks: []api.CheckDefinition{{Type: "tcp", TCP: "127.0.0.1:8080", Interval: "10s"}}}},
 		{[]string{"--name", "web", "--port", "8080", "--check-ttl", "30s"},
 			api.ServiceRegistration{ID: "web-8080", Name: "web", Port: 8080, Checks: []api.CheckDefinition{{Type: "ttl", TTL: "30s"}}}},
+		{[]string{"--name", "web", "--port", "8080", "--weight", "3"}, api.ServiceRegistration{ID: "web-8080", Name: "web", Port: 8080, Weight: 3}},
+		{[]string{"--name", "web", "--port", "8080", "--weight=65535"}, api.ServiceRegistration{ID: "web-8080", Name: "web", Port: 8080, Weight: 65535}},
 	}
 	for _, tt := range tests {
 		code, stdout, stderr := runCLI(t, append([]string{"register"}, tt.args...)...)
@@ -170,6 +172,23 @@ func TestCLI_register(t *testing.T) {
 		if !bytes.Equal(g, w) {
 			t.Errorf("register %q sent\n %s\nwant\n %s", tt.args, g, w)
 		}
+	}
+}
+
+// TestCLI_register_badWeight: a weight outside 1-65535 is a usage error
+// (exit 2) and sends nothing.
+func TestCLI_register_badWeight(t *testing.T) {
+	fa := newFakeAgent(t, map[string]http.HandlerFunc{
+		"PUT /v1/services": jsonReply(200, `{"id":"web-8080","index":3}`),
+	})
+	for _, w := range []string{"0", "-1", "65536", "x"} {
+		code, _, stderr := runCLI(t, "register", "--name", "web", "--port", "8080", "--weight", w)
+		if code != 2 || !strings.Contains(stderr, "weight") {
+			t.Errorf("--weight %s: exit %d stderr %q, want 2 naming the weight", w, code, stderr)
+		}
+	}
+	if b := fa.body("PUT /v1/services"); b != nil {
+		t.Errorf("a bad weight was sent: %s", b)
 	}
 }
 
