@@ -254,6 +254,7 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 		dc.Domain = cfg.Domain
 	}
 	dc.Recursors = cfg.Recursors
+	dc.NodeName = cfg.Name
 	if cfg.DNSTTL > 0 {
 		dc.ServiceTTL, dc.NodeTTL, dc.LeaderTTL = cfg.DNSTTL, cfg.DNSTTL, cfg.DNSTTL
 	}

@@ -53,7 +53,7 @@ func sameInstances(got, want map[string]api.Instance) bool {
 	}
 	for id, w := range want {
 		g, ok := got[id]
-		if !ok || g.Node != w.Node || g.Address != w.Address || g.Port != w.Port ||
+		if !ok || g.Node != w.Node || g.Address != w.Address || g.Port != w.Port || g.Weight != w.Weight ||
 			!reflect.DeepEqual(g.Tags, w.Tags) || !reflect.DeepEqual(g.Meta, w.Meta) {
 			return false
 		}
@@ -91,7 +91,7 @@ func TestLocalState_clientRestartBringsRegistrationsBack(t *testing.T) {
 	a.WaitReady(30 * time.Second)
 	b.WaitReady(30 * time.Second)
 
-	register(t, a, api.ServiceRegistration{ID: "web-1", Name: "web", Address: "10.0.0.1", Port: 8080, Tags: []string{"v1", "blue"}, Meta: map[string]string{"zone": "a"}})
+	register(t, a, api.ServiceRegistration{ID: "web-1", Name: "web", Address: "10.0.0.1", Port: 8080, Weight: 5, Tags: []string{"v1", "blue"}, Meta: map[string]string{"zone": "a"}})
 	register(t, a, api.ServiceRegistration{ID: "web-2", Name: "web", Address: "10.0.0.2", Port: 8081})
 	register(t, a, api.ServiceRegistration{ID: "api-1", Name: "api", Port: 9090})
 	register(t, a, api.ServiceRegistration{ID: "api-2", Name: "api", Port: 9091,

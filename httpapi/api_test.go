@@ -342,3 +342,19 @@ func TestAPI_blockingQuery_onlyItsOwnService(t *testing.T) {
 		t.Fatalf("after web-2: %d index %s %s", r.code, r.header.Get(api.HeaderIndex), r.body)
 	}
 }
+
+// An instance's weight is in its JSON: as registered, 1 when none was.
+func TestAPI_instanceWeight(t *testing.T) {
+	a := agenttest.Start(t, nil)
+	mustOK(t, do(t, "PUT", a.URL+"/v1/services", `{"id":"w1","name":"web","port":80,"weight":7}`))
+	mustOK(t, do(t, "PUT", a.URL+"/v1/services", `{"id":"w2","name":"web","port":81}`))
+	var list []api.Instance
+	json.Unmarshal(do(t, "GET", a.URL+"/v1/services/web", "").body, &list)
+	got := map[string]int{}
+	for _, in := range list {
+		got[in.ID] = in.Weight
+	}
+	if got["w1"] != 7 || got["w2"] != 1 {
+		t.Fatalf("weights %v, want w1 7 and w2 1", got)
+	}
+}

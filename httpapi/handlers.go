@@ -209,7 +209,7 @@ func hasTags(have, want []string) bool {
 func toAPIInstance(e fsm.ServiceEntry) api.Instance {
 	in := e.Instance
 	out := api.Instance{ID: in.ID, Name: in.Name, Node: in.Node, Address: in.Address, Port: in.Port,
-		Tags: in.Tags, Meta: in.Meta, Status: e.Status}
+		Weight: in.EffectiveWeight(), Tags: in.Tags, Meta: in.Meta, Status: e.Status}
 	if out.Tags == nil {
 		out.Tags = []string{}
 	}

@@ -157,6 +157,7 @@ func TestSameDefinition_everyField(t *testing.T) {
 		"Checks.Output": true, "Checks.ModifyIndex": true}
 	base := svc("web-1", 80).Instance
 	base.Checks[0].Exec = []string{"x"}
+	base.Weight = 3 // 0 and 1 are the same weight
 	check := func(field string, mutate func(in *fsm.Instance)) {
 		in := Definition(base)
 		mutate(&in)

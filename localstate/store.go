@@ -506,6 +506,7 @@ func DefinitionSum(in *fsm.Instance) uint64 {
 	str(in.Node)
 	str(in.Address)
 	num(int64(in.Port))
+	num(int64(in.EffectiveWeight()))
 	str(in.Lease)
 	num(int64(len(in.Tags)))
 	for _, t := range in.Tags {
@@ -543,7 +544,7 @@ func DefinitionSum(in *fsm.Instance) uint64 {
 // local definition def asks for: everything but status, output and indexes.
 func SameDefinition(reg, def *fsm.Instance) bool {
 	if reg.ID != def.ID || reg.Name != def.Name || reg.Node != def.Node || reg.Address != def.Address ||
-		reg.Port != def.Port || reg.Lease != def.Lease || !slices.Equal(reg.Tags, def.Tags) ||
+		reg.Port != def.Port || reg.EffectiveWeight() != def.EffectiveWeight() || reg.Lease != def.Lease || !slices.Equal(reg.Tags, def.Tags) ||
 		len(reg.Meta) != len(def.Meta) || len(reg.Checks) != len(def.Checks) {
 		return false
 	}
