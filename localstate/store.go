@@ -89,7 +89,6 @@ type Store struct {
 
 type candidacyKey struct{ election, candidate string }
 
-
 // op is one write waiting for the group commit.
 type op struct {
 	bucket []byte
