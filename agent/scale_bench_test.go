@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"runtime"
 	"strings"
@@ -69,6 +70,7 @@ func registerScale(b *testing.B) {
 						b.Error(err)
 						return
 					}
+					io.Copy(io.Discard, resp.Body) // so the connection is reused
 					resp.Body.Close()
 					if resp.StatusCode != http.StatusOK {
 						b.Errorf("register %d: %d", n, resp.StatusCode)
