@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"runtime"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,28 +18,33 @@ import (
 	"github.com/sidecarhq/sidecar/election"
 )
 
-// BenchmarkRegisterScale registers 60,000 instances through one server's
-// HTTP API (bolt data dir, default Raft settings, 16 concurrent writers,
-// each instance a new id in one of 1,000 services) and reports the rate
-// over the first 10,000 and over 40,000-60,000, their ratio, and the heap
-// per instance at 60,000. A registration must cost the agent the same
-// whatever the registry's size. Run it with -benchtime 1x (make
+// BenchmarkRegisterScale registers BENCH_SCALE_INSTANCES (default 100,000)
+// instances through one server's HTTP API (bolt data dir, default Raft
+// settings, 16 concurrent writers, each instance a new id in one of 1,000
+// services) and reports the rate of each 10,000-instance step, the last
+// step's rate against the first's, the heap per instance, GET /v1/services,
+// the snapshot's size and time, and how long the server takes to be ready
+// again after a restart with that registry. A registration must cost the
+// same whatever the registry's size. Run it with -benchtime 1x (make
 // bench-scale).
 func BenchmarkRegisterScale(b *testing.B) {
+	total := 100000
+	if v, err := strconv.Atoi(os.Getenv("BENCH_SCALE_INSTANCES")); err == nil && v >= 20000 {
+		total = v - v%10000
+	}
 	for i := 0; i < b.N; i++ {
-		registerScale(b)
+		registerScale(b, total)
 	}
 }
 
-func registerScale(b *testing.B) {
-	const writers, total = 16, 60000
+func registerScale(b *testing.B, total int) {
+	const writers, step = 16, 10000
 	cfg := agenttest.Config("server-0")
 	rc := election.DefaultServerConfig()
 	cfg.Raft = &rc
 	cfg.Server, cfg.BootstrapExpect, cfg.DataDir = true, 1, b.TempDir()
 	a := agenttest.Run(b, cfg)
 	a.WaitReady(30 * time.Second)
-	defer a.Stop()
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: writers}}
 	defer hc.CloseIdleConnections()
 
@@ -83,15 +91,66 @@ func registerScale(b *testing.B) {
 		return float64(to-from) / time.Since(start).Seconds()
 	}
 	b.ResetTimer()
-	early := phase(0, 10000)
-	phase(10000, 40000)
-	late := phase(40000, total)
+	var rates []string
+	var first, last float64
+	for from := 0; from < total; from += step {
+		r := phase(int64(from), int64(from+step))
+		if from == 0 {
+			first = r
+		}
+		last = r
+		rates = append(rates, fmt.Sprintf("%.0f", r))
+	}
 	b.StopTimer()
-	perInstance := float64(heap()-base) / total
-	b.ReportMetric(early, "regs/s_0-10k")
-	b.ReportMetric(late, "regs/s_40k-60k")
-	b.ReportMetric(late/early, "ratio")
+	perInstance := float64(heap()-base) / float64(total)
+
+	// GET /v1/services, the list of every service: median of 21.
+	var lat []time.Duration
+	for i := 0; i < 21; i++ {
+		start := time.Now()
+		resp, err := hc.Get(a.URL + "/v1/services")
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		lat = append(lat, time.Since(start))
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+
+	start := time.Now()
+	var size countingWriter
+	if err := a.FSM().WriteSnapshot(&size); err != nil {
+		b.Fatal(err)
+	}
+	snapTime := time.Since(start)
+
+	// Restart on the same data dir: ready (Raft log and snapshot replayed,
+	// the local state compared with the registry) and every instance back.
+	a.Stop()
+	start = time.Now()
+	a = agenttest.Run(b, cfg)
+	a.WaitReady(5 * time.Minute)
+	restart := time.Since(start)
+	if n := a.FSM().Index(); n == 0 || len(a.FSM().NodeInstances(cfg.Name)) != total {
+		b.Fatalf("after the restart: %d instances, want %d", len(a.FSM().NodeInstances(cfg.Name)), total)
+	}
+	a.Stop()
+
+	suffix := fmt.Sprintf("%dk", total/1000)
+	b.ReportMetric(first, "regs/s_0-10k")
+	b.ReportMetric(last, "regs/s_last10k")
+	b.ReportMetric(last/first, "ratio")
 	b.ReportMetric(perInstance, "heapB/instance")
-	b.Logf("registrations/s: %.0f at 0-10k, %.0f at 40k-60k (%.2fx); heap %.0f B per instance at %d",
-		early, late, late/early, perInstance, total)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "services_ms")
+	b.ReportMetric(float64(size.n)/(1<<20), "snapshot_MiB")
+	b.ReportMetric(float64(snapTime.Milliseconds()), "snapshot_ms")
+	b.ReportMetric(restart.Seconds(), "restart_s")
+	b.Logf("at %s: registrations/s per 10k step %s (last/first %.2f); heap %.0f B per instance; GET /v1/services p50 %v; snapshot %.1f MiB in %v; restart ready in %v",
+		suffix, strings.Join(rates, " "), last/first, perInstance, lat[len(lat)/2], float64(size.n)/(1<<20), snapTime, restart.Round(time.Millisecond))
 }
+
+type countingWriter struct{ n int64 }
+
+func (w *countingWriter) Write(p []byte) (int, error) { w.n += int64(len(p)); return len(p), nil }
+

@@ -6,12 +6,12 @@ bench: build
 	./bench/run.sh
 
 .PHONY: bench-scale
-## bench-scale: registrations through one server at 0-10k and 40k-60k instances, their ratio and heap per instance (median of BENCH_SCALE_COUNT=3 runs; ~2 min)
+## bench-scale: registrations through one server per 10k step up to BENCH_SCALE_INSTANCES (100k), last step vs first, heap per instance, GET /v1/services, snapshot size and time, restart time (medians of BENCH_SCALE_COUNT=3 runs; ~5 min)
 BENCH_SCALE_COUNT ?= 3
 bench-scale:
 	@out=$$(mktemp); \
 	$(GO) test -run '^$$' -bench RegisterScale -benchtime 1x -count $(BENCH_SCALE_COUNT) -timeout 30m ./agent | grep -E '^(Benchmark|ok|FAIL)' | tee $$out; \
-	for m in regs/s_0-10k regs/s_40k-60k ratio heapB/instance; do \
+	for m in regs/s_0-10k regs/s_last10k ratio heapB/instance services_ms snapshot_MiB snapshot_ms restart_s; do \
 		awk -v m=$$m '/^Benchmark/ {for (i = 3; i < NF; i++) if ($$(i+1) == m) print $$i}' $$out | sort -g | \
 			awk -v m=$$m '{v[NR] = $$1} END {if (NR) printf "median %-16s %s (n=%d)\n", m, v[int((NR+1)/2)], NR}'; \
 	done; rm -f $$out
