@@ -76,6 +76,12 @@ type FSM struct {
 	// services cost a thousand channels, and a write wakes only its own.
 	wmu      sync.Mutex
 	watchers map[watchKey]chan struct{}
+
+	// The last digest, of the state (replaced by a restore) at an index.
+	digestMu    sync.Mutex
+	digestState *state
+	digestIndex uint64
+	digestValue string
 }
 
 type watchKind byte
@@ -297,12 +303,24 @@ func (f *FSM) WriteSnapshot(w io.Writer) error {
 }
 
 // Digest is a hash of the registry's content (not its indexes), equal on
-// every replica that applied the same entries.
+// every replica that applied the same entries. It is computed once per
+// registry index: status requests polled against a large registry do not
+// each copy and encode all of it.
 func (f *FSM) Digest() string {
 	f.mu.RLock()
-	data := f.st.export()
+	st, idx := f.st, f.st.index
 	f.mu.RUnlock()
-	return data.digest()
+	f.digestMu.Lock()
+	defer f.digestMu.Unlock()
+	if f.digestState == st && f.digestIndex == idx {
+		return f.digestValue
+	}
+	f.mu.RLock()
+	data := f.st.export()
+	st, idx = f.st, f.st.index
+	f.mu.RUnlock()
+	f.digestState, f.digestIndex, f.digestValue = st, idx, data.digest()
+	return f.digestValue
 }
 
 type fsmSnapshot struct{ data *snapshotData }
