@@ -40,7 +40,7 @@ func (a *Agent) register(ctx context.Context, in fsm.Instance, source string) (*
 	}
 	a.runChecks(in)
 	if err != nil {
-		a.antiEntropy.Kick()
+		a.antiEntropy.Kick(in.ID)
 	}
 	return res, err
 }
@@ -70,7 +70,7 @@ func (a *Agent) deregisterLocked(ctx context.Context, id string) (*fsm.Result, e
 		a.undo(id, prev, had)
 		return res, err
 	default:
-		a.antiEntropy.Kick()
+		a.antiEntropy.Kick(id)
 	}
 	a.checks.RemoveInstance(id)
 	if res == nil {
@@ -333,7 +333,7 @@ func (n checkNotifier) DeregisterCritical(ctx context.Context, instanceID string
 		return err
 	}
 	if err != nil && !errors.Is(err, fsm.ErrUnknownInstance) {
-		n.a.antiEntropy.Kick()
+		n.a.antiEntropy.Kick(instanceID)
 	}
 	n.a.checks.RemoveInstance(instanceID)
 	return nil

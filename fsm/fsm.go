@@ -287,6 +287,10 @@ func (f *FSM) RestoreNewer(rc io.ReadCloser) (restored bool, err error) {
 	if st.index < f.st.index {
 		return false, nil
 	}
+	// Journals go on, but cannot tell what the restore changed.
+	for node := range f.st.tracked {
+		st.tracked[node] = &nodeJournal{from: st.index}
+	}
 	f.st = st
 	close(f.changed)
 	f.changed = make(chan struct{})

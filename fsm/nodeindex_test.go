@@ -3,6 +3,8 @@ package fsm_test
 import (
 	"bytes"
 	"io"
+	"reflect"
+	"sort"
 	"testing"
 
 	"github.com/sidecarhq/sidecar/fsm"
@@ -152,4 +154,77 @@ func TestFSM_ServiceIndex_followsOneService(t *testing.T) {
 		t.Fatalf("after a restore at 100: watch closed %v, db %d, never %d, lock %d", closed(web),
 			restored.ServiceIndex("db"), restored.ServiceIndex("never"), restored.LockIndex("x"))
 	}
+}
+
+// A tracked node's journal names the instances that changed after an index;
+// it cannot tell across a restore or further back than it keeps.
+func TestFSM_NodeChanges(t *testing.T) {
+	f := fsm.New()
+	idx := uint64(0)
+	apply := func(c fsm.Command) {
+		t.Helper()
+		idx++
+		b, _ := fsm.Encode(c)
+		if res := f.ApplyBytes(idx, b); res.Err != nil {
+			t.Fatalf("%T: %v", c, res.Err)
+		}
+	}
+	apply(&fsm.RegisterNode{Name: "a"})
+	apply(&fsm.RegisterNode{Name: "b"})
+	if _, _, ok := f.NodeChanges("a", 0); ok {
+		t.Fatal("an untracked node's changes are told")
+	}
+	f.TrackNode("a")
+	start := idx
+	apply(&fsm.RegisterInstance{Instance: fsm.Instance{ID: "w1", Name: "web", Node: "a", Checks: []fsm.Check{{ID: "c", Type: "ttl", TTL: 1e9}}}})
+	apply(&fsm.RegisterInstance{Instance: fsm.Instance{ID: "d1", Name: "db", Node: "b"}})
+	mid := idx
+	apply(&fsm.UpdateCheck{Node: "a", CheckID: "c", Status: fsm.StatusPassing})
+	apply(&fsm.RegisterInstance{Instance: fsm.Instance{ID: "w2", Name: "web", Node: "a"}})
+	apply(&fsm.DeregisterInstance{Node: "a", ID: "w2"})
+	ids, upTo, ok := f.NodeChanges("a", start)
+	sort.Strings(ids)
+	if !ok || upTo != idx || !reflect.DeepEqual(ids, []string{"w1", "w2"}) {
+		t.Fatalf("changes of a since %d: %v up to %d ok %v", start, ids, upTo, ok)
+	}
+	if ids, _, _ := f.NodeChanges("a", mid); !reflect.DeepEqual(sortedCopy(ids), []string{"w1", "w2"}) {
+		t.Fatalf("changes of a since %d: %v", mid, ids)
+	}
+	if ids, _, ok := f.NodeChanges("a", idx); !ok || len(ids) != 0 {
+		t.Fatalf("changes since the last entry: %v %v", ids, ok)
+	}
+	if _, _, ok := f.NodeChanges("a", start-1); ok {
+		t.Fatal("changes from before tracking began are told")
+	}
+	// A restore: nothing before it can be told.
+	var buf bytes.Buffer
+	f.WriteSnapshot(&buf)
+	data, _ := fsm.Reindex(buf.Bytes(), idx+10)
+	if err := f.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, ok := f.NodeChanges("a", idx); ok {
+		t.Fatal("changes across a restore are told")
+	}
+	idx += 10
+	if ids, _, ok := f.NodeChanges("a", idx); !ok || len(ids) != 0 {
+		t.Fatalf("journal after the restore: %v %v", ids, ok)
+	}
+	// Many changes: the journal keeps the recent ones only.
+	from := idx
+	for i := 0; i < 5000; i++ {
+		apply(&fsm.UpdateCheck{Node: "a", CheckID: "c", Status: []string{fsm.StatusPassing, fsm.StatusCritical}[i%2]})
+	}
+	if _, _, ok := f.NodeChanges("a", from); ok {
+		t.Fatal("a journal cut short tells changes it dropped")
+	}
+	if ids, _, ok := f.NodeChanges("a", idx-10); !ok || !reflect.DeepEqual(ids, []string{"w1"}) {
+		t.Fatalf("recent changes: %v %v", ids, ok)
+	}
+}
+
+func sortedCopy(s []string) []string {
+	c := append([]string(nil), s...)
+	sort.Strings(c)
+	return c
 }

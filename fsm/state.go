@@ -47,6 +47,9 @@ type state struct {
 	// touched collects what the entry being applied changed, for the FSM's
 	// watchers; reset before each entry.
 	touched []watchKey
+	// tracked holds the journals of the nodes this replica follows
+	// (journal.go); not part of the registry's content.
+	tracked map[string]*nodeJournal
 }
 
 type serviceTags struct {
@@ -67,6 +70,7 @@ func newState() *state {
 		byLease:   map[string]map[instanceKey]struct{}{},
 		svcIndex:  map[string]uint64{},
 		svcTags:   map[string]*serviceTags{},
+		tracked:   map[string]*nodeJournal{},
 		leases:    map[string]*Lease{},
 		locks:     map[string]*Mutex{},
 		elections: map[string]*Mutex{},
@@ -271,6 +275,7 @@ func (s *state) removeInstance(key instanceKey) {
 		}
 	}
 	s.nodeIndex[key.node] = s.index
+	s.journal(key.node, key.id)
 	s.touchService(svc)
 }
 
@@ -301,6 +306,7 @@ func (s *state) addInstance(key instanceKey, in *Instance) {
 		st.tags[t]++
 	}
 	s.nodeIndex[key.node] = s.index
+	s.journal(key.node, key.id)
 	s.touchService(svc)
 }
 
@@ -331,6 +337,7 @@ func (s *state) updateCheck(index uint64, c *UpdateCheck) (*Result, bool) {
 		ch.Status, ch.Output, ch.ModifyIndex = c.Status, c.Output, index
 		in.ModifyIndex = index
 		s.nodeIndex[c.Node] = index
+		s.journal(c.Node, in.ID)
 		s.touchService(strings.ToLower(in.Name))
 		s.touch(index, TableServices)
 		return &Result{}, true

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -24,6 +25,12 @@ type Registry interface {
 	Instance(node, id string) (*fsm.Instance, bool)
 	// VisitNode calls fn for each of the node's instances without copying.
 	VisitNode(node string, fn func(in *fsm.Instance))
+	// Index is the index of the last entry applied.
+	Index() uint64
+	// TrackNode starts the journal NodeChanges reads: which of the node's
+	// instances changed after an index (ok false when it cannot tell).
+	TrackNode(node string)
+	NodeChanges(node string, since uint64) (ids []string, upTo uint64, ok bool)
 }
 
 // Writer writes through the Raft leader.
@@ -69,9 +76,15 @@ type AntiEntropy struct {
 
 	mu       sync.Mutex
 	lastSync time.Time
+	// synced: the registry agreed with the local state at this index, as
+	// far as anti-entropy knows; later changes are looked at one by one,
+	// with the pending ones that writes of unknown outcome left.
+	synced  uint64
+	pending map[string]struct{}
 
-	syncs  prometheus.Counter
-	writes *prometheus.CounterVec
+	syncs        prometheus.Counter
+	changesSyncs prometheus.Counter
+	writes       *prometheus.CounterVec
 }
 
 // NewAntiEntropy returns the anti-entropy of store against reg.
@@ -87,11 +100,16 @@ func NewAntiEntropy(cfg Config, store *Store, reg Registry, w Writer) *AntiEntro
 	}
 	ae := &AntiEntropy{
 		cfg: cfg, store: store, reg: reg, w: w,
-		log:  cfg.Logger.With("component", "anti-entropy"),
-		kick: make(chan struct{}, 1),
+		log:     cfg.Logger.With("component", "anti-entropy"),
+		kick:    make(chan struct{}, 1),
+		pending: map[string]struct{}{},
 		syncs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sidecar_anti_entropy_syncs_total",
-			Help: "Comparisons of the registry's view of this node with the agent's local state.",
+			Help: "Full comparisons of the registry's view of this node with the agent's local state.",
+		}),
+		changesSyncs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sidecar_anti_entropy_change_passes_total",
+			Help: "Passes over the instances of this node that changed, checked against the agent's local state.",
 		}),
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sidecar_anti_entropy_writes_total",
@@ -99,28 +117,35 @@ func NewAntiEntropy(cfg Config, store *Store, reg Registry, w Writer) *AntiEntro
 		}, []string{"kind"}),
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(ae.syncs, ae.writes)
+		cfg.Registerer.MustRegister(ae.syncs, ae.changesSyncs, ae.writes)
 	}
 	return ae
 }
 
-// Kick asks for a comparison soon (a local write whose outcome is unknown).
-func (ae *AntiEntropy) Kick() {
+// Kick asks for one instance to be looked at soon: a local write whose
+// outcome is unknown.
+func (ae *AntiEntropy) Kick(id string) {
+	ae.mu.Lock()
+	ae.pending[id] = struct{}{}
+	ae.mu.Unlock()
 	select {
 	case ae.kick <- struct{}{}:
 	default:
 	}
 }
 
-// Run compares whenever the registry's view of the node moves (its
+// Run puts the registry right whenever its view of the node moves (its
 // instances, its checks, its node entry), when kicked, and every Interval,
-// until ctx ends. Comparisons are at least MinInterval apart.
+// until ctx ends, at most every MinInterval. A move of the node's
+// instances is followed by looking at the instances that changed (the
+// registry journals them), a move of the node entry, a kick, the backstop
+// or a journal that cannot tell (a restore) by a full comparison.
 func (ae *AntiEntropy) Run(ctx context.Context) {
 	var seenIndex, seenNode uint64
 	seenPresent := true
 	backstop := time.NewTimer(ae.jitter())
 	defer backstop.Stop()
-	due := false
+	changed, full := false, false
 	var wait <-chan time.Time
 	for {
 		watch := ae.reg.Watch()
@@ -130,11 +155,13 @@ func (ae *AntiEntropy) Run(ctx context.Context) {
 		if present {
 			nodeIdx = n.ModifyIndex
 		}
-		if idx != seenIndex || nodeIdx != seenNode || present != seenPresent {
-			seenIndex, seenNode, seenPresent = idx, nodeIdx, present
-			due = true
+		if idx != seenIndex {
+			seenIndex, changed = idx, true
 		}
-		if due && wait == nil {
+		if nodeIdx != seenNode || present != seenPresent {
+			seenNode, seenPresent, full = nodeIdx, present, true
+		}
+		if (changed || full) && wait == nil {
 			ae.mu.Lock()
 			next := ae.lastSync.Add(ae.cfg.MinInterval)
 			ae.mu.Unlock()
@@ -145,18 +172,76 @@ func (ae *AntiEntropy) Run(ctx context.Context) {
 			return
 		case <-watch:
 		case <-ae.kick:
-			due = true
+			changed = true
 		case <-backstop.C:
 			backstop.Reset(ae.jitter())
-			due = true
+			full = true
 		case <-wait:
-			wait, due = nil, false
-			if err := ae.Sync(ctx); err != nil && ctx.Err() == nil {
+			var err error
+			if full {
+				err = ae.Sync(ctx)
+			} else {
+				err = ae.syncChanges(ctx)
+			}
+			wait, changed, full = nil, false, false
+			if err != nil && ctx.Err() == nil {
 				ae.log.Warn("anti-entropy left differences; retrying", "err", err)
-				due = true
+				full = true
 			}
 		}
 	}
+}
+
+// syncChanges looks at the instances that changed since the last pass, or
+// compares in full when the registry cannot tell which.
+func (ae *AntiEntropy) syncChanges(ctx context.Context) error {
+	ae.mu.Lock()
+	since := ae.synced
+	ae.lastSync = time.Now()
+	pending := ae.pending
+	ae.pending = map[string]struct{}{}
+	ae.mu.Unlock()
+	ids, upTo, ok := ae.reg.NodeChanges(ae.cfg.Node, since)
+	for id := range pending {
+		if !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	if _, present := ae.reg.Node(ae.cfg.Node); !ok || !present {
+		return ae.Sync(ctx)
+	}
+	ae.changesSyncs.Inc()
+	var errs []error
+	for _, id := range ids {
+		if err := ae.check(ctx, id); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 {
+		ae.mu.Lock()
+		ae.synced = max(ae.synced, upTo)
+		ae.mu.Unlock()
+	}
+	return errors.Join(errs...)
+}
+
+// check puts one instance right if the registry and the local state
+// differ on it, comparing sums first (no read of the local file).
+func (ae *AntiEntropy) check(ctx context.Context, id string) error {
+	in, registered := ae.reg.Instance(ae.cfg.Node, id)
+	sum, local := ae.store.sum(id)
+	switch {
+	case !registered && !local:
+		return nil
+	case registered && local && sum == DefinitionSum(in):
+		if ae.cfg.CheckStatus != nil {
+			for _, c := range in.Checks {
+				ae.cfg.CheckStatus(c.ID, c.Status)
+			}
+		}
+		return nil
+	}
+	return ae.fix(ctx, id)
 }
 
 func (ae *AntiEntropy) jitter() time.Duration {
@@ -169,6 +254,10 @@ func (ae *AntiEntropy) Sync(ctx context.Context) error {
 	ae.mu.Lock()
 	ae.lastSync = time.Now()
 	ae.mu.Unlock()
+	// Changes from here on are looked at by the next pass, whatever this
+	// one sees of them.
+	start := ae.reg.Index()
+	ae.reg.TrackNode(ae.cfg.Node)
 	ae.syncs.Inc()
 	var errs []error
 	if _, ok := ae.reg.Node(ae.cfg.Node); !ok && ae.cfg.NodeEntry != nil {
@@ -224,6 +313,11 @@ func (ae *AntiEntropy) Sync(ctx context.Context) error {
 		if err := ae.fix(ctx, id); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	if len(errs) == 0 {
+		ae.mu.Lock()
+		ae.synced = max(ae.synced, start)
+		ae.mu.Unlock()
 	}
 	return errors.Join(errs...)
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	bolt "go.etcd.io/bbolt"
 	"go.uber.org/goleak"
 
@@ -214,7 +215,40 @@ type fakeRegistry struct {
 	byID    map[string]*fsm.Instance
 	index   uint64
 	changed chan struct{}
+	// journal of changed ids by index; from: complete after this index.
+	journal []struct {
+		index uint64
+		id    string
+	}
+	from     uint64
+	tracking bool
 }
+
+func (r *fakeRegistry) Index() uint64 { r.mu.Lock(); defer r.mu.Unlock(); return r.index }
+func (r *fakeRegistry) TrackNode(string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.tracking {
+		r.tracking, r.from = true, r.index
+	}
+}
+func (r *fakeRegistry) NodeChanges(_ string, since uint64) ([]string, uint64, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.tracking || since < r.from {
+		return nil, r.index, false
+	}
+	var ids []string
+	for _, e := range r.journal {
+		if e.index > since {
+			ids = append(ids, e.id)
+		}
+	}
+	return ids, r.index, true
+}
+
+// forget makes the journal unable to tell what changed (a restore).
+func (r *fakeRegistry) forget() { r.mu.Lock(); r.from = r.index + 1; r.mu.Unlock() }
 
 func newFakeRegistry() *fakeRegistry {
 	return &fakeRegistry{node: &fsm.Node{Name: "n1"}, byID: map[string]*fsm.Instance{}, changed: make(chan struct{})}
@@ -269,6 +303,18 @@ func (r *fakeRegistry) Apply(_ context.Context, cmd fsm.Command) (*fsm.Result, e
 		delete(r.byID, c.ID)
 	}
 	r.index++
+	switch c := cmd.(type) {
+	case *fsm.RegisterInstance:
+		r.journal = append(r.journal, struct {
+			index uint64
+			id    string
+		}{r.index, c.Instance.ID})
+	case *fsm.DeregisterInstance:
+		r.journal = append(r.journal, struct {
+			index uint64
+			id    string
+		}{r.index, c.ID})
+	}
 	close(r.changed)
 	r.changed = make(chan struct{})
 	return &fsm.Result{Index: r.index}, nil
@@ -349,17 +395,47 @@ func TestAntiEntropy_writesOnlyTheDifference(t *testing.T) {
 func TestAntiEntropy_runFollowsChanges(t *testing.T) {
 	store, _ := Open("")
 	reg := newFakeRegistry()
-	ae := NewAntiEntropy(Config{Node: "n1", MinInterval: 1}, store, reg, reg)
-	store.PutService(svc("web-1", 80))
+	w := &countingWriter{fakeRegistry: reg}
+	ae := NewAntiEntropy(Config{Node: "n1", MinInterval: 1}, store, reg, w)
+	for i := 0; i < 50; i++ {
+		store.PutService(svc(fmt.Sprint("web-", i), 80))
+	}
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := ae.Sync(ctx); err != nil { // as the agent does at start
+		t.Fatal(err)
+	}
 	done := make(chan struct{})
 	go func() { ae.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	ae.Kick()
-	waitUntil(t, func() bool { _, ok := reg.Instance("n1", "web-1"); return ok })
-	// Removed behind the agent's back: put back on the change alone.
-	reg.Apply(ctx, &fsm.DeregisterInstance{Node: "n1", ID: "web-1"})
-	waitUntil(t, func() bool { _, ok := reg.Instance("n1", "web-1"); return ok })
+	full := func() float64 { return testutil.ToFloat64(ae.syncs) }
+	fulls := full()
+
+	// Removed behind the agent's back: put back on the change alone,
+	// looking at that instance only.
+	reg.Apply(ctx, &fsm.DeregisterInstance{Node: "n1", ID: "web-7"})
+	waitUntil(t, func() bool { _, ok := reg.Instance("n1", "web-7"); return ok })
+	// An instance the agent does not own: removed.
+	reg.Apply(ctx, &fsm.RegisterInstance{Instance: fsm.Instance{ID: "stranger", Name: "x", Node: "n1"}})
+	waitUntil(t, func() bool { _, ok := reg.Instance("n1", "stranger"); return !ok })
+	// A write of unknown outcome: looked at when kicked.
+	store.PutService(svc("kicked", 80))
+	ae.Kick("kicked")
+	waitUntil(t, func() bool { _, ok := reg.Instance("n1", "kicked"); return ok })
+	if full() != fulls {
+		t.Fatalf("changes of single instances cost %v full comparisons", full()-fulls)
+	}
+	// When the registry cannot tell what changed (a restore), a full
+	// comparison finds what went missing.
+	reg.mu.Lock()
+	delete(reg.byID, "web-9")
+	reg.mu.Unlock()
+	reg.forget()
+	reg.Apply(ctx, &fsm.RegisterNode{Name: "n1"}) // a change to wake the loop
+	waitUntil(t, func() bool { _, ok := reg.Instance("n1", "web-9"); return ok })
+	if full() == fulls {
+		t.Fatal("no full comparison after the journal could not tell")
+	}
 }
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -374,6 +374,14 @@ func (s *Store) Services() []Service {
 	return out
 }
 
+// sum returns the definition sum of a stored service.
+func (s *Store) sum(id string) (uint64, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	v, ok := s.sums[id]
+	return v, ok
+}
+
 // Len is how many services are stored.
 func (s *Store) Len() int {
 	s.mu.RLock()
