@@ -34,7 +34,7 @@ type Options struct {
 type Loader struct {
 	opts     Options
 	domain   string
-	log      *slog.Logger
+	log      atomic.Pointer[slog.Logger]
 	interval time.Duration
 
 	cur       atomic.Pointer[material]
@@ -70,10 +70,8 @@ func New(opts Options) (*Loader, error) {
 	if err != nil {
 		return nil, err
 	}
-	l := &Loader{opts: opts, domain: domain, log: opts.Logger, interval: opts.CheckInterval}
-	if l.log == nil {
-		l.log = slog.New(slog.DiscardHandler)
-	}
+	l := &Loader{opts: opts, domain: domain, interval: opts.CheckInterval}
+	l.SetLogger(opts.Logger)
 	if l.interval == 0 {
 		l.interval = DefaultCheckInterval
 	}
@@ -84,6 +82,15 @@ func New(opts Options) (*Loader, error) {
 	l.cur.Store(m)
 	l.nextCheck.Store(time.Now().Add(l.interval).UnixNano())
 	return l, nil
+}
+
+// SetLogger sets where reloads are logged; the agent's configuration loads
+// the files (to refuse bad ones with exit 2) before its logger exists.
+func (l *Loader) SetLogger(log *slog.Logger) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	l.log.Store(log)
 }
 
 // Domain is the domain role names are checked in ("sidecar").
@@ -118,7 +125,7 @@ func (l *Loader) reloadLocked() error {
 	}
 	l.bad = [3]stamp{}
 	l.cur.Store(m)
-	l.log.Info("TLS certificate loaded", "node", m.self.Node, "role", string(m.self.Role),
+	l.log.Load().Info("TLS certificate loaded", "node", m.self.Node, "role", string(m.self.Role),
 		"serial", fmt.Sprintf("%x", m.cert.Leaf.SerialNumber), "not_after", m.cert.Leaf.NotAfter.UTC())
 	return nil
 }
@@ -154,7 +161,7 @@ func (l *Loader) current() *material {
 	}
 	if err := l.reloadLocked(); err != nil {
 		l.bad = st
-		l.log.Error("TLS files changed but cannot be loaded; keeping the certificate in use", "err", err)
+		l.log.Load().Error("TLS files changed but cannot be loaded; keeping the certificate in use", "err", err)
 	}
 	return l.cur.Load()
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sidecarhq/sidecar/api"
+	"github.com/sidecarhq/sidecar/tlsutil"
 )
 
 // Well-known ports. The gossip and Raft ports sit next to each other so a
@@ -50,6 +51,13 @@ type Config struct {
 	ConfigFile      string
 	LogLevel        string // debug, info, warn or error
 	LogFormat       string // text or json
+
+	// TLSCAFile, TLSCertFile and TLSKeyFile are all set or all empty.
+	TLSCAFile, TLSCertFile, TLSKeyFile string
+	HTTPSAddr                          string // HTTPS API ip:port; empty: none
+	// TLS holds the loaded TLS material when the three files are set, else
+	// nil: the Raft/RPC port and the agent's dials to it run in plain text.
+	TLS *tlsutil.Loader
 
 	// SessionTTL is the TTL of the agent's own node lease, which locks and
 	// candidacies without a lease of their own hang on.
@@ -234,6 +242,9 @@ func parseAgentConfig(args []string) (*Config, error) {
 		return nil, err
 	}
 	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	if err := c.loadTLS(); err != nil {
 		return nil, err
 	}
 	return c, nil

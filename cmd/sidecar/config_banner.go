@@ -44,11 +44,21 @@ func (c *Config) Banner() []slog.Attr {
 		slog.Duration("dns_ttl", c.DNSTTL),
 		slog.Duration("session_ttl", c.SessionTTL),
 		slog.Bool("encrypt", c.EncryptKey != nil),
+		slog.Bool("tls", c.TLS != nil),
 		slog.String("config_file", c.ConfigFile),
 		slog.Int("services", len(c.Services)),
 		slog.Int("elections", len(c.Elections)),
 		slog.String("log_level", c.LogLevel),
 	)
+	if c.TLS != nil {
+		cert := c.TLS.Certificate()
+		attrs = append(attrs,
+			slog.String("tls_identity", c.TLS.Identity().String()),
+			slog.String("tls_cert_file", c.TLSCertFile),
+			slog.Time("tls_cert_not_after", cert.NotAfter.UTC()),
+			slog.String("https_addr", c.HTTPSAddr),
+		)
+	}
 	return attrs
 }
 

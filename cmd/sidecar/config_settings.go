@@ -147,6 +147,14 @@ var settings = []*setting{
 			c.LogFormat = v
 			return nil
 		}},
+	{name: "tls-ca-file", usage: "PEM file of the cluster CA (with --tls-cert-file, --tls-key-file: TLS on the Raft/RPC port)", def: "none: no TLS",
+		set: func(c *Config, v string) error { c.TLSCAFile = v; return nil }},
+	{name: "tls-cert-file", usage: "PEM file of this agent's certificate (sidecar tls cert create)", def: "none",
+		set: func(c *Config, v string) error { c.TLSCertFile = v; return nil }},
+	{name: "tls-key-file", usage: "PEM file of this agent's private key", def: "none",
+		set: func(c *Config, v string) error { c.TLSKeyFile = v; return nil }},
+	{name: "https-addr", usage: "HTTPS API ip:port, with the TLS certificate (needs the TLS files)", def: "none",
+		set: func(c *Config, v string) error { return setListenAddr(&c.HTTPSAddr, v) }},
 	{name: "session-ttl", usage: "TTL of this node's own lease (minimum 1s)", def: "10s",
 		set: func(c *Config, v string) error { return setDuration(&c.SessionTTL, v, fsm.MinLeaseTTL) }},
 	{name: "snapshot-threshold", usage: "Raft log entries between snapshots", def: "8192",

@@ -21,6 +21,9 @@ func (c *Config) validate() error {
 	if c.BootstrapExpect > 0 && !c.Server {
 		return configErrorf("--bootstrap-expect needs --server: only servers vote")
 	}
+	if err := c.validateTLS(); err != nil {
+		return err
+	}
 
 	// Listeners must not collide: a clash would only show up later as an
 	// "address already in use" from whichever component started second.
@@ -36,6 +39,9 @@ func (c *Config) validate() error {
 	}
 	if c.Server {
 		ls = append(ls, listener{"raft-addr", netip.MustParseAddrPort(c.RaftAddr), false})
+	}
+	if c.HTTPSAddr != "" {
+		ls = append(ls, listener{"https-addr", netip.MustParseAddrPort(c.HTTPSAddr), false})
 	}
 	for i, a := range ls {
 		for _, b := range ls[i+1:] {
