@@ -1,0 +1,88 @@
+package election
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/sidecarhq/sidecar/tlsutil"
+)
+
+// TLS secures everything on the Raft/RPC port: Raft, forwarded writes,
+// keepalives, read indexes, change streams and restores. Every connection
+// does a mutually verified TLS handshake before a single byte of it is
+// parsed, and every dial to the port wants a server certificate.
+// *tlsutil.Loader implements it; nil (the default everywhere) keeps the port
+// in plain text as before.
+type TLS interface {
+	// ServerConfig verifies the dialer's certificate against the CA.
+	ServerConfig() *tls.Config
+	// ClientConfig is built per dial, so rotated files are used at once.
+	ClientConfig(want tlsutil.Role) *tls.Config
+	// PeerIdentity reads the verified peer's role and node name.
+	PeerIdentity(tls.ConnectionState) (tlsutil.Identity, error)
+}
+
+// handshakeTimeout bounds a peer's handshake and first byte, so a peer
+// that connects and says nothing does not hold a goroutine.
+const handshakeTimeout = 10 * time.Second
+
+// PeerIdentity is the certificate identity of the peer of an RPC request,
+// for handlers deciding what it may do; ok is false without TLS.
+func PeerIdentity(ctx context.Context) (tlsutil.Identity, bool) {
+	return tlsutil.FromContext(ctx)
+}
+
+// serverHandshake runs the server side of the handshake on c and returns
+// the TLS connection with the peer's identity.
+func serverHandshake(c net.Conn, cfg *tls.Config, t TLS) (*tls.Conn, tlsutil.Identity, error) {
+	tc := tls.Server(c, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, tlsutil.Identity{}, err
+	}
+	id, err := t.PeerIdentity(tc.ConnectionState())
+	if err != nil {
+		return nil, tlsutil.Identity{}, err
+	}
+	return tc, id, nil
+}
+
+// clientHandshake wraps a dialled connection in TLS that wants a server. A
+// failed handshake is reported as a dial error: nothing was sent, so the
+// caller may retry elsewhere (rpcClient.call tells the two apart).
+func clientHandshake(c net.Conn, network, addr string, t TLS, timeout time.Duration) (net.Conn, error) {
+	tc := tls.Client(c, t.ClientConfig(tlsutil.RoleServer))
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		return nil, &net.OpError{Op: "dial", Net: network, Addr: c.RemoteAddr(), Err: fmt.Errorf("TLS handshake with %s: %w", addr, err)}
+	}
+	return tc, nil
+}
+
+// withPeerIdentity puts the identity the mux verified into the context of
+// every request on the connection (http.Server.ConnContext).
+func withPeerIdentity(ctx context.Context, c net.Conn) context.Context {
+	if tc, ok := c.(*trackedConn); ok && tc.id != nil {
+		return tlsutil.NewContext(ctx, *tc.id)
+	}
+	return ctx
+}
+
+// requireServer refuses, when TLS is on, a request whose peer holds no
+// server certificate: replacing the whole registry is a server's job.
+func (s *Server) requireServer(r *http.Request, what string) error {
+	if s.cfg.TLS == nil {
+		return nil
+	}
+	if id, ok := PeerIdentity(r.Context()); !ok || id.Role != tlsutil.RoleServer {
+		return fmt.Errorf("%w: %s needs a server certificate, the peer holds %q", ErrPermissionDenied, what, id.String())
+	}
+	return nil
+}

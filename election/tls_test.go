@@ -1,0 +1,258 @@
+package election_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/sidecarhq/sidecar/election"
+	"github.com/sidecarhq/sidecar/election/electiontest"
+	"github.com/sidecarhq/sidecar/fsm"
+	"github.com/sidecarhq/sidecar/tlsutil"
+)
+
+// pki is a cluster CA whose certificates tests hand out.
+type pki struct {
+	dir string
+	ca  *tlsutil.CA
+}
+
+func newPKI(t *testing.T) *pki {
+	t.Helper()
+	ca, err := tlsutil.NewCA(30, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if _, _, err := tlsutil.WriteCA(dir, ca); err != nil {
+		t.Fatal(err)
+	}
+	return &pki{dir: dir, ca: ca}
+}
+
+// loader issues a certificate and loads it as an agent would.
+func (p *pki) loader(t *testing.T, role tlsutil.Role, node string) *tlsutil.Loader {
+	t.Helper()
+	c, k, err := p.ca.Issue(tlsutil.CertRequest{Role: role, Node: node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key, err := tlsutil.WriteCert(t.TempDir(), node, c, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := tlsutil.New(tlsutil.Options{CAFile: p.dir + "/" + tlsutil.CACertFile, CertFile: cert, KeyFile: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// startTCPServer starts an in-memory server on a real loopback port; sec
+// nil is plain text.
+func startTCPServer(t *testing.T, node string, sec election.TLS, bootstrap bool) *election.Server {
+	t.Helper()
+	cfg := election.TestServerConfig()
+	cfg.Node, cfg.InMemory, cfg.RaftAddr, cfg.Bootstrap = node, true, "127.0.0.1:0", bootstrap
+	cfg.TLS = sec
+	cfg.Logger = electiontest.Logger(t, node)
+	s, err := election.NewServer(cfg)
+	if err != nil {
+		t.Fatalf("start %s: %v", node, err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestServer_TLS_clusterFormsForwardsAndChecksRoles(t *testing.T) {
+	p := newPKI(t)
+	s1 := startTCPServer(t, "s1", p.loader(t, tlsutil.RoleServer, "s1"), true)
+	waitFor(t, 10*time.Second, "s1 to lead", s1.IsLeader)
+	s2 := startTCPServer(t, "s2", p.loader(t, tlsutil.RoleServer, "s2"), false)
+	if err := s1.Raft().AddVoter("s2", s2.Addr(), 0, 5*time.Second).Error(); err != nil {
+		t.Fatalf("add s2 over TLS: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	// Raft replicates over TLS, and the follower forwards over TLS.
+	fwd := election.NewRemote(s2, nil)
+	defer fwd.Close()
+	res, err := fwd.Apply(ctx, &fsm.GrantLease{TTL: int64(5 * time.Second)})
+	if err != nil {
+		t.Fatalf("write forwarded by a follower over TLS: %v", err)
+	}
+	waitFor(t, 10*time.Second, "s2 to apply the write", func() bool { return s2.FSM().Index() >= res.Index })
+
+	// A client agent's Remote writes through any server over TLS.
+	servers := func() []string { return []string{string(s2.Addr())} }
+	client := election.NewRemote(nil, servers)
+	client.UseTLS(p.loader(t, tlsutil.RoleClient, "c1"))
+	defer client.Close()
+	if _, err := client.Apply(ctx, &fsm.GrantLease{TTL: int64(5 * time.Second)}); err != nil {
+		t.Fatalf("write from a client certificate: %v", err)
+	}
+
+	// The handlers see the certificate: a restore needs a server's.
+	var snap bytes.Buffer
+	if err := s1.SaveSnapshot(&snap); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Restore(ctx, snap.Bytes()); !errors.Is(err, election.ErrPermissionDenied) {
+		t.Fatalf("restore from a client certificate: err = %v, want permission denied", err)
+	}
+	admin := election.NewRemote(nil, servers)
+	admin.UseTLS(p.loader(t, tlsutil.RoleServer, "s9"))
+	defer admin.Close()
+	if err := admin.Restore(ctx, snap.Bytes()); err != nil {
+		t.Fatalf("restore from a server certificate: %v", err)
+	}
+}
+
+func TestServer_TLS_plaintextAndCertificateLessGetNothing(t *testing.T) {
+	p, other := newPKI(t), newPKI(t)
+	s1 := startTCPServer(t, "s1", p.loader(t, tlsutil.RoleServer, "s1"), true)
+	waitFor(t, 10*time.Second, "s1 to lead", s1.IsLeader)
+	index, term := s1.FSM().Index(), s1.Status().Term
+	addr := string(s1.Addr())
+
+	trusting := func() *tls.Config { // trusts the server, has no certificate
+		return &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: rootsOf(t, p), ServerName: "server.sidecar"}
+	}
+	foreign := other.loader(t, tlsutil.RoleServer, "s1").ClientConfig(tlsutil.RoleServer)
+	foreign.RootCAs = rootsOf(t, p)
+
+	requests := []string{
+		"\x02GET /rpc/v1/stream?index=0 HTTP/1.1\r\nHost: x\r\n\r\n",
+		"\x02GET /rpc/v1/status HTTP/1.1\r\nHost: x\r\n\r\n",
+		"\x02POST /rpc/v1/apply HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+	}
+	for _, how := range []struct {
+		name string
+		dial func() (net.Conn, error)
+	}{
+		{"plain text", func() (net.Conn, error) { return net.DialTimeout("tcp", addr, 5*time.Second) }},
+		{"TLS without certificate", func() (net.Conn, error) {
+			return tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, trusting())
+		}},
+		{"TLS with another CA's certificate", func() (net.Conn, error) {
+			return tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, foreign)
+		}},
+	} {
+		for _, req := range requests {
+			c, err := how.dial()
+			if err != nil {
+				continue // refused at the handshake: nothing to read either
+			}
+			c.SetDeadline(time.Now().Add(15 * time.Second))
+			io.WriteString(c, req)
+			got, _ := io.ReadAll(c)
+			c.Close()
+			if strings.Contains(string(got), "HTTP/") || strings.Contains(string(got), "{") {
+				t.Errorf("%s, %q: got an answer %q", how.name, strings.Fields(req)[1], got)
+			}
+		}
+	}
+	if i, tm := s1.FSM().Index(), s1.Status().Term; i != index || tm != term {
+		t.Fatalf("index %d→%d, term %d→%d: refused connections changed the server", index, i, term, tm)
+	}
+}
+
+func rootsOf(t *testing.T, p *pki) *x509.CertPool {
+	t.Helper()
+	pool := x509.NewCertPool()
+	pool.AddCert(p.ca.Cert)
+	return pool
+}
+
+// attackerStream dials the Raft port the way raft's NetworkTransport does
+// through the mux: an optional TLS handshake, then the Raft protocol byte.
+type attackerStream struct {
+	net.Listener
+	tls *tls.Config // nil: plain text
+}
+
+func (s *attackerStream) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	c, err := net.DialTimeout("tcp", string(addr), timeout)
+	if err != nil {
+		return nil, err
+	}
+	if s.tls != nil {
+		tc := tls.Client(c, s.tls)
+		if err := tc.Handshake(); err != nil {
+			c.Close()
+			return nil, err
+		}
+		c = tc
+	}
+	if _, err := c.Write([]byte{1}); err != nil { // protoRaft
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// timeoutNow sends a hand-made TimeoutNow to s: on a server that accepts
+// it, the leader starts an election at once, which raises the term.
+func timeoutNow(t *testing.T, s *election.Server, cfg *tls.Config) error {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream: &attackerStream{Listener: ln, tls: cfg}, MaxPool: 1, Timeout: 5 * time.Second,
+	})
+	defer trans.Close()
+	req := &raft.TimeoutNowRequest{RPCHeader: raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("evil"), Addr: []byte(ln.Addr().String())}}
+	return trans.TimeoutNow("s1", s.Addr(), req, &raft.TimeoutNowResponse{})
+}
+
+func TestServer_TLS_handMadeRaftMessageDoesNotChangeTerm(t *testing.T) {
+	// Control: without TLS, one hand-made message moves the term.
+	plain := startTCPServer(t, "s1", nil, true)
+	waitFor(t, 10*time.Second, "plain s1 to lead", plain.IsLeader)
+	before := plain.Status().Term
+	if err := timeoutNow(t, plain, nil); err != nil {
+		t.Fatalf("TimeoutNow to a plain server: %v", err)
+	}
+	waitFor(t, 10*time.Second, "the plain server's term to rise", func() bool { return plain.Status().Term > before })
+
+	p, other := newPKI(t), newPKI(t)
+	s1 := startTCPServer(t, "s1", p.loader(t, tlsutil.RoleServer, "s1"), true)
+	waitFor(t, 10*time.Second, "s1 to lead", s1.IsLeader)
+	term := s1.Status().Term
+
+	clientCert := p.loader(t, tlsutil.RoleClient, "c1").ClientConfig(tlsutil.RoleServer)
+	foreign := other.loader(t, tlsutil.RoleServer, "s2").ClientConfig(tlsutil.RoleServer)
+	foreign.RootCAs = rootsOf(t, p)
+	noCert := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: rootsOf(t, p), ServerName: "server.sidecar"}
+	for name, cfg := range map[string]*tls.Config{
+		"plain text":               nil,
+		"TLS without certificate":  noCert,
+		"another CA's certificate": foreign,
+		"a client certificate":     clientCert,
+	} {
+		if err := timeoutNow(t, s1, cfg); err == nil {
+			t.Errorf("%s: TimeoutNow answered", name)
+		}
+		// The connection never reached Raft, so nothing can happen later.
+		if got := s1.Status().Term; got != term || !s1.IsLeader() {
+			t.Fatalf("%s: term %d→%d, leader %v", name, term, got, s1.IsLeader())
+		}
+	}
+	// A server certificate of the cluster is a peer: the control case.
+	if err := timeoutNow(t, s1, p.loader(t, tlsutil.RoleServer, "s2").ClientConfig(tlsutil.RoleServer)); err != nil {
+		t.Fatalf("TimeoutNow with a server certificate: %v", err)
+	}
+	waitFor(t, 10*time.Second, "the term to rise", func() bool { return s1.Status().Term > term })
+}
