@@ -102,19 +102,33 @@ func TestServer_TLS_clusterFormsForwardsAndChecksRoles(t *testing.T) {
 		t.Fatalf("write from a client certificate: %v", err)
 	}
 
-	// The handlers see the certificate: a restore needs a server's.
+	// The handlers see the certificate: a restore needs a server's. (On a
+	// server of its own: a restore in a two-server cluster with test
+	// timings can lose leadership on a loaded machine.)
+	s3 := startTCPServer(t, "s3", p.loader(t, tlsutil.RoleServer, "s3"), true)
+	waitFor(t, 10*time.Second, "s3 to lead", s3.IsLeader)
 	var snap bytes.Buffer
 	if err := s1.SaveSnapshot(&snap); err != nil {
 		t.Fatal(err)
 	}
-	if err := client.Restore(ctx, snap.Bytes()); !errors.Is(err, election.ErrPermissionDenied) {
+	at3 := func() []string { return []string{string(s3.Addr())} }
+	client3 := election.NewRemote(nil, at3)
+	client3.UseTLS(p.loader(t, tlsutil.RoleClient, "c1"))
+	defer client3.Close()
+	if err := client3.Restore(ctx, snap.Bytes()); !errors.Is(err, election.ErrPermissionDenied) {
 		t.Fatalf("restore from a client certificate: err = %v, want permission denied", err)
 	}
-	admin := election.NewRemote(nil, servers)
+	if _, ok := s3.FSM().Lease(res.LeaseID); ok {
+		t.Fatal("a refused restore changed the registry")
+	}
+	admin := election.NewRemote(nil, at3)
 	admin.UseTLS(p.loader(t, tlsutil.RoleServer, "s9"))
 	defer admin.Close()
 	if err := admin.Restore(ctx, snap.Bytes()); err != nil {
 		t.Fatalf("restore from a server certificate: %v", err)
+	}
+	if _, ok := s3.FSM().Lease(res.LeaseID); !ok {
+		t.Fatal("the restore from a server certificate did not land")
 	}
 }
 
@@ -255,4 +269,46 @@ func TestServer_TLS_handMadeRaftMessageDoesNotChangeTerm(t *testing.T) {
 		t.Fatalf("TimeoutNow with a server certificate: %v", err)
 	}
 	waitFor(t, 10*time.Second, "the term to rise", func() bool { return s1.Status().Term > term })
+}
+
+func TestReplica_TLS_streamsOnlyFromServerCertificates(t *testing.T) {
+	p := newPKI(t)
+	s1 := startTCPServer(t, "s1", p.loader(t, tlsutil.RoleServer, "s1"), true)
+	// A client agent's certificate listening where a server should be: it
+	// serves a registry of its own making.
+	impostor := startTCPServer(t, "c9", p.loader(t, tlsutil.RoleClient, "c9"), true)
+	waitFor(t, 10*time.Second, "both to lead", func() bool { return s1.IsLeader() && impostor.IsLeader() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	fake, err := impostor.Apply(ctx, &fsm.GrantLease{TTL: int64(5 * time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	follow := func(addr raft.ServerAddress) (*fsm.FSM, func()) {
+		reg := fsm.New()
+		r := election.NewReplica(reg, func() []string { return []string{string(addr)} }, electiontest.Logger(t, "client"))
+		r.UseTLS(p.loader(t, tlsutil.RoleClient, "c1"))
+		rctx, rcancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); r.Run(rctx) }()
+		return reg, func() { rcancel(); <-done }
+	}
+
+	good, stop := follow(s1.Addr())
+	defer stop()
+	res, err := s1.Apply(ctx, &fsm.GrantLease{TTL: int64(5 * time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the copy to follow s1 over TLS", func() bool { return good.Index() >= res.Index })
+
+	bad, stopBad := follow(impostor.Addr())
+	defer stopBad()
+	// Give the replica time for several attempts (it retries every 50 ms);
+	// none may fill the copy.
+	time.Sleep(500 * time.Millisecond)
+	if bad.Index() != 0 || fake.Index == 0 {
+		t.Fatalf("copy took the registry of a client certificate: index %d", bad.Index())
+	}
 }

@@ -258,7 +258,9 @@ func (l *Loader) serverConfig(m *material, auth tls.ClientAuthType) *tls.Config 
 // and a node. Each handshake uses the current material.
 func (l *Loader) ServerConfig() *tls.Config {
 	c := base()
-	c.ClientAuth = tls.RequireAndVerifyClientCert // what the returned configs do; for readers of this one
+	// The configuration GetConfigForClient returns is the one in force;
+	// this field only states the policy to code that inspects this one.
+	c.ClientAuth = tls.RequireAndVerifyClientCert
 	c.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) { return l.current().server, nil }
 	return c
 }
