@@ -86,3 +86,33 @@ func (s *Server) requireServer(r *http.Request, what string) error {
 	}
 	return nil
 }
+
+// VerifyServer checks, when TLS is on, that the server at addr (a Raft/RPC
+// address gossip announced) holds a server certificate of the cluster's CA
+// for node: the leader asks before it makes a gossip member a voter, so a
+// member that merely claims role=server in gossip, or holds a client
+// certificate, or another server's, never enters the Raft configuration.
+// Without TLS it returns nil: gossip is all there is to go by.
+func (s *Server) VerifyServer(ctx context.Context, node, addr string) error {
+	if s.cfg.TLS == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
+	defer cancel()
+	d := tls.Dialer{Config: s.cfg.TLS.ClientConfig(tlsutil.RoleServer)}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%w: %s at %s: %v", ErrPermissionDenied, node, addr, err)
+	}
+	// Nothing follows the handshake: the server's mux drops a connection
+	// that names no protocol.
+	defer c.Close()
+	id, err := s.cfg.TLS.PeerIdentity(c.(*tls.Conn).ConnectionState())
+	if err != nil {
+		return fmt.Errorf("%w: %s at %s: %v", ErrPermissionDenied, node, addr, err)
+	}
+	if id.Role != tlsutil.RoleServer || id.Node != node {
+		return fmt.Errorf("%w: %s at %s presents the certificate of %s", ErrPermissionDenied, node, addr, id)
+	}
+	return nil
+}

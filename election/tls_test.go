@@ -312,3 +312,32 @@ func TestReplica_TLS_streamsOnlyFromServerCertificates(t *testing.T) {
 		t.Fatalf("copy took the registry of a client certificate: index %d", bad.Index())
 	}
 }
+
+func TestServer_VerifyServer(t *testing.T) {
+	p, other := newPKI(t), newPKI(t)
+	s1 := startTCPServer(t, "s1", p.loader(t, tlsutil.RoleServer, "s1"), true)
+	s2 := startTCPServer(t, "s2", p.loader(t, tlsutil.RoleServer, "s2"), false)
+	asClient := startTCPServer(t, "c1", p.loader(t, tlsutil.RoleClient, "c1"), false)
+	foreign := startTCPServer(t, "s3", other.loader(t, tlsutil.RoleServer, "s3"), false)
+	plain := startTCPServer(t, "s4", nil, false)
+	ctx := context.Background()
+
+	if err := s1.VerifyServer(ctx, "s2", string(s2.Addr())); err != nil {
+		t.Fatalf("a server with its own certificate: %v", err)
+	}
+	for name, tc := range map[string]struct{ node, addr string }{
+		"another server's name":  {"s9", string(s2.Addr())},
+		"a client certificate":   {"c1", string(asClient.Addr())},
+		"another CA":             {"s3", string(foreign.Addr())},
+		"no TLS":                 {"s4", string(plain.Addr())},
+		"nobody at that address": {"s5", "127.0.0.1:1"},
+	} {
+		if err := s1.VerifyServer(ctx, tc.node, tc.addr); !errors.Is(err, election.ErrPermissionDenied) {
+			t.Errorf("%s: err = %v, want permission denied", name, err)
+		}
+	}
+	// Without TLS there is nothing to check.
+	if err := plain.VerifyServer(ctx, "anyone", "127.0.0.1:1"); err != nil {
+		t.Fatalf("VerifyServer without TLS: %v", err)
+	}
+}
