@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -42,17 +43,29 @@ func newPKI(t testing.TB) *pki {
 	return &pki{dir: dir, ca: ca}
 }
 
-// loader issues a certificate and loads it as an agent would.
-func (p *pki) loader(t testing.TB, role tlsutil.Role, node string) *tlsutil.Loader {
+// files issues a certificate into a directory of its own.
+func (p *pki) files(t testing.TB, role tlsutil.Role, node string) (cert, key string) {
 	t.Helper()
 	c, k, err := p.ca.Issue(tlsutil.CertRequest{Role: role, Node: node})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, key, err := tlsutil.WriteCert(t.TempDir(), node, c, k)
+	cert, key, err = tlsutil.WriteCert(t.TempDir(), node, c, k)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return cert, key
+}
+
+// loader issues a certificate and loads it as an agent would.
+func (p *pki) loader(t testing.TB, role tlsutil.Role, node string) *tlsutil.Loader {
+	t.Helper()
+	cert, key := p.files(t, role, node)
+	return p.load(t, cert, key)
+}
+
+func (p *pki) load(t testing.TB, cert, key string) *tlsutil.Loader {
+	t.Helper()
 	l, err := tlsutil.New(tlsutil.Options{CAFile: p.dir + "/" + tlsutil.CACertFile, CertFile: cert, KeyFile: key})
 	if err != nil {
 		t.Fatal(err)
@@ -403,4 +416,49 @@ func BenchmarkRemote_Register_TLS(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "writes/s")
 		})
 	}
+}
+
+func TestServer_TLS_rotationKeepsServing(t *testing.T) {
+	p := newPKI(t)
+	s1 := startTCPServer(t, "s1", p.loader(t, tlsutil.RoleServer, "s1"), true)
+	waitFor(t, 10*time.Second, "s1 to lead", s1.IsLeader)
+	cert2, key2 := p.files(t, tlsutil.RoleServer, "s2")
+	l2 := p.load(t, cert2, key2)
+	s2 := startTCPServer(t, "s2", l2, false)
+	if err := s1.Raft().AddVoter("s2", s2.Addr(), 0, 5*time.Second).Error(); err != nil {
+		t.Fatal(err)
+	}
+	serialAt := func(addr raft.ServerAddress) string {
+		t.Helper()
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", string(addr), p.loader(t, tlsutil.RoleClient, "c1").ClientConfig(tlsutil.RoleServer))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+	}
+	old := serialAt(s2.Addr())
+
+	// Replace s2's files by rename and reload (what SIGHUP does).
+	newCert, newKey := p.files(t, tlsutil.RoleServer, "s2")
+	want := p.load(t, newCert, newKey).Certificate().SerialNumber.String()
+	for from, to := range map[string]string{newKey: key2, newCert: cert2} {
+		if err := os.Rename(from, to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l2.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if got := serialAt(s2.Addr()); got != want || got == old {
+		t.Fatalf("new connection to s2 sees serial %s, want the new %s (old %s)", got, want, old)
+	}
+	// The cluster keeps replicating to s2 throughout.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := s1.Apply(ctx, &fsm.GrantLease{TTL: int64(5 * time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "s2 to apply after the rotation", func() bool { return s2.FSM().Index() >= res.Index })
 }
