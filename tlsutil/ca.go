@@ -18,7 +18,9 @@
 // client authentication) are set on every certificate: a server dials other
 // servers (Raft) and a client's certificate also serves its HTTPS API.
 // "localhost", 127.0.0.1 and ::1 are added so that `curl --cacert ca.pem
-// https://127.0.0.1:PORT` verifies against an agent's own HTTPS API.
+// https://127.0.0.1:PORT` verifies against an agent's own HTTPS API; other
+// names and addresses it is reached by can be added (CertRequest.ExtraDNS,
+// ExtraIPs), but never a role name.
 package tlsutil
 
 import (
@@ -35,6 +37,7 @@ import (
 	"math/big"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 )
@@ -153,6 +156,11 @@ type CertRequest struct {
 	Domain string // DNS domain, "sidecar" or "sidecar."; default "sidecar"
 	Days   int    // validity; 0: DefaultCertDays, at most until the CA expires
 	Now    time.Time
+	// ExtraDNS and ExtraIPs are added to the subject alternative names, for
+	// an HTTPS API reached by another name or address than loopback. A role
+	// name ("server.<domain>") is refused: it would grant a role.
+	ExtraDNS []string
+	ExtraIPs []net.IP
 }
 
 // Issue makes a key and a certificate for req signed by ca, both as PEM. A
@@ -190,6 +198,22 @@ func (ca *CA) Issue(req CertRequest) (certPEM, keyPEM []byte, err error) {
 				req.Days, ca.Cert.NotAfter.UTC().Format(time.DateOnly))
 		}
 	}
+	dnsNames := []string{RoleName(req.Role, domain), "localhost"}
+	for _, n := range req.ExtraDNS {
+		n = strings.ToLower(strings.TrimSuffix(n, "."))
+		if err := ValidExtraDNS(n, domain); err != nil {
+			return nil, nil, err
+		}
+		if !slices.Contains(dnsNames, n) {
+			dnsNames = append(dnsNames, n)
+		}
+	}
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	for _, ip := range req.ExtraIPs {
+		if !slices.ContainsFunc(ips, ip.Equal) {
+			ips = append(ips, ip)
+		}
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("tlsutil: generate key: %w", err)
@@ -209,8 +233,8 @@ func (ca *CA) Issue(req CertRequest) (certPEM, keyPEM []byte, err error) {
 		NotAfter:       notAfter,
 		KeyUsage:       x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:    []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		DNSNames:       []string{RoleName(req.Role, domain), "localhost"},
-		IPAddresses:    []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		DNSNames:       dnsNames,
+		IPAddresses:    ips,
 		URIs:           []*url.URL{NodeURI(req.Node)},
 		SubjectKeyId:   ski,
 		AuthorityKeyId: ca.Cert.SubjectKeyId,
@@ -253,6 +277,45 @@ func NormalizeDomain(d string) (string, error) {
 		}
 	}
 	return d, nil
+}
+
+// ValidExtraDNS checks a name to add to a certificate of domain: a DNS name
+// that is not one of the role names, which would grant a role.
+func ValidExtraDNS(n, domain string) error {
+	n = strings.ToLower(strings.TrimSuffix(n, "."))
+	if err := validHostname(n); err != nil {
+		return err
+	}
+	domain, err := NormalizeDomain(domain)
+	if err != nil {
+		return err
+	}
+	for _, r := range []Role{RoleServer, RoleClient} {
+		if n == RoleName(r, domain) {
+			return fmt.Errorf("tlsutil: extra name %q is a role name; use --%s instead", n, r)
+		}
+	}
+	return nil
+}
+
+// validHostname accepts a DNS name of letters, digits and '-' labels, with
+// an optional leading "*." wildcard.
+func validHostname(n string) error {
+	rest := strings.TrimPrefix(n, "*.")
+	if rest == "" || len(rest) > 253 {
+		return fmt.Errorf("tlsutil: %q is not a DNS name", n)
+	}
+	for _, label := range strings.Split(rest, ".") {
+		if len(label) == 0 || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Errorf("tlsutil: %q is not a DNS name", n)
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+				return fmt.Errorf("tlsutil: %q is not a DNS name", n)
+			}
+		}
+	}
+	return nil
 }
 
 // ValidNodeName accepts what a certificate can carry and a file can be named

@@ -531,3 +531,28 @@ func startEchoAnyPeer(t *testing.T, cfg *tls.Config) string {
 	t.Cleanup(func() { ln.Close(); <-done })
 	return ln.Addr().String()
 }
+
+func TestCA_Issue_extraNames(t *testing.T) {
+	ca, _ := NewCA(30, time.Now())
+	certPEM, _, err := ca.Issue(CertRequest{Role: RoleClient, Node: "web-1",
+		ExtraDNS: []string{"Web-1.Example.com.", "*.svc.local", "localhost"}, ExtraIPs: []net.IP{net.ParseIP("10.0.0.5"), net.ParseIP("127.0.0.1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs, _ := parseCerts(certPEM)
+	c := certs[0]
+	if want := []string{"client.sidecar", "localhost", "web-1.example.com", "*.svc.local"}; !slices.Equal(c.DNSNames, want) {
+		t.Errorf("DNS names %v, want %v", c.DNSNames, want)
+	}
+	if len(c.IPAddresses) != 3 || !c.IPAddresses[2].Equal(net.ParseIP("10.0.0.5")) {
+		t.Errorf("IP addresses %v", c.IPAddresses)
+	}
+	if id, err := IdentityOf(c, "sidecar"); err != nil || id != (Identity{RoleClient, "web-1"}) {
+		t.Errorf("identity %v, %v", id, err)
+	}
+	for _, bad := range []string{"server.sidecar", "client.sidecar.", "a_b.example", "-a.example", ""} {
+		if _, _, err := ca.Issue(CertRequest{Role: RoleClient, Node: "web-1", ExtraDNS: []string{bad}}); err == nil {
+			t.Errorf("extra name %q accepted", bad)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,7 +27,7 @@ func init() {
 	// Assigned in init because the subcommands' help refers back to the table.
 	tlsSubcommands = []tlsSubcommand{
 		{"ca create", "[--dir D] [--days N]", "make a cluster CA: " + tlsutil.CACertFile + " and " + tlsutil.CAKeyFile + " in D", cmdTLSCACreate},
-		{"cert create", "--server|--client --node NAME [--dir D] [--ca FILE --ca-key FILE] [--days N] [--domain D]",
+		{"cert create", "--server|--client --node NAME [--dir D] [--ca FILE --ca-key FILE] [--days N] [--domain D] [--san NAME|IP]...",
 			"make an agent certificate signed by the CA: NAME.pem and NAME-key.pem in D", cmdTLSCertCreate},
 	}
 }
@@ -138,6 +139,8 @@ func cmdTLSCertCreate(s *streams, args []string) error {
 		defDomain = "sidecar."
 	}
 	domain := fs.String("domain", defDomain, "the agents' DNS `DOMAIN` (their --domain; $SIDECAR_DOMAIN)")
+	var sans stringsFlag
+	fs.Var(&sans, "san", "another DNS `NAME or IP` the agent's HTTPS API is reached by (repeatable, or a comma list); localhost, 127.0.0.1 and ::1 are always in")
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return tlsFlagError(s, fs, err)
@@ -171,6 +174,19 @@ func cmdTLSCertCreate(s *streams, args []string) error {
 	if _, err := tlsutil.NormalizeDomain(*domain); err != nil {
 		return usageErrorf("tls cert create: --domain: %v", err)
 	}
+	var extraDNS []string
+	var extraIPs []net.IP
+	for _, v := range sans {
+		for _, n := range splitList(v) {
+			if ip := net.ParseIP(n); ip != nil {
+				extraIPs = append(extraIPs, ip)
+			} else if err := tlsutil.ValidExtraDNS(n, *domain); err != nil {
+				return usageErrorf("tls cert create: --san: %v", err)
+			} else {
+				extraDNS = append(extraDNS, n)
+			}
+		}
+	}
 	if *caFile == "" {
 		*caFile, *caKeyFile = filepath.Join(*dir, tlsutil.CACertFile), filepath.Join(*dir, tlsutil.CAKeyFile)
 	}
@@ -178,7 +194,7 @@ func cmdTLSCertCreate(s *streams, args []string) error {
 	if err != nil {
 		return fmt.Errorf("tls cert create: %w", err)
 	}
-	certPEM, keyPEM, err := ca.Issue(tlsutil.CertRequest{Role: role, Node: *node, Domain: *domain, Days: *days})
+	certPEM, keyPEM, err := ca.Issue(tlsutil.CertRequest{Role: role, Node: *node, Domain: *domain, Days: *days, ExtraDNS: extraDNS, ExtraIPs: extraIPs})
 	if err != nil {
 		return fmt.Errorf("tls cert create: %w", err)
 	}

@@ -15,7 +15,8 @@ func TestCLI_tlsCreatesLoadableFiles(t *testing.T) {
 		!strings.Contains(stdout, tlsutil.CACertFile) {
 		t.Fatalf("ca create: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
-	if code, _, stderr := runCLI(t, "tls", "cert", "create", "--server", "--node", "s1", "--dir", dir); code != exitOK {
+	if code, _, stderr := runCLI(t, "tls", "cert", "create", "--server", "--node", "s1", "--dir", dir,
+		"--san", "s1.example.com", "--san", "10.0.0.5,db.internal"); code != exitOK {
 		t.Fatalf("cert create --server: exit %d, %q", code, stderr)
 	}
 	// The CA named explicitly, the certificate written elsewhere.
@@ -50,6 +51,18 @@ func TestCLI_tlsCreatesLoadableFiles(t *testing.T) {
 		}
 		if l.Identity() != want {
 			t.Errorf("%s: identity %v, want %v", node, l.Identity(), want)
+		}
+		if want.Role == tlsutil.RoleServer {
+			c := l.Certificate()
+			if err := c.VerifyHostname("s1.example.com"); err != nil {
+				t.Errorf("--san name: %v", err)
+			}
+			if err := c.VerifyHostname("db.internal"); err != nil {
+				t.Errorf("--san name in a list: %v", err)
+			}
+			if err := c.VerifyHostname("10.0.0.5"); err != nil {
+				t.Errorf("--san IP: %v", err)
+			}
 		}
 	}
 }
@@ -100,6 +113,8 @@ func TestCLI_tlsErrors(t *testing.T) {
 		{[]string{"tls", "cert", "create", "--server", "--node", "a", "--days", "-1", "--dir", dir}, exitUsage, "--days"},
 		{[]string{"tls", "cert", "create", "--server", "--node", "a", "--domain", "a..b", "--dir", dir}, exitUsage, "--domain"},
 		{[]string{"tls", "cert", "create", "--server", "--node", "a", "--bogus"}, exitUsage, "bogus"},
+		{[]string{"tls", "cert", "create", "--client", "--node", "a", "--san", "server.sidecar", "--dir", dir}, exitUsage, "role name"},
+		{[]string{"tls", "cert", "create", "--client", "--node", "a", "--san", "bad_name", "--dir", dir}, exitUsage, "not a DNS name"},
 		{[]string{"tls", "cert", "create", "--server", "--node", "a", "--dir", empty}, exitFailure, "sidecar tls ca create"},
 		{[]string{"tls", "cert", "create", "--server", "--node", "a", "--dir", dir, "--days", "100000"}, exitFailure, "outlive the CA"},
 		{[]string{"tls", "cert", "create", "--server", "--node", "a", "--dir", dir,
