@@ -43,7 +43,7 @@ func NewRemote(local *Server, servers func() []string) *Remote {
 
 // UseTLS makes the Remote dial servers over TLS, wanting a server
 // certificate; call it before the first request.
-func (r *Remote) UseTLS(t TLS) { r.rpc = newRPCClient(t) }
+func (r *Remote) UseTLS(t TLS) { r.rpc = newRPCClient(orNil(t)) }
 
 // Close drops idle connections.
 func (r *Remote) Close() { r.rpc.close() }

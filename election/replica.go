@@ -47,7 +47,7 @@ func NewReplica(reg *fsm.FSM, servers func() []string, log *slog.Logger) *Replic
 
 // UseTLS makes the Replica stream from servers over TLS, accepting the
 // registry only from a server certificate; call it before Run.
-func (r *Replica) UseTLS(t TLS) { r.rpc = newRPCClient(t) }
+func (r *Replica) UseTLS(t TLS) { r.rpc = newRPCClient(orNil(t)) }
 
 // Prefer names the server to stream from when it can (the Raft leader,
 // whose registry is the first to hold every commit). Call before Run.

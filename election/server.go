@@ -163,6 +163,7 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 	if cfg.ApplyTimeout <= 0 {
 		cfg.ApplyTimeout = 5 * time.Second
 	}
+	cfg.TLS = orNil(cfg.TLS)
 	s = &Server{
 		cfg:    cfg,
 		log:    cfg.Logger.With("component", "raft-server"),

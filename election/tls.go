@@ -26,6 +26,16 @@ type TLS interface {
 	PeerIdentity(tls.ConnectionState) (tlsutil.Identity, error)
 }
 
+// orNil turns a nil *tlsutil.Loader passed as a TLS into a nil TLS: an
+// agent that hands its optional loader straight through must get plain
+// text, not a nil-pointer panic at the first connection.
+func orNil(t TLS) TLS {
+	if l, ok := t.(*tlsutil.Loader); ok && l == nil {
+		return nil
+	}
+	return t
+}
+
 // handshakeTimeout bounds a peer's handshake and first byte, so a peer
 // that connects and says nothing does not hold a goroutine.
 const handshakeTimeout = 10 * time.Second

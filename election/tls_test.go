@@ -462,3 +462,18 @@ func TestServer_TLS_rotationKeepsServing(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "s2 to apply after the rotation", func() bool { return s2.FSM().Index() >= res.Index })
 }
+
+// An agent without TLS may hand its nil loader straight through.
+func TestServer_TLS_nilLoaderIsPlainText(t *testing.T) {
+	var none *tlsutil.Loader
+	s := startTCPServer(t, "s1", none, true)
+	waitFor(t, 10*time.Second, "s1 to lead", s.IsLeader)
+	r := election.NewRemote(nil, func() []string { return []string{string(s.Addr())} })
+	r.UseTLS(none)
+	defer r.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := r.Apply(ctx, &fsm.GrantLease{TTL: int64(5 * time.Second)}); err != nil {
+		t.Fatalf("plain-text write with a nil loader: %v", err)
+	}
+}
