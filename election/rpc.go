@@ -117,8 +117,11 @@ type rpcClient struct {
 	http *http.Client
 }
 
-// newRPCClient dials in TLS when t is set, and in plain text when nil.
-func newRPCClient(t TLS) *rpcClient {
+// newRPCClient calls servers in plain text.
+func newRPCClient() *rpcClient { return newRPCClientTLS(nil) }
+
+// newRPCClientTLS dials in TLS when t is set, and in plain text when nil.
+func newRPCClientTLS(t TLS) *rpcClient {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			timeout := 5 * time.Second

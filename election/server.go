@@ -173,7 +173,7 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 		// Entries kept for clients that resume their stream: a few seconds
 		// of heavy writes, or hours of a quiet registry.
 		changes: newChangeLog(16384),
-		rpc:     newRPCClient(cfg.TLS),
+		rpc:     newRPCClientTLS(cfg.TLS),
 	}
 	// Every error return sets the named result s to nil before deferred
 	// calls run: hold on to the server to close what it opened.
