@@ -180,7 +180,9 @@ func (s *Server) rpcHandler() http.Handler {
 			return
 		}
 		var reply rpcReply
-		if s.IsLeader() {
+		if err := s.authorizeApply(r, data); err != nil {
+			reply = replyOf(nil, err)
+		} else if s.IsLeader() {
 			reply = replyOf(s.ApplyEncoded(r.Context(), data))
 		} else if r.Header.Get(hdrForwarded) != "" {
 			reply = replyOf(nil, ErrNotLeader)

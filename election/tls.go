@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/sidecarhq/sidecar/fsm"
 	"github.com/sidecarhq/sidecar/tlsutil"
 )
 
@@ -125,4 +126,68 @@ func (s *Server) VerifyServer(ctx context.Context, node, addr string) error {
 		return fmt.Errorf("%w: %s at %s presents the certificate of %s", ErrPermissionDenied, node, addr, id)
 	}
 	return nil
+}
+
+// authorizeApply checks, when TLS is on, a write that arrives from a client
+// certificate (the first hop: a server that forwards it on presents its own
+// server certificate): a client agent writes for its own node only, so one
+// cannot register an instance, with an exec check, on another node, and
+// the entries only the leader makes (gossip status, lease expiry) come
+// from servers alone.
+func (s *Server) authorizeApply(r *http.Request, data []byte) error {
+	if s.cfg.TLS == nil {
+		return nil
+	}
+	id, ok := PeerIdentity(r.Context())
+	if !ok {
+		return fmt.Errorf("%w: no peer certificate", ErrPermissionDenied)
+	}
+	if id.Role == tlsutil.RoleServer {
+		return nil
+	}
+	cmd, err := fsm.Decode(data)
+	if err != nil {
+		return err
+	}
+	scope, node := commandScope(cmd)
+	switch {
+	case scope == scopeServers:
+		return fmt.Errorf("%w: %s is written by servers only, the peer is %s", ErrPermissionDenied, cmd.Type(), id)
+	case scope == scopeNode && node != id.Node, scope == scopeNodeIfSet && node != "" && node != id.Node:
+		return fmt.Errorf("%w: %s for node %q from the certificate of %s", ErrPermissionDenied, cmd.Type(), node, id)
+	}
+	return nil
+}
+
+// Who may send a command from a client certificate.
+const (
+	scopeAny       = iota // names no node: for the ACL tokens to judge
+	scopeNode             // acts for the node named, which must be the peer's
+	scopeNodeIfSet        // acts for the node named, if one is
+	scopeServers          // made by the leader only
+)
+
+// commandScope says whom a command acts for and the node it names.
+func commandScope(c fsm.Command) (scope int, node string) {
+	switch c := c.(type) {
+	case *fsm.RegisterNode:
+		return scopeNode, c.Name
+	case *fsm.DeregisterNode:
+		return scopeNode, c.Name
+	case *fsm.RegisterInstance:
+		return scopeNode, c.Instance.Node
+	case *fsm.DeregisterInstance:
+		return scopeNode, c.Node
+	case *fsm.UpdateCheck:
+		return scopeNode, c.Node
+	case *fsm.GrantLease:
+		return scopeNodeIfSet, c.Node
+	case *fsm.AcquireLock:
+		return scopeNodeIfSet, c.Node
+	case *fsm.Campaign:
+		return scopeNodeIfSet, c.Node
+	case *fsm.SetNodeStatus, *fsm.ExpireLease:
+		return scopeServers, ""
+	}
+	return scopeAny, ""
 }

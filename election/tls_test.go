@@ -477,3 +477,55 @@ func TestServer_TLS_nilLoaderIsPlainText(t *testing.T) {
 		t.Fatalf("plain-text write with a nil loader: %v", err)
 	}
 }
+
+// A client certificate writes for its own node only: it cannot register an
+// instance (say, with an exec check) on another node, nor make the entries
+// only the leader makes. A server certificate may forward anything.
+func TestServer_TLS_clientCertificateWritesForItsOwnNodeOnly(t *testing.T) {
+	p := newPKI(t)
+	s1 := startTCPServer(t, "s1", p.loader(t, tlsutil.RoleServer, "s1"), true)
+	waitFor(t, 10*time.Second, "s1 to lead", s1.IsLeader)
+	at := func() []string { return []string{string(s1.Addr())} }
+	remote := func(role tlsutil.Role, node string) *election.Remote {
+		r := election.NewRemote(nil, at)
+		r.UseTLS(p.loader(t, role, node))
+		t.Cleanup(r.Close)
+		return r
+	}
+	c1, s9 := remote(tlsutil.RoleClient, "c1"), remote(tlsutil.RoleServer, "s9")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, cmd := range []fsm.Command{
+		&fsm.RegisterNode{Name: "c1", Address: "10.0.0.1"},
+		&fsm.RegisterInstance{Instance: fsm.Instance{ID: "web-1", Name: "web", Node: "c1", Address: "10.0.0.1", Port: 80}},
+		&fsm.GrantLease{TTL: int64(time.Hour)},
+		&fsm.GrantLease{TTL: int64(time.Hour), Node: "c1"},
+	} {
+		if _, err := c1.Apply(ctx, cmd); err != nil {
+			t.Fatalf("client c1 writing %T for itself: %v", cmd, err)
+		}
+	}
+	if _, err := s9.Apply(ctx, &fsm.RegisterNode{Name: "c2", Address: "10.0.0.2"}); err != nil {
+		t.Fatalf("a server certificate registering another node: %v", err)
+	}
+	index := s1.FSM().Index()
+	exec := fsm.Check{ID: "pwn", Type: "exec", Exec: []string{"/bin/sh", "-c", "id"}}
+	for _, cmd := range []fsm.Command{
+		&fsm.RegisterInstance{Instance: fsm.Instance{ID: "pwn", Name: "web", Node: "c2", Address: "10.0.0.2", Port: 80, Checks: []fsm.Check{exec}}},
+		&fsm.RegisterInstance{Instance: fsm.Instance{ID: "pwn", Name: "web", Address: "10.0.0.2", Port: 80}},
+		&fsm.RegisterNode{Name: "c2", Address: "6.6.6.6"},
+		&fsm.DeregisterNode{Name: "c2"},
+		&fsm.DeregisterInstance{Node: "c2", ID: "x"},
+		&fsm.UpdateCheck{Node: "c2", CheckID: "x", Status: "passing"},
+		&fsm.GrantLease{TTL: int64(time.Hour), Node: "c2"},
+		&fsm.SetNodeStatus{Name: "s1", Status: "failed"},
+		&fsm.ExpireLease{ID: "x"},
+	} {
+		if _, err := c1.Apply(ctx, cmd); !errors.Is(err, election.ErrPermissionDenied) {
+			t.Errorf("client c1 writing %s: err = %v, want permission denied", cmd.Type(), err)
+		}
+	}
+	if got := s1.FSM().Index(); got != index {
+		t.Fatalf("refused writes moved the index %d→%d", index, got)
+	}
+}
