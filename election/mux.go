@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"sync"
 	"time"
@@ -34,6 +35,7 @@ type muxListener struct {
 	// before its first byte is read; tlsCfg is its server configuration.
 	tls    TLS
 	tlsCfg *tls.Config
+	log    *slog.Logger
 
 	// conns are the connections handed out, closed with the listener:
 	// raft's transport would otherwise leave their readers blocked.
@@ -66,8 +68,8 @@ type subListener struct {
 	conns  chan net.Conn
 }
 
-func newMux(ln net.Listener, t TLS) *muxListener {
-	m := &muxListener{ln: ln, done: make(chan struct{}), conns: map[*trackedConn]struct{}{}, tls: t}
+func newMux(ln net.Listener, t TLS, log *slog.Logger) *muxListener {
+	m := &muxListener{ln: ln, done: make(chan struct{}), conns: map[*trackedConn]struct{}{}, tls: t, log: log}
 	if t != nil {
 		m.tlsCfg = t.ServerConfig()
 	}
@@ -99,6 +101,9 @@ func (m *muxListener) route(raw net.Conn) {
 		// handshake's.
 		tc, peer, err := serverHandshake(raw, m.tlsCfg, m.tls)
 		if err != nil {
+			// Debug: anyone who reaches the port can cause this line, and
+			// a misconfigured peer sees its own side of the error.
+			m.log.Debug("refused a connection without a valid certificate", "remote", raw.RemoteAddr().String(), "err", err)
 			raw.Close()
 			return
 		}
@@ -116,6 +121,7 @@ func (m *muxListener) route(raw net.Conn) {
 		// Raft messages (votes, appends, TimeoutNow) come only from
 		// servers: a client certificate must not move the term.
 		if id != nil && id.Role != tlsutil.RoleServer {
+			m.log.Warn("refused Raft traffic from a client certificate", "remote", raw.RemoteAddr().String(), "peer", id.String())
 			raw.Close()
 			return
 		}

@@ -273,7 +273,7 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 				ln.Close()
 				return nil, errNoAdvertise
 			}
-			s.mux = newMux(ln, cfg.TLS)
+			s.mux = newMux(ln, cfg.TLS, s.log)
 			s.closer = append(s.closer, s.mux)
 			s.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 				Stream:  &raftStream{subListener: s.mux.raft, advertise: advAddr, tls: cfg.TLS},
