@@ -65,6 +65,9 @@ type Formation struct {
 	log    *slog.Logger
 	wake   chan struct{}
 	tagged bool
+	// refused remembers the servers whose certificate did not verify, by
+	// name and address, so each is logged once, not at every step.
+	refused map[string]string
 }
 
 // NewFormation returns the formation of a server.
@@ -79,7 +82,7 @@ func NewFormation(cfg FormationConfig, g *Gossip, srv *election.Server, w Writer
 		cfg.ReapAfter = DefaultFormationConfig().ReapAfter
 	}
 	return &Formation{cfg: cfg, g: g, srv: srv, reg: srv.FSM(), w: w,
-		log: cfg.Logger.With("component", "formation"), wake: make(chan struct{}, 1)}
+		log: cfg.Logger.With("component", "formation"), wake: make(chan struct{}, 1), refused: map[string]string{}}
 }
 
 // Wake asks for a reconciliation now (the agent forwards gossip events).
@@ -120,7 +123,7 @@ func (f *Formation) step(ctx context.Context) {
 		f.log.Warn("bootstrap", "err", err)
 	}
 	if f.srv.IsLeader() {
-		if err := f.reconcileRaft(); err != nil {
+		if err := f.reconcileRaft(ctx); err != nil {
 			f.log.Warn("reconcile raft membership", "err", err)
 		}
 		if err := f.reconcileNodes(ctx); err != nil && ctx.Err() == nil {
@@ -167,6 +170,9 @@ func (f *Formation) bootstrap(ctx context.Context) error {
 		if m.Meta.BootstrapExpect != 0 && m.Meta.BootstrapExpect != f.cfg.BootstrapExpect {
 			return fmt.Errorf("server %s expects %d servers, this one %d: not bootstrapping", m.Name, m.Meta.BootstrapExpect, f.cfg.BootstrapExpect)
 		}
+		if !f.certified(ctx, m) {
+			continue // does not count towards bootstrap-expect either
+		}
 		servers = append(servers, m)
 	}
 	if len(servers) < f.cfg.BootstrapExpect {
@@ -184,6 +190,23 @@ func (f *Formation) bootstrap(ctx context.Context) error {
 	return nil
 }
 
+// certified reports whether the member that claims role=server in gossip
+// holds a server certificate for its name at its Raft address (always true
+// without TLS, where gossip is all there is to go by). A refusal is logged
+// once per name and address.
+func (f *Formation) certified(ctx context.Context, m Member) bool {
+	err := f.srv.VerifyServer(ctx, m.Name, m.Meta.RaftAddr)
+	if err == nil {
+		delete(f.refused, m.Name)
+		return true
+	}
+	if f.refused[m.Name] != m.Meta.RaftAddr {
+		f.refused[m.Name] = m.Meta.RaftAddr
+		f.log.Warn("gossip member claims to be a server without its server certificate; not a voter", "server", m.Name, "addr", m.Meta.RaftAddr, "err", err)
+	}
+	return false
+}
+
 // quorumSafe reports whether a voter may be removed: a quorum of the
 // current configuration is alive, and a quorum of the configuration after
 // the removal will be.
@@ -192,7 +215,7 @@ func quorumSafe(voters, alive, aliveAfter int) bool {
 }
 
 // reconcileRaft adds joining servers as voters and removes departed ones.
-func (f *Formation) reconcileRaft() error {
+func (f *Formation) reconcileRaft(ctx context.Context) error {
 	fut := f.srv.Raft().GetConfiguration()
 	if err := fut.Error(); err != nil {
 		return err
@@ -218,6 +241,9 @@ func (f *Formation) reconcileRaft() error {
 			continue
 		}
 		if s, ok := inConf[m.Name]; ok && string(s.Address) == m.Meta.RaftAddr {
+			continue
+		}
+		if !f.certified(ctx, m) {
 			continue
 		}
 		f.log.Info("adding server as voter", "server", m.Name, "addr", m.Meta.RaftAddr)

@@ -1,13 +1,18 @@
 package election
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/sidecarhq/sidecar/tlsutil"
 )
 
 // One port (--raft-addr) carries Raft and sidecar's internal RPC. Every
@@ -26,6 +31,12 @@ type muxListener struct {
 	once sync.Once
 	done chan struct{}
 
+	// tls, when set, makes every connection complete a TLS handshake
+	// before its first byte is read; tlsCfg is its server configuration.
+	tls    TLS
+	tlsCfg *tls.Config
+	log    *slog.Logger
+
 	// conns are the connections handed out, closed with the listener:
 	// raft's transport would otherwise leave their readers blocked.
 	mu    sync.Mutex
@@ -36,6 +47,11 @@ type trackedConn struct {
 	net.Conn
 	m    *muxListener
 	once sync.Once
+	// raw is the TCP connection under a TLS one: closing it at shutdown
+	// does not wait to send TLS's close_notify to a peer that reads nothing.
+	raw net.Conn
+	// id is the verified peer's identity; nil without TLS.
+	id *tlsutil.Identity
 }
 
 func (c *trackedConn) Close() error {
@@ -52,8 +68,11 @@ type subListener struct {
 	conns  chan net.Conn
 }
 
-func newMux(ln net.Listener) *muxListener {
-	m := &muxListener{ln: ln, done: make(chan struct{}), conns: map[*trackedConn]struct{}{}}
+func newMux(ln net.Listener, t TLS, log *slog.Logger) *muxListener {
+	m := &muxListener{ln: ln, done: make(chan struct{}), conns: map[*trackedConn]struct{}{}, tls: t, log: log}
+	if t != nil {
+		m.tlsCfg = t.ServerConfig()
+	}
 	m.raft = &subListener{parent: m, conns: make(chan net.Conn, 16)}
 	m.rpc = &subListener{parent: m, conns: make(chan net.Conn, 16)}
 	go m.serve()
@@ -71,26 +90,49 @@ func (m *muxListener) serve() {
 	}
 }
 
-func (m *muxListener) route(c net.Conn) {
+func (m *muxListener) route(raw net.Conn) {
 	// A peer that sends nothing must not hold a goroutine forever.
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	raw.SetDeadline(time.Now().Add(handshakeTimeout))
+	c := raw
+	var id *tlsutil.Identity
+	if m.tls != nil {
+		// Nothing is parsed before the handshake: a peer without a
+		// certificate of the cluster's CA gets no byte of ours but the
+		// handshake's.
+		tc, peer, err := serverHandshake(raw, m.tlsCfg, m.tls)
+		if err != nil {
+			// Debug: anyone who reaches the port can cause this line, and
+			// a misconfigured peer sees its own side of the error.
+			m.log.Debug("refused a connection without a valid certificate", "remote", raw.RemoteAddr().String(), "err", err)
+			raw.Close()
+			return
+		}
+		c, id = tc, &peer
+	}
 	var b [1]byte
-	if _, err := c.Read(b[:]); err != nil {
-		c.Close()
+	if _, err := io.ReadFull(c, b[:]); err != nil {
+		raw.Close()
 		return
 	}
-	c.SetReadDeadline(time.Time{})
+	raw.SetDeadline(time.Time{})
 	var to *subListener
 	switch b[0] {
 	case protoRaft:
+		// Raft messages (votes, appends, TimeoutNow) come only from
+		// servers: a client certificate must not move the term.
+		if id != nil && id.Role != tlsutil.RoleServer {
+			m.log.Warn("refused Raft traffic from a client certificate", "remote", raw.RemoteAddr().String(), "peer", id.String())
+			raw.Close()
+			return
+		}
 		to = m.raft
 	case protoRPC:
 		to = m.rpc
 	default:
-		c.Close()
+		raw.Close()
 		return
 	}
-	tc := &trackedConn{Conn: c, m: m}
+	tc := &trackedConn{Conn: c, m: m, raw: raw, id: id}
 	m.mu.Lock()
 	select {
 	case <-m.done:
@@ -118,7 +160,7 @@ func (m *muxListener) Close() error {
 		m.mu.Unlock()
 		err = m.ln.Close()
 		for c := range conns {
-			c.Conn.Close()
+			c.raw.Close()
 		}
 	})
 	return err
@@ -138,11 +180,18 @@ func (l *subListener) Accept() (net.Conn, error) {
 func (l *subListener) Close() error   { return l.parent.Close() }
 func (l *subListener) Addr() net.Addr { return l.parent.ln.Addr() }
 
-// dialProto dials addr and announces the protocol.
-func dialProto(network, addr string, proto byte, timeout time.Duration) (net.Conn, error) {
+// dialProto dials addr, does the TLS handshake when t is set, and announces
+// the protocol.
+func dialProto(network, addr string, proto byte, timeout time.Duration, t TLS) (net.Conn, error) {
+	start := time.Now()
 	c, err := net.DialTimeout(network, addr, timeout)
 	if err != nil {
 		return nil, err
+	}
+	if t != nil {
+		if c, err = clientHandshake(c, network, addr, t, timeout-time.Since(start)); err != nil {
+			return nil, err
+		}
 	}
 	c.SetWriteDeadline(time.Now().Add(timeout))
 	if _, err := c.Write([]byte{proto}); err != nil {
@@ -157,6 +206,7 @@ func dialProto(network, addr string, proto byte, timeout time.Duration) (net.Con
 type raftStream struct {
 	*subListener
 	advertise net.Addr
+	tls       TLS // nil: plain text
 }
 
 func (s *raftStream) Addr() net.Addr {
@@ -167,7 +217,7 @@ func (s *raftStream) Addr() net.Addr {
 }
 
 func (s *raftStream) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	return dialProto("tcp", string(addr), protoRaft, timeout)
+	return dialProto("tcp", string(addr), protoRaft, timeout, s.tls)
 }
 
 var errNoAdvertise = errors.New("election: raft address 0.0.0.0 needs an advertise address")

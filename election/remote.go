@@ -34,8 +34,16 @@ func NewRemote(local *Server, servers func() []string) *Remote {
 	if servers == nil {
 		servers = func() []string { return nil }
 	}
-	return &Remote{local: local, servers: servers, rpc: newRPCClient(), timeout: 5 * time.Second}
+	var sec TLS
+	if local != nil {
+		sec = local.cfg.TLS // a server forwards with its own certificate
+	}
+	return &Remote{local: local, servers: servers, rpc: newRPCClientTLS(sec), timeout: 5 * time.Second}
 }
+
+// UseTLS makes the Remote dial servers over TLS, wanting a server
+// certificate; call it before the first request.
+func (r *Remote) UseTLS(t TLS) { r.rpc = newRPCClientTLS(orNil(t)) }
 
 // Close drops idle connections.
 func (r *Remote) Close() { r.rpc.close() }

@@ -48,6 +48,10 @@ func NewReplica(reg *fsm.FSM, servers func() []string, log *slog.Logger) *Replic
 	return &Replica{fsm: reg, servers: servers, rpc: newRPCClient(), log: log.With("component", "replica")}
 }
 
+// UseTLS makes the Replica stream from servers over TLS, accepting the
+// registry only from a server certificate; call it before Run.
+func (r *Replica) UseTLS(t TLS) { r.rpc = newRPCClientTLS(orNil(t)) }
+
 // Prefer names the server to stream from when it can (the Raft leader,
 // whose registry is the first to hold every commit). Call before Run.
 func (r *Replica) Prefer(f func() string) { r.prefer = f }

@@ -46,6 +46,7 @@ var errorCodes = []struct {
 	{"not_holder", fsm.ErrNotHolder}, {"not_candidate", fsm.ErrNotCandidate},
 	{"lease_exists", fsm.ErrLeaseExists}, {"check_conflict", fsm.ErrCheckConflict},
 	{"not_leader", ErrNotLeader}, {"unknown_outcome", ErrUnknownOutcome}, {"shutdown", ErrShutdown},
+	{"permission_denied", ErrPermissionDenied},
 }
 
 // remoteError is an error that came over RPC: its text as the server wrote
@@ -116,14 +117,18 @@ type rpcClient struct {
 	http *http.Client
 }
 
-func newRPCClient() *rpcClient {
+// newRPCClient calls servers in plain text.
+func newRPCClient() *rpcClient { return newRPCClientTLS(nil) }
+
+// newRPCClientTLS dials in TLS when t is set, and in plain text when nil.
+func newRPCClientTLS(t TLS) *rpcClient {
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			timeout := 5 * time.Second
 			if dl, ok := ctx.Deadline(); ok {
 				timeout = time.Until(dl)
 			}
-			return dialProto(network, addr, protoRPC, timeout)
+			return dialProto(network, addr, protoRPC, timeout, t)
 		},
 		MaxIdleConnsPerHost: 16,
 		IdleConnTimeout:     90 * time.Second,
@@ -175,7 +180,9 @@ func (s *Server) rpcHandler() http.Handler {
 			return
 		}
 		var reply rpcReply
-		if s.IsLeader() {
+		if err := s.authorizeApply(r, data); err != nil {
+			reply = replyOf(nil, err)
+		} else if s.IsLeader() {
 			reply = replyOf(s.ApplyEncoded(r.Context(), data))
 		} else if r.Header.Get(hdrForwarded) != "" {
 			reply = replyOf(nil, ErrNotLeader)
@@ -216,8 +223,9 @@ func (s *Server) rpcHandler() http.Handler {
 		writeReply(w, reply)
 	})
 	mux.HandleFunc("POST "+rpcRestore, func(w http.ResponseWriter, r *http.Request) {
-		var err error
+		err := s.requireServer(r, "a restore")
 		switch {
+		case err != nil:
 		case s.IsLeader():
 			err = s.RestoreSnapshot(r.Context(), io.LimitReader(r.Body, maxFrame))
 		case r.Header.Get(hdrForwarded) != "":

@@ -38,6 +38,9 @@ var (
 	ErrUnknownOutcome = errors.New("election: leadership lost, outcome unknown")
 	// ErrShutdown: the server is closing.
 	ErrShutdown = errors.New("election: server shut down")
+	// ErrPermissionDenied: with TLS, the peer's certificate does not allow
+	// the request (a restore from a client certificate).
+	ErrPermissionDenied = errors.New("election: permission denied")
 )
 
 // ServerConfig configures a Raft server. Start from DefaultServerConfig.
@@ -54,6 +57,9 @@ type ServerConfig struct {
 	AdvertiseAddr string
 	// Transport replaces the TCP transport (tests use raft's in-memory one).
 	Transport raft.Transport
+	// TLS, when set, secures the Raft/RPC port and this server's dials to
+	// other servers (see TLS); nil keeps them in plain text.
+	TLS TLS
 	// Bootstrap makes this server bootstrap a cluster of BootstrapServers
 	// (itself alone when empty) if it holds no Raft state yet.
 	Bootstrap        bool
@@ -158,6 +164,7 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 	if cfg.ApplyTimeout <= 0 {
 		cfg.ApplyTimeout = 5 * time.Second
 	}
+	cfg.TLS = orNil(cfg.TLS)
 	s = &Server{
 		cfg:    cfg,
 		log:    cfg.Logger.With("component", "raft-server"),
@@ -167,7 +174,7 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 		// Entries kept for clients that resume their stream: a few seconds
 		// of heavy writes, or hours of a quiet registry.
 		changes: newChangeLog(16384),
-		rpc:     newRPCClient(),
+		rpc:     newRPCClientTLS(cfg.TLS),
 	}
 	// Every error return sets the named result s to nil before deferred
 	// calls run: hold on to the server to close what it opened.
@@ -267,10 +274,10 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 				ln.Close()
 				return nil, errNoAdvertise
 			}
-			s.mux = newMux(ln)
+			s.mux = newMux(ln, cfg.TLS, s.log)
 			s.closer = append(s.closer, s.mux)
 			s.trans = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
-				Stream:  &raftStream{subListener: s.mux.raft, advertise: advAddr},
+				Stream:  &raftStream{subListener: s.mux.raft, advertise: advAddr, tls: cfg.TLS},
 				MaxPool: 3,
 				Timeout: 10 * time.Second,
 				Logger:  rc.Logger,
@@ -304,7 +311,7 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 	s.m = newServerMetrics(cfg.Registerer, s)
 
 	if s.mux != nil {
-		s.rpcSrv = &http.Server{Handler: s.rpcHandler(), ReadHeaderTimeout: 10 * time.Second}
+		s.rpcSrv = &http.Server{Handler: s.rpcHandler(), ReadHeaderTimeout: 10 * time.Second, ConnContext: withPeerIdentity}
 		go s.rpcSrv.Serve(s.mux.rpc)
 	}
 	s.wg.Add(1)

@@ -31,6 +31,13 @@ func runAgent(ctx context.Context, cfg *Config, reload func() (*Config, error), 
 			"raft_leader_lease_timeout", rc.LeaderLeaseTimeout, "raft_commit_timeout", rc.CommitTimeout)
 	}
 	log.Info("sidecar agent starting", attrs...)
+	for _, w := range cfg.SecurityWarnings() {
+		log.Warn(w)
+	}
+	if cfg.TLS != nil {
+		cfg.TLS.SetLogger(log.With("component", "tls"))
+	}
+	defer watchSIGHUP(ctx, cfg, log)()
 
 	ac := agent.Config{
 		Name: cfg.Name, DataDir: cfg.DataDir, Server: cfg.Server, BootstrapExpect: cfg.BootstrapExpect, Dev: cfg.Dev,

@@ -82,6 +82,7 @@ func init() {
 		{"leader", "NAME [--json]", "print the value of an election's leader", cmdLeader},
 		{"snapshot", "save|restore FILE", "save or restore the registry", cmdSnapshot},
 		{"keygen", "", "print a new gossip encryption key", cmdKeygen},
+		{"tls", "ca create [--dir D] | cert create --server|--client --node NAME [--dir D] [--ca FILE --ca-key FILE] [--days N]", "make the cluster CA and agent certificates", cmdTLS},
 		{"version", "", "print the version", cmdVersion},
 	}
 }
