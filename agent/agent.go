@@ -25,6 +25,7 @@ import (
 	"github.com/sidecarhq/sidecar/healthcheck"
 	"github.com/sidecarhq/sidecar/httpapi"
 	"github.com/sidecarhq/sidecar/localstate"
+	"github.com/sidecarhq/sidecar/tlsutil"
 )
 
 // Config is what the agent needs to run; cmd/sidecar fills it from flags,
@@ -69,6 +70,11 @@ type Config struct {
 
 	// Raft overrides the Raft server settings (tests); zero: defaults.
 	Raft *election.ServerConfig
+	// TLS, when set, secures the Raft/RPC port (mutual TLS 1.3 against the
+	// cluster CA) and the HTTPS API; nil: plain text.
+	TLS *tlsutil.Loader
+	// HTTPSAddr serves the HTTP API over TLS too ("" for none).
+	HTTPSAddr string
 	// AntiEntropyInterval is the backstop between comparisons of the
 	// registry with the local state when nothing changed; zero: 30s.
 	AntiEntropyInterval time.Duration
@@ -158,6 +164,9 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 		}
 		sc.Logger = log
 		sc.Registerer = a.metrics
+		if cfg.TLS != nil {
+			sc.TLS = cfg.TLS
+		}
 		srv, err := election.NewServer(sc)
 		if err != nil {
 			return nil, err
@@ -191,6 +200,11 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 	a.gossip = g
 
 	a.remote = election.NewRemote(a.server, a.serverAddrs)
+	if a.server == nil && cfg.TLS != nil {
+		// A server dials with its own certificate; a client with its
+		// client certificate, wanting a server's from every server.
+		a.remote.UseTLS(cfg.TLS)
+	}
 	if a.server != nil {
 		fc := discovery.DefaultFormationConfig()
 		if cfg.ReapAfter > 0 {
@@ -201,6 +215,9 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 		a.formation = discovery.NewFormation(fc, g, a.server, a.remote)
 	} else {
 		a.replica = election.NewReplica(a.reg, a.serverAddrs, log)
+		if cfg.TLS != nil {
+			a.replica.UseTLS(cfg.TLS)
+		}
 		a.replica.Prefer(a.leaderAddr)
 	}
 
@@ -242,6 +259,9 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 
 	hc := httpapi.DefaultConfig()
 	hc.Addr = cfg.HTTPAddr
+	if cfg.TLS != nil && cfg.HTTPSAddr != "" {
+		hc.HTTPSAddr, hc.TLS = cfg.HTTPSAddr, cfg.TLS.HTTPSConfig()
+	}
 	hc.SessionTTL = cfg.SessionTTL
 	hc.Logger = log
 	hc.Registerer = a.metrics
@@ -310,6 +330,9 @@ func (a *Agent) Local() *election.Local { return a.local }
 
 // HTTPAddr is the bound HTTP address.
 func (a *Agent) HTTPAddr() string { return a.http.Addr() }
+
+// HTTPSAddr is the bound HTTPS address, "" without one.
+func (a *Agent) HTTPSAddr() string { return a.http.HTTPSAddr() }
 
 // Run serves until ctx ends, then shuts down gracefully: HTTP and DNS stop
 // (ending connection-bound holds), candidacies resign and locks are

@@ -153,4 +153,3 @@ func registerScale(b *testing.B, total int) {
 type countingWriter struct{ n int64 }
 
 func (w *countingWriter) Write(p []byte) (int, error) { w.n += int64(len(p)); return len(p), nil }
-

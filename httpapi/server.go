@@ -6,6 +6,7 @@ package httpapi
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -87,6 +88,9 @@ type Holds interface {
 type Config struct {
 	// Addr is the listen address (--http-addr).
 	Addr string
+	// HTTPSAddr, with TLS, serves the same API over TLS (--https-addr).
+	HTTPSAddr string
+	TLS       *tls.Config
 	// SessionTTL is the lease TTL of a connection-bound hold that names
 	// none.
 	SessionTTL time.Duration
@@ -123,6 +127,7 @@ type Server struct {
 	cancel   context.CancelFunc
 	srv      *http.Server
 	ln       net.Listener
+	tlsLn    net.Listener
 	serveErr chan error
 }
 
@@ -287,12 +292,36 @@ func (s *Server) Start() error {
 		IdleTimeout: 2 * time.Minute,
 		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	var tlsLn net.Listener
+	if s.cfg.HTTPSAddr != "" && s.cfg.TLS != nil {
+		raw, err := net.Listen("tcp", s.cfg.HTTPSAddr)
+		if err != nil {
+			ln.Close()
+			cancel()
+			return fmt.Errorf("listen https %s: %w", s.cfg.HTTPSAddr, err)
+		}
+		tlsLn = tls.NewListener(raw, s.cfg.TLS)
+	}
 	s.mu.Lock()
-	s.srv, s.ln, s.serveErr, s.cancel = srv, ln, make(chan error, 1), cancel
+	s.srv, s.ln, s.tlsLn, s.serveErr, s.cancel = srv, ln, tlsLn, make(chan error, 2), cancel
 	s.mu.Unlock()
 	go func() { s.serveErr <- srv.Serve(ln) }()
 	s.log.Info("http api listening", "addr", ln.Addr().String())
+	if tlsLn != nil {
+		go func() { s.serveErr <- srv.Serve(tlsLn) }()
+		s.log.Info("https api listening", "addr", tlsLn.Addr().String())
+	}
 	return nil
+}
+
+// HTTPSAddr is the bound HTTPS address, "" without one.
+func (s *Server) HTTPSAddr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tlsLn == nil {
+		return ""
+	}
+	return s.tlsLn.Addr().String()
 }
 
 // Addr is the bound address (useful with port 0).

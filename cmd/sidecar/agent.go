@@ -7,8 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/sidecarhq/sidecar/agent"
@@ -37,7 +35,6 @@ func runAgent(ctx context.Context, cfg *Config, reload func() (*Config, error), 
 	if cfg.TLS != nil {
 		cfg.TLS.SetLogger(log.With("component", "tls"))
 	}
-	defer watchSIGHUP(ctx, cfg, log)()
 
 	ac := agent.Config{
 		Name: cfg.Name, DataDir: cfg.DataDir, Server: cfg.Server, BootstrapExpect: cfg.BootstrapExpect, Dev: cfg.Dev,
@@ -45,6 +42,10 @@ func runAgent(ctx context.Context, cfg *Config, reload func() (*Config, error), 
 		HTTPAddr: cfg.HTTPAddr, DNSAddr: cfg.DNSAddr, Domain: cfg.Domain, Recursors: cfg.Recursors, DNSTTL: cfg.DNSTTL,
 		SessionTTL: cfg.SessionTTL, SnapshotThreshold: cfg.SnapshotThreshold, SnapshotInterval: cfg.SnapshotInterval,
 		Services: cfg.Services, Join: cfg.Join, EncryptKey: cfg.EncryptKey,
+		HTTPSAddr: cfg.HTTPSAddr,
+	}
+	if cfg.TLS != nil {
+		ac.TLS = cfg.TLS
 	}
 	for _, e := range cfg.Elections {
 		ac.Elections = append(ac.Elections, agent.Election{Name: e.Name, Candidate: e.Candidate, Value: e.Value, Service: e.Service})
@@ -59,10 +60,7 @@ func runAgent(ctx context.Context, cfg *Config, reload func() (*Config, error), 
 		log.Error("agent failed to start", "err", err)
 		return 1
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	go reloadOnHUP(ctx, a, hup, reload, log)
+	defer watchSIGHUP(ctx, cfg, log, func(ctx context.Context) { reloadServices(ctx, a, reload, log) })()
 	if err := a.Run(ctx); err != nil {
 		log.Error("agent stopped with error", "err", err)
 		return 1
@@ -71,30 +69,22 @@ func runAgent(ctx context.Context, cfg *Config, reload func() (*Config, error), 
 	return 0
 }
 
-// reloadOnHUP applies the config file's services again on each SIGHUP: new
+// reloadServices applies the config file's services again (SIGHUP): new
 // ones are registered, changed ones corrected, removed ones deregistered. A
 // configuration that no longer parses changes nothing.
-func reloadOnHUP(ctx context.Context, a *agent.Agent, hup <-chan os.Signal, reload func() (*Config, error), log *slog.Logger) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-hup:
-		}
-		cfg, err := reload()
-		if err != nil {
-			log.Error("reload: configuration refused, nothing changed", "err", err)
-			continue
-		}
-		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err = a.ReloadServices(rctx, cfg.Services)
-		cancel()
-		if err != nil {
-			log.Error("reload of the config file's services", "err", err)
-			continue
-		}
-		log.Info("reloaded the config file's services", "services", len(cfg.Services))
+func reloadServices(ctx context.Context, a *agent.Agent, reload func() (*Config, error), log *slog.Logger) {
+	cfg, err := reload()
+	if err != nil {
+		log.Error("reload: configuration refused, nothing changed", "err", err)
+		return
 	}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := a.ReloadServices(rctx, cfg.Services); err != nil {
+		log.Error("reload of the config file's services", "err", err)
+		return
+	}
+	log.Info("reloaded the config file's services", "services", len(cfg.Services))
 }
 
 // sdNotify tells systemd (Type=notify) about the agent's state through the

@@ -171,6 +171,13 @@ var errHelp = flag.ErrHelp
 // "agent"), the SIDECAR_* environment and the config file. Every error is a
 // *configError with a one-line message, or errHelp.
 func parseAgentConfig(args []string) (*Config, error) {
+	return parseAgentConfigTLS(args, true)
+}
+
+// parseAgentConfigTLS is parseAgentConfig, loading the TLS files only when
+// withTLS: a SIGHUP re-reads the config file's services while the agent's
+// own loader reloads the certificate it serves with.
+func parseAgentConfigTLS(args []string, withTLS bool) (*Config, error) {
 	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	flagVals := map[string]string{}
@@ -243,6 +250,9 @@ func parseAgentConfig(args []string) (*Config, error) {
 	}
 	if err := c.validate(); err != nil {
 		return nil, err
+	}
+	if !withTLS {
+		return c, nil
 	}
 	if err := c.loadTLS(); err != nil {
 		return nil, err

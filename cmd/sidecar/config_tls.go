@@ -80,11 +80,6 @@ func (c *Config) loadTLS() error {
 	return nil
 }
 
-// tlsWired says whether the agent passes Config.TLS on to the Raft/RPC port
-// and its dials. Set it to true (and drop it) with that wiring; until then
-// the agent must not let an operator believe the port is protected.
-const tlsWired = false
-
 // SecurityWarnings are the lines the agent logs loudly at start about what
 // is not protected.
 func (c *Config) SecurityWarnings() []string {
@@ -95,9 +90,6 @@ func (c *Config) SecurityWarnings() []string {
 		} else {
 			w = append(w, "TLS is off: this agent's connections to the servers are neither encrypted nor authenticated; set --tls-ca-file, --tls-cert-file and --tls-key-file (see README, Security)")
 		}
-	}
-	if c.tlsSet() && !tlsWired {
-		w = append(w, "TLS files are loaded but not used yet: the Raft/RPC port still runs in plain text (issue 13 in progress); keep it on a private network")
 	}
 	if c.EncryptKey == nil {
 		w = append(w, "gossip is not encrypted: anyone who reaches --bind-addr "+c.BindAddr+" can join the cluster; set --encrypt (sidecar keygen)")

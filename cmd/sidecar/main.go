@@ -168,7 +168,7 @@ func cmdAgent(ctx context.Context, s *streams, args []string) error {
 	if err != nil {
 		return err
 	}
-	reload := func() (*Config, error) { return parseAgentConfig(args) }
+	reload := func() (*Config, error) { return parseAgentConfigTLS(args, false) }
 	if code := runAgent(ctx, cfg, reload, s.stdout, s.stderr); code != 0 {
 		// runAgent has logged why; exit with its code and nothing more.
 		return exitCode(code)

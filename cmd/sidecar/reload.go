@@ -14,7 +14,9 @@ import (
 // connections use the new certificate; established ones keep theirs. A bad
 // set of files is logged and the certificate in use stays. The signal is
 // caught even without TLS, because its default action would kill the agent.
-func watchSIGHUP(ctx context.Context, cfg *Config, log *slog.Logger) (stop func()) {
+// Then, when set, then runs (the agent re-reads its config file's
+// services).
+func watchSIGHUP(ctx context.Context, cfg *Config, log *slog.Logger, then func(context.Context)) (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	ctx, cancel := context.WithCancel(ctx)
@@ -30,10 +32,11 @@ func watchSIGHUP(ctx context.Context, cfg *Config, log *slog.Logger) (stop func(
 			}
 			if cfg.TLS == nil {
 				log.Info("SIGHUP: no TLS files to reload")
-				continue
-			}
-			if err := cfg.TLS.Reload(); err != nil {
+			} else if err := cfg.TLS.Reload(); err != nil {
 				log.Error("SIGHUP: TLS files not reloaded; keeping the certificate in use", "err", err)
+			}
+			if then != nil {
+				then(ctx)
 			}
 		}
 	}()

@@ -27,7 +27,7 @@ func TestWatchSIGHUP_reloadsTLSFiles(t *testing.T) {
 	var logs syncBuffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	c.TLS.SetLogger(log)
-	stop := watchSIGHUP(context.Background(), c, log)
+	stop := watchSIGHUP(context.Background(), c, log, nil)
 	defer stop()
 
 	old := c.TLS.Certificate().SerialNumber.String()
