@@ -348,6 +348,8 @@ func TestRun_agentConfigErrors(t *testing.T) {
 		{name: "services not a list", file: "c.yaml\nservices: web\n", want: "cannot unmarshal"},
 		{name: "service name", file: "c.yaml\nservices:\n  - name: Web_1\n", want: `services[0]: name "Web_1" must be a DNS label`},
 		{name: "service port", file: "c.yaml\nservices:\n  - name: web\n    port: 70000\n", want: "port 70000 is outside"},
+		{name: "service weight", file: "c.yaml\nservices:\n  - name: web\n    weight: 70000\n", want: "weight 70000 is outside 1-65535"},
+		{name: "service weight negative", file: "c.yaml\nservices:\n  - name: web\n    weight: -2\n", want: "weight -2 is outside"},
 		{name: "service id", file: "c.yaml\nservices:\n  - name: web\n    id: 'a b'\n", want: `id "a b" must be`},
 		{name: "service duplicate", file: "c.yaml\nservices:\n  - name: web\n    port: 80\n  - name: web\n    port: 80\n", want: `services[1]: duplicate id "web-80"`},
 		{name: "check without kind", file: "c.yaml\nservices:\n  - name: web\n    checks:\n      - interval: 1s\n", want: "checks[0]: no type"},

@@ -99,6 +99,9 @@ func validateService(s *api.ServiceRegistration) error {
 	if s.Port < 0 || s.Port > 65535 {
 		return fmt.Errorf("port %d is outside 0-65535", s.Port)
 	}
+	if s.Weight < 0 || s.Weight > fsm.MaxWeight {
+		return fmt.Errorf("weight %d is outside 1-%d", s.Weight, fsm.MaxWeight)
+	}
 	if s.ID == "" {
 		s.ID = defaultServiceID(s.Name, s.Port)
 	}
