@@ -19,8 +19,8 @@ import (
 
 // node is one sidecar process on loopback.
 type node struct {
-	name, url, dns, gossip string
-	p                      *proc
+	name, url, dns, gossip, raft string
+	p                            *proc
 }
 
 // startNode starts `sidecar agent` with every listener on a free loopback
@@ -39,7 +39,8 @@ func startNode(t testing.TB, name string, expect int, join string, extra ...stri
 			args = append(args, "--data-dir", t.TempDir())
 		}
 		if expect > 0 {
-			args = append(args, "--server", "--bootstrap-expect", fmt.Sprint(expect), "--raft-addr", freeAddr(t))
+			n.raft = freeAddr(t)
+			args = append(args, "--server", "--bootstrap-expect", fmt.Sprint(expect), "--raft-addr", n.raft)
 		}
 		if join != "" {
 			args = append(args, "--join", join)
