@@ -75,10 +75,22 @@ type Config struct {
 	TLS *tlsutil.Loader
 	// HTTPSAddr serves the HTTP API over TLS too ("" for none).
 	HTTPSAddr string
+	// ExecChecks allows exec checks: "" none, "local" from the config
+	// file only, "all" also through the HTTP API (--enable-exec-checks).
+	ExecChecks string
+	// AllowedHosts are Host names the HTTP API answers to besides IP
+	// literals, localhost and the node name (--http-allowed-hosts).
+	AllowedHosts []string
 	// AntiEntropyInterval is the backstop between comparisons of the
 	// registry with the local state when nothing changed; zero: 30s.
 	AntiEntropyInterval time.Duration
 }
+
+// Values of Config.ExecChecks.
+const (
+	ExecChecksLocal = "local"
+	ExecChecksAll   = "all"
+)
 
 // Election is a candidacy from the config file.
 type Election struct {
@@ -231,6 +243,7 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 	}
 	cc.Logger = log
 	cc.Registerer = a.metrics
+	cc.ExecEnabled = cfg.ExecChecks == ExecChecksLocal || cfg.ExecChecks == ExecChecksAll
 	checks, err := healthcheck.New(cc, checkNotifier{a})
 	if err != nil {
 		return nil, err
@@ -259,6 +272,8 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 
 	hc := httpapi.DefaultConfig()
 	hc.Addr = cfg.HTTPAddr
+	hc.Node, hc.AllowedHosts = cfg.Name, cfg.AllowedHosts
+	hc.ExecChecks = cfg.ExecChecks == ExecChecksAll
 	if cfg.TLS != nil && cfg.HTTPSAddr != "" {
 		hc.HTTPSAddr, hc.TLS = cfg.HTTPSAddr, cfg.TLS.HTTPSConfig()
 	}

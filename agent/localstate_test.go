@@ -3,6 +3,8 @@ package agent_test
 import (
 	"bytes"
 	"context"
+	"errors"
+	"net/http"
 	"fmt"
 	"net"
 	"reflect"
@@ -24,10 +26,22 @@ func client(t *testing.T, a *agenttest.Agent) *api.Client {
 	return c
 }
 
+// register registers through a's API, again while the answer is 503 (an
+// election on a busy machine): a registration is an upsert, as an app
+// retrying it knows.
 func register(t *testing.T, a *agenttest.Agent, reg api.ServiceRegistration) {
 	t.Helper()
-	if _, err := client(t, a).Register(context.Background(), reg); err != nil {
-		t.Fatalf("register %s through %s: %v", reg.ID, a.Node(), err)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		_, err := client(t, a).Register(context.Background(), reg)
+		var se *api.StatusError
+		if err == nil {
+			return
+		}
+		if !errors.As(err, &se) || se.Code != http.StatusServiceUnavailable || time.Now().After(deadline) {
+			t.Fatalf("register %s through %s: %v", reg.ID, a.Node(), err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

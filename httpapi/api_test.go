@@ -5,12 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sidecarhq/sidecar/agent"
 	"github.com/sidecarhq/sidecar/agent/agenttest"
 	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/discovery/discoverytest"
@@ -356,5 +359,76 @@ func TestAPI_instanceWeight(t *testing.T) {
 	}
 	if got["w1"] != 7 || got["w2"] != 1 {
 		t.Fatalf("weights %v, want w1 7 and w2 1", got)
+	}
+}
+
+// An exec check through the API is refused unless --enable-exec-checks=all:
+// whoever reaches the API would run commands as the agent. The refusal
+// registers nothing and the command never runs.
+func TestAPI_execChecksNeedTheFlag(t *testing.T) {
+	marker := t.TempDir() + "/ran"
+	body := `{"id":"x","name":"x","port":1,"checks":[{"type":"exec","exec":["/bin/sh","-c","touch ` + marker + `"],"interval":"100ms"}]}`
+	a := agenttest.Start(t, nil)
+	before := a.FSM().Digest()
+	r := do(t, "PUT", a.URL+"/v1/services", body)
+	if r.code != http.StatusForbidden || !strings.Contains(string(r.body), "--enable-exec-checks=all") {
+		t.Fatalf("exec check without the flag: %d %s", r.code, r.body)
+	}
+	if a.FSM().Digest() != before {
+		t.Fatal("a refused registration changed the registry")
+	}
+	for _, mode := range []string{"local", "all"} {
+		b := agenttest.Start(t, func(c *agent.Config) { c.ExecChecks = mode })
+		r := do(t, "PUT", b.URL+"/v1/services", body)
+		if mode == "local" && r.code != http.StatusForbidden {
+			t.Fatalf("exec check through the API with local: %d %s", r.code, r.body)
+		}
+		if mode == "all" {
+			mustOK(t, r)
+			agenttest.WaitFor(t, 10*time.Second, "the exec check ran", func() bool { _, err := os.Stat(marker); return err == nil })
+		}
+	}
+}
+
+// A request whose Host is not this agent's (a page that rebound its own
+// name to the agent's address) is refused; IP literals, localhost, the node
+// name and allowed hosts are answered.
+func TestAPI_hostHeaderChecked(t *testing.T) {
+	a := agenttest.Start(t, func(c *agent.Config) { c.AllowedHosts = []string{"sidecar.internal"} })
+	_, port, _ := net.SplitHostPort(a.HTTPAddr())
+	for host, want := range map[string]int{
+		"attacker.example":         http.StatusForbidden,
+		"attacker.example:" + port: http.StatusForbidden,
+		"127.0.0.1:" + port:        http.StatusOK,
+		"[::1]:" + port:            http.StatusOK,
+		"localhost:" + port:        http.StatusOK,
+		"dev:" + port:              http.StatusOK, // the node name
+		"SIDECAR.internal.":        http.StatusOK,
+	} {
+		req, _ := http.NewRequest("GET", a.URL+"/v1/services", nil)
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("Host %q: %d, want %d", host, resp.StatusCode, want)
+		}
+	}
+	// A write with a foreign Host changes nothing.
+	before := a.FSM().Digest()
+	req, _ := http.NewRequest("PUT", a.URL+"/v1/services", strings.NewReader(`{"id":"w","name":"w","port":1}`))
+	req.Host = "attacker.example"
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("write with a foreign Host: %d", resp.StatusCode)
+	}
+	if a.FSM().Digest() != before {
+		t.Fatal("a refused write changed the registry")
 	}
 }

@@ -124,6 +124,14 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if !s.cfg.ExecChecks {
+		for _, c := range in.Checks {
+			if c.Type == "exec" {
+				// Whoever reaches the API would run commands as the agent.
+				return fmt.Errorf("%w: check %q is an exec check; exec checks through the HTTP API need --enable-exec-checks=all", ErrForbidden, c.ID)
+			}
+		}
+	}
 	res, err := s.agent.RegisterService(r.Context(), in)
 	if err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -91,6 +92,14 @@ type Config struct {
 	// HTTPSAddr, with TLS, serves the same API over TLS (--https-addr).
 	HTTPSAddr string
 	TLS       *tls.Config
+	// ExecChecks allows registering exec checks through the API
+	// (--enable-exec-checks=all); without it such a registration is 403.
+	ExecChecks bool
+	// Node is this agent's node name, a Host the API answers to.
+	Node string
+	// AllowedHosts are further Host names the API answers to
+	// (--http-allowed-hosts); IP literals and localhost always are.
+	AllowedHosts []string
 	// SessionTTL is the lease TTL of a connection-bound hold that names
 	// none.
 	SessionTTL time.Duration
@@ -252,6 +261,12 @@ func (s *Server) instrument(route string, h http.Handler) http.Handler {
 
 // ServeHTTP answers unknown routes and wrong methods with JSON errors too.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !s.hostAllowed(r.Host) {
+		// A name that is not this agent's: a web page that rebound its own
+		// name to this address (DNS rebinding) must not reach the API.
+		writeJSON(w, http.StatusForbidden, api.Error{Error: fmt.Sprintf("host %q is not an address or name of this agent (see --http-allowed-hosts)", r.Host)})
+		return
+	}
 	if _, pattern := s.mux.Handler(r); pattern != "" {
 		s.mux.ServeHTTP(w, r)
 		return
@@ -272,6 +287,28 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusNotFound, api.Error{Error: fmt.Sprintf("no route %s %s", r.Method, r.URL.Path)})
+}
+
+// hostAllowed reports whether a request's Host names this agent: an IP
+// literal, localhost, the node name, or an allowed host (any port).
+func (s *Server) hostAllowed(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.ToLower(strings.Trim(host, "[]")), ".")
+	if host == "" || host == "localhost" || strings.HasSuffix(host, ".localhost") || net.ParseIP(host) != nil {
+		// An empty Host is HTTP/1.0; a browser always sends one.
+		return true
+	}
+	if s.cfg.Node != "" && host == strings.ToLower(s.cfg.Node) {
+		return true
+	}
+	for _, a := range s.cfg.AllowedHosts {
+		if host == strings.TrimSuffix(strings.ToLower(a), ".") {
+			return true
+		}
+	}
+	return false
 }
 
 // Start listens on cfg.Addr and serves in the background.
@@ -379,6 +416,8 @@ func statusOf(err error) int {
 		errors.Is(err, fsm.ErrUnknownLease), errors.Is(err, fsm.ErrUnknownLock), errors.Is(err, fsm.ErrUnknownElection),
 		errors.Is(err, errNotFound):
 		return http.StatusNotFound
+	case errors.Is(err, ErrForbidden):
+		return http.StatusForbidden
 	case errors.Is(err, fsm.ErrNotHolder), errors.Is(err, fsm.ErrNotCandidate), errors.Is(err, fsm.ErrLeaseExists),
 		errors.Is(err, fsm.ErrCheckConflict), errors.Is(err, errConflict), errors.Is(err, election.ErrServiceNotPassing):
 		return http.StatusConflict
@@ -395,7 +434,9 @@ func statusOf(err error) int {
 }
 
 var (
-	errNotFound = errors.New("not found")
+	// ErrForbidden: the caller may not do this (403).
+	ErrForbidden = errors.New("forbidden")
+	errNotFound  = errors.New("not found")
 	errConflict = errors.New("conflict")
 	errNotReady = errors.New("not ready")
 )

@@ -42,7 +42,7 @@ func runAgent(ctx context.Context, cfg *Config, reload func() (*Config, error), 
 		HTTPAddr: cfg.HTTPAddr, DNSAddr: cfg.DNSAddr, Domain: cfg.Domain, Recursors: cfg.Recursors, DNSTTL: cfg.DNSTTL,
 		SessionTTL: cfg.SessionTTL, SnapshotThreshold: cfg.SnapshotThreshold, SnapshotInterval: cfg.SnapshotInterval,
 		Services: cfg.Services, Join: cfg.Join, EncryptKey: cfg.EncryptKey,
-		HTTPSAddr: cfg.HTTPSAddr,
+		HTTPSAddr: cfg.HTTPSAddr, ExecChecks: cfg.ExecChecks, AllowedHosts: cfg.AllowedHosts,
 	}
 	if cfg.TLS != nil {
 		ac.TLS = cfg.TLS

@@ -45,6 +45,10 @@ type Config struct {
 	DNSAddr         string   // DNS ip:port (UDP+TCP)
 	Domain          string   // DNS domain, lower case, with the trailing dot
 	Recursors       []string // upstream DNS ip:port; none: REFUSED
+	// ExecChecks: "" (off), "local" or "all" (--enable-exec-checks).
+	ExecChecks string
+	// AllowedHosts: further Host names of the HTTP API.
+	AllowedHosts []string
 	DNSTTL          time.Duration
 	Encrypt         string // base64 gossip key as given
 	EncryptKey      []byte // Encrypt decoded: 32 bytes, or nil without encryption

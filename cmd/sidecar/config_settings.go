@@ -115,6 +115,29 @@ var settings = []*setting{
 			}
 			return nil
 		}},
+	{name: "enable-exec-checks", usage: "allow exec checks: off, local (only from the config file) or all (also through the HTTP API)", def: "off",
+		set: func(c *Config, v string) error {
+			switch v {
+			case "off", "false":
+				c.ExecChecks = ""
+			case "local", "all":
+				c.ExecChecks = v
+			default:
+				return fmt.Errorf("%q is not off, local or all", v)
+			}
+			return nil
+		}},
+	{name: "http-allowed-hosts", kind: kindList, usage: "comma list of further Host names the HTTP API answers to (IP addresses, localhost and the node name always are)", def: "none",
+		set: func(c *Config, v string) error {
+			c.AllowedHosts = nil
+			for _, h := range splitList(v) {
+				if strings.ContainsAny(h, "/ ") {
+					return fmt.Errorf("%q is not a host name", h)
+				}
+				c.AllowedHosts = append(c.AllowedHosts, h)
+			}
+			return nil
+		}},
 	{name: "dns-ttl", usage: "TTL of service and node answers", def: "5s",
 		set: func(c *Config, v string) error { return setDuration(&c.DNSTTL, v, 0) }},
 	{name: "encrypt", usage: "base64 32-byte gossip key (sidecar keygen)", def: "none",

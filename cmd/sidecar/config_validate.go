@@ -64,6 +64,11 @@ func (c *Config) validate() error {
 		if ids[s.ID] {
 			return configErrorf("config file %s: services[%d]: duplicate id %q", c.ConfigFile, i, s.ID)
 		}
+		for j, ch := range s.Checks {
+			if ch.Type == "exec" && c.ExecChecks == "" {
+				return configErrorf("config file %s: services[%d].checks[%d]: exec checks need --enable-exec-checks=local (or all)", c.ConfigFile, i, j)
+			}
+		}
 		ids[s.ID] = true
 	}
 	names := map[string]bool{}
