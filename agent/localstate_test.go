@@ -351,3 +351,33 @@ func counterSum(t *testing.T, a *agenttest.Agent, name string) float64 {
 	}
 	return sum
 }
+
+// The owner is a client: a restore on the servers of a snapshot older than
+// its registration removes it everywhere, and the client registers it again
+// from its local state.
+func TestLocalState_restoreOlderSnapshot_clientPutsItBack(t *testing.T) {
+	servers := agenttest.Cluster(t, 1, nil)
+	cl := agenttest.Join(t, servers[0], "client-a", false, func(c *agent.Config) { c.DataDir = t.TempDir() })
+	cl.WaitReady(30 * time.Second)
+	ctx := context.Background()
+	sc := client(t, servers[0])
+	var snap bytes.Buffer
+	if err := sc.SnapshotSave(ctx, &snap); err != nil {
+		t.Fatal(err)
+	}
+	register(t, cl, api.ServiceRegistration{ID: "web-1", Name: "web", Port: 8080})
+	lease, err := sc.GrantLease(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sc.SnapshotRestore(ctx, &snap); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := servers[0].FSM().Lease(lease.ID); ok {
+		t.Fatalf("lease %s made after the snapshot survived its restore", lease.ID)
+	}
+	agenttest.WaitFor(t, 15*time.Second, "web-1 back on the server", func() bool {
+		_, ok := servers[0].FSM().Instance("client-a", "web-1")
+		return ok
+	})
+}
