@@ -81,6 +81,9 @@ type Config struct {
 	// AllowedHosts are Host names the HTTP API answers to besides IP
 	// literals, localhost and the node name (--http-allowed-hosts).
 	AllowedHosts []string
+	// HTTP API limits; zero: the defaults (httpapi.DefaultConfig), -1: no
+	// bound.
+	HTTPMaxConnsPerClient, HTTPMaxBlockingQueries int
 	// AntiEntropyInterval is the backstop between comparisons of the
 	// registry with the local state when nothing changed; zero: 30s.
 	AntiEntropyInterval time.Duration
@@ -274,6 +277,12 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 	hc.Addr = cfg.HTTPAddr
 	hc.Node, hc.AllowedHosts = cfg.Name, cfg.AllowedHosts
 	hc.ExecChecks = cfg.ExecChecks == ExecChecksAll
+	if cfg.HTTPMaxConnsPerClient != 0 {
+		hc.MaxConnsPerClient = max(cfg.HTTPMaxConnsPerClient, 0)
+	}
+	if cfg.HTTPMaxBlockingQueries != 0 {
+		hc.MaxBlockingQueries = max(cfg.HTTPMaxBlockingQueries, 0)
+	}
 	if cfg.TLS != nil && cfg.HTTPSAddr != "" {
 		hc.HTTPSAddr, hc.TLS = cfg.HTTPSAddr, cfg.TLS.HTTPSConfig()
 	}

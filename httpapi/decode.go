@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -34,11 +35,28 @@ func badf(format string, args ...any) error { return &badRequest{fmt.Sprintf(for
 
 // readBody reads a capped body; an over-long one is 413.
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	// A client that sends its body slowly holds a connection and a
+	// goroutine: it gets BodyReadTimeout for the whole body. The deadline
+	// is lifted afterwards, so a blocking query or a hold streams for as
+	// long as it lasts.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(BodyReadTimeout))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err == nil {
+		_ = rc.SetReadDeadline(time.Time{})
+	} else {
+		// The deadline stays: the server must not wait for the rest of a
+		// body it will not read before it answers and closes.
+		w.Header().Set("Connection", "close")
+	}
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			return nil, errTooLarge
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil, fmt.Errorf("%w: request body not received within %v", errSlowBody, BodyReadTimeout)
 		}
 		return nil, badf("read body: %v", err)
 	}
@@ -46,6 +64,11 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 }
 
 var errTooLarge = errors.New("request body larger than 1 MiB")
+
+// BodyReadTimeout bounds how long a request body may take to arrive.
+var BodyReadTimeout = 30 * time.Second
+
+var errSlowBody = errors.New("request timeout")
 
 // decodeJSON decodes one JSON object strictly: unknown fields, wrong types
 // and trailing data are errors that name what is wrong. An empty body is

@@ -91,6 +91,7 @@ func block[T any](s *Server, w http.ResponseWriter, r *http.Request, tp topic, r
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), q.Wait)
 	defer cancel()
+	waiting := false
 	for {
 		watch := tp.watch()
 		idx := tp.index()
@@ -98,6 +99,14 @@ func block[T any](s *Server, w http.ResponseWriter, r *http.Request, tp topic, r
 			v := read()
 			setIndex(w, idx)
 			return v, nil
+		}
+		if !waiting {
+			release, err := s.waitSlot()
+			if err != nil {
+				return zero, err
+			}
+			defer release()
+			waiting = true
 		}
 		select {
 		case <-watch:

@@ -100,6 +100,12 @@ type Config struct {
 	// AllowedHosts are further Host names the API answers to
 	// (--http-allowed-hosts); IP literals and localhost always are.
 	AllowedHosts []string
+	// MaxConnsPerClient bounds the connections open at once from one
+	// client address (0: no bound).
+	MaxConnsPerClient int
+	// MaxBlockingQueries bounds the blocking queries waiting at once
+	// (0: no bound).
+	MaxBlockingQueries int
 	// SessionTTL is the lease TTL of a connection-bound hold that names
 	// none.
 	SessionTTL time.Duration
@@ -117,6 +123,11 @@ func DefaultConfig() Config {
 		SessionTTL: 10 * time.Second,
 		// Registry snapshots are small; 1 GiB is the FSM's own limit.
 		MaxSnapshotBytes: 1 << 30,
+		// Consul's default for one client address; every local app shares
+		// 127.0.0.1.
+		MaxConnsPerClient: 512,
+		// About 150 MiB of goroutines and buffers at most.
+		MaxBlockingQueries: 16384,
 	}
 }
 
@@ -132,11 +143,13 @@ type Server struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 
-	mu       sync.Mutex
-	cancel   context.CancelFunc
-	srv      *http.Server
-	ln       net.Listener
-	tlsLn    net.Listener
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	srv    *http.Server
+	ln     net.Listener
+	tlsLn  net.Listener
+	// blocking holds one token per waiting blocking query.
+	blocking chan struct{}
 	serveErr chan error
 }
 
@@ -153,7 +166,7 @@ func New(cfg Config, reg Registry, agent Agent, holds Holds) *Server {
 	}
 	s := &Server{
 		cfg: cfg, log: cfg.Logger.With("component", "http"), reg: reg, agent: agent, holds: holds,
-		mux: http.NewServeMux(),
+		mux: http.NewServeMux(), blocking: make(chan struct{}, max(cfg.MaxBlockingQueries, 1)),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sidecar_http_requests_total",
 			Help: "HTTP API requests by route pattern and status code.",
@@ -317,6 +330,7 @@ func (s *Server) Start() error {
 	if err != nil {
 		return fmt.Errorf("listen http %s: %w", s.cfg.Addr, err)
 	}
+	ln = newClientLimitListener(ln, s.cfg.MaxConnsPerClient)
 	// Request contexts derive from base, so that Shutdown ends blocking
 	// queries and connection-bound holds (releasing the holds) instead of
 	// waiting for them.
@@ -337,7 +351,7 @@ func (s *Server) Start() error {
 			cancel()
 			return fmt.Errorf("listen https %s: %w", s.cfg.HTTPSAddr, err)
 		}
-		tlsLn = tls.NewListener(raw, s.cfg.TLS)
+		tlsLn = tls.NewListener(newClientLimitListener(raw, s.cfg.MaxConnsPerClient), s.cfg.TLS)
 	}
 	s.mu.Lock()
 	s.srv, s.ln, s.tlsLn, s.serveErr, s.cancel = srv, ln, tlsLn, make(chan error, 2), cancel
@@ -418,6 +432,10 @@ func statusOf(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, ErrForbidden):
 		return http.StatusForbidden
+	case errors.Is(err, errTooMany):
+		return http.StatusTooManyRequests
+	case errors.Is(err, errSlowBody):
+		return http.StatusRequestTimeout
 	case errors.Is(err, fsm.ErrNotHolder), errors.Is(err, fsm.ErrNotCandidate), errors.Is(err, fsm.ErrLeaseExists),
 		errors.Is(err, fsm.ErrCheckConflict), errors.Is(err, errConflict), errors.Is(err, election.ErrServiceNotPassing):
 		return http.StatusConflict
@@ -433,16 +451,33 @@ func statusOf(err error) int {
 	return http.StatusInternalServerError
 }
 
+// waitSlot takes a place for a blocking query, or says there is none.
+func (s *Server) waitSlot() (release func(), err error) {
+	if s.cfg.MaxBlockingQueries <= 0 {
+		return func() {}, nil
+	}
+	select {
+	case s.blocking <- struct{}{}:
+		return func() { <-s.blocking }, nil
+	default:
+		return nil, fmt.Errorf("%w: %d blocking queries are waiting already; retry, or read without ?index", errTooMany, s.cfg.MaxBlockingQueries)
+	}
+}
+
 var (
 	// ErrForbidden: the caller may not do this (403).
 	ErrForbidden = errors.New("forbidden")
+	errTooMany   = errors.New("too many requests")
 	errNotFound  = errors.New("not found")
-	errConflict = errors.New("conflict")
-	errNotReady = errors.New("not ready")
+	errConflict  = errors.New("conflict")
+	errNotReady  = errors.New("not ready")
 )
 
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	code := statusOf(err)
+	if code == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", "1")
+	}
 	if code >= 500 && code != http.StatusServiceUnavailable {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}

@@ -43,6 +43,7 @@ func runAgent(ctx context.Context, cfg *Config, reload func() (*Config, error), 
 		SessionTTL: cfg.SessionTTL, SnapshotThreshold: cfg.SnapshotThreshold, SnapshotInterval: cfg.SnapshotInterval,
 		Services: cfg.Services, Join: cfg.Join, EncryptKey: cfg.EncryptKey,
 		HTTPSAddr: cfg.HTTPSAddr, ExecChecks: cfg.ExecChecks, AllowedHosts: cfg.AllowedHosts,
+		HTTPMaxConnsPerClient: noBound(cfg.HTTPMaxConnsPerClient), HTTPMaxBlockingQueries: noBound(cfg.HTTPMaxBlockingQueries),
 	}
 	if cfg.TLS != nil {
 		ac.TLS = cfg.TLS
@@ -67,6 +68,15 @@ func runAgent(ctx context.Context, cfg *Config, reload func() (*Config, error), 
 	}
 	log.Info("agent stopped")
 	return 0
+}
+
+// noBound turns the flags' 0 (no bound) into the agent's -1 (its 0 is
+// the default).
+func noBound(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 // reloadServices applies the config file's services again (SIGHUP): new

@@ -49,6 +49,8 @@ type Config struct {
 	ExecChecks string
 	// AllowedHosts: further Host names of the HTTP API.
 	AllowedHosts []string
+	// HTTP API limits (0: no bound).
+	HTTPMaxConnsPerClient, HTTPMaxBlockingQueries int
 	DNSTTL          time.Duration
 	Encrypt         string // base64 gossip key as given
 	EncryptKey      []byte // Encrypt decoded: 32 bytes, or nil without encryption
@@ -108,6 +110,9 @@ func defaultConfig() *Config {
 		// small, so snapshots are cheap and need not be tuned down.
 		SnapshotThreshold: 8192,
 		SnapshotInterval:  30 * time.Second,
+		// See httpapi.DefaultConfig.
+		HTTPMaxConnsPerClient:  512,
+		HTTPMaxBlockingQueries: 16384,
 	}
 }
 

@@ -138,6 +138,10 @@ var settings = []*setting{
 			}
 			return nil
 		}},
+	{name: "http-max-conns-per-client", usage: "connections one client address may hold open to the HTTP API (0: no bound); past it 429", def: "512",
+		set: func(c *Config, v string) error { return setCount(&c.HTTPMaxConnsPerClient, v) }},
+	{name: "http-max-blocking-queries", usage: "blocking queries that may wait at once (0: no bound); past it 429", def: "16384",
+		set: func(c *Config, v string) error { return setCount(&c.HTTPMaxBlockingQueries, v) }},
 	{name: "dns-ttl", usage: "TTL of service and node answers", def: "5s",
 		set: func(c *Config, v string) error { return setDuration(&c.DNSTTL, v, 0) }},
 	{name: "encrypt", usage: "base64 32-byte gossip key (sidecar keygen)", def: "none",
@@ -322,4 +326,14 @@ func agentUsage(w io.Writer) {
 		}
 		fmt.Fprintf(w, "  --%s%s\n        %s (default: %s)\n", st.name, arg, st.usage, st.def)
 	}
+}
+
+// setCount parses a count: a whole number, 0 or more.
+func setCount(dst *int, v string) error {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return fmt.Errorf("%q is not a whole number of 0 or more", v)
+	}
+	*dst = n
+	return nil
 }

@@ -1,0 +1,169 @@
+package httpapi_test
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sidecarhq/sidecar/agent"
+	"github.com/sidecarhq/sidecar/agent/agenttest"
+	"github.com/sidecarhq/sidecar/api"
+	"github.com/sidecarhq/sidecar/httpapi"
+)
+
+// One address holding many idle connections gets 429 past the limit; a
+// caller from another address is served meanwhile, and the first address
+// is served again once it closes them.
+func TestLimits_connectionsPerClient(t *testing.T) {
+	a := agenttest.Start(t, func(c *agent.Config) { c.HTTPMaxConnsPerClient = 20 })
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 20; i++ {
+		c, err := net.Dial("tcp", a.HTTPAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	// The accept loop counts a connection once it took it: poll until the
+	// 21st is refused.
+	var resp *http.Response
+	agenttest.WaitFor(t, 5*time.Second, "the 21st connection refused", func() bool {
+		c, err := net.Dial("tcp", a.HTTPAddr())
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+		resp, err = http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusTooManyRequests
+	})
+	if resp.Header.Get("Retry-After") == "" {
+		t.Fatal("429 without Retry-After")
+	}
+	// Another address (127.0.0.2 is loopback too) is served.
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	hc := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+	defer hc.CloseIdleConnections()
+	start := time.Now()
+	r, err := hc.Post("http://"+a.HTTPAddr()+"/v1/leases", "application/json", strings.NewReader(`{"ttl":"10s"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Body.Close()
+	if r.StatusCode != http.StatusOK {
+		t.Fatalf("another address while one is at its limit: %d", r.StatusCode)
+	}
+	t.Logf("another address served in %v while one held %d connections", time.Since(start), len(conns))
+	for _, c := range conns {
+		c.Close()
+	}
+	conns = nil
+	agenttest.WaitFor(t, 5*time.Second, "served again after closing", func() bool {
+		r, err := http.Get(a.URL + "/v1/status")
+		if err != nil {
+			return false
+		}
+		r.Body.Close()
+		return r.StatusCode == http.StatusOK
+	})
+	http.DefaultClient.CloseIdleConnections()
+}
+
+// Past the bound on waiting blocking queries a new one gets 429 with
+// Retry-After at once; reads without ?index and writes are served.
+func TestLimits_blockingQueries(t *testing.T) {
+	const limit = 30
+	a := agenttest.Start(t, func(c *agent.Config) { c.HTTPMaxBlockingQueries = limit })
+	r := do(t, "GET", a.URL+"/v1/services/web", "")
+	idx := r.header.Get(api.HeaderIndex)
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: limit + 5}}
+	defer hc.CloseIdleConnections()
+	done := make(chan int, limit)
+	for i := 0; i < limit; i++ {
+		go func() {
+			for {
+				r, err := hc.Get(a.URL + "/v1/services/web?index=" + idx + "&wait=30s")
+				if err != nil {
+					done <- 0
+					return
+				}
+				r.Body.Close()
+				if r.StatusCode == http.StatusTooManyRequests {
+					// A probe held the place: come back, as Retry-After says.
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				done <- r.StatusCode
+				return
+			}
+		}()
+	}
+	var refused *http.Response
+	agenttest.WaitFor(t, 5*time.Second, "a blocking query past the bound refused", func() bool {
+		// Short waits, so that a probe taken before the others arrived
+		// does not keep their place.
+		r, err := http.Get(a.URL + "/v1/services/db?index=" + idx + "&wait=50ms")
+		if err != nil {
+			return false
+		}
+		r.Body.Close()
+		refused = r
+		return r.StatusCode == http.StatusTooManyRequests
+	})
+	if refused.Header.Get("Retry-After") == "" {
+		t.Fatal("429 without Retry-After")
+	}
+	mustOK(t, do(t, "GET", a.URL+"/v1/services/web", ""))
+	mustOK(t, do(t, "PUT", a.URL+"/v1/services", `{"id":"db-1","name":"db","port":1}`))
+	// Their service changes: every waiting query answers.
+	mustOK(t, do(t, "PUT", a.URL+"/v1/services", `{"id":"web-1","name":"web","port":1}`))
+	for i := 0; i < limit; i++ {
+		if code := <-done; code != http.StatusOK {
+			t.Fatalf("a blocking query within the bound answered %d", code)
+		}
+	}
+	http.DefaultClient.CloseIdleConnections()
+}
+
+// A client that sends its body too slowly is cut off with 408; nothing is
+// registered.
+func TestLimits_slowBody(t *testing.T) {
+	old := httpapi.BodyReadTimeout
+	httpapi.BodyReadTimeout = 300 * time.Millisecond
+	defer func() { httpapi.BodyReadTimeout = old }()
+	a := agenttest.Start(t, nil)
+	before := a.FSM().Digest()
+	c, err := net.Dial("tcp", a.HTTPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	body := `{"id":"slow","name":"slow","port":1}`
+	fmt.Fprintf(c, "PUT /v1/services HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %s\r\n\r\n%s", strconv.Itoa(len(body)), body[:5])
+	start := time.Now()
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer to a slow body: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestTimeout || time.Since(start) > 5*time.Second {
+		t.Fatalf("slow body: %d after %v, want 408 after the read timeout", resp.StatusCode, time.Since(start))
+	}
+	if a.FSM().Digest() != before {
+		t.Fatal("a cut-off request changed the registry")
+	}
+}
