@@ -51,12 +51,12 @@ type Config struct {
 	AllowedHosts []string
 	// HTTP API limits (0: no bound).
 	HTTPMaxConnsPerClient, HTTPMaxBlockingQueries int
-	DNSTTL          time.Duration
-	Encrypt         string // base64 gossip key as given
-	EncryptKey      []byte // Encrypt decoded: 32 bytes, or nil without encryption
-	ConfigFile      string
-	LogLevel        string // debug, info, warn or error
-	LogFormat       string // text or json
+	DNSTTL                                        time.Duration
+	Encrypt                                       string // base64 gossip key as given
+	EncryptKey                                    []byte // Encrypt decoded: 32 bytes, or nil without encryption
+	ConfigFile                                    string
+	LogLevel                                      string // debug, info, warn or error
+	LogFormat                                     string // text or json
 
 	// TLSCAFile, TLSCertFile and TLSKeyFile are all set or all empty.
 	TLSCAFile, TLSCertFile, TLSKeyFile string
