@@ -82,6 +82,7 @@ func init() {
 		{"leader", "NAME [--json]", "print the value of an election's leader", cmdLeader},
 		{"snapshot", "save|restore FILE", "save or restore the registry", cmdSnapshot},
 		{"keygen", "", "print a new gossip encryption key", cmdKeygen},
+		{"keyring", "list|install|use|remove [KEY|-] [--json]", "list or change the gossip keys of every member", cmdKeyring},
 		{"version", "", "print the version", cmdVersion},
 	}
 }
