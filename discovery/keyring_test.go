@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func testKey(b byte, size int) []byte { return bytes.Repeat([]byte{b}, size) }
@@ -399,5 +401,37 @@ func TestGossip_keyring_unreachable(t *testing.T) {
 	}
 	if got, _ := nodes[0].LocalKeyring(); got.Primary() != EncodeKey(k1) {
 		t.Fatalf("refused UseKey changed the primary here")
+	}
+}
+
+// sidecar_gossip_keys tells how many keys the keyring holds (0 without
+// encryption), so an unfinished rotation can be alerted on.
+func TestGossip_keysMetric(t *testing.T) {
+	t.Parallel()
+	gauge := func(reg *prometheus.Registry) float64 {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "sidecar_gossip_keys" {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatal("no sidecar_gossip_keys")
+		return 0
+	}
+	plainReg, encReg := prometheus.NewRegistry(), prometheus.NewRegistry()
+	newNode(t, "plain", func(c *Config) { c.Registerer = plainReg })
+	g := newNode(t, "enc", withKey(testKey(1, 32)), func(c *Config) { c.Registerer = encReg })
+	if v := gauge(plainReg); v != 0 {
+		t.Errorf("without encryption: %v keys, want 0", v)
+	}
+	if _, err := g.InstallKey(context.Background(), testKey(2, 16)); err != nil {
+		t.Fatal(err)
+	}
+	if v := gauge(encReg); v != 2 {
+		t.Errorf("after an install: %v keys, want 2", v)
 	}
 }
