@@ -111,6 +111,9 @@ func New(cfg Config) (*Gossip, error) {
 	}
 	if kr != nil {
 		mc.Keyring = kr.ring
+		// Keyring requests are trusted because only a holder of a key can
+		// seal a message this node accepts: never let clear text in.
+		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
 	}
 	cfg.Join = slices.Clone(cfg.Join)
 	cfg.EncryptKey = nil // held by the keyring only

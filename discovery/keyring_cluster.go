@@ -374,7 +374,10 @@ func (g *Gossip) applyKeyringRequest(req keyringRequest) keyringResponse {
 
 // keyringLoop applies the requests of other members, one at a time, and
 // sends each answer back. It runs off memberlist's goroutines: a change
-// writes the keyring file with fsync, and an answer opens a stream.
+// writes the keyring file with fsync, and an answer opens a stream. An
+// answer to an asker that vanished can hold the loop up to memberlist's
+// TCPTimeout; operations are rare and run one at a time, so one loop is
+// enough.
 func (g *Gossip) keyringLoop() {
 	defer g.wg.Done()
 	for {
