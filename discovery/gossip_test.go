@@ -401,7 +401,9 @@ func TestGossip_reap(t *testing.T) {
 	start(t, b)
 	c := newNode(t, "c", joining(a.Addr()))
 	start(t, c)
-	allSee(t, patience, []*Gossip{a}, StatusAlive, "a", "b", "c")
+	// c too must know the others: a leave before its own join finished
+	// has nobody to gossip its intent to, and a then sees c fail.
+	allSee(t, patience, []*Gossip{a, c}, StatusAlive, "a", "b", "c")
 
 	if err := b.Shutdown(); err != nil {
 		t.Fatal(err)
