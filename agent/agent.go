@@ -201,6 +201,7 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 	gc.AdvertiseAddr = cfg.AdvertiseAddr
 	gc.Join = cfg.Join
 	gc.EncryptKey = cfg.EncryptKey
+	gc.KeyringFile = a.keyringFile()
 	gc.Logger = log
 	gc.Registerer = a.metrics
 	gc.Meta = discovery.Meta{Role: a.role(), HTTPAddr: cfg.HTTPAddr, DNSAddr: cfg.DNSAddr, BootstrapExpect: cfg.BootstrapExpect}

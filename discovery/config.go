@@ -17,7 +17,8 @@ import (
 var ErrConfig = errors.New("discovery: invalid config")
 
 // KeySize is the length of a gossip encryption key: AES-256, what
-// `sidecar keygen` prints (base64) and --encrypt accepts.
+// `sidecar keygen` prints (base64) and --encrypt accepts. The keyring also
+// takes 16- and 24-byte keys (AES-128, -192), as memberlist does.
 const KeySize = 32
 
 // Config configures a Gossip. Start from DefaultConfig (or TestConfig) and
@@ -48,10 +49,25 @@ type Config struct {
 	JoinRetryMax      time.Duration
 
 	// EncryptKey, when set, encrypts and authenticates all gossip with
-	// AES-256-GCM (memberlist's SecretKey); it must be KeySize bytes
-	// (--encrypt, decoded). Members with different keys, or one with a key
-	// and one without, cannot talk to each other.
+	// AES-GCM (memberlist's keyring); it must be 16, 24 or 32 bytes
+	// (--encrypt, decoded, is KeySize). Members that share no key, or one
+	// with a key and one without, cannot talk to each other. It is the
+	// first key of the keyring, which the keyring operations (InstallKey,
+	// UseKey, RemoveKey) change at runtime; with a KeyringFile that
+	// exists, the file's keyring is used instead.
 	EncryptKey []byte
+
+	// KeyringFile, when set, keeps the keyring in this file (the agent's
+	// <data dir>/keyring.json), so that keys installed at runtime survive
+	// a restart: read at New when it exists (gossip is then encrypted even
+	// without EncryptKey), created from EncryptKey otherwise, and rewritten
+	// atomically on every change. Empty: the keyring lives in memory.
+	KeyringFile string
+
+	// KeyringTimeout bounds how long a cluster-wide keyring operation
+	// waits for the members' answers; a member that has not answered by
+	// then is reported as failed.
+	KeyringTimeout time.Duration
 
 	// Meta is what this node tells the others about itself: role and the
 	// addresses of its Raft, HTTP and DNS servers. Gossip.UpdateMeta
@@ -134,6 +150,11 @@ func DefaultConfig() Config {
 		// 4096 events: a whole cluster joining at once fits many times
 		// over, and the queue stays below a megabyte.
 		EventQueueSize: 4096,
+		// 5s: a member answers a keyring request over one TCP stream in
+		// milliseconds (a fsync of the keyring file included); one that
+		// has not answered in 5s is unreachable or stalled, and an
+		// operator waiting at the command line is told so.
+		KeyringTimeout: 5 * time.Second,
 		Memberlist:     defaultMemberlistConfig(),
 	}
 }
@@ -253,8 +274,11 @@ func (c Config) normalize() (*memberlist.Config, error) {
 		return nil, fmt.Errorf("%w: join retry interval %v / max %v: want 0 < interval <= max",
 			ErrConfig, c.JoinRetryInterval, c.JoinRetryMax)
 	}
-	if c.EncryptKey != nil && len(c.EncryptKey) != KeySize {
-		return nil, fmt.Errorf("%w: encrypt key is %d bytes, want %d", ErrConfig, len(c.EncryptKey), KeySize)
+	if c.EncryptKey != nil && !validKey(c.EncryptKey) {
+		return nil, fmt.Errorf("%w: encrypt key is %d bytes, want 16, 24 or 32", ErrConfig, len(c.EncryptKey))
+	}
+	if c.KeyringTimeout <= 0 {
+		return nil, fmt.Errorf("%w: keyring timeout must be positive", ErrConfig)
 	}
 	if c.ReconnectInterval < 0 {
 		return nil, fmt.Errorf("%w: reconnect interval must not be negative", ErrConfig)
@@ -285,11 +309,9 @@ func (c Config) normalize() (*memberlist.Config, error) {
 	mc.AdvertiseAddr = advIP.String()
 	mc.AdvertisePort = port // memberlist replaces it with the bound port when port is 0
 	mc.Transport = nil
+	// New sets Keyring from EncryptKey and KeyringFile.
 	mc.SecretKey = nil
 	mc.Keyring = nil
-	if c.EncryptKey != nil {
-		mc.SecretKey = append([]byte(nil), c.EncryptKey...)
-	}
 	mc.LogOutput = nil
 	mc.Delegate, mc.Events, mc.Conflict, mc.Merge, mc.Ping, mc.Alive = nil, nil, nil, nil, nil, nil
 	return &mc, nil

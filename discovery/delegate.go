@@ -28,6 +28,7 @@ import (
 // later versions may add some.
 const (
 	msgLeaveIntent byte = 1
+	// msgKeyringRequest (2) and msgKeyringResponse (3): keyring_cluster.go.
 )
 
 // pushStateVersion is the first byte of LocalState's data.
@@ -109,6 +110,10 @@ func (d gossipDelegate) NotifyMsg(b []byte) {
 			// First time heard: pass the rumour on.
 			d.g.bcast.QueueBroadcast(newIntentBroadcast(in, nil))
 		}
+	case msgKeyringRequest:
+		d.g.handleKeyringRequest(b[1:])
+	case msgKeyringResponse:
+		d.g.handleKeyringResponse(b[1:])
 	default:
 		d.g.log.Debug("ignoring gossip message of unknown type", "type", b[0])
 	}

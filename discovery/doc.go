@@ -62,10 +62,23 @@
 // one EventResync, telling the reader to rebuild its view from Members.
 // Nothing else is ever dropped, and memberlist is never blocked.
 //
+// # Keyring
+//
+// With a key (Config.EncryptKey, or a Config.KeyringFile that exists) all
+// gossip is encrypted and authenticated with AES-GCM by memberlist's
+// keyring: every key decrypts, the primary one encrypts. LocalKeyring
+// shows it; ListKeys, InstallKey, UseKey and RemoveKey act on every alive
+// member through a small request/response on memberlist's user messages
+// and report what each member holds (keyring_cluster.go says why gossip,
+// and how use and remove are kept from cutting a member off). Every change
+// is written to the keyring file first (write, fsync, rename, fsync of the
+// directory), so a restart comes back with the keys installed at runtime.
+//
 // # Metrics
 //
 //	sidecar_gossip_members{status}        gauge: members by status (alive, suspect, failed, left)
 //	sidecar_gossip_events_total{type}     counter: events by type (join, leave, fail, update, reap, resync)
 //	sidecar_gossip_events_dropped_total   counter: events dropped for a resync
 //	sidecar_gossip_health_score           gauge: memberlist's Lifeguard awareness score (0 is healthy)
+//	sidecar_gossip_keys                   gauge: keys in the keyring (0: not encrypted; >1 for long: rotation unfinished)
 package discovery

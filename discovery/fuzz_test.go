@@ -90,6 +90,9 @@ func detachedGossip(tb testing.TB) *Gossip {
 		members: make(map[string]*memberState),
 		events:  newEventQueue(16),
 		stop:    make(chan struct{}),
+		// No keyringLoop reads it: a full queue drops requests.
+		keyQueue: make(chan keyringRequest, 1),
+		pending:  map[string]chan keyringResponse{"id1": make(chan keyringResponse, 1)},
 	}
 	g.m = newMetrics(g)
 	g.bcast = &memberlist.TransmitLimitedQueue{NumNodes: func() int { return 3 }, RetransmitMult: 4}
@@ -122,6 +125,11 @@ func FuzzNotifyMsg(f *testing.F) {
 	f.Add(intent("", ""))
 	f.Add(push(pushState{Left: []intentMsg{{"c", "cccc"}, {"b", "bbbb"}, {"x", "y"}}}))
 	f.Add([]byte{msgLeaveIntent})
+	f.Add(append([]byte{msgKeyringRequest}, `{"id":"id1","from":"b","op":"install","key":"AAAAAAAAAAAAAAAAAAAAAA=="}`...))
+	f.Add(append([]byte{msgKeyringRequest}, `{"id":"id1","from":"b","op":"drop"}`...))
+	f.Add(append([]byte{msgKeyringResponse}, `{"id":"id1","node":"b","keys":["x"],"error":""}`...))
+	f.Add(append([]byte{msgKeyringResponse}, `{"id":"nope","node":"b"}`...))
+	f.Add([]byte{msgKeyringResponse})
 	f.Add([]byte{pushStateVersion, 'n', 'u', 'l', 'l'})
 	f.Add([]byte{0})
 	f.Add([]byte{255, 1, 2, 3})

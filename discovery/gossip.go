@@ -66,6 +66,16 @@ type Gossip struct {
 	joined     chan struct{}
 	joinedOnce sync.Once
 
+	// keyring is nil when gossip is not encrypted. keyQueue feeds
+	// keyringLoop the requests of other members; pending routes answers to
+	// the operations of this node waiting for them; keyOpMu runs those
+	// operations one at a time.
+	keyring   *localKeyring
+	keyQueue  chan keyringRequest
+	pendingMu sync.Mutex
+	pending   map[string]chan keyringResponse
+	keyOpMu   sync.Mutex
+
 	wg sync.WaitGroup
 }
 
@@ -95,8 +105,18 @@ func New(cfg Config) (*Gossip, error) {
 	if err != nil {
 		return nil, err
 	}
+	kr, err := openKeyring(cfg.KeyringFile, cfg.EncryptKey, log.With("component", "gossip"))
+	if err != nil {
+		return nil, err
+	}
+	if kr != nil {
+		mc.Keyring = kr.ring
+		// Keyring requests are trusted because only a holder of a key can
+		// seal a message this node accepts: never let clear text in.
+		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	}
 	cfg.Join = slices.Clone(cfg.Join)
-	cfg.EncryptKey = nil // held by mc only
+	cfg.EncryptKey = nil // held by the keyring only
 	cfg.Memberlist = nil
 	g := &Gossip{
 		cfg:     cfg,
@@ -107,6 +127,10 @@ func New(cfg Config) (*Gossip, error) {
 		out:     make(chan Event),
 		stop:    make(chan struct{}),
 		joined:  make(chan struct{}),
+
+		keyring:  kr,
+		keyQueue: make(chan keyringRequest, keyringQueueSize),
+		pending:  make(map[string]chan keyringResponse),
 	}
 	g.meta.Store(&metaBytes)
 	g.m = newMetrics(g)
@@ -143,12 +167,13 @@ func New(cfg Config) (*Gossip, error) {
 		_ = ml.Shutdown()
 		return nil, err
 	}
-	g.wg.Add(3)
+	g.wg.Add(4)
 	go g.deliverEvents()
 	go g.reapLoop()
 	go g.reconnectLoop()
+	go g.keyringLoop()
 	g.log.Info("gossip listening", "name", cfg.Name, "bind", net.JoinHostPort(mc.BindAddr, fmt.Sprint(g.port)),
-		"advertise", g.addr, "encrypted", mc.SecretKey != nil, "role", cfg.Meta.Role)
+		"advertise", g.addr, "encrypted", kr != nil, "role", cfg.Meta.Role)
 	return g, nil
 }
 

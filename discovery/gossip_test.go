@@ -401,7 +401,9 @@ func TestGossip_reap(t *testing.T) {
 	start(t, b)
 	c := newNode(t, "c", joining(a.Addr()))
 	start(t, c)
-	allSee(t, patience, []*Gossip{a}, StatusAlive, "a", "b", "c")
+	// c too must know the others: a leave before its own join finished
+	// has nobody to gossip its intent to, and a then sees c fail.
+	allSee(t, patience, []*Gossip{a, c}, StatusAlive, "a", "b", "c")
 
 	if err := b.Shutdown(); err != nil {
 		t.Fatal(err)
@@ -523,7 +525,8 @@ func TestNew_rejectsBadConfig(t *testing.T) {
 		{"advertise with port", func(c *Config) { c.AdvertiseAddr = "127.0.0.1:7946" }, ErrConfig},
 		{"advertise unspecified", func(c *Config) { c.AdvertiseAddr = "0.0.0.0" }, ErrConfig},
 		{"join without port", func(c *Config) { c.Join = []string{"10.0.0.1"} }, ErrConfig},
-		{"short key", func(c *Config) { c.EncryptKey = make([]byte, 16) }, ErrConfig},
+		{"key of no AES size", func(c *Config) { c.EncryptKey = make([]byte, 20) }, ErrConfig},
+		{"keyring timeout", func(c *Config) { c.KeyringTimeout = 0 }, ErrConfig},
 		{"retry", func(c *Config) { c.JoinRetryMax = c.JoinRetryInterval / 2 }, ErrConfig},
 		{"reap", func(c *Config) { c.ReapAfter = 0 }, ErrConfig},
 		{"queue", func(c *Config) { c.EventQueueSize = 0 }, ErrConfig},

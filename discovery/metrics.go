@@ -41,6 +41,15 @@ func newMetrics(g *Gossip) *metrics {
 			Name: "sidecar_gossip_health_score",
 			Help: "memberlist's awareness score of this node: 0 is healthy; higher means it is itself missing probe deadlines and slows its own probing.",
 		}, func() float64 { return float64(g.ml.GetHealthScore()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sidecar_gossip_keys",
+			Help: "Keys in this node's gossip keyring (0: gossip not encrypted); more than 1 for long means a key rotation was left unfinished.",
+		}, func() float64 {
+			if g.keyring == nil {
+				return 0
+			}
+			return float64(len(g.keyring.ring.GetKeys())) // memberlist's lock only: a scrape never waits for a keyring write
+		}),
 	}
 	return m
 }

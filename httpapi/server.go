@@ -70,6 +70,16 @@ type Agent interface {
 	RestoreSnapshot(ctx context.Context, r io.Reader) error
 }
 
+// Keyring is the cluster's gossip keyring (/v1/operator/keyring), an
+// optional capability of the Agent found by type assertion: an agent
+// without it answers 400. Both calls act on every alive member.
+type Keyring interface {
+	ListKeys(ctx context.Context) (api.KeyringResponse, error)
+	// ChangeKeys runs op (api.KeyringInstall, KeyringUse or KeyringRemove)
+	// with key, a validated gossip key.
+	ChangeKeys(ctx context.Context, op string, key []byte) (api.KeyringResponse, error)
+}
+
 // Holds is what this sidecar holds for its apps (election.Local).
 type Holds interface {
 	GrantLease(ctx context.Context, ttl time.Duration) (string, error)
@@ -211,6 +221,8 @@ func (s *Server) routes() {
 	s.handle("GET /v1/elections/{name}/self", s.self)
 	s.handle("GET /v1/snapshot", s.saveSnapshot)
 	s.handle("PUT /v1/snapshot", s.restoreSnapshot)
+	s.handle("GET /v1/operator/keyring", s.listKeys)
+	s.handle("PUT /v1/operator/keyring", s.changeKeys)
 }
 
 // handlerFunc answers a request; a returned error becomes the JSON error

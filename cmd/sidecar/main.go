@@ -83,6 +83,7 @@ func init() {
 		{"snapshot", "save|restore FILE", "save or restore the registry", cmdSnapshot},
 		{"keygen", "", "print a new gossip encryption key", cmdKeygen},
 		{"tls", "ca create [--dir D] | cert create --server|--client --node NAME [--dir D] [--ca FILE --ca-key FILE] [--days N]", "make the cluster CA and agent certificates", cmdTLS},
+		{"keyring", "list|install|use|remove [KEY|-] [--json]", "list or change the gossip keys of every member", cmdKeyring},
 		{"version", "", "print the version", cmdVersion},
 	}
 }
