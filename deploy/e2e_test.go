@@ -569,9 +569,10 @@ func TestE2E_compose(t *testing.T) {
 
 // checkTLS checks what the compose file's TLS setup promises: the tls-*
 // steps made the files (owned by the image's user, keys 0600), every agent
-// started with TLS on and gossip encrypted, `sidecar status` works, and
+// started with TLS on and gossip encrypted, `sidecar status` works,
 // plain-text or certificate-less connections to a server's Raft/RPC port
-// (7947) from inside the compose network get no answer.
+// (7947) from inside the compose network get no answer, and SIGHUP reloads
+// a server's files while it keeps serving.
 func (c *cluster) checkTLS() {
 	t := c.t
 	t.Helper()
@@ -627,5 +628,19 @@ func (c *cluster) checkTLS() {
 	t.Logf("tlsprobe in app-b's network namespace:\n%s", strings.TrimSpace(out))
 	if err != nil {
 		t.Fatalf("a connection without a certificate got an answer, or the TLS files are wrong: %v", err)
+	}
+
+	// SIGHUP, as deploy/README.md tells for rotation: the server reloads its
+	// files (the log says so) and keeps serving.
+	c.must(30*time.Second, "kill", "-s", "SIGHUP", "server-1")
+	c.waitFor(15*time.Second, "server-1 reloads its TLS files on SIGHUP", func() (bool, string) {
+		logs, err := c.run(30*time.Second, "logs", "--no-color", "server-1")
+		if err != nil {
+			return false, err.Error()
+		}
+		return strings.Contains(logs, `msg="TLS certificate loaded" component=tls node=server-1 role=server`), lastLines([]byte(logs), 3)
+	})
+	if out, err := c.sidecar("server-1", "status"); err != nil || !strings.Contains(out, "server-1, server-2, server-3") {
+		t.Fatalf("sidecar status on server-1 after SIGHUP: %v\n%s", err, out)
 	}
 }
