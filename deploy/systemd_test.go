@@ -597,3 +597,135 @@ func TestEnvFiles_clusterFromExampleEnv(t *testing.T) {
 		}
 	}
 }
+
+// TestEnvFiles_tlsFilesReadableByServiceUser lays out /etc/sidecar under a
+// temporary root with the owners and modes deploy/README.md installs
+// (directories 0750 group sidecar, the key 0640 group sidecar, the rest
+// 0644 root) and starts the agent as another user in that group, as the
+// unit does: it loads its certificate and serves. With /etc/sidecar
+// root-only (0750 root:root), the agent cannot reach its files and exits 2
+// saying so. Needs root (to own files and switch users); skipped otherwise.
+func TestEnvFiles_tlsFilesReadableByServiceUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("not root: cannot lay out root-owned files and run the agent as the service user")
+	}
+	const uid, gid = 65532, 65532 // a user that is not root, in the "sidecar" group
+	base := t.TempDir()
+	// The test's own temporary directories are 0700: let the user through.
+	for d := base; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	made := t.TempDir()
+	key := tlsFiles(t, made, map[string]string{"server-1": "--server"})
+	// The binary where the user may run it (the unit's /usr/local/bin).
+	bin := filepath.Join(base, "sidecar")
+	copyFile(t, sidecarBin, bin, 0o755)
+	install := func(from, to string, mode os.FileMode, group int) {
+		t.Helper()
+		copyFile(t, from, to, mode)
+		if err := os.Chown(to, 0, group); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(to, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mkdir := func(dir string, group int) {
+		t.Helper()
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(dir, 0, group); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(dir, 0o750); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := func(t *testing.T, etcGroup int) (*exec.Cmd, *syncBuffer, string, chan struct{}) {
+		root, err := os.MkdirTemp(base, "root")
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(root, 0o755)
+		if err := os.Mkdir(filepath.Join(root, "etc"), 0o755); err != nil { // as /etc is
+			t.Fatal(err)
+		}
+		etc := filepath.Join(root, "etc/sidecar")
+		mkdir(etc, etcGroup)
+		mkdir(filepath.Join(etc, "tls"), gid)
+		install(filepath.Join(made, "sidecar-ca.pem"), filepath.Join(etc, "tls/sidecar-ca.pem"), 0o644, 0)
+		install(filepath.Join(made, "server-1.pem"), filepath.Join(etc, "tls/agent.pem"), 0o644, 0)
+		install(filepath.Join(made, "server-1-key.pem"), filepath.Join(etc, "tls/agent-key.pem"), 0o640, gid)
+		data := filepath.Join(root, "data")
+		if err := os.Mkdir(data, 0o750); err != nil {
+			t.Fatal(err)
+		}
+		os.Chown(data, uid, gid)
+
+		adjust := map[string]string{
+			"SIDECAR_NAME": "server-1", "SIDECAR_BOOTSTRAP_EXPECT": "1", "SIDECAR_JOIN": "",
+			"SIDECAR_BIND_ADDR": freeAddr(t), "SIDECAR_ADVERTISE_ADDR": "127.0.0.1", "SIDECAR_RAFT_ADDR": freeAddr(t),
+			"SIDECAR_HTTP_ADDR": freeAddr(t), "SIDECAR_DNS_ADDR": freeAddr(t), "SIDECAR_DATA_DIR": data,
+			"SIDECAR_ENCRYPT": key,
+		}
+		var env []string
+		for _, v := range parseEnvFile(t, serverEnv) {
+			val := v.value
+			if a, ok := adjust[v.key]; ok {
+				val = a
+			}
+			if strings.HasPrefix(v.key, "SIDECAR_TLS_") {
+				// The file's own paths, under the temporary root.
+				val = filepath.Join(root, val)
+			}
+			env = append(env, v.key+"="+val)
+		}
+		out := &syncBuffer{}
+		cmd := exec.Command(bin, "agent")
+		cmd.Env, cmd.Dir, cmd.Stdout, cmd.Stderr = env, data, out, out
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid, Groups: []uint32{gid}}}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		t.Cleanup(func() {
+			cmd.Process.Signal(syscall.SIGKILL)
+			<-done
+			if t.Failed() {
+				t.Logf("agent output:\n%s", out.String())
+			}
+		})
+		return cmd, out, "http://" + adjust["SIDECAR_HTTP_ADDR"], done
+	}
+
+	t.Run("as installed", func(t *testing.T) {
+		_, out, url, done := start(t, gid)
+		deadline := time.Now().Add(30 * time.Second)
+		for readyz(url) != nil {
+			select {
+			case <-done:
+				t.Fatalf("the agent, as the service user, exited:\n%s", lastLines([]byte(out.String()), 5))
+			default:
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no /readyz 200 within 30s:\n%s", lastLines([]byte(out.String()), 5))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+	t.Run("/etc/sidecar root-only", func(t *testing.T) {
+		cmd, out, _, done := start(t, 0)
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the agent started though it cannot reach its TLS files")
+		}
+		if code := cmd.ProcessState.ExitCode(); code != 2 || !strings.Contains(out.String(), "permission denied") {
+			t.Fatalf("exit %d, want 2 saying permission denied:\n%s", code, out.String())
+		}
+	})
+}
