@@ -8,7 +8,7 @@
 #
 # Environment: SIDECAR_IMAGE, DEMO_IMAGE (default sidecar:latest,
 # sidecar-demo:latest), DOCKER (docker), GO (go), E2E_TIMEOUT (seconds the
-# test may take, default 240).
+# test may take, default 240). The gossip key is made here (SIDECAR_ENCRYPT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +44,12 @@ echo "e2e: compose: ${compose[*]} ($("${compose[@]}" version --short 2>/dev/null
 for img in "$SIDECAR_IMAGE" "$DEMO_IMAGE"; do
 	"$DOCKER" image inspect "$img" >/dev/null 2>&1 || fail "image $img is missing: run 'make image' (or 'make e2e', which builds it)"
 done
+
+# The compose file needs a gossip key (SIDECAR_ENCRYPT; a user keeps one in
+# deploy/compose/.env): each run makes its own with the image's keygen. The
+# compose commands below (the leftover cleanup too) interpolate it.
+SIDECAR_ENCRYPT=$("$DOCKER" run --rm "$SIDECAR_IMAGE" keygen) || fail "'$DOCKER run --rm $SIDECAR_IMAGE keygen' failed"
+export SIDECAR_ENCRYPT
 
 # Projects of earlier runs that died without cleaning up (kill -9, power
 # loss): their pid is gone and their containers are older than any run may

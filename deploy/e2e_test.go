@@ -423,9 +423,10 @@ func (c *cluster) raftStatus(server string) (*api.Status, error) {
 }
 
 // TestE2E_compose brings deploy/compose up and checks, through the demo
-// apps: DNS SRV finds both apps and exactly one leads; killing the leading
-// app's sidecar moves leadership to the other app with a greater token;
-// stopping the Raft leader's container leaves the cluster serving.
+// apps: DNS SRV finds both apps and exactly one leads; the Raft/RPC port
+// answers nothing without a certificate; killing the leading app's sidecar
+// moves leadership to the other app with a greater token; stopping the Raft
+// leader's container leaves the cluster serving.
 func TestE2E_compose(t *testing.T) {
 	total := time.Now()
 	c := newCluster(t)
@@ -454,6 +455,11 @@ func TestE2E_compose(t *testing.T) {
 			}
 		}
 	}
+
+	// 1b. Transport security: every agent runs with TLS and a gossip key;
+	// the CLI works; a peer without a certificate of the cluster's CA gets
+	// nothing from a server's Raft/RPC port.
+	c.checkTLS()
 
 	// 2. Kill (SIGKILL) the leading app's sidecar: that app loses leadership
 	// at once (its connection-bound candidacy broke); the other one leads
@@ -559,4 +565,82 @@ func TestE2E_compose(t *testing.T) {
 		return len(seen.Peers) == 3 && slices.Contains(seen.Peers, raftLeader) && back.Leader != "" && back.Leader == seen.Leader, state
 	})
 	t.Logf("end to end: %v (cleanup follows)", time.Since(total).Round(10*time.Millisecond))
+}
+
+// checkTLS checks what the compose file's TLS setup promises: the tls-*
+// steps made the files (owned by the image's user, keys 0600), every agent
+// started with TLS on and gossip encrypted, `sidecar status` works,
+// plain-text or certificate-less connections to a server's Raft/RPC port
+// (7947) from inside the compose network get no answer, and SIGHUP reloads
+// a server's files while it keeps serving.
+func (c *cluster) checkTLS() {
+	t := c.t
+	t.Helper()
+	for _, svc := range []string{"server-1", "server-2", "server-3", "sidecar-a", "sidecar-b"} {
+		logs := c.must(30*time.Second, "logs", "--no-color", svc)
+		if !strings.Contains(logs, "encrypted=true") {
+			t.Errorf("%s: gossip is not encrypted (no encrypted=true in its log)", svc)
+		}
+		if strings.Contains(logs, "TLS is off") {
+			t.Errorf("%s runs without TLS: its log says \"TLS is off\"", svc)
+		}
+	}
+	for _, s := range []string{"server-1", "server-2", "server-3"} {
+		out, err := c.sidecar(s, "status")
+		if err != nil {
+			t.Fatalf("sidecar status on %s: %v", s, err)
+		}
+		if !strings.Contains(out, "server-1, server-2, server-3") {
+			t.Errorf("sidecar status on %s does not list the 3 voters:\n%s", s, out)
+		}
+	}
+
+	// The probe runs in app-b's network namespace (where sidecar-b runs),
+	// from the sidecar image (no shell: the probe is copied in), with the
+	// TLS volume mounted to look at the files. Its control: sidecar-b's
+	// HTTP API on 127.0.0.1:7080 does answer plain text.
+	probe := filepath.Join(t.TempDir(), "tlsprobe")
+	build := exec.Command("go", "build", "-o", probe, "./testdata/tlsprobe")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build tlsprobe: %v: %s", err, out)
+	}
+	appB := strings.TrimSpace(c.must(30*time.Second, "ps", "-q", "app-b"))
+	server := strings.TrimSpace(c.must(30*time.Second, "ps", "-q", "server-1"))
+	volume, err := sh(30*time.Second, docker, "inspect", "-f",
+		`{{range .Mounts}}{{if eq .Destination "/etc/sidecar/tls"}}{{.Name}}{{end}}{{end}}`, server)
+	if err != nil || strings.TrimSpace(volume) == "" {
+		t.Fatalf("server-1 mounts no volume on /etc/sidecar/tls: %v %s", err, volume)
+	}
+	id, err := sh(30*time.Second, docker, "create", "--network", "container:"+appB,
+		"-v", strings.TrimSpace(volume)+":/tls:ro", "--entrypoint", "/tlsprobe",
+		env("SIDECAR_IMAGE", "sidecar:latest"),
+		"answers", "127.0.0.1:7080", "plain", "server-1:7947", "nocert", "server-1:7947", "files", "/tls", strings.Split(nonRootUser, ":")[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	id = strings.TrimSpace(id[strings.LastIndex(strings.TrimSpace(id), "\n")+1:])
+	defer sh(30*time.Second, docker, "rm", "-f", id)
+	if _, err := sh(30*time.Second, docker, "cp", probe, id+":/tlsprobe"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := sh(time.Minute, docker, "start", "-a", id)
+	t.Logf("tlsprobe in app-b's network namespace:\n%s", strings.TrimSpace(out))
+	if err != nil {
+		t.Fatalf("a connection without a certificate got an answer, or the TLS files are wrong: %v", err)
+	}
+
+	// SIGHUP, as deploy/README.md tells for rotation: the server reloads its
+	// files (the log says so) and keeps serving.
+	c.must(30*time.Second, "kill", "-s", "SIGHUP", "server-1")
+	c.waitFor(15*time.Second, "server-1 reloads its TLS files on SIGHUP", func() (bool, string) {
+		logs, err := c.run(30*time.Second, "logs", "--no-color", "server-1")
+		if err != nil {
+			return false, err.Error()
+		}
+		return strings.Contains(logs, `msg="TLS certificate loaded" component=tls node=server-1 role=server`), lastLines([]byte(logs), 3)
+	})
+	if out, err := c.sidecar("server-1", "status"); err != nil || !strings.Contains(out, "server-1, server-2, server-3") {
+		t.Fatalf("sidecar status on server-1 after SIGHUP: %v\n%s", err, out)
+	}
 }

@@ -65,10 +65,33 @@ type (
 			FSGroup      *int  `yaml:"fsGroup"`
 		} `yaml:"securityContext"`
 		TerminationGracePeriodSeconds *int        `yaml:"terminationGracePeriodSeconds"`
+		InitContainers                []container `yaml:"initContainers"`
 		Containers                    []container `yaml:"containers"`
-		Volumes                       []struct {
-			Name string `yaml:"name"`
-		} `yaml:"volumes"`
+		Volumes                       []volume    `yaml:"volumes"`
+	}
+	volume struct {
+		Name   string `yaml:"name"`
+		Secret *struct {
+			SecretName  string       `yaml:"secretName"`
+			DefaultMode *int         `yaml:"defaultMode"`
+			Items       []secretItem `yaml:"items"`
+		} `yaml:"secret"`
+		Projected *struct {
+			DefaultMode *int `yaml:"defaultMode"`
+			Sources     []struct {
+				Secret *struct {
+					Name  string       `yaml:"name"`
+					Items []secretItem `yaml:"items"`
+				} `yaml:"secret"`
+			} `yaml:"sources"`
+		} `yaml:"projected"`
+		EmptyDir *struct {
+			Medium string `yaml:"medium"`
+		} `yaml:"emptyDir"`
+	}
+	secretItem struct {
+		Key  string `yaml:"key"`
+		Path string `yaml:"path"`
 	}
 	container struct {
 		Name         string          `yaml:"name"`
@@ -81,6 +104,7 @@ type (
 		VolumeMounts []struct {
 			Name      string `yaml:"name"`
 			MountPath string `yaml:"mountPath"`
+			ReadOnly  bool   `yaml:"readOnly"`
 		} `yaml:"volumeMounts"`
 		SecurityContext struct {
 			AllowPrivilegeEscalation *bool `yaml:"allowPrivilegeEscalation"`
@@ -201,7 +225,7 @@ func loadKustomization(t *testing.T) []*k8sObject {
 		images[i.Name] = true
 	}
 	for _, o := range objs {
-		for _, c := range o.Spec.Template.Spec.Containers {
+		for _, c := range append(slices.Clone(o.Spec.Template.Spec.InitContainers), o.Spec.Template.Spec.Containers...) {
 			if !images[c.Image] {
 				t.Errorf("%s: container %s image %q is not in the kustomization's images", o.file, c.Name, c.Image)
 			}
@@ -362,6 +386,138 @@ func checkPodNonRoot(t *testing.T, o *k8sObject) {
 	}
 }
 
+// The Secrets the manifests read; deploy/README.md has the commands that
+// make them.
+const (
+	caSecret     = "sidecar-ca"     // sidecar-ca.pem, sidecar-ca-key.pem
+	caCertKey    = "sidecar-ca.pem" // the only key of caSecret an agent sees
+	gossipSecret = "sidecar-gossip" // key: sidecar keygen
+)
+
+// volumeNamed finds a pod volume.
+func (o *k8sObject) volumeNamed(t *testing.T, name string) volume {
+	t.Helper()
+	for _, v := range o.Spec.Template.Spec.Volumes {
+		if v.Name == name {
+			return v
+		}
+	}
+	t.Fatalf("%s %s has no volume %s", o.Kind, o.Metadata.Name, name)
+	return volume{}
+}
+
+// mountOf finds the volume mount of c under which path lies.
+func (c *container) mountOf(path string) (name, mountPath string, readOnly, ok bool) {
+	for _, m := range c.VolumeMounts {
+		if rel, err := filepath.Rel(m.MountPath, path); err == nil && !strings.HasPrefix(rel, "..") && rel != "." {
+			return m.Name, m.MountPath, m.ReadOnly, true
+		}
+	}
+	return "", "", false, false
+}
+
+// secretKeys lists, per Secret, the keys a volume projects (nil: all).
+func (v volume) secretKeys() map[string][]string {
+	keys := map[string][]string{}
+	items := func(its []secretItem) []string {
+		if len(its) == 0 {
+			return nil
+		}
+		var ks []string
+		for _, i := range its {
+			ks = append(ks, i.Key)
+		}
+		return ks
+	}
+	if v.Secret != nil {
+		keys[v.Secret.SecretName] = items(v.Secret.Items)
+	}
+	if v.Projected != nil {
+		for _, src := range v.Projected.Sources {
+			if src.Secret != nil {
+				keys[src.Secret.Name] = items(src.Secret.Items)
+			}
+		}
+	}
+	return keys
+}
+
+// checkSecretVolumes: every Secret volume of the pod is 0440, readable by
+// the pod's fsGroup 65532 (the images' user) and by no one else; and no
+// container but the one named signer (if any) mounts the CA key.
+func checkSecretVolumes(t *testing.T, o *k8sObject, signer string) {
+	t.Helper()
+	spec := o.Spec.Template.Spec
+	if fs := spec.SecurityContext.FSGroup; fs == nil || *fs != 65532 {
+		t.Errorf("%s %s: fsGroup %v: the TLS Secrets are readable by group 65532, the images' user", o.Kind, o.Metadata.Name, fs)
+	}
+	for _, v := range spec.Volumes {
+		var mode *int
+		switch {
+		case v.Secret != nil:
+			mode = v.Secret.DefaultMode
+		case v.Projected != nil:
+			mode = v.Projected.DefaultMode
+		default:
+			continue
+		}
+		if mode == nil || *mode != 0o440 {
+			t.Errorf("%s %s: volume %s: defaultMode %v, want 0440 (keys readable by the fsGroup only)", o.Kind, o.Metadata.Name, v.Name, mode)
+		}
+	}
+	for _, c := range append(slices.Clone(spec.InitContainers), spec.Containers...) {
+		for _, m := range c.VolumeMounts {
+			for _, v := range spec.Volumes {
+				if v.Name != m.Name {
+					continue
+				}
+				if keys, ok := v.secretKeys()[caSecret]; ok && c.Name != signer && !slices.Equal(keys, []string{caCertKey}) {
+					t.Errorf("%s %s: container %s mounts Secret %s with keys %v: only %s, never the CA key", o.Kind, o.Metadata.Name, c.Name, caSecret, keys, caCertKey)
+				}
+			}
+		}
+	}
+}
+
+// checkAgentTLS checks an agent container's TLS settings: the three files
+// are set, lie in read-only mounts, the certificate and key are the ones
+// named after the node ($(SIDECAR_NAME), declared before them so that
+// Kubernetes expands it), the CA certificate comes from Secret sidecar-ca,
+// and the gossip key from Secret sidecar-gossip (required). It returns the
+// volume holding the certificate and the directory it is mounted on.
+func checkAgentTLS(t *testing.T, o *k8sObject, c *container) (certVolume volume, certDir string) {
+	t.Helper()
+	index := func(name string) int {
+		return slices.IndexFunc(c.Env, func(e envEntry) bool { return e.Name == name })
+	}
+	files := map[string]string{}
+	for _, k := range []string{"SIDECAR_TLS_CA_FILE", "SIDECAR_TLS_CERT_FILE", "SIDECAR_TLS_KEY_FILE"} {
+		path := c.envValue(t, k)
+		files[k] = path
+		if _, _, ro, ok := c.mountOf(path); !ok || !ro {
+			t.Errorf("container %s: %s=%s is not in a read-only volume mount (%v)", c.Name, k, path, c.VolumeMounts)
+		}
+	}
+	certDir = filepath.Dir(files["SIDECAR_TLS_CERT_FILE"])
+	if files["SIDECAR_TLS_CERT_FILE"] != certDir+"/$(SIDECAR_NAME).pem" || files["SIDECAR_TLS_KEY_FILE"] != certDir+"/$(SIDECAR_NAME)-key.pem" {
+		t.Errorf("container %s: certificate %s and key %s, want DIR/$(SIDECAR_NAME).pem and DIR/$(SIDECAR_NAME)-key.pem (sidecar tls cert create --node NAME names them so)",
+			c.Name, files["SIDECAR_TLS_CERT_FILE"], files["SIDECAR_TLS_KEY_FILE"])
+	}
+	if n := index("SIDECAR_NAME"); n < 0 || n > index("SIDECAR_TLS_CERT_FILE") || n > index("SIDECAR_TLS_KEY_FILE") {
+		t.Errorf("container %s: SIDECAR_NAME must be declared before the TLS files for $(SIDECAR_NAME) to expand", c.Name)
+	}
+	caVol, _, _, _ := c.mountOf(files["SIDECAR_TLS_CA_FILE"])
+	if keys, ok := o.volumeNamed(t, caVol).secretKeys()[caSecret]; !ok || filepath.Base(files["SIDECAR_TLS_CA_FILE"]) != caCertKey {
+		t.Errorf("container %s: SIDECAR_TLS_CA_FILE=%s is not %s of Secret %s (volume %s projects %v)", c.Name, files["SIDECAR_TLS_CA_FILE"], caCertKey, caSecret, caVol, keys)
+	}
+	certVol, _, _, _ := c.mountOf(files["SIDECAR_TLS_CERT_FILE"])
+	if e, _ := c.env("SIDECAR_ENCRYPT"); e.ValueFrom == nil || e.ValueFrom.SecretKeyRef == nil ||
+		e.ValueFrom.SecretKeyRef.Name != gossipSecret || e.ValueFrom.SecretKeyRef.Optional {
+		t.Errorf("container %s: SIDECAR_ENCRYPT must come from Secret %s, not optional (TLS needs a gossip key)", c.Name, gossipSecret)
+	}
+	return o.volumeNamed(t, certVol), certDir
+}
+
 // TestKubernetes_servers checks the StatefulSet and its headless Service.
 func TestKubernetes_servers(t *testing.T) {
 	objs := loadKustomization(t)
@@ -393,6 +549,13 @@ func TestKubernetes_servers(t *testing.T) {
 
 	c := containerNamed(t, sts, "sidecar")
 	checkAgentEnv(t, c, known, true)
+	// TLS: each pod's server certificate from Secret sidecar-server-tls,
+	// which holds one per pod (the node name is the pod name).
+	checkSecretVolumes(t, sts, "")
+	certVol, _ := checkAgentTLS(t, sts, c)
+	if keys, ok := certVol.secretKeys()["sidecar-server-tls"]; !ok || keys != nil {
+		t.Errorf("the servers' certificates must come from every key of Secret sidecar-server-tls (volume %s: %v)", certVol.Name, certVol.secretKeys())
+	}
 	if v := c.envValue(t, "SIDECAR_SERVER"); v != "true" {
 		t.Errorf("SIDECAR_SERVER=%q", v)
 	}
@@ -475,6 +638,7 @@ func TestKubernetes_demoDeployment(t *testing.T) {
 		t.Errorf("sidecar SIDECAR_JOIN=%q does not name the servers' Service %s", join, servers.Spec.ServiceName)
 	}
 	_, dnsPort, _ := net.SplitHostPort(sc.envValue(t, "SIDECAR_DNS_ADDR"))
+	checkDemoTLS(t, dep, sc)
 
 	app := containerNamed(t, dep, "app")
 	checkHardened(t, app)
@@ -518,6 +682,88 @@ func TestKubernetes_demoDeployment(t *testing.T) {
 		if got := app.port(t, p.TargetPort, "TCP"); strconv.Itoa(got) != appPort {
 			t.Errorf("Service demo-primary targets port %d, the app listens on %s", got, appPort)
 		}
+	}
+}
+
+// checkDemoTLS: a Deployment's pod names are known only once the pod
+// exists, so the init container tls-cert issues the sidecar's client
+// certificate for the pod's name into a memory-backed emptyDir, with the CA
+// of Secret sidecar-ca (only it mounts the CA key). Its arguments are run
+// with the real CLI, paths moved to a temporary directory, and must make
+// the files the sidecar reads.
+func checkDemoTLS(t *testing.T, dep *k8sObject, sc *container) {
+	t.Helper()
+	checkSecretVolumes(t, dep, "tls-cert")
+	certVol, certDir := checkAgentTLS(t, dep, sc)
+	if certVol.EmptyDir == nil || certVol.EmptyDir.Medium != "Memory" {
+		t.Errorf("the sidecar's certificate volume %s must be an emptyDir in memory, filled by the init container", certVol.Name)
+	}
+	var init *container
+	for i, c := range dep.Spec.Template.Spec.InitContainers {
+		if c.Name == "tls-cert" {
+			init = &dep.Spec.Template.Spec.InitContainers[i]
+		}
+	}
+	if init == nil {
+		t.Fatalf("Deployment %s has no init container tls-cert to issue the sidecar's certificate", dep.Metadata.Name)
+	}
+	checkHardened(t, init)
+	if init.Image != sc.Image {
+		t.Errorf("init container tls-cert runs %s, want the sidecar image %s", init.Image, sc.Image)
+	}
+	if e, _ := init.env("POD_NAME"); e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "metadata.name" {
+		t.Errorf("init container tls-cert: POD_NAME must come from metadata.name, as SIDECAR_NAME does")
+	}
+	// The init container writes where the sidecar reads.
+	var initDir string
+	for _, m := range init.VolumeMounts {
+		if m.Name == certVol.Name {
+			initDir = m.MountPath
+			if m.ReadOnly {
+				t.Errorf("init container tls-cert mounts %s read-only: it writes the certificate there", m.Name)
+			}
+		}
+	}
+	if initDir == "" {
+		t.Fatalf("init container tls-cert does not mount the sidecar's certificate volume %s", certVol.Name)
+	}
+	// Run its arguments: the CA made as deploy/README.md tells, the pod's
+	// mounts moved under a temporary root.
+	root := t.TempDir()
+	var signerDir string
+	for _, m := range init.VolumeMounts {
+		if keys, ok := dep.volumeNamed(t, m.Name).secretKeys()[caSecret]; ok && keys == nil {
+			signerDir = m.MountPath
+		}
+	}
+	if signerDir == "" {
+		t.Fatalf("init container tls-cert mounts no volume of Secret %s with its key", caSecret)
+	}
+	if out, err := exec.Command(sidecarBin, "tls", "ca", "create", "--dir", filepath.Join(root, signerDir)).CombinedOutput(); err != nil {
+		t.Fatalf("sidecar tls ca create: %v\n%s", err, out)
+	}
+	const pod = "demo-7d4b9c-x2x9q"
+	var args []string
+	for _, a := range init.Args {
+		a = strings.ReplaceAll(a, "$(POD_NAME)", pod)
+		for _, dir := range []string{signerDir, initDir} {
+			a = strings.ReplaceAll(a, "="+dir+"/", "="+filepath.Join(root, dir)+"/")
+			if strings.HasSuffix(a, "="+dir) {
+				a = strings.TrimSuffix(a, dir) + filepath.Join(root, dir)
+			}
+		}
+		args = append(args, a)
+	}
+	if out, err := exec.Command(sidecarBin, args...).CombinedOutput(); err != nil {
+		t.Fatalf("the init container's sidecar %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	for _, f := range []string{pod + ".pem", pod + "-key.pem"} {
+		if _, err := os.Stat(filepath.Join(root, certDir, f)); err != nil {
+			t.Errorf("the init container did not make %s where the sidecar reads it (%s): %v", f, certDir, err)
+		}
+	}
+	if !slices.Contains(init.Args, "--client") {
+		t.Errorf("init container tls-cert %q: want a --client certificate", init.Args)
 	}
 }
 
