@@ -106,10 +106,11 @@ func fmtRatio(sc, etcd float64) string {
 	}
 }
 
-// markdown renders the rows as one Markdown table.
-func markdown(rows []*row) string {
+// markdown renders the rows as one Markdown table whose value columns are
+// named a and b (the ratio is a/b).
+func markdown(rows []*row, colA, colB string) string {
 	var b strings.Builder
-	b.WriteString("| what | sidecar | etcd | sidecar/etcd | goal | met |\n")
+	fmt.Fprintf(&b, "| what | %s | %s | %s/%s | goal | met |\n", colA, colB, colA, colB)
 	b.WriteString("|---|---:|---:|---:|---|:-:|\n")
 	for _, r := range rows {
 		met := ""
