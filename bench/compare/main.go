@@ -143,6 +143,7 @@ type bench struct {
 	self    string
 
 	sc      *sidecarCluster
+	scEmpty bool // sc was just emptied (reset) and nothing wrote since
 	et      *etcdCluster
 	etcdMin int64
 
@@ -176,37 +177,37 @@ func (b *bench) run() int {
 
 	// Rows in table order; sections fill them in.
 	minLabel := "shortest TTL (sidecar 1s, etcd 2s)"
-	rKill := b.add(&row{what: "handover after holder process SIGKILL, " + minLabel + ": median", goal: "sidecar < 50 ms", met: below(0.050)})
-	rKillMax := b.add(&row{what: "  same, max"})
-	rKill5 := b.add(&row{what: "handover after holder process SIGKILL, TTL 5s: median", goal: "sidecar < 50 ms", met: below(0.050)})
-	rKill5Max := b.add(&row{what: "  same, max"})
-	rNode := b.add(&row{what: "handover after holder node SIGKILL, " + minLabel + ": median", goal: "≤ 0.5× etcd", met: ratioAtMost(0.5)})
-	rNodeMax := b.add(&row{what: "  same, max"})
-	rNode5 := b.add(&row{what: "handover after holder node SIGKILL, TTL 5s: median", goal: "≤ 0.5× etcd", met: ratioAtMost(0.5)})
-	rNode5Max := b.add(&row{what: "  same, max"})
-	rGrace := b.add(&row{what: "graceful handover (resign → other leads): median", goal: "≤ etcd", met: ratioAtMost(1)})
-	rGraceMax := b.add(&row{what: "  same, max"})
-	rLock50 := b.add(&row{what: "uncontended lock acquire+release: p50", goal: "≤ etcd", met: ratioAtMost(1)})
-	rLock99 := b.add(&row{what: "uncontended lock acquire+release: p99", goal: "≤ etcd", met: ratioAtMost(1)})
-	rReg16 := b.add(&row{what: "registration throughput, 16 clients (sidecar register+TTL check; etcd lease grant + put)", unit: unitRate, goal: "≥ 3× etcd", met: ratioAtLeast(3)})
-	rReg64 := b.add(&row{what: "registration throughput, 64 clients", unit: unitRate})
-	rPut16 := b.add(&row{what: "write throughput, 16 clients spread over the servers (sidecar register; etcd put)", unit: unitRate})
-	rPut16L := b.add(&row{what: "  same, 16 clients through the Raft leader's HTTP", unit: unitRate, goal: "≥ etcd", met: ratioAtLeast(1)})
-	rPut16C := b.add(&row{what: "  same, 16 clients through the client agents", unit: unitRate, goal: "≥ etcd", met: ratioAtLeast(1)})
-	rPut64 := b.add(&row{what: "write throughput, 64 clients spread over the servers", unit: unitRate, goal: "≥ 2× etcd", met: ratioAtLeast(2)})
-	rPut64L := b.add(&row{what: "  same, 64 clients through the Raft leader's HTTP", unit: unitRate, goal: "≥ etcd", met: ratioAtLeast(1)})
-	rPut64C := b.add(&row{what: "  same, 64 clients through the client agents", unit: unitRate, goal: "≥ etcd", met: ratioAtLeast(1)})
-	rScale := b.add(&row{what: fmt.Sprintf("registration throughput, 16 clients, on top of %s existing instances", thousands(scaleInstances)), unit: unitRate})
-	rGap := b.add(&row{what: "longest write gap after Raft leader SIGKILL: median", goal: "≤ 0.5× etcd", met: ratioAtMost(0.5)})
-	rGapMax := b.add(&row{what: "  same, max"})
-	rNewLeader := b.add(&row{what: "time to a new Raft leader after leader SIGKILL: median"})
-	rRSSServer := b.add(&row{what: "idle RSS: sidecar server vs etcd member", unit: unitBytes, goal: "sidecar < 40 MB", met: below(40e6)})
-	rRSSClient := b.add(&row{what: "idle RSS: sidecar client vs etcd member", unit: unitBytes, goal: "sidecar < 20 MB", met: below(20e6)})
-	rRSSAfter := b.add(&row{what: "RSS after the write rows: sidecar server vs etcd member", unit: unitBytes})
-	rRSSScale := b.add(&row{what: fmt.Sprintf("RSS with %s+ instances: sidecar server vs etcd member", thousands(scaleInstances)), unit: unitBytes})
-	rDNS := b.add(&row{what: "DNS SRV queries/s, 50 instances (dnsperf, dev agent)", unit: unitRate})
-	rProp50 := b.add(&row{what: "registration → DNS on another client: p50"})
-	rProp99 := b.add(&row{what: "registration → DNS on another client: p99"})
+	rKill := b.add(&row{sec: "kill", what: "handover after holder process SIGKILL, " + minLabel + ": median", goal: "sidecar < 50 ms", met: below(0.050)})
+	rKillMax := b.add(&row{sec: "kill", what: "  same, max"})
+	rKill5 := b.add(&row{sec: "kill", what: "handover after holder process SIGKILL, TTL 5s: median", goal: "sidecar < 50 ms", met: below(0.050)})
+	rKill5Max := b.add(&row{sec: "kill", what: "  same, max"})
+	rNode := b.add(&row{sec: "node", what: "handover after holder node SIGKILL, " + minLabel + ": median", goal: "≤ 0.5× etcd", met: ratioAtMost(0.5)})
+	rNodeMax := b.add(&row{sec: "node", what: "  same, max"})
+	rNode5 := b.add(&row{sec: "node", what: "handover after holder node SIGKILL, TTL 5s: median", goal: "≤ 0.5× etcd", met: ratioAtMost(0.5)})
+	rNode5Max := b.add(&row{sec: "node", what: "  same, max"})
+	rGrace := b.add(&row{sec: "graceful", what: "graceful handover (resign → other leads): median", goal: "≤ etcd", met: ratioAtMost(1)})
+	rGraceMax := b.add(&row{sec: "graceful", what: "  same, max"})
+	rLock50 := b.add(&row{sec: "lock", what: "uncontended lock acquire+release: p50", goal: "≤ etcd", met: ratioAtMost(1)})
+	rLock99 := b.add(&row{sec: "lock", what: "uncontended lock acquire+release: p99", goal: "≤ etcd", met: ratioAtMost(1)})
+	rReg16 := b.add(&row{sec: "throughput", what: "registration throughput, 16 clients (sidecar register+TTL check; etcd lease grant + put)", unit: unitRate, goal: "≥ 3× etcd", met: ratioAtLeast(3)})
+	rReg64 := b.add(&row{sec: "throughput", what: "registration throughput, 64 clients", unit: unitRate})
+	rPut16 := b.add(&row{sec: "throughput", what: "write throughput, 16 clients spread over the servers (sidecar register; etcd put)", unit: unitRate})
+	rPut16L := b.add(&row{sec: "throughput", what: "  same, 16 clients through the Raft leader's HTTP", unit: unitRate, goal: "≥ etcd", met: ratioAtLeast(1)})
+	rPut16C := b.add(&row{sec: "throughput", what: "  same, 16 clients through the client agents", unit: unitRate, goal: "≥ etcd", met: ratioAtLeast(1)})
+	rPut64 := b.add(&row{sec: "throughput", what: "write throughput, 64 clients spread over the servers", unit: unitRate, goal: "≥ 2× etcd", met: ratioAtLeast(2)})
+	rPut64L := b.add(&row{sec: "throughput", what: "  same, 64 clients through the Raft leader's HTTP", unit: unitRate, goal: "≥ etcd", met: ratioAtLeast(1)})
+	rPut64C := b.add(&row{sec: "throughput", what: "  same, 64 clients through the client agents", unit: unitRate, goal: "≥ etcd", met: ratioAtLeast(1)})
+	rScale := b.add(&row{sec: "scale", what: fmt.Sprintf("registration throughput, 16 clients, on top of %s existing instances", thousands(scaleInstances)), unit: unitRate})
+	rGap := b.add(&row{sec: "leader", what: "longest write gap after Raft leader SIGKILL: median", goal: "≤ 0.5× etcd", met: ratioAtMost(0.5)})
+	rGapMax := b.add(&row{sec: "leader", what: "  same, max"})
+	rNewLeader := b.add(&row{sec: "leader", what: "time to a new Raft leader after leader SIGKILL: median"})
+	rRSSServer := b.add(&row{sec: "rss", what: "idle RSS: sidecar server vs etcd member", unit: unitBytes, goal: "sidecar < 40 MB", met: below(40e6)})
+	rRSSClient := b.add(&row{sec: "rss", what: "idle RSS: sidecar client vs etcd member", unit: unitBytes, goal: "sidecar < 20 MB", met: below(20e6)})
+	rRSSAfter := b.add(&row{sec: "throughput", what: "RSS after the write rows: sidecar server vs etcd member", unit: unitBytes})
+	rRSSScale := b.add(&row{sec: "scale", what: fmt.Sprintf("RSS with %s+ instances: sidecar server vs etcd member", thousands(scaleInstances)), unit: unitBytes})
+	rDNS := b.add(&row{sec: "dns", what: "DNS SRV queries/s, 50 instances (dnsperf, dev agent)", unit: unitRate})
+	rProp50 := b.add(&row{sec: "propagation", what: "registration → DNS on another client: p50"})
+	rProp99 := b.add(&row{sec: "propagation", what: "registration → DNS on another client: p99"})
 
 	need := func(names ...string) bool {
 		for _, s := range names {
@@ -228,6 +229,8 @@ func (b *bench) run() int {
 			b.fail("sidecar cluster", err)
 			return b.finish(machine)
 		}
+		// A new cluster is empty until a section writes to it.
+		b.scEmpty = !need("kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "tls", "diag", "profile")
 		if b.etcdMin, err = b.et.minTTL(); err != nil {
 			b.fail("etcd minimum TTL", err)
 			b.etcdMin = 2
@@ -463,19 +466,23 @@ func (b *bench) run() int {
 				b.fail("throughput: emptying the sidecar cluster", err)
 				break
 			}
+			b.scEmpty = true
 		}
 		b.notes = append(b.notes, fmt.Sprintf("write rows: each writer cycles over %d ids; every row starts from an empty sidecar cluster (stopped, data dirs removed, started again) and an etcd without those keys and leases. Rows through the leader and through the client agents repeat the etcd figures of the row spread over the servers above them (measured alternately with it, in this run).", idsPerWriter))
 		b.notes = append(b.notes, "after the write rows: "+b.sc.streamSources()+".")
 	}
 
 	if need("tls") {
+		b.scEmpty = false
 		b.tlsSection()
 	}
 
 	if need("diag") {
+		b.scEmpty = false
 		b.diag()
 	}
 	if need("profile") {
+		b.scEmpty = false
 		b.profile()
 	}
 	if need("scale") {
@@ -678,7 +685,16 @@ func (b *bench) finish(machine string) int {
 		b.cfg.trials, 2*b.cfg.trials, b.cfg.seconds, idsPerWriter)
 	out.WriteString(machine)
 	out.WriteString("\n")
-	out.WriteString(markdown(b.rows, "sidecar", "etcd"))
+	// Rows of sections not asked for (BENCH_SECTIONS) are left out.
+	var rows []*row
+	for _, r := range b.rows {
+		if b.cfg.sections[r.sec] {
+			rows = append(rows, r)
+		}
+	}
+	if len(rows) > 0 {
+		out.WriteString(markdown(rows, "sidecar", "etcd"))
+	}
 	if len(b.notes) > 0 {
 		out.WriteString("\n")
 		for _, n := range b.notes {

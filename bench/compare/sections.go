@@ -45,10 +45,13 @@ func (b *bench) measureRSS(r *row, when string) {
 // registration rows, on top of them. It runs last: nothing is cleaned up
 // before the clusters stop.
 func (b *bench) scaleSection(r, rss *row) {
-	if err := resetAll(b.sc); err != nil {
-		b.fail("scale: emptying the sidecar cluster", err)
-		return
+	if !b.scEmpty {
+		if err := resetAll(b.sc); err != nil {
+			b.fail("scale: emptying the sidecar cluster", err)
+			return
+		}
 	}
+	b.scEmpty = false
 	if err := b.preload(scaleInstances, 10*time.Minute); err != nil {
 		b.fail("scale: preload", err)
 		return
@@ -105,7 +108,7 @@ func (b *bench) tlsSection() {
 		return
 	}
 	b.tlsNote = append(b.tlsNote,
-		"plain: "+b.sc.streamSources()+"; TLS: "+tc.streamSources()+" (lock latency through client-0 depends on it: 20-40 ms more per write when a follower feeds it, see below).")
+		"plain: "+b.sc.streamSources()+"; TLS: "+tc.streamSources()+" (lock latency through client-0 depends on it: 20-40 ms more per write when a follower feeds it, see bench/README.md).")
 
 	// Process-kill handover, the shortest TTL, phases spread as in the
 	// main table.

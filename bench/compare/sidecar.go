@@ -150,7 +150,8 @@ func (c *sidecarCluster) nodes() []*scNode {
 }
 
 // stop stops every agent of the cluster by PID (SIGTERM, then SIGKILL
-// after grace), all at once.
+// after grace; SIGKILL at once when grace is 0), all at once, and waits
+// until each is reaped.
 func (c *sidecarCluster) stop(grace time.Duration) {
 	var wg sync.WaitGroup
 	for _, n := range c.nodes() {
@@ -158,18 +159,26 @@ func (c *sidecarCluster) stop(grace time.Duration) {
 			continue
 		}
 		wg.Add(1)
-		go func() { defer wg.Done(); n.p.stop(grace) }()
+		go func() {
+			defer wg.Done()
+			if grace == 0 {
+				n.p.kill9()
+				return
+			}
+			n.p.stop(grace)
+		}()
 	}
 	wg.Wait()
 }
 
-// reset empties the cluster: every agent is stopped, the data dirs are
-// removed, and the same agents (same names, addresses and flags) start a
-// new cluster. It costs the same whatever the registry holds, where
-// deregistering tens of thousands of instances one by one would take
-// minutes.
+// reset empties the cluster: every agent is killed (by PID), the data
+// dirs are removed, and the same agents (same names, addresses and flags)
+// start a new cluster. It costs the same whatever the registry holds,
+// where deregistering tens of thousands of instances one by one would
+// take minutes.
 func (c *sidecarCluster) reset() error {
-	c.stop(5 * time.Second)
+	// SIGKILL: the data dirs go, so a graceful leave buys nothing.
+	c.stop(0)
 	if err := os.RemoveAll(c.dataRoot); err != nil {
 		return fmt.Errorf("reset: %w", err)
 	}

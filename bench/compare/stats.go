@@ -59,6 +59,7 @@ const (
 // row is one line of the table. A NaN value is a measurement that did not
 // happen (a system without that feature, or a failed section).
 type row struct {
+	sec     string // the BENCH_SECTIONS section that fills it
 	what    string
 	unit    unit
 	sidecar float64

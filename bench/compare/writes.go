@@ -160,15 +160,22 @@ func (b *bench) preload(count int, bound time.Duration) error {
 		logf("preload: %s holds %d more instances after %v", system, count, time.Since(t0).Round(time.Millisecond))
 		return errors.Join(errs...)
 	}
-	if err := load("sidecar", func(w, k int) func(ctx context.Context) error {
-		reg := registration(fmt.Sprintf("pre-%d", k), fmt.Sprintf("pre-%d", k/50), 1+k%60000, false)
-		return func(ctx context.Context) error { _, err := scw[w].Register(ctx, reg); return err }
-	}); err != nil {
-		return err
-	}
-	return load("etcd", func(w, k int) func(ctx context.Context) error {
+	// Both systems load at once: the load is not measured.
+	var scErr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		scErr = load("sidecar", func(w, k int) func(ctx context.Context) error {
+			reg := registration(fmt.Sprintf("pre-%d", k), fmt.Sprintf("pre-%d", k/50), 1+k%60000, false)
+			return func(ctx context.Context) error { _, err := scw[w].Register(ctx, reg); return err }
+		})
+	}()
+	etErr := load("etcd", func(w, k int) func(ctx context.Context) error {
 		key := fmt.Sprintf("/bench/pre/%d", k)
 		val := fmt.Sprintf(`{"id":"pre-%d","name":"pre-%d","address":"10.0.0.1","port":%d}`, k, k/50, 1+k%60000)
 		return etw.register(etw.clis[w], key, val)
 	})
+	wg.Wait()
+	return errors.Join(scErr, etErr)
 }
