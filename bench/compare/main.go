@@ -468,7 +468,7 @@ func (b *bench) run() int {
 			}
 			b.scEmpty = true
 		}
-		b.notes = append(b.notes, fmt.Sprintf("write rows: each writer cycles over %d ids; every row starts from an empty sidecar cluster (stopped, data dirs removed, started again) and an etcd without those keys and leases. Rows through the leader and through the client agents repeat the etcd figures of the row spread over the servers above them (measured alternately with it, in this run).", idsPerWriter))
+		b.notes = append(b.notes, fmt.Sprintf("write rows: each writer cycles over %d ids; every row starts from an empty sidecar cluster (its agents killed, data dirs removed, started again) and an etcd without those keys and leases. Rows through the leader and through the client agents repeat the etcd figures of the row spread over the servers above them (measured alternately with it, in this run).", idsPerWriter))
 		b.notes = append(b.notes, "after the write rows: "+b.sc.streamSources()+".")
 	}
 

@@ -108,7 +108,7 @@ func (b *bench) tlsSection() {
 		return
 	}
 	b.tlsNote = append(b.tlsNote,
-		"plain: "+b.sc.streamSources()+"; TLS: "+tc.streamSources()+" (lock latency through client-0 depends on it: 20-40 ms more per write when a follower feeds it, see bench/README.md).")
+		"plain: "+b.sc.streamSources()+"; TLS: "+tc.streamSources()+" (the rows through client-0 and client-1 depend on it: see \"follower lag\" in bench/README.md).")
 
 	// Process-kill handover, the shortest TTL, phases spread as in the
 	// main table.
