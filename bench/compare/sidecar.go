@@ -48,8 +48,15 @@ type clusterOpts struct {
 	tls *tlsFiles
 }
 
-func startSidecar(sup *supervisor, bin, dataRoot string, opts clusterOpts, nServers int, clients ...string) (*sidecarCluster, error) {
+// startSidecar starts the cluster and waits until it is healthy; when a
+// step fails, it stops the agents it had started.
+func startSidecar(sup *supervisor, bin, dataRoot string, opts clusterOpts, nServers int, clients ...string) (_ *sidecarCluster, err error) {
 	c := &sidecarCluster{sup: sup, bin: bin, dataRoot: dataRoot, opts: opts}
+	defer func() {
+		if err != nil {
+			c.stop(5 * time.Second)
+		}
+	}()
 	for i := 0; i < nServers; i++ {
 		n, err := c.newNode(fmt.Sprintf("server-%d", i), true)
 		if err != nil {
