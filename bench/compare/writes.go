@@ -141,7 +141,7 @@ func (b *bench) preload(count int, bound time.Duration) error {
 	defer etw.close()
 	load := func(system string, op func(w, k int) func(ctx context.Context) error) error {
 		t0 := time.Now()
-		var loaded atomic.Int64
+		var loaded, failedAttempts, slowest atomic.Int64 // slowest: ns
 		deadline := t0.Add(bound)
 		errs := make([]error, loaders)
 		var wg sync.WaitGroup
@@ -157,12 +157,25 @@ func (b *bench) preload(count int, bound time.Duration) error {
 					// Not measured, so not the rows' 200 ms attempts:
 					// a slow write is waited for rather than sent again
 					// on top of itself.
-					if err := retryEach(time.Minute, preloadAttempt, op(w, k)); err != nil {
+					f := op(w, k)
+					t1 := time.Now()
+					err := retryEach(time.Minute, preloadAttempt, func(ctx context.Context) error {
+						err := f(ctx)
+						if err != nil {
+							failedAttempts.Add(1)
+						}
+						return err
+					})
+					if d := int64(time.Since(t1)); err == nil && d > slowest.Load() {
+						slowest.Store(d) // racy max: a log figure only
+					}
+					if err != nil {
 						errs[w] = fmt.Errorf("%s: instance %d: %w", system, k, err)
 						return
 					}
 					if done := loaded.Add(1); done%10000 == 0 {
-						logf("preload: %s: %d instances after %v", system, done, time.Since(t0).Round(time.Millisecond))
+						logf("preload: %s: %d instances after %v; slowest write so far %v, %d failed attempts", system, done,
+							time.Since(t0).Round(time.Millisecond), time.Duration(slowest.Load()).Round(time.Millisecond), failedAttempts.Load())
 					}
 				}
 			}()
