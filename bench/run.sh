@@ -11,12 +11,17 @@
 # Markdown table of medians with the ratio sidecar/etcd on stdout. The DNS
 # row runs bench/dns/run.sh once the clusters are stopped.
 #
+# With the tls section, a second sidecar cluster of the same shape runs with
+# mutual TLS on the Raft/RPC port (certificates made by `sidecar tls` in the
+# scratch directory) and a second table shows it beside plain sidecar.
+#
 # Environment: BENCH_TRIALS (5), BENCH_SECONDS (3, per throughput trial),
-# BENCH_LOCK_OPS (200), BENCH_PROP_SAMPLES (50), BENCH_SECTIONS (all; a comma
-# list of rss,kill,node,graceful,lock,propagation,leader,throughput,dns, plus
-# diag and profile, which only log: see bench/README.md), BENCH_OUT (also
-# write the table there), BENCH_KEEP=1 (keep the scratch directory and its
-# logs), SIDECAR_BIN (bin/sidecar).
+# BENCH_LOCK_OPS (200), BENCH_PROP_SAMPLES (50), BENCH_SCALE_INSTANCES
+# (50000), BENCH_SECTIONS (all; a comma list of rss,kill,node,graceful,lock,
+# propagation,leader,throughput,tls,scale,dns, plus diag and profile, which
+# only log: see bench/README.md), BENCH_OUT (also write the tables there),
+# BENCH_KEEP=1 (keep the scratch directory and its logs), SIDECAR_BIN
+# (bin/sidecar).
 #
 # Every process is started by the driver, which stops each by PID when it
 # ends or is signalled (and gives each Pdeathsig=SIGKILL); this script stops

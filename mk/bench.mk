@@ -1,7 +1,7 @@
 # make bench: sidecar against etcd on the same work, in one run (bench/).
 .PHONY: bench
 
-## bench: sidecar vs etcd, 3-server clusters each on loopback (installs Debian's etcd-server if missing): one table of medians with ratios (BENCH_TRIALS=5; ~10 min)
+## bench: sidecar vs etcd, 3-server clusters each on loopback (installs Debian's etcd-server if missing): one table of medians with ratios, and sidecar with TLS beside plain sidecar (BENCH_TRIALS=5; ~15 min; BENCH_SECTIONS=tls,throughput,... for a subset)
 bench: build
 	./bench/run.sh
 

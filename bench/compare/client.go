@@ -15,9 +15,14 @@ const attemptTimeout = 200 * time.Millisecond
 // retry runs f with a fresh attempt deadline until it succeeds or bound has
 // passed; it returns the last error then.
 func retry(bound time.Duration, f func(ctx context.Context) error) error {
+	return retryEach(bound, attemptTimeout, f)
+}
+
+// retryEach is retry with attempts of the given length.
+func retryEach(bound, attempt time.Duration, f func(ctx context.Context) error) error {
 	deadline := time.Now().Add(bound)
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), attemptTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), attempt)
 		err := f(ctx)
 		cancel()
 		if err == nil || time.Now().After(deadline) {

@@ -13,7 +13,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -25,13 +24,10 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"google.golang.org/grpc/grpclog"
-
-	"github.com/sidecarhq/sidecar/api"
 )
 
 func main() {
@@ -71,7 +67,7 @@ func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "== %s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
 }
 
-var allSections = []string{"rss", "kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "dns"}
+var allSections = []string{"rss", "kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "tls", "scale", "dns"}
 
 func run(args []string) int {
 	var cfg config
@@ -147,12 +143,15 @@ type bench struct {
 	self    string
 
 	sc      *sidecarCluster
+	scEmpty bool // sc was just emptied (reset) and nothing wrote since
 	et      *etcdCluster
 	etcdMin int64
 
-	rows   []*row
-	notes  []string
-	errors []string
+	rows    []*row
+	notes   []string
+	tlsRows []*row // TLS on beside plain: the second table
+	tlsNote []string
+	errors  []string
 }
 
 func (b *bench) fail(section string, err error) {
@@ -178,31 +177,37 @@ func (b *bench) run() int {
 
 	// Rows in table order; sections fill them in.
 	minLabel := "shortest TTL (sidecar 1s, etcd 2s)"
-	rKill := b.add(&row{what: "handover after holder process SIGKILL, " + minLabel + ": median", goal: "sidecar < 50 ms", met: below(0.050)})
-	rKillMax := b.add(&row{what: "  same, max"})
-	rKill5 := b.add(&row{what: "handover after holder process SIGKILL, TTL 5s: median", goal: "sidecar < 50 ms", met: below(0.050)})
-	rKill5Max := b.add(&row{what: "  same, max"})
-	rNode := b.add(&row{what: "handover after holder node SIGKILL, " + minLabel + ": median", goal: "≤ 0.5× etcd", met: ratioAtMost(0.5)})
-	rNodeMax := b.add(&row{what: "  same, max"})
-	rNode5 := b.add(&row{what: "handover after holder node SIGKILL, TTL 5s: median", goal: "≤ 0.5× etcd", met: ratioAtMost(0.5)})
-	rNode5Max := b.add(&row{what: "  same, max"})
-	rGrace := b.add(&row{what: "graceful handover (resign → other leads): median", goal: "≤ etcd", met: ratioAtMost(1)})
-	rGraceMax := b.add(&row{what: "  same, max"})
-	rLock50 := b.add(&row{what: "uncontended lock acquire+release: p50", goal: "≤ etcd", met: ratioAtMost(1)})
-	rLock99 := b.add(&row{what: "uncontended lock acquire+release: p99", goal: "≤ etcd", met: ratioAtMost(1)})
-	rReg16 := b.add(&row{what: "registration throughput, 16 clients (sidecar register+TTL check; etcd lease grant + put)", unit: unitRate, goal: "≥ 3× etcd", met: ratioAtLeast(3)})
-	rReg64 := b.add(&row{what: "registration throughput, 64 clients", unit: unitRate})
-	rPut16 := b.add(&row{what: "write throughput, 16 clients (sidecar register; etcd put)", unit: unitRate})
-	rPut64 := b.add(&row{what: "write throughput, 64 clients", unit: unitRate, goal: "≥ 2× etcd", met: ratioAtLeast(2)})
-	rGap := b.add(&row{what: "longest write gap after Raft leader SIGKILL: median", goal: "≤ 0.5× etcd", met: ratioAtMost(0.5)})
-	rGapMax := b.add(&row{what: "  same, max"})
-	rNewLeader := b.add(&row{what: "time to a new Raft leader after leader SIGKILL: median"})
-	rRSSServer := b.add(&row{what: "idle RSS: sidecar server vs etcd member", unit: unitBytes, goal: "sidecar < 40 MB", met: below(40e6)})
-	rRSSClient := b.add(&row{what: "idle RSS: sidecar client vs etcd member", unit: unitBytes, goal: "sidecar < 20 MB", met: below(20e6)})
-	rRSSAfter := b.add(&row{what: "RSS after the run: sidecar server vs etcd member", unit: unitBytes})
-	rDNS := b.add(&row{what: "DNS SRV queries/s, 50 instances (dnsperf, dev agent)", unit: unitRate})
-	rProp50 := b.add(&row{what: "registration → DNS on another client: p50"})
-	rProp99 := b.add(&row{what: "registration → DNS on another client: p99"})
+	rKill := b.add(&row{sec: "kill", what: "handover after holder process SIGKILL, " + minLabel + ": median", goal: "sidecar < 50 ms", met: below(0.050)})
+	rKillMax := b.add(&row{sec: "kill", what: "  same, max"})
+	rKill5 := b.add(&row{sec: "kill", what: "handover after holder process SIGKILL, TTL 5s: median", goal: "sidecar < 50 ms", met: below(0.050)})
+	rKill5Max := b.add(&row{sec: "kill", what: "  same, max"})
+	rNode := b.add(&row{sec: "node", what: "handover after holder node SIGKILL, " + minLabel + ": median", goal: "≤ 0.5× etcd", met: ratioAtMost(0.5)})
+	rNodeMax := b.add(&row{sec: "node", what: "  same, max"})
+	rNode5 := b.add(&row{sec: "node", what: "handover after holder node SIGKILL, TTL 5s: median", goal: "≤ 0.5× etcd", met: ratioAtMost(0.5)})
+	rNode5Max := b.add(&row{sec: "node", what: "  same, max"})
+	rGrace := b.add(&row{sec: "graceful", what: "graceful handover (resign → other leads): median", goal: "≤ etcd", met: ratioAtMost(1)})
+	rGraceMax := b.add(&row{sec: "graceful", what: "  same, max"})
+	rLock50 := b.add(&row{sec: "lock", what: "uncontended lock acquire+release: p50", goal: "≤ etcd", met: ratioAtMost(1)})
+	rLock99 := b.add(&row{sec: "lock", what: "uncontended lock acquire+release: p99", goal: "≤ etcd", met: ratioAtMost(1)})
+	rReg16 := b.add(&row{sec: "throughput", what: "registration throughput, 16 clients (sidecar register+TTL check; etcd lease grant + put)", unit: unitRate, goal: "≥ 3× etcd", met: ratioAtLeast(3)})
+	rReg64 := b.add(&row{sec: "throughput", what: "registration throughput, 64 clients", unit: unitRate})
+	rPut16 := b.add(&row{sec: "throughput", what: "write throughput, 16 clients spread over the servers (sidecar register; etcd put)", unit: unitRate})
+	rPut16L := b.add(&row{sec: "throughput", what: "  same, 16 clients through the Raft leader's HTTP", unit: unitRate, goal: "≥ etcd", met: ratioAtLeast(1)})
+	rPut16C := b.add(&row{sec: "throughput", what: "  same, 16 clients through the client agents", unit: unitRate, goal: "≥ etcd", met: ratioAtLeast(1)})
+	rPut64 := b.add(&row{sec: "throughput", what: "write throughput, 64 clients spread over the servers", unit: unitRate, goal: "≥ 2× etcd", met: ratioAtLeast(2)})
+	rPut64L := b.add(&row{sec: "throughput", what: "  same, 64 clients through the Raft leader's HTTP", unit: unitRate, goal: "≥ etcd", met: ratioAtLeast(1)})
+	rPut64C := b.add(&row{sec: "throughput", what: "  same, 64 clients through the client agents", unit: unitRate, goal: "≥ etcd", met: ratioAtLeast(1)})
+	rScale := b.add(&row{sec: "scale", what: fmt.Sprintf("registration throughput, 16 clients, on top of %s existing instances", thousands(scaleInstances)), unit: unitRate})
+	rGap := b.add(&row{sec: "leader", what: "longest write gap after Raft leader SIGKILL: median", goal: "≤ 0.5× etcd", met: ratioAtMost(0.5)})
+	rGapMax := b.add(&row{sec: "leader", what: "  same, max"})
+	rNewLeader := b.add(&row{sec: "leader", what: "time to a new Raft leader after leader SIGKILL: median"})
+	rRSSServer := b.add(&row{sec: "rss", what: "idle RSS: sidecar server vs etcd member", unit: unitBytes, goal: "sidecar < 40 MB", met: below(40e6)})
+	rRSSClient := b.add(&row{sec: "rss", what: "idle RSS: sidecar client vs etcd member", unit: unitBytes, goal: "sidecar < 20 MB", met: below(20e6)})
+	rRSSAfter := b.add(&row{sec: "throughput", what: "RSS after the write rows: sidecar server vs etcd member", unit: unitBytes})
+	rRSSScale := b.add(&row{sec: "scale", what: fmt.Sprintf("RSS with %s+ instances: sidecar server vs etcd member", thousands(scaleInstances)), unit: unitBytes})
+	rDNS := b.add(&row{sec: "dns", what: "DNS SRV queries/s, 50 instances (dnsperf, dev agent)", unit: unitRate})
+	rProp50 := b.add(&row{sec: "propagation", what: "registration → DNS on another client: p50"})
+	rProp99 := b.add(&row{sec: "propagation", what: "registration → DNS on another client: p99"})
 
 	need := func(names ...string) bool {
 		for _, s := range names {
@@ -212,7 +217,7 @@ func (b *bench) run() int {
 		}
 		return false
 	}
-	if need("rss", "kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "diag", "profile") {
+	if need("rss", "kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "tls", "scale", "diag", "profile") {
 		logf("starting a 3-server etcd cluster")
 		if b.et, err = startEtcd(b.sup, b.cfg.etcdBin, filepath.Join(b.cfg.dir, "etcd"), 3); err != nil {
 			b.fail("etcd cluster", err)
@@ -220,10 +225,12 @@ func (b *bench) run() int {
 		}
 		defer b.et.close()
 		logf("starting a 3-server sidecar cluster and 2 clients")
-		if b.sc, err = startSidecar(b.sup, b.cfg.sidecarBin, filepath.Join(b.cfg.dir, "sidecar"), 3, "client-0", "client-1"); err != nil {
+		if b.sc, err = startSidecar(b.sup, b.cfg.sidecarBin, filepath.Join(b.cfg.dir, "sidecar"), clusterOpts{}, 3, "client-0", "client-1"); err != nil {
 			b.fail("sidecar cluster", err)
 			return b.finish(machine)
 		}
+		// A new cluster is empty until a section writes to it.
+		b.scEmpty = !need("kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "tls", "diag", "profile")
 		if b.etcdMin, err = b.et.minTTL(); err != nil {
 			b.fail("etcd minimum TTL", err)
 			b.etcdMin = 2
@@ -407,37 +414,79 @@ func (b *bench) run() int {
 	}
 
 	if need("throughput") {
+		// Each row starts from an empty registry and etcd: writers cycle
+		// over idsPerWriter ids each, so a row leaves up to 64,000
+		// instances behind.
+		servers := func() ([]*scNode, error) { return b.sc.servers, nil }
+		leader := func() ([]*scNode, error) {
+			l, err := b.sc.leader()
+			return []*scNode{l}, err
+		}
+		clients := func() ([]*scNode, error) { return b.sc.clients, nil }
+		if err := resetAll(b.sc); err != nil {
+			b.fail("throughput: emptying the sidecar cluster", err)
+		}
+		var etcdRates []float64
 		for _, t := range []struct {
 			clients int
 			check   bool
+			what    string
+			agents  func() ([]*scNode, error)
 			r       *row
-		}{{16, true, rReg16}, {64, true, rReg64}, {16, false, rPut16}, {64, false, rPut64}} {
-			sc, et, err := b.throughputRow(t.clients, t.check)
+			etcd    bool // measure etcd alongside; else repeat the row before's
+			last    bool
+		}{
+			{16, true, "the servers", servers, rReg16, true, false},
+			{64, true, "the servers", servers, rReg64, true, false},
+			{16, false, "the servers", servers, rPut16, true, false},
+			{16, false, "the leader", leader, rPut16L, false, false},
+			{16, false, "the clients", clients, rPut16C, false, false},
+			{64, false, "the servers", servers, rPut64, true, false},
+			{64, false, "the leader", leader, rPut64L, false, false},
+			{64, false, "the clients", clients, rPut64C, false, true},
+		} {
+			agents, err := t.agents()
 			if err != nil {
-				b.fail(fmt.Sprintf("throughput %d clients", t.clients), err)
+				b.fail(fmt.Sprintf("throughput %d clients through %s", t.clients, t.what), err)
+				continue
 			}
-			t.r.sidecar, t.r.etcd = median(sc), median(et)
-		}
-		var srv, et []float64
-		for _, s := range b.sc.servers {
-			if v, err := rssBytes(s.p.pid()); err == nil {
-				srv = append(srv, v)
+			target := &writeTarget{what: t.what, c: b.sc, agents: agents}
+			sc, et, err := b.writeTrials(t.clients, t.check, []*writeTarget{target}, t.etcd)
+			if err != nil {
+				b.fail(fmt.Sprintf("throughput %d clients through %s", t.clients, t.what), err)
 			}
-		}
-		for _, pid := range b.et.pids() {
-			if v, err := rssBytes(pid); err == nil {
-				et = append(et, v)
+			if t.etcd {
+				etcdRates = et
 			}
+			t.r.sidecar, t.r.etcd = median(sc[0]), median(etcdRates)
+			if t.last {
+				b.measureRSS(rRSSAfter, "after the write rows")
+			}
+			if err := resetAll(b.sc); err != nil {
+				b.fail("throughput: emptying the sidecar cluster", err)
+				break
+			}
+			b.scEmpty = true
 		}
-		logf("RSS after the run MB: sidecar servers %v, etcd %v", mb(srv), mb(et))
-		rRSSAfter.sidecar, rRSSAfter.etcd = median(srv), median(et)
+		b.notes = append(b.notes, fmt.Sprintf("write rows: each writer cycles over %d ids; every row starts from an empty sidecar cluster (its agents killed, data dirs removed, started again) and an etcd without those keys and leases. Rows through the leader and through the client agents repeat the etcd figures of the row spread over the servers above them (measured alternately with it, in this run).", idsPerWriter))
+		b.notes = append(b.notes, "after the write rows: "+b.sc.streamSources()+".")
+	}
+
+	if need("tls") {
+		b.scEmpty = false
+		b.tlsSection()
 	}
 
 	if need("diag") {
+		b.scEmpty = false
 		b.diag()
 	}
 	if need("profile") {
+		b.scEmpty = false
 		b.profile()
+	}
+	if need("scale") {
+		b.scaleSection(rScale, rRSSScale)
 	}
 
 	if b.sc != nil || b.et != nil {
@@ -590,76 +639,6 @@ func (b *bench) etcdLeaderKill(trial int) (gap, newLeader float64, err error) {
 	return seconds(g), seconds(led), nil
 }
 
-// throughputRow runs trials of n concurrent sequential writers against
-// each system, alternating, and returns the rates per trial.
-func (b *bench) throughputRow(n int, check bool) (sc, et []float64, err error) {
-	scw, err := b.sc.writers(n)
-	if err != nil {
-		return nil, nil, err
-	}
-	etw, err := b.et.writers(n)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer etw.close()
-	kind := "write"
-	if check {
-		kind = "registration"
-	}
-	const keys = 64 // per writer: the registry stays at n*64 instances
-	for t := 0; t < b.cfg.trials; t++ {
-		rate, failed := throughput(n, 500*time.Millisecond, b.cfg.seconds, func(w, i int) func(ctx context.Context) error {
-			reg := registration(fmt.Sprintf("tp-%d-%d", w, i%keys), fmt.Sprintf("tp-%d", w), 1+i%60000, check)
-			return func(ctx context.Context) error { _, err := scw[w].Register(ctx, reg); return err }
-		})
-		logf("sidecar %s throughput, %d clients, trial %d: %.0f/s (%d failed attempts)", kind, n, t+1, rate, failed)
-		sc = append(sc, rate)
-		rate, failed = throughput(n, 500*time.Millisecond, b.cfg.seconds, func(w, i int) func(ctx context.Context) error {
-			key := fmt.Sprintf("/bench/tp/%d/%d", w, i%keys)
-			val := fmt.Sprintf(`{"id":"tp-%d-%d","name":"tp-%d","address":"10.0.0.1","port":%d}`, w, i%keys, w, 1+i%60000)
-			cli := etw.clis[w]
-			if check {
-				return etw.register(cli, key, val)
-			}
-			return func(ctx context.Context) error { _, err := cli.Put(ctx, key, val); return err }
-		})
-		logf("etcd %s throughput, %d clients, trial %d: %.0f/s (%d failed attempts)", kind, n, t+1, rate, failed)
-		et = append(et, rate)
-	}
-	// Each row starts from the same registry: the instances and keys this
-	// row wrote are removed (sidecar's per-write cost grows with the
-	// number of instances a node owns).
-	logf("throughput: removing the %d×%d instances and keys of this row", n, keys)
-	errs := make([]error, n)
-	var wg sync.WaitGroup
-	for w := 0; w < n; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for k := 0; k < keys; k++ {
-				id := fmt.Sprintf("tp-%d-%d", w, k)
-				err := retry(5*time.Second, func(ctx context.Context) error {
-					if err := scw[w].Deregister(ctx, id); err != nil && !api.IsNotFound(err) {
-						return err
-					}
-					return nil
-				})
-				if err != nil && errs[w] == nil {
-					errs[w] = err
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(append(errs, etw.cleanup("/bench/tp/"))...); err != nil {
-		return sc, et, fmt.Errorf("cleanup: %w", err)
-	}
-	for _, c := range scw {
-		c.CloseIdleConnections()
-	}
-	return sc, et, nil
-}
-
 // dnsRow runs bench/dns/run.sh (dnsperf against a dev agent) for SRV and
 // returns its max-rate queries per second.
 func (b *bench) dnsRow() (float64, error) {
@@ -702,15 +681,34 @@ func (b *bench) dnsRow() (float64, error) {
 // -out), and returns 1 if a section failed.
 func (b *bench) finish(machine string) int {
 	var out strings.Builder
-	fmt.Fprintf(&out, "sidecar vs etcd, 3-server clusters on 127.0.0.1, default timings; medians of %d trials (graceful: %d; throughput: %s each)\n\n",
-		b.cfg.trials, 2*b.cfg.trials, b.cfg.seconds)
+	fmt.Fprintf(&out, "sidecar vs etcd, 3-server clusters on 127.0.0.1, default timings; medians of %d trials (graceful: %d; throughput: %s each, writers cycling over %d ids each)\n\n",
+		b.cfg.trials, 2*b.cfg.trials, b.cfg.seconds, idsPerWriter)
 	out.WriteString(machine)
 	out.WriteString("\n")
-	out.WriteString(markdown(b.rows))
+	// Rows of sections not asked for (BENCH_SECTIONS) are left out.
+	var rows []*row
+	for _, r := range b.rows {
+		if b.cfg.sections[r.sec] {
+			rows = append(rows, r)
+		}
+	}
+	if len(rows) > 0 {
+		out.WriteString(markdown(rows, "sidecar", "etcd"))
+	}
 	if len(b.notes) > 0 {
 		out.WriteString("\n")
 		for _, n := range b.notes {
 			out.WriteString("- " + n + "\n")
+		}
+	}
+	if len(b.tlsRows) > 0 {
+		out.WriteString("\nsidecar with TLS on (mutual TLS 1.3 on every agent's Raft/RPC port, certificates from `sidecar tls`, gossip encrypted with --encrypt; HTTP API plain on loopback) beside plain sidecar, two clusters of the same shape in this run, trials alternating\n\n")
+		out.WriteString(markdown(b.tlsRows, "TLS", "plain"))
+		if len(b.tlsNote) > 0 {
+			out.WriteString("\n")
+			for _, n := range b.tlsNote {
+				out.WriteString("- " + n + "\n")
+			}
 		}
 	}
 	if len(b.errors) > 0 {

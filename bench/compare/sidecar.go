@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -30,14 +32,31 @@ type sidecarCluster struct {
 	sup      *supervisor
 	bin      string
 	dataRoot string
+	opts     clusterOpts
 	servers  []*scNode
 	clients  []*scNode
 	joins    []string // gossip addresses of the servers
 	nextNode int
 }
 
-func startSidecar(sup *supervisor, bin, dataRoot string, nServers int, clients ...string) (*sidecarCluster, error) {
-	c := &sidecarCluster{sup: sup, bin: bin, dataRoot: dataRoot}
+// clusterOpts set a cluster apart from the plain one.
+type clusterOpts struct {
+	// label prefixes the log file names of its processes ("tls-").
+	label string
+	// tls, when set, runs every agent with mutual TLS on the Raft/RPC port
+	// (and the gossip key TLS requires); the HTTP API stays plain HTTP.
+	tls *tlsFiles
+}
+
+// startSidecar starts the cluster and waits until it is healthy; when a
+// step fails, it stops the agents it had started.
+func startSidecar(sup *supervisor, bin, dataRoot string, opts clusterOpts, nServers int, clients ...string) (_ *sidecarCluster, err error) {
+	c := &sidecarCluster{sup: sup, bin: bin, dataRoot: dataRoot, opts: opts}
+	defer func() {
+		if err != nil {
+			c.stop(5 * time.Second)
+		}
+	}()
 	for i := 0; i < nServers; i++ {
 		n, err := c.newNode(fmt.Sprintf("server-%d", i), true)
 		if err != nil {
@@ -87,6 +106,14 @@ func (c *sidecarCluster) newNode(name string, server bool) (*scNode, error) {
 	}
 	n.args = []string{"agent", "--name", name, "--bind-addr", n.gossip, "--advertise-addr", "127.0.0.1",
 		"--http-addr", n.http, "--dns-addr", n.dns, "--log-level", "warn"}
+	if t := c.opts.tls; t != nil {
+		cert, key, err := t.cert(c.sup, c.bin, name, server)
+		if err != nil {
+			return nil, err
+		}
+		n.args = append(n.args, "--encrypt", t.gossipKey,
+			"--tls-ca-file", t.ca, "--tls-cert-file", cert, "--tls-key-file", key)
+	}
 	if server {
 		raft, err := c.sup.addr()
 		if err != nil {
@@ -101,7 +128,7 @@ func (c *sidecarCluster) newNode(name string, server bool) (*scNode, error) {
 }
 
 func (c *sidecarCluster) run(n *scNode) error {
-	p, err := c.sup.start(n.name, c.bin, n.args...)
+	p, err := c.sup.start(c.opts.label+n.name, c.bin, n.args...)
 	if err != nil {
 		return err
 	}
@@ -122,6 +149,55 @@ func (c *sidecarCluster) startClient(name string, extra ...string) (*scNode, err
 		return nil, err
 	}
 	return n, nil
+}
+
+// nodes returns the servers, then the clients.
+func (c *sidecarCluster) nodes() []*scNode {
+	return append(append([]*scNode{}, c.servers...), c.clients...)
+}
+
+// stop stops every agent of the cluster by PID (SIGTERM, then SIGKILL
+// after grace; SIGKILL at once when grace is 0), all at once, and waits
+// until each is reaped.
+func (c *sidecarCluster) stop(grace time.Duration) {
+	var wg sync.WaitGroup
+	for _, n := range c.nodes() {
+		if n.p == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if grace == 0 {
+				n.p.kill9()
+				return
+			}
+			n.p.stop(grace)
+		}()
+	}
+	wg.Wait()
+}
+
+// reset empties the cluster: every agent is killed (by PID), the data
+// dirs are removed, and the same agents (same names, addresses and flags)
+// start a new cluster. It costs the same whatever the registry holds,
+// where deregistering tens of thousands of instances one by one would
+// take minutes.
+func (c *sidecarCluster) reset() error {
+	// SIGKILL: the data dirs go, so a graceful leave buys nothing.
+	c.stop(0)
+	if err := os.RemoveAll(c.dataRoot); err != nil {
+		return fmt.Errorf("reset: %w", err)
+	}
+	for _, n := range c.nodes() {
+		if err := c.run(n); err != nil {
+			return fmt.Errorf("reset: %w", err)
+		}
+	}
+	if err := c.waitHealthy(60 * time.Second); err != nil {
+		return fmt.Errorf("reset: %w", err)
+	}
+	return nil
 }
 
 func (n *scNode) ready() error {
@@ -170,7 +246,7 @@ func (c *sidecarCluster) waitHealthy(timeout time.Duration) error {
 
 func (c *sidecarCluster) healthy() error {
 	lead := ""
-	for _, n := range append(append([]*scNode{}, c.servers...), c.clients...) {
+	for _, n := range c.nodes() {
 		if err := n.ready(); err != nil {
 			return fmt.Errorf("%s: %w", n.name, err)
 		}
@@ -408,12 +484,15 @@ func registration(id, name string, port int, check bool) api.ServiceRegistration
 	return r
 }
 
-// writers returns n API clients spread round-robin over the servers, each
-// with its own connections.
-func (c *sidecarCluster) writers(n int) ([]*api.Client, error) {
+// writers returns n API clients spread round-robin over the given agents
+// (the servers when none are given), each with its own connections.
+func (c *sidecarCluster) writers(n int, agents ...*scNode) ([]*api.Client, error) {
+	if len(agents) == 0 {
+		agents = c.servers
+	}
 	var cs []*api.Client
 	for i := 0; i < n; i++ {
-		cl, err := api.NewClient(c.servers[i%len(c.servers)].http)
+		cl, err := api.NewClient(agents[i%len(agents)].http)
 		if err != nil {
 			return nil, err
 		}

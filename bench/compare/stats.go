@@ -59,6 +59,7 @@ const (
 // row is one line of the table. A NaN value is a measurement that did not
 // happen (a system without that feature, or a failed section).
 type row struct {
+	sec     string // the BENCH_SECTIONS section that fills it
 	what    string
 	unit    unit
 	sidecar float64
@@ -106,10 +107,11 @@ func fmtRatio(sc, etcd float64) string {
 	}
 }
 
-// markdown renders the rows as one Markdown table.
-func markdown(rows []*row) string {
+// markdown renders the rows as one Markdown table whose value columns are
+// named a and b (the ratio is a/b).
+func markdown(rows []*row, colA, colB string) string {
 	var b strings.Builder
-	b.WriteString("| what | sidecar | etcd | sidecar/etcd | goal | met |\n")
+	fmt.Fprintf(&b, "| what | %s | %s | %s/%s | goal | met |\n", colA, colB, colA, colB)
 	b.WriteString("|---|---:|---:|---:|---|:-:|\n")
 	for _, r := range rows {
 		met := ""
