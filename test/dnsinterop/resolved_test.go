@@ -1,10 +1,6 @@
 package dnsinterop
 
 import (
-	"bufio"
-	"bytes"
-	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,57 +9,27 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/sidecarhq/sidecar/api"
 )
 
 // systemd-resolved is tested without installing Debian's package, which
 // would take over the machine's /etc/resolv.conf: the test downloads the
 // package (and the libsystemd-shared it is built against) with
 // `apt-get download` once (kept in ~/.cache/sidecar-dnsinterop), unpacks
-// them into its temporary directory, and runs
-// the daemon in network and mount namespaces of its own, with a dev agent
-// in the same network namespace on the recipe's own address
-// (127.0.0.1:7053). In the mount namespace:
+// them into its temporary directory, and runs the daemon in namespaces of
+// its own (netns_test.go), where:
 //
 //   - /etc/systemd is the test's directory: resolved.conf (LLMNR and
 //     multicast DNS off, so that nothing but the agent is asked) and the
 //     recipe as /etc/systemd/resolved.conf.d/sidecar.conf;
 //   - /run is a tmpfs: resolved writes /run/systemd/resolve there, and
-//     sees no D-Bus socket of the machine's (it waits for one, and answers
-//     DNS without it);
+//     sees no D-Bus socket (it waits for one, and answers DNS without it);
 //   - /etc/passwd and /etc/group have the systemd-resolve user it changes
 //     to when started as root, if the machine has none;
 //   - /etc/resolv.conf is the stub-resolv.conf resolved writes, as Debian's
 //     package links it, for glibc.
-//
-// The network namespace has lo and a veth pair with a documentation
-// address (192.0.2.1/24, RFC 5737) that leads nowhere: resolved sends no
-// query to a global DNS server unless some link other than lo has a
-// routable address ("network-down" otherwise), as on any real host.
 
 // resolvedPackages are the Debian packages unpacked for systemd-resolved.
 var resolvedPackages = []string{"systemd-resolved", "libsystemd-shared"}
-
-// nsSetup prepares the namespaces; $1 is the test's directory for them.
-// It runs in them (unshare), and waits on its standard input, which the
-// test holds open, so that the namespaces end with the test.
-const nsSetup = `set -e
-ip link set lo up
-ip link add sc0 type veth peer name sc1
-ip link set sc1 up
-ip link set sc0 up
-ip addr add 192.0.2.1/24 dev sc0
-mount -t tmpfs -o mode=0755 tmpfs /run
-mkdir /run/systemd
-mount --bind "$1/etc-systemd" /etc/systemd
-if [ -e "$1/passwd" ]; then
-	mount --bind "$1/passwd" /etc/passwd
-	mount --bind "$1/group" /etc/group
-fi
-touch "$1/ready"
-read -r _ || true
-`
 
 // unpackResolved unpacks resolvedPackages into dir/pkg, downloaded once
 // into the user's cache directory, and returns the daemon's path and its
@@ -123,54 +89,6 @@ func unpackResolved(t *testing.T, dir string) (bin, libDir string) {
 		t.Fatalf("no libsystemd-shared in %s: %v", root, libs)
 	}
 	return bin, filepath.Dir(libs[0])
-}
-
-// netns is a network and mount namespace of the test's, held by a shell
-// that waits on a pipe.
-type netns struct {
-	pid int
-}
-
-// run returns a command that runs in the namespaces.
-func (n *netns) command(args ...string) *exec.Cmd {
-	return exec.Command("nsenter", append([]string{"--target", strconv.Itoa(n.pid), "--net", "--mount", "--"}, args...)...)
-}
-
-func (n *netns) output(t *testing.T, args ...string) string {
-	t.Helper()
-	cmd := n.command(args...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("%v in the namespace: %v\n%s", args, err, out)
-	}
-	return string(out)
-}
-
-func startNetns(t *testing.T, dir string) *netns {
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("unshare", "--net", "--mount", "--propagation", "private", "sh", "-c", nsSetup, "sh", dir)
-	cmd.Stdin = r
-	p := startCmd(t, dir, "netns", cmd)
-	r.Close()
-	t.Cleanup(func() { w.Close() })
-	waitFor(t, "namespaces set up", 10*time.Second, func() (bool, string) {
-		if p.exited() {
-			b, _ := os.ReadFile(p.log)
-			t.Fatalf("setting up the namespaces failed:\n%s", b)
-		}
-		_, err := os.Stat(filepath.Join(dir, "ready"))
-		return err == nil, fmt.Sprint(err)
-	})
-	// Never run anything meant for the namespaces in the machine's.
-	mine, err1 := os.Readlink("/proc/self/ns/net")
-	theirs, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", p.cmd.Process.Pid))
-	if err1 != nil || err2 != nil || mine == theirs {
-		t.Fatalf("network namespace: ours %s (%v), the holder's %s (%v)", mine, err1, theirs, err2)
-	}
-	return &netns{pid: p.cmd.Process.Pid}
 }
 
 // withResolveUser returns copies of /etc/passwd and /etc/group with a
@@ -241,72 +159,25 @@ func testResolved(t *testing.T, dir, recipe, sidecarBin string) {
 		t.Log("the machine has no systemd-resolve user: added in the mount namespace's /etc/passwd and /etc/group")
 	}
 
-	// The agent, its services from a config file: its HTTP API is in the
-	// namespace.
-	svcs := make([]api.ServiceRegistration, instances)
-	for i := range svcs {
-		svcs[i] = api.ServiceRegistration{ID: fmt.Sprintf("web-%d", i), Name: "web",
-			Address: fmt.Sprintf("127.0.1.%d", i+1), Port: 8000 + i}
-	}
-	b, err := json.Marshal(map[string]any{"services": svcs})
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentConf := filepath.Join(nsDir, "agent.json")
-	if err := os.WriteFile(agentConf, b, 0o644); err != nil {
-		t.Fatal(err)
-	}
-
 	ns := startNetns(t, nsDir)
-	ag := startCmd(t, dir, "agent-netns", ns.command(sidecarBin, "agent", "--dev", "--name", "resolved",
-		"--bind-addr", "127.0.0.1:7301", "--raft-addr", "127.0.0.1:7302",
-		"--http-addr", "127.0.0.1:7300", "--dns-addr", "127.0.0.1:7053", "--config-file", agentConf))
+	ag := ns.startAgent(t, nsDir, sidecarBin)
+	ns.digSRV(t, "127.0.0.1", "7053", ag)
 	cmd := ns.command(bin)
 	// As systemd would start it, less the notification and watchdog
 	// sockets it does not need.
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LD_LIBRARY_PATH=" + libDir, "SYSTEMD_LOG_LEVEL=debug"}
-	rs := startCmd(t, dir, "systemd-resolved", cmd)
+	rs := startCmd(t, nsDir, "systemd-resolved", cmd)
 
-	dig := func(args ...string) (string, error) {
-		out, err := ns.command(append([]string{"dig", "@127.0.0.53", "+time=2", "+tries=1"}, args...)...).CombinedOutput()
-		return string(out), err
-	}
-	var srv string
-	took := waitFor(t, "resolved answers the SRV records of the agent", 20*time.Second, func() (bool, string) {
-		if ag.exited() || rs.exited() {
-			t.Fatalf("agent exited: %v, systemd-resolved exited: %v", ag.exited(), rs.exited())
-		}
-		out, err := dig("+short", "SRV", "_web._tcp.service.sidecar")
-		srv = out
-		return err == nil && len(strings.Fields(out)) == 4*instances, fmt.Sprintf("%d fields, %v", len(strings.Fields(out)), err)
-	})
-	t.Logf("dig SRV _web._tcp.service.sidecar @127.0.0.53: %d records, %v after the namespaces were up",
-		len(strings.Fields(srv))/4, took.Round(10*time.Millisecond))
+	took := ns.digSRV(t, "127.0.0.53", "53", ag, rs)
+	t.Logf("dig SRV _web._tcp.service.sidecar @127.0.0.53: %d of %d records, %v after resolved started",
+		instances, instances, took.Round(10*time.Millisecond))
 
 	// glibc, with /etc/resolv.conf the stub-resolv.conf resolved wrote.
-	stub := ns.output(t, "cat", "/run/systemd/resolve/stub-resolv.conf")
-	if !strings.Contains(stub, "nameserver 127.0.0.53") {
-		t.Fatalf("stub-resolv.conf:\n%s", stub)
+	const stub = "/run/systemd/resolve/stub-resolv.conf"
+	if out := ns.output(t, "cat", stub); !strings.Contains(out, "nameserver 127.0.0.53") {
+		t.Fatalf("%s:\n%s", stub, out)
 	}
-	ns.output(t, "mount", "--bind", "/run/systemd/resolve/stub-resolv.conf", "/etc/resolv.conf")
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	getent := exec.CommandContext(ctx, "nsenter", "--target", strconv.Itoa(ns.pid), "--net", "--mount", "--",
-		"getent", "ahosts", "web.service.sidecar")
-	out, err := getent.CombinedOutput()
-	if err != nil {
-		t.Fatalf("getent ahosts web.service.sidecar: %v\n%s", err, out)
-	}
-	addrs := map[string]bool{}
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) > 0 {
-			addrs[f[0]] = true
-		}
-	}
-	if len(addrs) != instances {
-		t.Fatalf("getent ahosts through systemd-resolved: %d addresses, want %d:\n%s", len(addrs), instances, out)
-	}
+	addrs := ns.getentAhosts(t, stub, "web.service.sidecar")
 	t.Logf("glibc getent ahosts through systemd-resolved's stub: %d of %d addresses; %v in all",
 		len(addrs), instances, time.Since(start).Round(10*time.Millisecond))
 }
