@@ -2,7 +2,8 @@
 // people put in front of it, from Debian's packages: unbound with strict
 // query-name minimisation, dnsmasq with glibc's resolver behind it,
 // systemd-resolved (in namespaces of its own: resolved_test.go) with dig
-// and glibc behind it, and HAProxy's server-template over SRV records. The configurations are the
+// and glibc behind it, and HAProxy's server-template over SRV records; and
+// CoreDNS, built from the Go module proxy (coredns_test.go). The configurations are the
 // recipes of README.md ("Using sidecar's DNS from applications"), read from
 // it, with only addresses, ports and paths changed.
 //
@@ -57,6 +58,8 @@ func TestInterop(t *testing.T) {
 	ensurePackages(t)
 	recipes := readRecipes(t, "../../README.md")
 	dir := t.TempDir()
+	// The longest step on a fresh machine: it goes on while the others run.
+	coredns := buildCoreDNS(t, dir)
 
 	ag := startAgent(t, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -87,6 +90,9 @@ func TestInterop(t *testing.T) {
 	})
 	t.Run("haproxy", func(t *testing.T) {
 		testHAProxy(t, hap, ag)
+	})
+	t.Run("coredns", func(t *testing.T) {
+		testCoreDNS(t, dir, recipes["coredns"], ag.bin, coredns)
 	})
 }
 
@@ -135,7 +141,7 @@ func readRecipes(t *testing.T, path string) map[string]string {
 	for _, m := range re.FindAllStringSubmatch(string(b), -1) {
 		out[m[1]] = m[2]
 	}
-	for _, name := range []string{"dnsmasq", "resolv.conf", "unbound", "haproxy", "resolved"} {
+	for _, name := range []string{"dnsmasq", "resolv.conf", "unbound", "haproxy", "resolved", "coredns"} {
 		if out[name] == "" {
 			t.Fatalf("README.md has no recipe %q", name)
 		}
