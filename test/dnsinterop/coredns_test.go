@@ -45,11 +45,7 @@ func buildCoreDNS(t *testing.T, dir string) *corednsBuild {
 		h.Write(data)
 	}
 	fmt.Fprintln(h, runtime.Version())
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.bin = filepath.Join(cache, "sidecar-dnsinterop", "coredns-"+hex.EncodeToString(h.Sum(nil))[:16])
+	b.bin = filepath.Join(cacheDir(), "coredns-"+hex.EncodeToString(h.Sum(nil))[:16])
 	if _, err := os.Stat(b.bin); err == nil {
 		close(b.done)
 		return b

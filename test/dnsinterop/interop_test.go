@@ -46,6 +46,7 @@ var packages = map[string]string{
 	"dnsmasq": "dnsmasq-base",
 	"haproxy": "haproxy",
 	"dig":     "dnsutils",
+	"ip":      "iproute2",
 }
 
 func TestInterop(t *testing.T) {

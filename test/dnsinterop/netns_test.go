@@ -164,3 +164,13 @@ func (n *netns) digSRV(t *testing.T, server, port string, alive ...*proc) time.D
 			fmt.Sprintf("%d records, %v", len(strings.Fields(string(out)))/4, err)
 	})
 }
+
+// cacheDir is where downloads and builds that outlive a run are kept:
+// ~/.cache/sidecar-dnsinterop, or under the temporary directory if there
+// is no home.
+func cacheDir() string {
+	if d, err := os.UserCacheDir(); err == nil {
+		return filepath.Join(d, "sidecar-dnsinterop")
+	}
+	return filepath.Join(os.TempDir(), "sidecar-dnsinterop")
+}
