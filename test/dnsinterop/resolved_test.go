@@ -35,7 +35,9 @@ var resolvedPackages = []string{"systemd-resolved", "libsystemd-shared"}
 // into cacheDir, and returns the daemon's path and its
 // library directory.
 func unpackResolved(t *testing.T, dir string) (bin, libDir string) {
-	debs := filepath.Join(cacheDir(), "debs")
+	// Only whole downloads are renamed into the cache, under the list
+	// of packages.
+	debs := filepath.Join(cacheDir(), "debs-"+strings.Join(resolvedPackages, "+"))
 	files, _ := filepath.Glob(filepath.Join(debs, "*.deb"))
 	if len(files) != len(resolvedPackages) {
 		tmp := filepath.Join(dir, "debs")
@@ -63,9 +65,8 @@ func unpackResolved(t *testing.T, dir string) (bin, libDir string) {
 		if len(files) != len(resolvedPackages) {
 			t.Fatalf("downloaded %v, want one .deb of each of %v", files, resolvedPackages)
 		}
-		// Whole downloads only into the cache; if another run put
-		// them there meanwhile, this run uses its own.
-		os.RemoveAll(debs)
+		// If another run put them there meanwhile, this run uses its
+		// own.
 		if err := os.MkdirAll(filepath.Dir(debs), 0o755); err == nil && os.Rename(tmp, debs) == nil {
 			files, _ = filepath.Glob(filepath.Join(debs, "*.deb"))
 		}
