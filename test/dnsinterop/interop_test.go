@@ -1,7 +1,9 @@
 // Package dnsinterop runs sidecar's DNS behind the resolvers and proxies
 // people put in front of it, from Debian's packages: unbound with strict
-// query-name minimisation, dnsmasq with glibc's resolver behind it, and
-// HAProxy's server-template over SRV records. The configurations are the
+// query-name minimisation, dnsmasq with glibc's resolver behind it,
+// systemd-resolved (in namespaces of its own: resolved_test.go) with dig
+// and glibc behind it, and HAProxy's server-template over SRV records; and
+// CoreDNS, built from the Go module proxy (coredns_test.go). The configurations are the
 // recipes of README.md ("Using sidecar's DNS from applications"), read from
 // it, with only addresses, ports and paths changed.
 //
@@ -44,6 +46,7 @@ var packages = map[string]string{
 	"dnsmasq": "dnsmasq-base",
 	"haproxy": "haproxy",
 	"dig":     "dnsutils",
+	"ip":      "iproute2",
 }
 
 func TestInterop(t *testing.T) {
@@ -56,6 +59,8 @@ func TestInterop(t *testing.T) {
 	ensurePackages(t)
 	recipes := readRecipes(t, "../../README.md")
 	dir := t.TempDir()
+	// The longest step on a fresh machine: it goes on while the others run.
+	coredns := buildCoreDNS(t, dir)
 
 	ag := startAgent(t, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -81,8 +86,14 @@ func TestInterop(t *testing.T) {
 	t.Run("dnsmasq and glibc getent", func(t *testing.T) {
 		testDnsmasq(t, dir, recipes["dnsmasq"], recipes["resolv.conf"], ag.dnsPort)
 	})
+	t.Run("systemd-resolved", func(t *testing.T) {
+		testResolved(t, dir, recipes["resolved"], ag.bin)
+	})
 	t.Run("haproxy", func(t *testing.T) {
 		testHAProxy(t, hap, ag)
+	})
+	t.Run("coredns", func(t *testing.T) {
+		testCoreDNS(t, dir, recipes["coredns"], ag.bin, coredns)
 	})
 }
 
@@ -131,7 +142,7 @@ func readRecipes(t *testing.T, path string) map[string]string {
 	for _, m := range re.FindAllStringSubmatch(string(b), -1) {
 		out[m[1]] = m[2]
 	}
-	for _, name := range []string{"dnsmasq", "resolv.conf", "unbound", "haproxy"} {
+	for _, name := range []string{"dnsmasq", "resolv.conf", "unbound", "haproxy", "resolved", "coredns"} {
 		if out[name] == "" {
 			t.Fatalf("README.md has no recipe %q", name)
 		}
@@ -155,12 +166,18 @@ type proc struct {
 
 func start(t *testing.T, dir, name string, args ...string) *proc {
 	t.Helper()
+	return startCmd(t, dir, name, exec.Command(args[0], args[1:]...))
+}
+
+// startCmd starts cmd, its output to NAME.log in dir.
+func startCmd(t *testing.T, dir, name string, cmd *exec.Cmd) *proc {
+	t.Helper()
 	logPath := filepath.Join(dir, name+".log")
 	f, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{name: name, cmd: exec.Command(args[0], args[1:]...), log: logPath, done: make(chan struct{})}
+	p := &proc{name: name, cmd: cmd, log: logPath, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = f, f
 	if err := p.cmd.Start(); err != nil {
 		f.Close()
@@ -245,6 +262,7 @@ func freePort(t *testing.T) int {
 type agent struct {
 	api     *api.Client
 	dnsPort int
+	bin     string // the sidecar binary
 }
 
 // startAgent runs `sidecar agent --dev` on free loopback ports.
@@ -258,7 +276,7 @@ func startAgent(t *testing.T, dir string) *agent {
 		}
 	}
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	ag := &agent{dnsPort: freePort(t)}
+	ag := &agent{dnsPort: freePort(t), bin: bin}
 	p := start(t, dir, "agent", bin, "agent", "--dev", "--name", "interop",
 		"--bind-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
 		"--raft-addr", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
