@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -210,14 +211,35 @@ func BenchmarkProcess_electKill9Handover(b *testing.B) {
 // registered stays.
 func TestProcess_sighupReloadsConfigServices(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "sidecar.yaml")
+	// Files are replaced by rename, as an editor or config tool does: a
+	// reload reads the old file or the new one, never half of one.
 	write := func(body string) {
-		if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+		if err := os.WriteFile(file+".new", []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(file+".new", file); err != nil {
 			t.Fatal(err)
 		}
 	}
 	write("services:\n  - {id: web-1, name: web, port: 8080}\n  - {id: web-2, name: web, port: 8081}\n")
 	httpAddr := freeAddr(t)
 	url := "http://" + httpAddr
+	reloads := func(result string) int {
+		resp, err := http.Get(url + "/metrics")
+		if err != nil {
+			return -1
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		prefix := `sidecar_config_reloads_total{result="` + result + `"} `
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, prefix) {
+				n, _ := strconv.Atoi(strings.TrimPrefix(line, prefix))
+				return n
+			}
+		}
+		return 0
+	}
 	p := start(t, "agent", "--dev", "--name", "dev", "--http-addr", httpAddr, "--dns-addr", freeAddr(t),
 		"--bind-addr", freeAddr(t), "--raft-addr", freeAddr(t), "--config-file", file)
 	ports := func() map[string]int {
@@ -252,6 +274,10 @@ func TestProcess_sighupReloadsConfigServices(t *testing.T) {
 	// (handled after it) finds everything as the bad one left it.
 	write("services:\n  - {id: web-1, name: web, port: eighty}\n")
 	p.cmd.Process.Signal(syscall.SIGHUP)
+	waitUntil(t, 10*time.Second, "the bad file refused", func() bool { return reloads("refused") == 1 })
+	if got := ports(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("after a refused reload: %v, want %v", got, want)
+	}
 	write("services:\n  - {id: web-1, name: web, port: 9090}\n  - {id: web-3, name: web, port: 8083}\n  - {id: web-4, name: web, port: 8084}\n")
 	p.cmd.Process.Signal(syscall.SIGHUP)
 	want["web-4"] = 8084

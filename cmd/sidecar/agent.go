@@ -9,6 +9,8 @@ import (
 	"os"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sidecarhq/sidecar/agent"
 	"github.com/sidecarhq/sidecar/election"
 )
@@ -61,7 +63,12 @@ func runAgent(ctx context.Context, cfg *Config, reload func() (*Config, error), 
 		log.Error("agent failed to start", "err", err)
 		return 1
 	}
-	defer watchSIGHUP(ctx, cfg, log, func(ctx context.Context) { reloadServices(ctx, a, reload, log) })()
+	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "sidecar_config_reloads_total",
+		Help: "Reloads of the config file's services on SIGHUP, by result (ok, refused: the file did not parse, failed).",
+	}, []string{"result"})
+	a.Metrics().MustRegister(reloads)
+	defer watchSIGHUP(ctx, cfg, log, func(ctx context.Context) { reloadServices(ctx, a, reload, log, reloads) })()
 	if err := a.Run(ctx); err != nil {
 		log.Error("agent stopped with error", "err", err)
 		return 1
@@ -82,18 +89,21 @@ func noBound(n int) int {
 // reloadServices applies the config file's services again (SIGHUP): new
 // ones are registered, changed ones corrected, removed ones deregistered. A
 // configuration that no longer parses changes nothing.
-func reloadServices(ctx context.Context, a *agent.Agent, reload func() (*Config, error), log *slog.Logger) {
+func reloadServices(ctx context.Context, a *agent.Agent, reload func() (*Config, error), log *slog.Logger, reloads *prometheus.CounterVec) {
 	cfg, err := reload()
 	if err != nil {
+		reloads.WithLabelValues("refused").Inc()
 		log.Error("reload: configuration refused, nothing changed", "err", err)
 		return
 	}
 	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := a.ReloadServices(rctx, cfg.Services); err != nil {
+		reloads.WithLabelValues("failed").Inc()
 		log.Error("reload of the config file's services", "err", err)
 		return
 	}
+	reloads.WithLabelValues("ok").Inc()
 	log.Info("reloaded the config file's services", "services", len(cfg.Services))
 }
 
