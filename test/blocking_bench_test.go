@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -62,7 +63,10 @@ func BenchmarkBlockingQueries10k(b *testing.B) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				tr := &http.Transport{DisableKeepAlives: true}
+				// From 25 loopback addresses: watchers are many clients, and
+				// one address may hold 512 connections.
+				d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(2+n%25))}}
+				tr := &http.Transport{DisableKeepAlives: true, DialContext: d.DialContext}
 				defer tr.CloseIdleConnections()
 				c := &http.Client{Transport: tr}
 				resp, err := c.Get(fmt.Sprintf("%s/v1/services/q%d", url, n))
