@@ -4,8 +4,11 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 
+	"github.com/sidecarhq/sidecar/discovery"
 	"github.com/sidecarhq/sidecar/tlsutil"
 )
 
@@ -39,7 +42,7 @@ func (c *Config) validateTLS() error {
 	if c.HTTPSAddr != "" && len(set) == 0 {
 		return configErrorf("--https-addr needs TLS: set --tls-ca-file, --tls-cert-file and --tls-key-file (make them with 'sidecar tls')")
 	}
-	if len(set) > 0 && c.EncryptKey == nil && !c.Dev {
+	if len(set) > 0 && !c.gossipEncrypted() && !c.Dev {
 		// SPEC: with TLS on, gossip must be encrypted too, or anyone on the
 		// network could still join gossip and claim to be a server.
 		return configErrorf("TLS is set but gossip is not encrypted: set --encrypt (make a key with 'sidecar keygen'); only --dev runs TLS without it")
@@ -91,8 +94,22 @@ func (c *Config) SecurityWarnings() []string {
 			w = append(w, "TLS is off: this agent's connections to the servers are neither encrypted nor authenticated; set --tls-ca-file, --tls-cert-file and --tls-key-file (see README, Security)")
 		}
 	}
-	if c.EncryptKey == nil {
+	if !c.gossipEncrypted() {
 		w = append(w, "gossip is not encrypted: anyone who reaches --bind-addr "+c.BindAddr+" can join the cluster; set --encrypt (sidecar keygen)")
 	}
 	return w
+}
+
+// gossipEncrypted reports whether gossip will be encrypted: --encrypt, or a
+// keyring kept in the data dir from an earlier start (it wins over the
+// flag, and a rotation may have made the flag's key stale).
+func (c *Config) gossipEncrypted() bool {
+	if c.EncryptKey != nil {
+		return true
+	}
+	if c.Dev || c.DataDir == "" {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(c.DataDir, discovery.KeyringFileName))
+	return err == nil
 }

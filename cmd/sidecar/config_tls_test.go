@@ -5,11 +5,13 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sidecarhq/sidecar/discovery"
 	"github.com/sidecarhq/sidecar/tlsutil"
 )
 
@@ -153,6 +155,15 @@ func TestRun_agentTLSConfigErrors(t *testing.T) {
 				t.Fatalf("stderr %q lacks %q", stderr, tt.want)
 			}
 		})
+	}
+	// A keyring kept in the data dir by an earlier start encrypts gossip:
+	// TLS without --encrypt is fine then.
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, discovery.KeyringFileName), []byte("{}"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parseAgentConfig([]string{"--tls-ca-file", f.caFile(), "--tls-cert-file", srvCert, "--tls-key-file", srvKey, "--data-dir", dir}); err != nil {
+		t.Fatalf("TLS with a kept keyring and no --encrypt: %v", err)
 	}
 	// The loader itself reports errors.Is-able identity errors; the config
 	// layer only adds context.
