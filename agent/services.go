@@ -29,6 +29,11 @@ func (a *Agent) RegisterService(ctx context.Context, in *fsm.Instance) (*fsm.Res
 func (a *Agent) register(ctx context.Context, in fsm.Instance, source string) (*fsm.Result, error) {
 	unlock := a.state.LockID(in.ID)
 	defer unlock()
+	if err := ctx.Err(); err != nil {
+		// Abandoned while it waited for the id: it changes nothing, rather
+		// than land after a later write of the same id.
+		return nil, err
+	}
 	prev, had := a.state.Service(in.ID)
 	if err := a.state.PutService(localstate.Service{Instance: in, Source: source}); err != nil {
 		return nil, fmt.Errorf("keep registration %q in the local state: %w", in.ID, err)
@@ -40,7 +45,9 @@ func (a *Agent) register(ctx context.Context, in fsm.Instance, source string) (*
 	}
 	a.runChecks(in)
 	if err != nil {
-		a.antiEntropy.Kick(in.ID)
+		a.antiEntropy.Unknown(in.ID)
+	} else {
+		a.antiEntropy.Settled(in.ID)
 	}
 	return res, err
 }
@@ -51,6 +58,9 @@ func (a *Agent) register(ctx context.Context, in fsm.Instance, source string) (*
 func (a *Agent) DeregisterService(ctx context.Context, id string) (*fsm.Result, error) {
 	unlock := a.state.LockID(id)
 	defer unlock()
+	if err := ctx.Err(); err != nil {
+		return nil, err // abandoned while it waited for the id
+	}
 	return a.deregisterLocked(ctx, id)
 }
 
@@ -64,13 +74,15 @@ func (a *Agent) deregisterLocked(ctx context.Context, id string) (*fsm.Result, e
 	res, err := a.Apply(ctx, &fsm.DeregisterInstance{Node: a.cfg.Name, ID: id})
 	switch {
 	case err == nil:
+		a.antiEntropy.Settled(id)
 	case errors.Is(err, fsm.ErrUnknownInstance) && had:
 		err = nil
+		a.antiEntropy.Settled(id)
 	case refused(err):
 		a.undo(id, prev, had)
 		return res, err
 	default:
-		a.antiEntropy.Kick(id)
+		a.antiEntropy.Unknown(id)
 	}
 	a.checks.RemoveInstance(id)
 	if res == nil {
@@ -333,7 +345,7 @@ func (n checkNotifier) DeregisterCritical(ctx context.Context, instanceID string
 		return err
 	}
 	if err != nil && !errors.Is(err, fsm.ErrUnknownInstance) {
-		n.a.antiEntropy.Kick(instanceID)
+		n.a.antiEntropy.Unknown(instanceID)
 	}
 	n.a.checks.RemoveInstance(instanceID)
 	return nil

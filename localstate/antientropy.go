@@ -58,6 +58,9 @@ type Config struct {
 	// Forgotten, when set, is told of a local instance dropped because the
 	// lease it hung on is gone (such an instance ends with its lease).
 	Forgotten func(id string)
+	// UnknownGrace is how long an instance whose last write had an unknown
+	// outcome is left alone (see Unknown); default 30s.
+	UnknownGrace time.Duration
 	Logger    *slog.Logger
 	// Registerer, when set, gets the anti-entropy metrics.
 	Registerer prometheus.Registerer
@@ -79,8 +82,9 @@ type AntiEntropy struct {
 	// synced: the registry agreed with the local state at this index, as
 	// far as anti-entropy knows; later changes are looked at one by one,
 	// with the pending ones that writes of unknown outcome left.
-	synced  uint64
-	pending map[string]struct{}
+	synced    uint64
+	pending   map[string]struct{}
+	unknownAt map[string]time.Time
 
 	syncs        prometheus.Counter
 	changesSyncs prometheus.Counter
@@ -95,14 +99,20 @@ func NewAntiEntropy(cfg Config, store *Store, reg Registry, w Writer) *AntiEntro
 	if cfg.MinInterval <= 0 {
 		cfg.MinInterval = time.Second
 	}
+	if cfg.UnknownGrace <= 0 {
+		// Above the agents' 5 s forwarding timeout and any Raft entry's
+		// wait for a new leader's first commit.
+		cfg.UnknownGrace = 30 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	ae := &AntiEntropy{
 		cfg: cfg, store: store, reg: reg, w: w,
 		log:     cfg.Logger.With("component", "anti-entropy"),
-		kick:    make(chan struct{}, 1),
-		pending: map[string]struct{}{},
+		kick:      make(chan struct{}, 1),
+		pending:   map[string]struct{}{},
+		unknownAt: map[string]time.Time{},
 		syncs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sidecar_anti_entropy_syncs_total",
 			Help: "Full comparisons of the registry's view of this node with the agent's local state.",
@@ -122,16 +132,62 @@ func NewAntiEntropy(cfg Config, store *Store, reg Registry, w Writer) *AntiEntro
 	return ae
 }
 
-// Kick asks for one instance to be looked at soon: a local write whose
-// outcome is unknown.
-func (ae *AntiEntropy) Kick(id string) {
+// Unknown records a local write of id whose outcome is unknown (the leader
+// was lost, the request timed out). Its Raft entry may still be on its way
+// and commit later; writing the local state's version now could apply the
+// app's one request twice, around a later write of the same id. So the
+// instance is left alone for UnknownGrace, long enough for any entry in
+// flight to commit or be dropped, and then looked at.
+func (ae *AntiEntropy) Unknown(id string) {
 	ae.mu.Lock()
-	ae.pending[id] = struct{}{}
+	ae.unknownAt[id] = time.Now()
 	ae.mu.Unlock()
-	select {
-	case ae.kick <- struct{}{}:
-	default:
+	time.AfterFunc(ae.cfg.UnknownGrace, func() {
+		ae.mu.Lock()
+		ae.pending[id] = struct{}{}
+		ae.mu.Unlock()
+		select {
+		case ae.kick <- struct{}{}:
+		default:
+		}
+	})
+}
+
+// Settled records that a later write of id had a definite outcome: its
+// state is known again.
+func (ae *AntiEntropy) Settled(id string) {
+	ae.mu.Lock()
+	delete(ae.unknownAt, id)
+	ae.mu.Unlock()
+}
+
+// doubt marks id in doubt after a failed write of anti-entropy's own,
+// unless the registry refused it (then nothing is on its way).
+func (ae *AntiEntropy) doubt(id string, err error) {
+	var refusedByRegistry bool
+	for _, e := range []error{fsm.ErrInvalid, fsm.ErrUnknownNode, fsm.ErrUnknownInstance, fsm.ErrUnknownLease,
+		fsm.ErrUnknownCheck, fsm.ErrCheckConflict} {
+		refusedByRegistry = refusedByRegistry || errors.Is(err, e)
 	}
+	if !refusedByRegistry {
+		ae.Unknown(id)
+	}
+}
+
+// inDoubt reports whether id had a write of unknown outcome less than
+// UnknownGrace ago.
+func (ae *AntiEntropy) inDoubt(id string) bool {
+	ae.mu.Lock()
+	defer ae.mu.Unlock()
+	at, ok := ae.unknownAt[id]
+	if !ok {
+		return false
+	}
+	if time.Since(at) < ae.cfg.UnknownGrace {
+		return true
+	}
+	delete(ae.unknownAt, id)
+	return false
 }
 
 // Run puts the registry right whenever its view of the node moves (its
@@ -326,6 +382,9 @@ func (ae *AntiEntropy) Sync(ctx context.Context) error {
 // a registration of the same id: it looks again at both sides and writes
 // only if they still differ.
 func (ae *AntiEntropy) fix(ctx context.Context, id string) error {
+	if ae.inDoubt(id) {
+		return nil // looked at again once the grace ends (Unknown)
+	}
 	unlock := ae.store.LockID(id)
 	defer unlock()
 	svc, local := ae.store.Service(id)
@@ -345,6 +404,7 @@ func (ae *AntiEntropy) fix(ctx context.Context, id string) error {
 			return nil
 		}
 		if err != nil {
+			ae.doubt(id, err)
 			return fmt.Errorf("register %s again: %w", id, err)
 		}
 		ae.writes.WithLabelValues("register").Inc()
@@ -352,6 +412,7 @@ func (ae *AntiEntropy) fix(ctx context.Context, id string) error {
 	case !local && registered:
 		_, err := ae.w.Apply(ctx, &fsm.DeregisterInstance{Node: ae.cfg.Node, ID: id})
 		if err != nil && !errors.Is(err, fsm.ErrUnknownInstance) {
+			ae.doubt(id, err)
 			return fmt.Errorf("deregister %s: %w", id, err)
 		}
 		ae.writes.WithLabelValues("deregister").Inc()

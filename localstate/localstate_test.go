@@ -396,7 +396,8 @@ func TestAntiEntropy_runFollowsChanges(t *testing.T) {
 	store, _ := Open("")
 	reg := newFakeRegistry()
 	w := &countingWriter{fakeRegistry: reg}
-	ae := NewAntiEntropy(Config{Node: "n1", MinInterval: 1}, store, reg, w)
+	const grace = 300 * time.Millisecond
+	ae := NewAntiEntropy(Config{Node: "n1", MinInterval: 1, UnknownGrace: grace}, store, reg, w)
 	for i := 0; i < 50; i++ {
 		store.PutService(svc(fmt.Sprint("web-", i), 80))
 	}
@@ -418,10 +419,23 @@ func TestAntiEntropy_runFollowsChanges(t *testing.T) {
 	// An instance the agent does not own: removed.
 	reg.Apply(ctx, &fsm.RegisterInstance{Instance: fsm.Instance{ID: "stranger", Name: "x", Node: "n1"}})
 	waitUntil(t, func() bool { _, ok := reg.Instance("n1", "stranger"); return !ok })
-	// A write of unknown outcome: looked at when kicked.
+	// A write of unknown outcome may still land: left alone for the grace
+	// (a full comparison meanwhile does not write it either), then put
+	// right.
 	store.PutService(svc("kicked", 80))
-	ae.Kick("kicked")
+	unknownAt := time.Now()
+	ae.Unknown("kicked")
+	if err := ae.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := reg.Instance("n1", "kicked"); ok {
+		t.Fatal("an instance in doubt was written within its grace")
+	}
+	fulls = full()
 	waitUntil(t, func() bool { _, ok := reg.Instance("n1", "kicked"); return ok })
+	if d := time.Since(unknownAt); d < grace {
+		t.Fatalf("an instance in doubt was written %v after the unknown outcome, before the %v grace", d, grace)
+	}
 	if full() != fulls {
 		t.Fatalf("changes of single instances cost %v full comparisons", full()-fulls)
 	}
