@@ -192,6 +192,17 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		out = filepath.Join(os.TempDir(), fmt.Sprintf("sidecar-chaos-%d", cfg.Seed))
 	}
 	res.Report = r.rec.Check(checker.Options{OutDir: out, Timeout: 5 * time.Second})
+	if len(res.Report.Anomalies) > 0 {
+		// The whole history beside the visualizations, to read each anomaly
+		// in its context (a planted bug's run too).
+		if err := os.MkdirAll(out, 0o755); err == nil {
+			if f, err := os.Create(filepath.Join(out, "history.json")); err == nil {
+				_ = r.rec.WriteHistory(f)
+				f.Close()
+				cfg.Logf("history: %s", f.Name())
+			}
+		}
+	}
 	r.mu.Lock()
 	res.LeaderRecovery = append(res.LeaderRecovery, r.recovery...)
 	r.mu.Unlock()
