@@ -11,11 +11,14 @@
 //     acknowledged write, convergence, no hold on a dead lease).
 //   - chaos/inproc: 3 or 5 election.Server on real Raft and raft-boltdb in
 //     temporary dirs, linked by a transport that drops, delays and cuts
-//     links one way; servers crash and restart on their data dirs.
+//     links one way, on top of Raft over mutual TLS 1.3 on loopback (or,
+//     to compare, plain TCP or raft's in-memory transport); servers crash
+//     and restart on their data dirs.
 //   - chaos/blackbox: 5 servers and 2 clients of bin/sidecar as processes
-//     in network namespaces, cut with iptables, paused with SIGSTOP, killed
-//     and restarted; the kill -9 durability series; DNS against the
-//     registry.
+//     in network namespaces, with mutual TLS on the Raft/RPC port and an
+//     encrypted gossip (or plain text, to compare), cut with iptables,
+//     paused with SIGSTOP, killed and restarted; the kill -9 durability
+//     series; DNS against the registry.
 //
 // Build tags chaosbug_lockignoreslease, chaosbug_readskipsleader and
 // chaosbug_leaselocalclock plant known bugs in fsm and election; the suite

@@ -4,6 +4,16 @@
 #
 #   chaos/run.sh campaign SEED DURATION RUNS   RUNS campaigns from SEED
 #   chaos/run.sh bugs SEED DURATION RUNS       each bug switch, RUNS seeds
+#   chaos/run.sh compare SEED DURATION RUNS [A B]
+#                                              RUNS seeds over transports A
+#                                              and B (default inmem, tls):
+#                                              handovers, new leader after a
+#                                              leader crash, convergence
+#
+# CHAOS_TRANSPORT picks what Raft crosses under the faults in campaign and
+# bugs: tls (default: NetworkTransport over loopback TCP with mutual TLS
+# 1.3), tcp (the same in plain text) or inmem (raft's in-memory transport,
+# the layer before TLS).
 #
 # Campaigns run without the race detector: they are timing-sensitive load
 # tests, and -race would cut the operations per second several times
@@ -23,11 +33,12 @@ mkdir -p "$logdir"
 # one TAGS SEED SERVERS runs one campaign into its log file and leaves, next
 # to it, a .ok file holding 1 if the test passed (no anomaly; with a bug
 # switch, at least one) or 0.
-logof() { echo "$logdir/${1:-clean}-$2.log"; }
+transport=${CHAOS_TRANSPORT:-tls}
+logof() { echo "$logdir/${1:-clean}-${3:-$transport}-$2.log"; }
 one() {
-	local tags=$1 s=$2 servers=$3 log ok=0
-	log=$(logof "$tags" "$s")
-	if CHAOS_SEED=$s CHAOS_DURATION=$dur CHAOS_SERVERS=$servers CHAOS_OUT="$logdir/viz-${tags:-clean}-$s" \
+	local tags=$1 s=$2 servers=$3 tr=${4:-$transport} log ok=0
+	log=$(logof "$tags" "$s" "$tr")
+	if CHAOS_SEED=$s CHAOS_DURATION=$dur CHAOS_SERVERS=$servers CHAOS_TRANSPORT=$tr CHAOS_OUT="$logdir/viz-${tags:-clean}-$tr-$s" \
 		$GO test ${tags:+-tags $tags} -count=1 -timeout ${CHAOS_TEST_TIMEOUT:-0} -run '^TestCampaign$' -v ./chaos/inproc >"$log" 2>&1; then
 		ok=1
 	fi
@@ -63,7 +74,7 @@ campaign)
 		log=$(logof "" $s)
 		sed -n '/ servers, converged/,/CHAOS-RESULT/p' "$log" | sed 's/^ *run_test.go:[0-9]*: //'
 		if [ "$(cat "$log.ok")" != 1 ]; then
-			echo "FAIL: seed $s (replay: make chaos SEED=$s DURATION=$dur), log $log"
+			echo "FAIL: seed $s (replay: CHAOS_TRANSPORT=$transport make chaos SEED=$s DURATION=$dur), log $log"
 			grep -o 'see [^ ]*\.html' "$log" | sed 's/^see /visualization: /' || true
 			fail=1
 		fi
@@ -112,8 +123,66 @@ bugs)
 	done
 	exit $fail
 	;;
+compare)
+	# Same seeds, same lengths, over two transports; the pairs run side by
+	# side (up to CHAOS_JOBS at once) so both see the same machine load.
+	a=${5:-inmem} b=${6:-tls}
+	case $dur in
+	*m) secs=$((${dur%m} * 60)) ;;
+	*s) secs=${dur%s} ;;
+	*) secs=3600 ;;
+	esac
+	export CHAOS_TEST_TIMEOUT=${CHAOS_TEST_TIMEOUT:-$((secs + 600))s}
+	$GO test -count=1 -run '^$' ./chaos/inproc >/dev/null
+	for i in $(seq 0 $((runs - 1))); do
+		for tr in $a $b; do
+			limit
+			one "" $((seed + i)) $((i % 2 == 0 ? 3 : 5)) "$tr" &
+		done
+	done
+	wait
+	fail=0
+	for tr in $a $b; do
+		for i in $(seq 0 $((runs - 1))); do
+			log=$(logof "" $((seed + i)) "$tr")
+			grep -o 'CHAOS-RESULT.*' "$log" || echo "CHAOS-RESULT seed=$((seed + i)) transport=$tr none (see $log)"
+			if [ "$(cat "$log.ok")" != 1 ]; then
+				echo "FAIL: seed $((seed + i)) over $tr, log $log"
+				fail=1
+			fi
+		done
+	done | tee "$logdir/compare-$seed.txt"
+	# Per transport: sums, and the new-leader and convergence times pooled
+	# over the runs (nearest-rank percentiles).
+	awk -v a="$a" -v b="$b" '
+	function pct(list, n, p,   arr, i, j, t, k) {
+		if (n == 0) return "-"
+		split(list, arr, ",")
+		for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (arr[j] + 0 < arr[i] + 0) { t = arr[i]; arr[i] = arr[j]; arr[j] = t }
+		k = int((n * p + 99) / 100); if (k < 1) k = 1
+		return arr[k] "ms"
+	}
+	/^CHAOS-RESULT/ {
+		delete f
+		for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+		tr = f["transport"]; runs[tr]++
+		ops[tr] += f["ops"]; hand[tr] += f["handovers"]; faults[tr] += f["faults"]; anom[tr] += f["anomalies"]
+		if (f["newleader_ms"] != "-") { m = split(f["newleader_ms"], v, ","); for (i = 1; i <= m; i++) { nl[tr] = nl[tr] (nn[tr] ? "," : "") v[i]; nn[tr]++; nls[tr] += v[i] } }
+		cv[tr] = cv[tr] (cn[tr] ? "," : "") f["converge_ms"]; cn[tr]++
+	}
+	END {
+		for (k = 1; k <= 2; k++) {
+			tr = (k == 1) ? a : b
+			printf "CHAOS-COMPARE transport=%s runs=%d ops=%d faults=%d handovers=%d anomalies=%d newleader n=%d mean=%s p50=%s max=%s convergence p50=%s max=%s\n", tr, runs[tr], ops[tr], faults[tr], hand[tr], anom[tr], nn[tr], (nn[tr] ? int(nls[tr] / nn[tr]) "ms" : "-"), pct(nl[tr], nn[tr], 50), pct(nl[tr], nn[tr], 100), pct(cv[tr], cn[tr], 50), pct(cv[tr], cn[tr], 100)
+		}
+		if (hand[a] > 0) printf "CHAOS-COMPARE %s/%s handovers %.2f", b, a, hand[b] / hand[a]
+		if (nn[a] > 0 && nn[b] > 0) printf ", mean new leader %.2f", (nls[b] / nn[b]) / (nls[a] / nn[a])
+		print ""
+	}' "$logdir/compare-$seed.txt"
+	exit $fail
+	;;
 *)
-	echo "usage: $0 campaign|bugs SEED DURATION RUNS" >&2
+	echo "usage: $0 campaign|bugs|compare SEED DURATION RUNS" >&2
 	exit 2
 	;;
 esac

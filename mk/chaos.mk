@@ -13,11 +13,14 @@ DURATION ?= 30m
 # run: with keepalives confirmed by a quorum, leaselocalclock needs a server
 # to lose and regain leadership within the run (0/5 detected at 20 s, 5/6
 # at 40 s).
+# Every campaign's servers talk Raft over mutual TLS 1.3 under the faults
+# (CHAOS_TRANSPORT=tls, chaos/inproc/stream.go); CHAOS_TRANSPORT=inmem runs
+# the layer as before TLS, tcp over plain loopback TCP.
 CHAOS_BOUNDED_DURATION ?= 60s
 CHAOS_BUG_DURATION     ?= 40s
 CHAOS_BUG_RUNS         ?= 4
 
-.PHONY: chaos chaos-bounded chaos-bugs
+.PHONY: chaos chaos-bounded chaos-bugs chaos-compare
 
 ## chaos: long fault-injection campaign (SEED=N DURATION=30m): prints operations, faults, anomalies, handovers; on failure the seed and porcupine visualizations
 chaos:
@@ -31,5 +34,10 @@ chaos-bounded:
 ## chaos-bugs: every bug switch on 5 seeds; each must be detected in most runs
 chaos-bugs:
 	./chaos/run.sh bugs $(SEED) $(CHAOS_BUG_DURATION) 5
+
+## chaos-compare: the same CHAOS_COMPARE_RUNS seeds (SEED=N) of CHAOS_BOUNDED_DURATION over raft's in-memory transport and over TLS: handovers, new leader after a leader crash, convergence
+CHAOS_COMPARE_RUNS ?= 6
+chaos-compare:
+	./chaos/run.sh compare $(SEED) $(CHAOS_BOUNDED_DURATION) $(CHAOS_COMPARE_RUNS) inmem tls
 
 TEST_EXTRA += chaos-bounded

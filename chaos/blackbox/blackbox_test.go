@@ -40,7 +40,7 @@ func setup(t *testing.T) (*Cluster, int64) {
 	if err := c.WaitConverged(ctx, 20*time.Second); err != nil {
 		t.Fatalf("cluster start: %v", err)
 	}
-	t.Logf("%d servers and %d clients ready and converged in %v", len(c.Servers), len(c.Clients), time.Since(start).Round(time.Millisecond))
+	t.Logf("%d servers and %d clients ready and converged in %v, Raft/RPC transport %s", len(c.Servers), len(c.Clients), time.Since(start).Round(time.Millisecond), env.Transport())
 	return c, seed
 }
 
@@ -62,6 +62,7 @@ func TestDurability(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	res, err := RunDurability(ctx, c, seed, envInt(t, "BLACKBOX_LEADER_KILLS", 15), envInt(t, "BLACKBOX_RANDOM_KILLS", 5))
+	res.Transport = c.Env.Transport()
 	fmt.Println(res)
 	if err != nil {
 		t.Fatalf("seed %d: %v", seed, err)
@@ -87,6 +88,7 @@ func TestCampaign(t *testing.T) {
 	if err != nil {
 		t.Fatalf("seed %d: %v", seed, err)
 	}
+	res.Transport = c.Env.Transport()
 	fmt.Println(res)
 	for _, f := range res.Failures {
 		t.Errorf("seed %d: %s", seed, f)

@@ -47,6 +47,8 @@ type CampaignResult struct {
 	NodeSessionLost string
 	NoNodeSession   []string
 	Known           []string
+	// Transport is the Raft/RPC port's: "tls" or "plain".
+	Transport string
 }
 
 // gapProbeLimit bounds a probe in a quiet gap, where the cluster may still
@@ -61,15 +63,15 @@ const GossipRecoverBound = 20 * time.Second
 
 func (r *CampaignResult) String() string {
 	rep := r.Report
-	return fmt.Sprintf("BLACKBOX-CAMPAIGN seed %d, 5 servers and 2 clients as processes\n%s\nSIGSTOPs %d, self-demotion checked after %d (a rival had won); registry converged %v after healing, every node alive in every gossip view after %v; new leader after leader kill (n=%d) p50 %v max %v\n"+
+	return fmt.Sprintf("BLACKBOX-CAMPAIGN seed %d, 5 servers and 2 clients as processes, transport %s\n%s\nSIGSTOPs %d, self-demotion checked after %d (a rival had won); registry converged %v after healing, every node alive in every gossip view after %v; new leader after leader kill (n=%d) p50 %v max %v\n"+
 		"DNS lag in quiet gaps (n=%d, %d gaps skipped: a node down or none alive in every view) p50 %v max %v, %d over %v; after healing (n=%d) p50 %v max %v (bound %v); DNS = registry on %d services x %d nodes\n"+
 		"node sessions: campaigns refused as unknown lease during the run [%s]; sidecars unable to campaign on it after healing %d%s\n"+
-		"CHAOS-RESULT layer=blackbox seed=%d ops=%d faults=%d handovers=%d anomalies=%d failures=%d",
-		r.Seed, rep, r.Pauses, r.SelfChecked, r.Converged.Round(time.Millisecond), r.AllAlive.Round(time.Millisecond), len(r.NewLeader), pct(r.NewLeader, 50), pct(r.NewLeader, 100),
+		"CHAOS-RESULT layer=blackbox transport=%s seed=%d ops=%d faults=%d handovers=%d anomalies=%d failures=%d",
+		r.Seed, r.Transport, rep, r.Pauses, r.SelfChecked, r.Converged.Round(time.Millisecond), r.AllAlive.Round(time.Millisecond), len(r.NewLeader), pct(r.NewLeader, 50), pct(r.NewLeader, 100),
 		len(r.GapLag), r.GapSkipped, pct(r.GapLag, 50), pct(r.GapLag, 100), r.GapOverBound, DNSLagBound,
 		len(r.HealedLag), pct(r.HealedLag, 50), pct(r.HealedLag, 100), DNSLagBound, r.DNSServices, 7,
 		r.NodeSessionLost, len(r.NoNodeSession), known(r.Known),
-		r.Seed, rep.Ops, rep.Faults, rep.Handovers, len(rep.Anomalies), len(r.Failures))
+		r.Transport, r.Seed, rep.Ops, rep.Faults, rep.Handovers, len(rep.Anomalies), len(r.Failures))
 }
 
 // RunCampaign runs apps beside the agents under the nemesis for dur, heals,

@@ -41,6 +41,21 @@ type Env struct {
 	Clients int
 	// SessionTTL is each agent's --session-ttl (its node lease).
 	SessionTTL time.Duration
+	// TLSDir, when set, holds the cluster CA (sidecar-ca.pem) and each
+	// node's certificate and key (<name>.pem, <name>-key.pem) that run.sh
+	// made with `sidecar tls`: every agent then runs its Raft/RPC port with
+	// mutual TLS and gossip encrypted with Encrypt. Empty: plain text, as
+	// before TLS existed (BLACKBOX_TLS=0).
+	TLSDir  string
+	Encrypt string
+}
+
+// Transport names the run's Raft/RPC transport for the summaries.
+func (e Env) Transport() string {
+	if e.TLSDir != "" {
+		return "tls"
+	}
+	return "plain"
 }
 
 // LoadEnv reads the environment run.sh sets; ok is false outside run.sh.
@@ -51,6 +66,8 @@ func LoadEnv() (Env, bool, error) {
 		Bin:        os.Getenv("SIDECAR_BIN"),
 		LogDir:     os.Getenv("BLACKBOX_LOGDIR"),
 		DataDir:    os.Getenv("BLACKBOX_DATADIR"),
+		TLSDir:     os.Getenv("BLACKBOX_TLS_DIR"),
+		Encrypt:    os.Getenv("BLACKBOX_ENCRYPT"),
 		Servers:    5,
 		Clients:    2,
 		SessionTTL: 2 * time.Second,
@@ -60,6 +77,9 @@ func LoadEnv() (Env, bool, error) {
 	}
 	if e.Net == "" || e.Bin == "" || e.LogDir == "" || e.DataDir == "" {
 		return e, false, errors.New("blackbox: BLACKBOX_NET, SIDECAR_BIN, BLACKBOX_LOGDIR and BLACKBOX_DATADIR must be set with BLACKBOX_PREFIX")
+	}
+	if (e.TLSDir == "") != (e.Encrypt == "") {
+		return e, false, errors.New("blackbox: BLACKBOX_TLS_DIR and BLACKBOX_ENCRYPT go together (the agent refuses TLS without a gossip key)")
 	}
 	return e, true, nil
 }
@@ -134,6 +154,14 @@ func NewCluster(env Env, logf func(string, ...any)) (*Cluster, error) {
 		if n.Server {
 			n.args = append(n.args, "--server", "--bootstrap-expect", strconv.Itoa(env.Servers),
 				"--raft-addr", fmt.Sprintf("%s:%d", n.IP, raftPort))
+		}
+		if env.TLSDir != "" {
+			// Servers hold server certificates, clients client ones, each
+			// for its own node name (run.sh made them).
+			n.args = append(n.args, "--encrypt", env.Encrypt,
+				"--tls-ca-file", filepath.Join(env.TLSDir, "sidecar-ca.pem"),
+				"--tls-cert-file", filepath.Join(env.TLSDir, n.Name+".pem"),
+				"--tls-key-file", filepath.Join(env.TLSDir, n.Name+"-key.pem"))
 		}
 		c.Nodes = append(c.Nodes, n)
 		if n.Server {

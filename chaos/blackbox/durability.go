@@ -33,11 +33,13 @@ type DurabilityResult struct {
 	NewLeader                []time.Duration
 	Converge                 []time.Duration
 	Failures                 []string
+	// Transport is the Raft/RPC port's: "tls" or "plain".
+	Transport string
 }
 
 func (r *DurabilityResult) String() string {
-	return fmt.Sprintf("BLACKBOX-DURABILITY kills %d (leader %d, random %d), registrations attempted %d, acknowledged %d, lost %d; new leader (n=%d) p50 %v max %v; convergence after restart (n=%d) p50 %v max %v; failures %d",
-		r.LeaderKills+r.RandomKills, r.LeaderKills, r.RandomKills, r.Attempted, r.Acked, len(r.Lost),
+	return fmt.Sprintf("BLACKBOX-DURABILITY transport %s, kills %d (leader %d, random %d), registrations attempted %d, acknowledged %d, lost %d; new leader (n=%d) p50 %v max %v; convergence after restart (n=%d) p50 %v max %v; failures %d",
+		r.Transport, r.LeaderKills+r.RandomKills, r.LeaderKills, r.RandomKills, r.Attempted, r.Acked, len(r.Lost),
 		len(r.NewLeader), pct(r.NewLeader, 50), pct(r.NewLeader, 100), len(r.Converge), pct(r.Converge, 50), pct(r.Converge, 100), len(r.Failures))
 }
 

@@ -6,6 +6,12 @@
 #   chaos/blackbox/run.sh durability SEED [LEADER_KILLS [RANDOM_KILLS]]
 #   chaos/blackbox/run.sh campaign SEED DURATION
 #
+# BLACKBOX_TLS=1 (the default) runs every agent with mutual TLS on its
+# Raft/RPC port and an encrypted gossip: a CA, a server certificate for
+# s1..s5 and a client certificate for c1, c2 are made for the run with
+# `bin/sidecar tls`, and a gossip key with `bin/sidecar keygen`.
+# BLACKBOX_TLS=0 runs them in plain text (the comparison runs).
+#
 # Topology: a hub namespace holds bridge br0 with the harness at $NET.1;
 # node i (s1..s5, c1, c2) lives in namespace $PREFIX-n$i with eth0 at
 # $NET.(10+i), one end of a veth whose other end is on br0. The harness
@@ -95,6 +101,25 @@ done
 [ -x bin/sidecar ] || make build
 $GO test -c -o "$work/blackbox.test" ./chaos/blackbox
 
+# TLS files and the gossip key, made once per run by the binary under test.
+tlsenv=()
+case ${BLACKBOX_TLS:-1} in
+1)
+	tlsdir=$work/tls
+	bin/sidecar tls ca create --dir "$tlsdir" >/dev/null
+	for i in $(seq 1 $nodes); do
+		if [ "$i" -le 5 ]; then role=--server name=s$i; else role=--client name=c$((i - 5)); fi
+		bin/sidecar tls cert create $role --node "$name" --dir "$tlsdir" >/dev/null
+	done
+	tlsenv=(BLACKBOX_TLS_DIR="$tlsdir" BLACKBOX_ENCRYPT="$(bin/sidecar keygen)")
+	;;
+0) ;;
+*)
+	echo "blackbox: BLACKBOX_TLS must be 1 or 0" >&2
+	exit 2
+	;;
+esac
+
 ip netns add "$hub"
 ip -n "$hub" link set lo up
 ip -n "$hub" link add br0 type bridge
@@ -112,12 +137,12 @@ done
 
 rm -rf "$logdir"
 mkdir -p "$logdir"
-echo "blackbox: $mode seed $seed, namespaces $prefix-*, logs $logdir"
+echo "blackbox: $mode seed $seed, TLS ${BLACKBOX_TLS:-1}, namespaces $prefix-*, logs $logdir"
 set +e
 ip netns exec "$hub" env \
 	BLACKBOX_PREFIX="$prefix" BLACKBOX_NET="$net" BLACKBOX_LOGDIR="$logdir" \
 	BLACKBOX_DATADIR="$work/data" BLACKBOX_SEED="$seed" BLACKBOX_OUT="$logdir/viz" \
-	SIDECAR_BIN="$PWD/bin/sidecar" \
+	SIDECAR_BIN="$PWD/bin/sidecar" "${tlsenv[@]}" \
 	"$work/blackbox.test" -test.run "^$test\$" -test.v -test.count=1 -test.timeout "${BLACKBOX_TIMEOUT:-30m}" \
 	>"$logdir/test.log" 2>&1
 rc=$?
@@ -126,7 +151,7 @@ set -e
 awk '/^BLACKBOX-/{p=1} p{print} /^CHAOS-RESULT|^BLACKBOX-DURABILITY/{p=0}' "$logdir/test.log"
 if [ $rc != 0 ]; then
 	grep -E -- '--- FAIL|FAIL:|panic:|blackbox_test.go:[0-9]+: ' "$logdir/test.log" | tail -40 || true
-	echo "FAIL: blackbox $mode seed $seed (replay: $0 $mode $seed ${3:-} ${4:-}), logs $logdir (test.log, one per agent)"
+	echo "FAIL: blackbox $mode seed $seed (replay: BLACKBOX_TLS=${BLACKBOX_TLS:-1} $0 $mode $seed ${3:-} ${4:-}), logs $logdir (test.log, one per agent)"
 	ls "$logdir"/viz/*.html 2>/dev/null | sed 's/^/visualization: /' || true
 fi
 exit $rc

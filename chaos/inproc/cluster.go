@@ -12,6 +12,8 @@ import (
 
 	"github.com/sidecarhq/sidecar/election"
 	"github.com/sidecarhq/sidecar/fsm"
+	"github.com/sidecarhq/sidecar/internal/logadapt"
+	"github.com/sidecarhq/sidecar/tlsutil"
 )
 
 // Timings of the servers of one run, drawn from its seed.
@@ -25,25 +27,43 @@ type Timings struct {
 // Cluster is the servers of a run on one network. Servers crash and restart
 // on their data dirs; a crashed server's slot is nil.
 type Cluster struct {
-	net     *Network
-	dir     string
-	timings Timings
-	logger  *slog.Logger
-	names   []string
+	net       *Network
+	dir       string
+	timings   Timings
+	logger    *slog.Logger
+	names     []string
+	transport string
+	// tls holds each server's loader (TransportTLS); addrs where each
+	// server's stream layer listens (TransportTLS, TransportTCP).
+	tls   map[string]*tlsutil.Loader
+	addrs *addrBook
 
 	mu      sync.RWMutex
 	servers []*election.Server
-	inners  []*raft.InmemTransport
+	inners  []*raft.InmemTransport // TransportInmem
 	gens    []int
 }
 
 // NewCluster starts n servers bootstrapped together, each on a data dir
-// under dir.
-func NewCluster(n int, dir string, net *Network, tm Timings, logger *slog.Logger) (*Cluster, error) {
-	c := &Cluster{net: net, dir: dir, timings: tm, logger: logger,
+// under dir, talking Raft over transport (TransportTLS, TransportTCP or
+// TransportInmem). With TLS, the CA and the servers' certificates are made
+// in dir/tls.
+func NewCluster(n int, dir string, net *Network, tm Timings, logger *slog.Logger, transport string) (*Cluster, error) {
+	if !ValidTransport(transport) {
+		return nil, fmt.Errorf("chaos: unknown transport %q", transport)
+	}
+	c := &Cluster{net: net, dir: dir, timings: tm, logger: logger, transport: transport,
+		addrs:   &addrBook{addrs: map[raft.ServerID]raft.ServerAddress{}},
 		servers: make([]*election.Server, n), inners: make([]*raft.InmemTransport, n), gens: make([]int, n)}
 	for i := 0; i < n; i++ {
 		c.names = append(c.names, fmt.Sprintf("s%d", i))
+	}
+	if transport == TransportTLS {
+		l, err := newPKI(filepath.Join(dir, "tls"), c.names)
+		if err != nil {
+			return nil, fmt.Errorf("chaos: TLS files: %w", err)
+		}
+		c.tls = l
 	}
 	for i := 0; i < n; i++ {
 		if err := c.Start(i); err != nil {
@@ -86,12 +106,9 @@ func (c *Cluster) Start(i int) error {
 		return nil
 	}
 	name := c.names[i]
-	_, inner := raft.NewInmemTransport(raft.ServerAddress(name))
-	for j, o := range c.inners {
-		if j != i && o != nil {
-			o.Connect(raft.ServerAddress(name), inner)
-			inner.Connect(raft.ServerAddress(c.names[j]), o)
-		}
+	inner, err := c.innerTransport(i)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", name, err)
 	}
 	var boot []raft.Server
 	for _, n := range c.names {
@@ -112,14 +129,60 @@ func (c *Cluster) Start(i int) error {
 	cfg.SnapshotInterval = c.timings.SnapshotInterval
 	cfg.ApplyTimeout = time.Second
 	cfg.Logger = c.logger.With("node", name)
+	if l := c.tls[name]; l != nil {
+		// As an agent's server has it; the chaos transport above carries
+		// Raft, so this secures only the (unused) RPC dials.
+		cfg.TLS = l
+	}
 	s, err := election.NewServer(cfg)
 	if err != nil {
+		// raft closes a transport only once it ran: an unused one is ours.
+		inner.Close()
 		return fmt.Errorf("start %s: %w", name, err)
 	}
-	c.servers[i], c.inners[i] = s, inner
+	c.servers[i] = s
+	if in, ok := inner.(*raft.InmemTransport); ok {
+		c.inners[i] = in
+	}
 	c.gens[i]++
 	c.net.SetDown(name, false)
 	return nil
+}
+
+// innerTransport makes server i's transport under the network's
+// decisions: connected in-memory pipes, or a NetworkTransport on a new
+// loopback listener (plain or TLS) that c.addrs points its peers to.
+func (c *Cluster) innerTransport(i int) (innerTransport, error) {
+	name := c.names[i]
+	if c.transport == TransportInmem {
+		_, inner := raft.NewInmemTransport(raft.ServerAddress(name))
+		for j, o := range c.inners {
+			if j != i && o != nil {
+				o.Connect(raft.ServerAddress(name), inner)
+				inner.Connect(raft.ServerAddress(c.names[j]), o)
+			}
+		}
+		return inner, nil
+	}
+	var t election.TLS
+	if l := c.tls[name]; l != nil {
+		t = l
+	}
+	stream, err := newStreamLayer(name, t)
+	if err != nil {
+		return nil, err
+	}
+	c.addrs.set(name, stream.listenAddr())
+	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		ServerAddressProvider: c.addrs,
+		Stream:                stream,
+		// As election's own transport: a few pooled connections per peer,
+		// and a bound on a stuck read or write (the network's cuts never
+		// hold a connection; they refuse the message above it).
+		MaxPool: 3,
+		Timeout: 10 * time.Second,
+		Logger:  logadapt.Hclog(c.logger.With("node", name), "raft-net"),
+	}), nil
 }
 
 // Crash stops server i at once (no leadership transfer); its data dir

@@ -87,12 +87,25 @@ func (n *Network) Deliver(from, to string) bool {
 	return ok
 }
 
-// transport is a node's raft.Transport: raft's in-memory transport behind
-// the network's decisions. A request crosses from->to, its answer to->from.
+// transport is a node's raft.Transport: the network's decisions on top of a
+// real transport (raft's in-memory one, or its NetworkTransport over
+// loopback TCP, with TLS or without; see stream.go). A request crosses
+// from->to, its answer to->from: a message the network drops is never
+// handed to the transport below, a lost answer is discarded after the
+// request really crossed it. So a fault acts on whole Raft messages, as a
+// cut link does, while a delivered one crosses TLS in full.
 type transport struct {
 	net   *Network
 	self  string
-	inner *raft.InmemTransport
+	inner innerTransport
+}
+
+// innerTransport is what raft's InmemTransport and NetworkTransport both
+// are: the wrapper offers pre-vote and Close, so the one below must too.
+type innerTransport interface {
+	raft.Transport
+	raft.WithPreVote
+	raft.WithClose
 }
 
 var (
@@ -121,7 +134,17 @@ func (t *transport) EncodePeer(id raft.ServerID, a raft.ServerAddress) []byte {
 	return t.inner.EncodePeer(id, a)
 }
 func (t *transport) DecodePeer(b []byte) raft.ServerAddress { return t.inner.DecodePeer(b) }
-func (t *transport) Close() error                           { return t.inner.Close() }
+
+// Close closes the transport below and, for a NetworkTransport, its pooled
+// connections (election.Server.Close does that only for a NetworkTransport
+// of its own).
+func (t *transport) Close() error {
+	err := t.inner.Close()
+	if nt, ok := t.inner.(*raft.NetworkTransport); ok {
+		nt.CloseStreams()
+	}
+	return err
+}
 
 // AppendEntriesPipeline is not supported, so that every append goes
 // through the network's decisions one by one.

@@ -32,12 +32,16 @@ type Config struct {
 	Logger *slog.Logger
 	// Logf reports progress (default: discarded).
 	Logf func(format string, args ...any)
+	// Transport is what Raft crosses under the network's faults:
+	// TransportTLS (default), TransportTCP or TransportInmem.
+	Transport string
 }
 
 // Result is what a run found.
 type Result struct {
 	Seed        int64
 	Servers     int
+	Transport   string
 	Timings     Timings
 	Report      *checker.Report
 	Convergence time.Duration
@@ -81,6 +85,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
+	if cfg.Transport == "" {
+		cfg.Transport = TransportTLS
+	}
 	rng := rand.New(rand.NewSource(cfg.Seed))
 	if cfg.Servers == 0 {
 		cfg.Servers = []int{3, 5}[rng.Intn(2)]
@@ -105,14 +112,14 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		defer os.RemoveAll(d)
 	}
 	net := NewNetwork(rng.Int63())
-	c, err := NewCluster(cfg.Servers, filepath.Join(dir, fmt.Sprintf("run-%d", cfg.Seed)), net, tm, cfg.Logger)
+	c, err := NewCluster(cfg.Servers, filepath.Join(dir, fmt.Sprintf("run-%d", cfg.Seed)), net, tm, cfg.Logger, cfg.Transport)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
 	r := &run{cfg: cfg, rng: rng, c: c, net: net, rec: checker.NewRecorder(), epoch: 8 * time.Second, keys: map[string]bool{}}
-	cfg.Logf("seed %d: %d servers, heartbeat %v, leader lease %v, commit %v, snapshot every %d entries (trailing %d, checked every %v)",
-		cfg.Seed, cfg.Servers, tm.Heartbeat, tm.LeaderLease, tm.Commit, tm.SnapshotThreshold, tm.TrailingLogs, tm.SnapshotInterval)
+	cfg.Logf("seed %d: %d servers over %s, heartbeat %v, leader lease %v, commit %v, snapshot every %d entries (trailing %d, checked every %v)",
+		cfg.Seed, cfg.Servers, cfg.Transport, tm.Heartbeat, tm.LeaderLease, tm.Commit, tm.SnapshotThreshold, tm.TrailingLogs, tm.SnapshotInterval)
 	if err := r.waitLeader(ctx, 15*time.Second); err != nil {
 		return nil, err
 	}
@@ -147,7 +154,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 	// Convergence: every server up with the same registry.
 	healStart := time.Now()
-	res := &Result{Seed: cfg.Seed, Servers: cfg.Servers, Timings: tm}
+	res := &Result{Seed: cfg.Seed, Servers: cfg.Servers, Transport: cfg.Transport, Timings: tm}
 	converged := false
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if ok, _ := c.Converged(); ok && c.Leader() >= 0 {
@@ -185,6 +192,17 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		out = filepath.Join(os.TempDir(), fmt.Sprintf("sidecar-chaos-%d", cfg.Seed))
 	}
 	res.Report = r.rec.Check(checker.Options{OutDir: out, Timeout: 5 * time.Second})
+	if len(res.Report.Anomalies) > 0 {
+		// The whole history beside the visualizations, to read each anomaly
+		// in its context (a planted bug's run too).
+		if err := os.MkdirAll(out, 0o755); err == nil {
+			if f, err := os.Create(filepath.Join(out, "history.json")); err == nil {
+				_ = r.rec.WriteHistory(f)
+				f.Close()
+				cfg.Logf("history: %s", f.Name())
+			}
+		}
+	}
 	r.mu.Lock()
 	res.LeaderRecovery = append(res.LeaderRecovery, r.recovery...)
 	r.mu.Unlock()

@@ -18,7 +18,8 @@ func TestMain(m *testing.M) {
 // TestCampaign runs one campaign. CHAOS_SEED picks the seed (default: from
 // the clock), CHAOS_DURATION its length (default 5s, so that `go test ./...`
 // stays quick), CHAOS_SERVERS 3 or 5 (default: from the seed), CHAOS_OUT
-// where visualizations go. A build with a bug switch (tag chaosbug_*) must
+// where visualizations go, CHAOS_TRANSPORT what Raft crosses under the
+// faults: tls (default), tcp or inmem (see stream.go). A build with a bug switch (tag chaosbug_*) must
 // report anomalies; a normal build must report none.
 func TestCampaign(t *testing.T) {
 	seed := time.Now().UnixNano() % 1_000_000
@@ -41,19 +42,34 @@ func TestCampaign(t *testing.T) {
 	if s := os.Getenv("CHAOS_SERVERS"); s != "" {
 		servers, _ = strconv.Atoi(s)
 	}
-	t.Logf("seed %d, duration %v, planted bug %q (replay: CHAOS_SEED=%d)", seed, dur, plantedBug, seed)
+	transport := TransportTLS
+	if s := os.Getenv("CHAOS_TRANSPORT"); s != "" {
+		if !ValidTransport(s) {
+			t.Fatalf("CHAOS_TRANSPORT %q: want tls, tcp or inmem", s)
+		}
+		transport = s
+	}
+	t.Logf("seed %d, duration %v, transport %s, planted bug %q (replay: CHAOS_SEED=%d CHAOS_TRANSPORT=%s)", seed, dur, transport, plantedBug, seed, transport)
 	res, err := Run(context.Background(), Config{
 		Seed: seed, Duration: dur, Servers: servers, Dir: t.TempDir(), OutDir: os.Getenv("CHAOS_OUT"),
-		Logf: t.Logf,
+		Logf: t.Logf, Transport: transport,
 	})
 	if err != nil {
 		t.Fatalf("seed %d: %v", seed, err)
 	}
 	t.Logf("seed %d: %d servers, converged in %v after healing, run took %v, new leader after leader crash: %v\n%s",
 		seed, res.Servers, res.Convergence.Round(time.Millisecond), res.Elapsed.Round(time.Second), res.LeaderRecovery, res.Report)
-	// One line for scripts.
-	t.Logf("CHAOS-RESULT seed=%d bug=%s ops=%d faults=%d handovers=%d anomalies=%d",
-		seed, plantedBug, res.Report.Ops, res.Report.Faults, res.Report.Handovers, len(res.Report.Anomalies))
+	// One line for scripts (chaos/run.sh compare sums them up).
+	var newLeader []string
+	for _, d := range res.LeaderRecovery {
+		newLeader = append(newLeader, strconv.FormatInt(d.Milliseconds(), 10))
+	}
+	if len(newLeader) == 0 {
+		newLeader = []string{"-"}
+	}
+	t.Logf("CHAOS-RESULT seed=%d transport=%s bug=%s ops=%d faults=%d handovers=%d anomalies=%d newleader_ms=%s converge_ms=%d",
+		seed, res.Transport, plantedBug, res.Report.Ops, res.Report.Faults, res.Report.Handovers, len(res.Report.Anomalies),
+		strings.Join(newLeader, ","), res.Convergence.Milliseconds())
 	switch {
 	case plantedBug == "" && len(res.Report.Anomalies) > 0:
 		t.Errorf("seed %d: %d anomalies (replay with CHAOS_SEED=%d); visualizations: %s", seed,

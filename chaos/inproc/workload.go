@@ -233,11 +233,50 @@ func (c *client) tryLock(ctx context.Context) {
 	}
 	// Release also after an unknown outcome: the lock may be ours.
 	if res.Held || op.Outcome == checker.Unknown {
-		c.unlock(name, sess.ID(), true)
+		if c.unlock(name, sess.ID(), true) == checker.Unknown {
+			c.dropSession(ctx, sess)
+		}
 	}
 }
 
-func (c *client) unlock(name, lease string, record bool) {
+// dropSession ends a session after a release of unknown outcome. Unlock
+// (and resign) are keyed by lease, as in etcd: a release still in flight
+// (an Apply that timed out on its way through Raft) may land after the
+// client took the lock again on the same lease, and release that later
+// hold while the client, its session live, goes on acting on it ("token
+// refused while its holder was live", make chaos-bounded SEED=200 over
+// the in-memory transport). Like the black-box layer's apps, the client
+// then stops using the lease: it revokes it (recorded, as a zombie's
+// revocation is) and opens a new session at its next operation.
+func (c *client) dropSession(ctx context.Context, sess *election.Session) {
+	if c.sess != sess {
+		return
+	}
+	c.sess = nil
+	c.revoke(ctx, sess)
+}
+
+// revoke closes sess (revoking its lease) and records the revocation.
+func (c *client) revoke(ctx context.Context, sess *election.Session) checker.Outcome {
+	octx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	rv := checker.Op{Client: c.id, Kind: checker.Revoke, Lease: sess.ID(), Call: c.r.rec.Now()}
+	err := sess.Close(octx)
+	rv.Return, rv.Outcome = c.r.rec.Now(), outcome(err)
+	rv.Refused = errors.Is(err, fsm.ErrUnknownLease)
+	if err != nil {
+		rv.Err = err.Error()
+		if rv.Outcome == checker.Failed {
+			// Retried through leader changes: it may have been applied.
+			rv.Outcome = checker.Unknown
+		}
+	}
+	c.r.rec.Add(rv)
+	return rv.Outcome
+}
+
+// unlock releases name held by lease and returns the outcome.
+func (c *client) unlock(name, lease string, record bool) checker.Outcome {
 	octx, cancel := context.WithTimeout(context.Background(), opTimeout)
 	defer cancel()
 	op := checker.Op{Client: c.id, Kind: checker.Unlock, Key: name, Lease: lease, Call: c.r.rec.Now()}
@@ -250,6 +289,7 @@ func (c *client) unlock(name, lease string, record bool) {
 	if record {
 		c.r.rec.Add(op)
 	}
+	return op.Outcome
 }
 
 func (c *client) waitLock(ctx context.Context) {
@@ -264,7 +304,9 @@ func (c *client) waitLock(ctx context.Context) {
 		g := c.r.rec.AddGrant(checker.Grant{Name: name, Client: c.id, Lease: sess.ID(), Token: res.Token, Invoke: invoke, Return: ret})
 		c.hold(ctx, g, sess.Live, c.holdFor())
 	}
-	c.unlock(name, sess.ID(), false)
+	if c.unlock(name, sess.ID(), false) == checker.Unknown {
+		c.dropSession(ctx, sess)
+	}
 }
 
 func (c *client) campaign(ctx context.Context) {
@@ -285,8 +327,13 @@ func (c *client) campaign(ctx context.Context) {
 		}, c.holdFor())
 	}
 	rctx, rcancel := context.WithTimeout(context.Background(), opTimeout)
-	c.local.Resign(rctx, name, cand)
+	err = c.local.Resign(rctx, name, cand)
 	rcancel()
+	if outcome(err) == checker.Unknown {
+		// Resign is keyed by candidate: a late one would end a later
+		// candidacy of the same name (see dropSession).
+		c.dropSession(ctx, sess)
+	}
 }
 
 // zombie revokes the session, then tries a lock with the dead lease, as a
@@ -300,23 +347,11 @@ func (c *client) zombie(ctx context.Context) {
 	default:
 	}
 	c.sess = nil
-	octx, cancel := context.WithTimeout(ctx, opTimeout)
-	defer cancel()
-	rv := checker.Op{Client: c.id, Kind: checker.Revoke, Lease: sess.ID(), Call: c.r.rec.Now()}
-	err := sess.Close(octx)
-	rv.Return, rv.Outcome = c.r.rec.Now(), outcome(err)
-	rv.Refused = errors.Is(err, fsm.ErrUnknownLease)
-	if err != nil {
-		rv.Err = err.Error()
-		if rv.Outcome == checker.Failed {
-			// Retried through leader changes: it may have been applied.
-			rv.Outcome = checker.Unknown
-		}
-	}
-	c.r.rec.Add(rv)
-	if rv.Outcome != checker.OK {
+	if c.revoke(ctx, sess) != checker.OK {
 		return
 	}
+	octx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
 	name := c.lockName()
 	op := checker.Op{Client: c.id, Kind: checker.TryLock, Key: name, Lease: sess.ID(), Call: c.r.rec.Now()}
 	res, err := c.b.Apply(octx, &fsm.AcquireLock{Name: name, Lease: sess.ID(), Node: fmt.Sprintf("c%d", c.id), Now: time.Now().UnixNano()})
