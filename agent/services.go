@@ -46,8 +46,6 @@ func (a *Agent) register(ctx context.Context, in fsm.Instance, source string) (*
 	a.runChecks(in)
 	if err != nil {
 		a.antiEntropy.Unknown(in.ID)
-	} else {
-		a.antiEntropy.Settled(in.ID)
 	}
 	return res, err
 }
@@ -74,10 +72,8 @@ func (a *Agent) deregisterLocked(ctx context.Context, id string) (*fsm.Result, e
 	res, err := a.Apply(ctx, &fsm.DeregisterInstance{Node: a.cfg.Name, ID: id})
 	switch {
 	case err == nil:
-		a.antiEntropy.Settled(id)
 	case errors.Is(err, fsm.ErrUnknownInstance) && had:
 		err = nil
-		a.antiEntropy.Settled(id)
 	case refused(err):
 		a.undo(id, prev, had)
 		return res, err

@@ -137,7 +137,9 @@ func NewAntiEntropy(cfg Config, store *Store, reg Registry, w Writer) *AntiEntro
 // and commit later; writing the local state's version now could apply the
 // app's one request twice, around a later write of the same id. So the
 // instance is left alone for UnknownGrace, long enough for any entry in
-// flight to commit or be dropped, and then looked at.
+// flight to commit or be dropped, and then looked at. A later write of the
+// same id that succeeds does not end the grace: the earlier entry could
+// still land after it.
 func (ae *AntiEntropy) Unknown(id string) {
 	ae.mu.Lock()
 	ae.unknownAt[id] = time.Now()
@@ -151,14 +153,6 @@ func (ae *AntiEntropy) Unknown(id string) {
 		default:
 		}
 	})
-}
-
-// Settled records that a later write of id had a definite outcome: its
-// state is known again.
-func (ae *AntiEntropy) Settled(id string) {
-	ae.mu.Lock()
-	delete(ae.unknownAt, id)
-	ae.mu.Unlock()
 }
 
 // doubt marks id in doubt after a failed write of anti-entropy's own,
