@@ -61,7 +61,7 @@ type Config struct {
 	// UnknownGrace is how long an instance whose last write had an unknown
 	// outcome is left alone (see Unknown); default 30s.
 	UnknownGrace time.Duration
-	Logger    *slog.Logger
+	Logger       *slog.Logger
 	// Registerer, when set, gets the anti-entropy metrics.
 	Registerer prometheus.Registerer
 }
@@ -109,7 +109,7 @@ func NewAntiEntropy(cfg Config, store *Store, reg Registry, w Writer) *AntiEntro
 	}
 	ae := &AntiEntropy{
 		cfg: cfg, store: store, reg: reg, w: w,
-		log:     cfg.Logger.With("component", "anti-entropy"),
+		log:       cfg.Logger.With("component", "anti-entropy"),
 		kick:      make(chan struct{}, 1),
 		pending:   map[string]struct{}{},
 		unknownAt: map[string]time.Time{},
