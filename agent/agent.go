@@ -84,6 +84,8 @@ type Config struct {
 	// HTTP API limits; zero: the defaults (httpapi.DefaultConfig), -1: no
 	// bound.
 	HTTPMaxConnsPerClient, HTTPMaxBlockingQueries int
+	// MaxRestoreBytes bounds a snapshot restore's body; zero: 1 GiB.
+	MaxRestoreBytes int64
 	// AntiEntropyInterval is the backstop between comparisons of the
 	// registry with the local state when nothing changed; zero: 30s.
 	AntiEntropyInterval time.Duration
@@ -280,6 +282,9 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 	hc.ExecChecks = cfg.ExecChecks == ExecChecksAll
 	if cfg.HTTPMaxConnsPerClient != 0 {
 		hc.MaxConnsPerClient = max(cfg.HTTPMaxConnsPerClient, 0)
+	}
+	if cfg.MaxRestoreBytes > 0 {
+		hc.MaxSnapshotBytes = cfg.MaxRestoreBytes
 	}
 	if cfg.HTTPMaxBlockingQueries != 0 {
 		hc.MaxBlockingQueries = max(cfg.HTTPMaxBlockingQueries, 0)

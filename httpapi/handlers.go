@@ -3,8 +3,11 @@ package httpapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
@@ -503,8 +506,33 @@ func (s *Server) saveSnapshot(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) restoreSnapshot(w http.ResponseWriter, r *http.Request) error {
-	body := http.MaxBytesReader(w, r.Body, s.cfg.MaxSnapshotBytes)
-	if err := s.agent.RestoreSnapshot(r.Context(), body); err != nil {
+	if r.ContentLength > s.cfg.MaxSnapshotBytes {
+		// Refused before a byte of it is read.
+		w.Header().Set("Connection", "close")
+		return fmt.Errorf("%w: snapshot of %d bytes is larger than the %d bytes allowed", errSnapshotTooLarge, r.ContentLength, s.cfg.MaxSnapshotBytes)
+	}
+	// The body goes to a temporary file first: one larger than allowed is
+	// refused having cost disk, not memory, and a slow one holds no buffer.
+	f, err := os.CreateTemp("", "sidecar-restore-*")
+	if err != nil {
+		return fmt.Errorf("restore: temporary file: %w", err)
+	}
+	defer func() {
+		f.Close()
+		os.Remove(f.Name())
+	}()
+	if _, err := io.Copy(f, http.MaxBytesReader(w, r.Body, s.cfg.MaxSnapshotBytes)); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			w.Header().Set("Connection", "close")
+			return fmt.Errorf("%w: snapshot larger than the %d bytes allowed", errSnapshotTooLarge, s.cfg.MaxSnapshotBytes)
+		}
+		return badf("read snapshot: %v", err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("restore: rewind temporary file: %w", err)
+	}
+	if err := s.agent.RestoreSnapshot(r.Context(), f); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "restored"})

@@ -3,8 +3,10 @@ package httpapi_test
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -166,4 +168,71 @@ func TestLimits_slowBody(t *testing.T) {
 	if a.FSM().Digest() != before {
 		t.Fatal("a cut-off request changed the registry")
 	}
+}
+
+// A restore larger than allowed is refused: with its size declared, before
+// a byte is read; streamed without a size, once the bound is passed, having
+// gone to a temporary file rather than memory. Nothing changes; a restore
+// within the bound still works.
+func TestLimits_restoreSize(t *testing.T) {
+	const max = 16 << 20
+	a := agenttest.Start(t, func(c *agent.Config) { c.MaxRestoreBytes = max })
+	var snap strings.Builder
+	r := do(t, "GET", a.URL+"/v1/snapshot", "")
+	mustOK(t, r)
+	snap.Write(r.body)
+	before := a.FSM().Digest()
+
+	// Declared: 2 GiB.
+	c, err := net.Dial("tcp", a.HTTPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "PUT /v1/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\nsidecar-snapshot", int64(2)<<30)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("declared 2 GiB restore: %d, want 413", resp.StatusCode)
+	}
+
+	// Streamed, no size: 64 MiB of it, four times the bound; reading it
+	// into memory first (as before) grew the heap by the bound at least.
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	heapBefore := ms.HeapAlloc
+	pr, pw := io.Pipe()
+	go func() {
+		chunk := make([]byte, 1<<20)
+		for i := 0; i < 64; i++ {
+			if _, err := pw.Write(chunk); err != nil {
+				return
+			}
+		}
+		pw.Close()
+	}()
+	req, _ := http.NewRequest("PUT", a.URL+"/v1/snapshot", pr)
+	req.ContentLength = -1
+	resp, err = http.DefaultClient.Do(req)
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Fatalf("streamed 64 MiB restore: %d, want 413", resp.StatusCode)
+		}
+	} // else: the agent closed the connection mid-upload, also a refusal
+	pr.CloseWithError(io.ErrClosedPipe)
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	if grown := int64(ms.HeapAlloc) - int64(heapBefore); grown > 4<<20 {
+		t.Fatalf("heap grew by %d MiB over a refused streamed restore", grown>>20)
+	}
+	if a.FSM().Digest() != before {
+		t.Fatal("a refused restore changed the registry")
+	}
+	mustOK(t, do(t, "PUT", a.URL+"/v1/snapshot", snap.String()))
+	http.DefaultClient.CloseIdleConnections()
 }

@@ -434,7 +434,7 @@ func statusOf(err error) int {
 		return http.StatusRequestEntityTooLarge
 	case errors.As(err, &bad), errors.Is(err, fsm.ErrInvalid):
 		return http.StatusBadRequest
-	case errors.Is(err, errTooLarge):
+	case errors.Is(err, errTooLarge), errors.Is(err, errSnapshotTooLarge):
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, fsm.ErrCorruptSnapshot):
 		return http.StatusBadRequest
@@ -480,9 +480,11 @@ var (
 	// ErrForbidden: the caller may not do this (403).
 	ErrForbidden = errors.New("forbidden")
 	errTooMany   = errors.New("too many requests")
-	errNotFound  = errors.New("not found")
-	errConflict  = errors.New("conflict")
-	errNotReady  = errors.New("not ready")
+	// errSnapshotTooLarge: a restore past MaxSnapshotBytes (413).
+	errSnapshotTooLarge = errors.New("snapshot too large")
+	errNotFound         = errors.New("not found")
+	errConflict         = errors.New("conflict")
+	errNotReady         = errors.New("not ready")
 )
 
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {

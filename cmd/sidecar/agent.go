@@ -46,6 +46,7 @@ func runAgent(ctx context.Context, cfg *Config, reload func() (*Config, error), 
 		Services: cfg.Services, Join: cfg.Join, EncryptKey: cfg.EncryptKey,
 		HTTPSAddr: cfg.HTTPSAddr, ExecChecks: cfg.ExecChecks, AllowedHosts: cfg.AllowedHosts,
 		HTTPMaxConnsPerClient: noBound(cfg.HTTPMaxConnsPerClient), HTTPMaxBlockingQueries: noBound(cfg.HTTPMaxBlockingQueries),
+		MaxRestoreBytes: cfg.MaxRestoreBytes,
 	}
 	if cfg.TLS != nil {
 		ac.TLS = cfg.TLS

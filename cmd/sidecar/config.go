@@ -51,12 +51,14 @@ type Config struct {
 	AllowedHosts []string
 	// HTTP API limits (0: no bound).
 	HTTPMaxConnsPerClient, HTTPMaxBlockingQueries int
-	DNSTTL                                        time.Duration
-	Encrypt                                       string // base64 gossip key as given
-	EncryptKey                                    []byte // Encrypt decoded: 32 bytes, or nil without encryption
-	ConfigFile                                    string
-	LogLevel                                      string // debug, info, warn or error
-	LogFormat                                     string // text or json
+	// MaxRestoreBytes bounds a snapshot restore.
+	MaxRestoreBytes int64
+	DNSTTL          time.Duration
+	Encrypt         string // base64 gossip key as given
+	EncryptKey      []byte // Encrypt decoded: 32 bytes, or nil without encryption
+	ConfigFile      string
+	LogLevel        string // debug, info, warn or error
+	LogFormat       string // text or json
 
 	// TLSCAFile, TLSCertFile and TLSKeyFile are all set or all empty.
 	TLSCAFile, TLSCertFile, TLSKeyFile string
@@ -113,6 +115,7 @@ func defaultConfig() *Config {
 		// See httpapi.DefaultConfig.
 		HTTPMaxConnsPerClient:  512,
 		HTTPMaxBlockingQueries: 16384,
+		MaxRestoreBytes:        1 << 30,
 	}
 }
 

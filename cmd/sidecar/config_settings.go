@@ -142,6 +142,15 @@ var settings = []*setting{
 		set: func(c *Config, v string) error { return setCount(&c.HTTPMaxConnsPerClient, v) }},
 	{name: "http-max-blocking-queries", usage: "blocking queries that may wait at once (0: no bound); past it 429", def: "16384",
 		set: func(c *Config, v string) error { return setCount(&c.HTTPMaxBlockingQueries, v) }},
+	{name: "max-restore-bytes", usage: "largest snapshot a restore accepts (PUT /v1/snapshot); its body is written to a temporary file, never held whole in memory before it is checked", def: "1073741824",
+		set: func(c *Config, v string) error {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 1 {
+				return fmt.Errorf("%q is not a positive number of bytes", v)
+			}
+			c.MaxRestoreBytes = n
+			return nil
+		}},
 	{name: "dns-ttl", usage: "TTL of service and node answers", def: "5s",
 		set: func(c *Config, v string) error { return setDuration(&c.DNSTTL, v, 0) }},
 	{name: "encrypt", usage: "base64 32-byte gossip key (sidecar keygen)", def: "none",
