@@ -2,7 +2,9 @@ package blackbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"sort"
 	"strings"
 	"time"
@@ -92,18 +94,29 @@ func ProbeDNS(ctx context.Context, c *Cluster, owner *Node, seq int, limit time.
 	id := fmt.Sprintf("probe-%d", seq)
 	port := 40000 + seq%20000
 	want := []string{fmt.Sprintf("%s:%d", owner.IP, port)}
-	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	_, err = owner.API.Register(rctx, api.ServiceRegistration{ID: id, Name: svc, Address: owner.IP, Port: port})
-	cancel()
+	// A quiet gap can still see an election (the aftermath of a pause):
+	// like any app, the probe writes again on a 503 (an upsert, and a
+	// deregistration already done is done), and measures from the write
+	// that was acknowledged.
+	err = retryUnavailable(ctx, func(ctx context.Context) error {
+		_, err := owner.API.Register(ctx, api.ServiceRegistration{ID: id, Name: svc, Address: owner.IP, Port: port})
+		return err
+	})
 	if err != nil {
 		return 0, 0, fmt.Errorf("probe %s: register via %s: %w", id, owner.Name, err)
 	}
 	if reg, err = waitDNS(ctx, c, svc, want, limit); err != nil {
 		return reg, 0, fmt.Errorf("probe %s registered via %s: %w", id, owner.Name, err)
 	}
-	rctx, cancel = context.WithTimeout(ctx, 5*time.Second)
-	err = owner.API.Deregister(rctx, id)
-	cancel()
+	retried := false
+	err = retryUnavailable(ctx, func(ctx context.Context) error {
+		err := owner.API.Deregister(ctx, id)
+		if retried && api.IsNotFound(err) {
+			return nil // an earlier attempt of unknown outcome took it
+		}
+		retried = true
+		return err
+	})
 	if err != nil {
 		return reg, 0, fmt.Errorf("probe %s: deregister via %s: %w", id, owner.Name, err)
 	}
@@ -111,6 +124,26 @@ func ProbeDNS(ctx context.Context, c *Cluster, owner *Node, seq int, limit time.
 		return reg, dereg, fmt.Errorf("probe %s deregistered via %s: %w", id, owner.Name, err)
 	}
 	return reg, dereg, nil
+}
+
+// retryUnavailable runs write, 5 s at most per attempt, again while it
+// answers 503 (no leader, or a leader lost mid-write), for up to 15 s.
+func retryUnavailable(ctx context.Context, write func(context.Context) error) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := write(wctx)
+		cancel()
+		var se *api.StatusError
+		if err == nil || !errors.As(err, &se) || se.Code != http.StatusServiceUnavailable || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // waitDNS polls every node's DNS until each answers want; it returns how
