@@ -376,11 +376,13 @@ func (ae *AntiEntropy) Sync(ctx context.Context) error {
 // a registration of the same id: it looks again at both sides and writes
 // only if they still differ.
 func (ae *AntiEntropy) fix(ctx context.Context, id string) error {
+	unlock := ae.store.LockID(id)
+	defer unlock()
+	// Looked at under the id's lock: a registration that held it may have
+	// just ended with an unknown outcome.
 	if ae.inDoubt(id) {
 		return nil // looked at again once the grace ends (Unknown)
 	}
-	unlock := ae.store.LockID(id)
-	defer unlock()
 	svc, local := ae.store.Service(id)
 	in, registered := ae.reg.Instance(ae.cfg.Node, id)
 	switch {

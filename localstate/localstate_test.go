@@ -483,3 +483,30 @@ func TestDefinitionSum_metaOrder(t *testing.T) {
 		t.Fatal("meta values swapped between keys: same sum")
 	}
 }
+
+// A comparison that waits behind a registration of the same id, which then
+// ends with an unknown outcome, must not write: the registration's entry
+// may still land (the black-box suite saw it applied twice).
+func TestAntiEntropy_waitsBehindAnUnknownRegistration(t *testing.T) {
+	store, _ := Open("")
+	reg := newFakeRegistry()
+	w := &countingWriter{fakeRegistry: reg}
+	ae := NewAntiEntropy(Config{Node: "n1", UnknownGrace: time.Minute}, store, reg, w)
+	store.PutService(svc("web-1", 80))
+	unlock := store.LockID("web-1") // a registration of web-1 in flight
+	done := make(chan error, 1)
+	go func() { done <- ae.Sync(context.Background()) }()
+	waitUntil(t, func() bool { return testutil.ToFloat64(ae.syncs) == 1 })
+	ae.Unknown("web-1") // the registration's outcome: unknown
+	unlock()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, c := range w.cmds {
+		if c == "register_instance" {
+			t.Fatalf("anti-entropy wrote an instance whose registration had just ended unknown: %v", w.cmds)
+		}
+	}
+}
