@@ -89,12 +89,23 @@ type SetNodeStatus struct {
 // the status given (critical when empty).
 type RegisterInstance struct {
 	Instance Instance `json:"instance"`
+	// If, when set, applies the command only if the instance is as the
+	// writer last saw it (see Precondition).
+	If *Precondition `json:"if,omitempty"`
 }
 
 // DeregisterInstance removes an instance of a node.
 type DeregisterInstance struct {
-	Node string `json:"node"`
-	ID   string `json:"id"`
+	Node string        `json:"node"`
+	ID   string        `json:"id"`
+	If   *Precondition `json:"if,omitempty"`
+}
+
+// Precondition makes a write conditional on the instance's ModifyIndex:
+// 0 means the instance must not exist. A repair computed from one view of
+// the registry then never lands after a newer write of the same instance.
+type Precondition struct {
+	ModifyIndex uint64 `json:"modify_index"`
 }
 
 // UpdateCheck sets a check's status.

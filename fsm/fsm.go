@@ -33,6 +33,9 @@ var (
 	ErrNotCandidate    = errors.New("fsm: not a candidate")
 	ErrLeaseExists     = errors.New("fsm: lease exists")
 	ErrCheckConflict   = errors.New("fsm: check id used by another instance")
+	// ErrChanged: a conditional write found the instance changed since
+	// its writer looked.
+	ErrChanged = errors.New("fsm: instance changed since it was read")
 )
 
 // Result is what applying one command produced.

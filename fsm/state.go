@@ -196,6 +196,9 @@ func (s *state) registerInstance(index uint64, c *RegisterInstance) (*Result, bo
 	in := c.Instance.clone()
 	in.intern()
 	key := instanceKey{in.Node, in.ID}
+	if err := s.checkPrecondition(key, c.If); err != nil {
+		return &Result{Err: err}, false
+	}
 	if _, ok := s.nodes[in.Node]; !ok {
 		return &Result{Err: fmt.Errorf("%w: %q", ErrUnknownNode, in.Node)}, false
 	}
@@ -237,6 +240,22 @@ func (s *state) registerInstance(index uint64, c *RegisterInstance) (*Result, bo
 	s.addInstance(key, in)
 	s.touch(index, TableServices)
 	return &Result{}, true
+}
+
+// checkPrecondition refuses a conditional write whose instance changed
+// since its writer read it.
+func (s *state) checkPrecondition(key instanceKey, p *Precondition) error {
+	if p == nil {
+		return nil
+	}
+	var cur uint64
+	if in, ok := s.instances[key]; ok {
+		cur = in.ModifyIndex
+	}
+	if cur != p.ModifyIndex {
+		return fmt.Errorf("%w: %q on node %q is at index %d, not %d", ErrChanged, key.id, key.node, cur, p.ModifyIndex)
+	}
+	return nil
 }
 
 func (s *state) removeInstance(key instanceKey) {
@@ -312,6 +331,9 @@ func (s *state) addInstance(key instanceKey, in *Instance) {
 
 func (s *state) deregisterInstance(index uint64, c *DeregisterInstance) (*Result, bool) {
 	key := instanceKey{c.Node, c.ID}
+	if err := s.checkPrecondition(key, c.If); err != nil {
+		return &Result{Err: err}, false
+	}
 	if _, ok := s.instances[key]; !ok {
 		return &Result{Err: fmt.Errorf("%w: %q on node %q", ErrUnknownInstance, c.ID, c.Node)}, false
 	}

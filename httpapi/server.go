@@ -449,7 +449,7 @@ func statusOf(err error) int {
 	case errors.Is(err, errSlowBody):
 		return http.StatusRequestTimeout
 	case errors.Is(err, fsm.ErrNotHolder), errors.Is(err, fsm.ErrNotCandidate), errors.Is(err, fsm.ErrLeaseExists),
-		errors.Is(err, fsm.ErrCheckConflict), errors.Is(err, errConflict), errors.Is(err, election.ErrServiceNotPassing):
+		errors.Is(err, fsm.ErrCheckConflict), errors.Is(err, fsm.ErrChanged), errors.Is(err, errConflict), errors.Is(err, election.ErrServiceNotPassing):
 		return http.StatusConflict
 	case errors.Is(err, election.ErrNotLeader), errors.Is(err, election.ErrUnknownOutcome),
 		errors.Is(err, election.ErrShutdown), errors.Is(err, election.ErrClosed), errors.Is(err, errNotReady):

@@ -155,12 +155,20 @@ func (ae *AntiEntropy) Unknown(id string) {
 	})
 }
 
+// precondition is the instance as anti-entropy read it.
+func precondition(in *fsm.Instance, registered bool) *fsm.Precondition {
+	if !registered {
+		return &fsm.Precondition{}
+	}
+	return &fsm.Precondition{ModifyIndex: in.ModifyIndex}
+}
+
 // doubt marks id in doubt after a failed write of anti-entropy's own,
 // unless the registry refused it (then nothing is on its way).
 func (ae *AntiEntropy) doubt(id string, err error) {
 	var refusedByRegistry bool
 	for _, e := range []error{fsm.ErrInvalid, fsm.ErrUnknownNode, fsm.ErrUnknownInstance, fsm.ErrUnknownLease,
-		fsm.ErrUnknownCheck, fsm.ErrCheckConflict} {
+		fsm.ErrUnknownCheck, fsm.ErrCheckConflict, fsm.ErrChanged} {
 		refusedByRegistry = refusedByRegistry || errors.Is(err, e)
 	}
 	if !refusedByRegistry {
@@ -387,7 +395,9 @@ func (ae *AntiEntropy) fix(ctx context.Context, id string) error {
 	in, registered := ae.reg.Instance(ae.cfg.Node, id)
 	switch {
 	case local && (!registered || !SameDefinition(in, &svc.Instance)):
-		_, err := ae.w.Apply(ctx, &fsm.RegisterInstance{Instance: svc.Instance})
+		// Conditional on the instance as read: a repair must never land
+		// after a newer write of the same instance.
+		_, err := ae.w.Apply(ctx, &fsm.RegisterInstance{Instance: svc.Instance, If: precondition(in, registered)})
 		if errors.Is(err, fsm.ErrUnknownLease) {
 			// The instance hung on a lease that ended: it ended with it.
 			if _, err := ae.store.DeleteService(id); err != nil {
@@ -406,7 +416,7 @@ func (ae *AntiEntropy) fix(ctx context.Context, id string) error {
 		ae.writes.WithLabelValues("register").Inc()
 		ae.log.Info("registered an instance again", "instance", id, "was_missing", !registered)
 	case !local && registered:
-		_, err := ae.w.Apply(ctx, &fsm.DeregisterInstance{Node: ae.cfg.Node, ID: id})
+		_, err := ae.w.Apply(ctx, &fsm.DeregisterInstance{Node: ae.cfg.Node, ID: id, If: precondition(in, registered)})
 		if err != nil && !errors.Is(err, fsm.ErrUnknownInstance) {
 			ae.doubt(id, err)
 			return fmt.Errorf("deregister %s: %w", id, err)
