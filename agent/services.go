@@ -96,11 +96,8 @@ func refused(err error) bool {
 	if err == nil {
 		return false
 	}
-	for _, e := range []error{fsm.ErrInvalid, fsm.ErrUnknownNode, fsm.ErrUnknownInstance, fsm.ErrUnknownLease,
-		fsm.ErrUnknownCheck, fsm.ErrCheckConflict} {
-		if errors.Is(err, e) {
-			return true
-		}
+	if fsm.Refused(err) {
+		return true
 	}
 	return errors.Is(err, election.ErrNotLeader) && !errors.Is(err, election.ErrUnknownOutcome)
 }

@@ -38,6 +38,19 @@ var (
 	ErrChanged = errors.New("fsm: instance changed since it was read")
 )
 
+// Refused reports whether err is the registry refusing a command: it
+// was applied at an index and changed nothing, so nothing of it is still
+// on its way (unlike a lost leader or a timeout).
+func Refused(err error) bool {
+	for _, e := range []error{ErrInvalid, ErrUnknownNode, ErrUnknownInstance, ErrUnknownCheck, ErrUnknownLease,
+		ErrUnknownLock, ErrUnknownElection, ErrNotHolder, ErrNotCandidate, ErrLeaseExists, ErrCheckConflict, ErrChanged} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
 // Result is what applying one command produced.
 type Result struct {
 	Index uint64

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"slices"
 	"sync"
@@ -134,9 +135,20 @@ func (r *Runner) Sync(instances []Instance) error {
 			want[s.def.ID] = s
 		}
 	}
-	for id, c := range r.checks {
-		s, ok := want[id]
-		if ok && s.sameDefinition(c.spec) {
+	r.reconcileLocked(slices.Collect(maps.Keys(r.checks)), want)
+	return errors.Join(errs...)
+}
+
+// reconcileLocked makes the running checks among ids those of want: an
+// unchanged one keeps running (told the registry's status), the others
+// stop, and the rest of want starts.
+func (r *Runner) reconcileLocked(ids []string, want map[string]*spec) {
+	for _, id := range ids {
+		c := r.checks[id]
+		if c == nil {
+			continue
+		}
+		if s, ok := want[id]; ok && s.sameDefinition(c.spec) {
 			c.registryStatus(s.def.Status)
 			delete(want, id)
 			continue
@@ -146,7 +158,6 @@ func (r *Runner) Sync(instances []Instance) error {
 	for _, s := range want {
 		r.startLocked(s)
 	}
-	return errors.Join(errs...)
 }
 
 // TTLUpdate sets the status of a TTL check (passing, warning or critical)
@@ -373,21 +384,7 @@ func (r *Runner) SyncInstance(in Instance) error {
 		}
 		want[s.def.ID] = s
 	}
-	for _, id := range slices.Clone(r.byInstance[in.ID]) {
-		c := r.checks[id]
-		if c == nil {
-			continue
-		}
-		if s, ok := want[id]; ok && s.sameDefinition(c.spec) {
-			c.registryStatus(s.def.Status)
-			delete(want, id)
-			continue
-		}
-		r.stopLocked(c)
-	}
-	for _, s := range want {
-		r.startLocked(s)
-	}
+	r.reconcileLocked(slices.Clone(r.byInstance[in.ID]), want)
 	return errors.Join(errs...)
 }
 

@@ -166,12 +166,7 @@ func precondition(in *fsm.Instance, registered bool) *fsm.Precondition {
 // doubt marks id in doubt after a failed write of anti-entropy's own,
 // unless the registry refused it (then nothing is on its way).
 func (ae *AntiEntropy) doubt(id string, err error) {
-	var refusedByRegistry bool
-	for _, e := range []error{fsm.ErrInvalid, fsm.ErrUnknownNode, fsm.ErrUnknownInstance, fsm.ErrUnknownLease,
-		fsm.ErrUnknownCheck, fsm.ErrCheckConflict, fsm.ErrChanged} {
-		refusedByRegistry = refusedByRegistry || errors.Is(err, e)
-	}
-	if !refusedByRegistry {
+	if !fsm.Refused(err) {
 		ae.Unknown(id)
 	}
 }
