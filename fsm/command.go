@@ -25,6 +25,9 @@ const (
 	CmdReleaseLock        CommandType = 11
 	CmdCampaign           CommandType = 12
 	CmdResign             CommandType = 13
+	CmdACLBootstrap       CommandType = 14
+	CmdACLSetToken        CommandType = 15
+	CmdACLDeleteToken     CommandType = 16
 )
 
 func (t CommandType) String() string {
@@ -55,6 +58,12 @@ func (t CommandType) String() string {
 		return "campaign"
 	case CmdResign:
 		return "resign"
+	case CmdACLBootstrap:
+		return "acl_bootstrap"
+	case CmdACLSetToken:
+		return "acl_set_token"
+	case CmdACLDeleteToken:
+		return "acl_delete_token"
 	}
 	return fmt.Sprintf("unknown(%d)", byte(t))
 }
@@ -122,13 +131,33 @@ type GrantLease struct {
 	ID   string `json:"id,omitempty"`
 	TTL  int64  `json:"ttl"`
 	Node string `json:"node,omitempty"`
+	// Owner is the ID of the ACL token that asked for the lease ("" for a
+	// request without one); only it, or a management token, may use it.
+	Owner string `json:"owner,omitempty"`
+	// Session marks the node session of Node: no token owns it, and only
+	// that node's sidecar uses it, on its own behalf (Auth.OnSession).
+	Session bool `json:"session,omitempty"`
+}
+
+// Auth says on whose behalf a command that uses a lease or a candidacy acts,
+// for the ownership rules Apply keeps (SPEC: Security). The Raft leader
+// checks By against the token the write arrived with before it proposes
+// the entry; a command without By acts for no token.
+type Auth struct {
+	// By is the ID of the ACL token the request carried.
+	By string `json:"by,omitempty"`
+	// OnSession: the sidecar of the command's node acts on its own node
+	// session (a lock or campaign without a lease, a hold it releases).
+	OnSession bool `json:"on_session,omitempty"`
 }
 
 // RevokeLease deletes a lease on request: every lock it holds is released,
 // every candidacy resigned and every instance attached deregistered.
 type RevokeLease struct {
-	ID  string `json:"id"`
-	Now int64  `json:"now"`
+	ID   string `json:"id"`
+	Node string `json:"node,omitempty"`
+	Now  int64  `json:"now"`
+	Auth
 }
 
 // ExpireLease is committed by the Raft leader when a lease's deadline passed.
@@ -150,6 +179,7 @@ type AcquireLock struct {
 	Queue     bool   `json:"queue,omitempty"`
 	LockDelay int64  `json:"lock_delay,omitempty"`
 	Now       int64  `json:"now"`
+	Auth
 }
 
 // ReleaseLock gives a lock up, or leaves its queue. With OnlyWaiting set a
@@ -159,7 +189,9 @@ type ReleaseLock struct {
 	Name        string `json:"name"`
 	Lease       string `json:"lease"`
 	OnlyWaiting bool   `json:"only_waiting,omitempty"`
+	Node        string `json:"node,omitempty"`
 	Now         int64  `json:"now"`
+	Auth
 }
 
 // Campaign enters a candidate in an election; the first in line leads.
@@ -172,6 +204,7 @@ type Campaign struct {
 	Value     string `json:"value,omitempty"`
 	Service   string `json:"service,omitempty"`
 	Now       int64  `json:"now"`
+	Auth
 }
 
 // Resign withdraws a candidate; when it led, the next in line leads.
@@ -179,7 +212,9 @@ type Resign struct {
 	Election    string `json:"election"`
 	Candidate   string `json:"candidate"`
 	OnlyWaiting bool   `json:"only_waiting,omitempty"`
+	Node        string `json:"node,omitempty"`
 	Now         int64  `json:"now"`
+	Auth
 }
 
 func (RegisterNode) Type() CommandType       { return CmdRegisterNode }
@@ -243,6 +278,12 @@ func Decode(b []byte) (Command, error) {
 		c = &Campaign{}
 	case CmdResign:
 		c = &Resign{}
+	case CmdACLBootstrap:
+		c = &ACLBootstrap{}
+	case CmdACLSetToken:
+		c = &ACLSetToken{}
+	case CmdACLDeleteToken:
+		c = &ACLDeleteToken{}
 	default:
 		return nil, fmt.Errorf("%w: unknown type %d", ErrDecode, b[0])
 	}

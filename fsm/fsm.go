@@ -36,6 +36,11 @@ var (
 	// ErrChanged: a conditional write found the instance changed since
 	// its writer looked.
 	ErrChanged = errors.New("fsm: instance changed since it was read")
+	// ErrNotOwner: the lease or candidate belongs to another token.
+	ErrNotOwner        = errors.New("fsm: permission denied")
+	ErrACLBootstrapped = errors.New("fsm: acl bootstrapped already")
+	ErrTokenExists     = errors.New("fsm: acl token exists")
+	ErrUnknownToken    = errors.New("fsm: unknown acl token")
 )
 
 // Refused reports whether err is the registry refusing a command: it
@@ -43,7 +48,8 @@ var (
 // on its way (unlike a lost leader or a timeout).
 func Refused(err error) bool {
 	for _, e := range []error{ErrInvalid, ErrUnknownNode, ErrUnknownInstance, ErrUnknownCheck, ErrUnknownLease,
-		ErrUnknownLock, ErrUnknownElection, ErrNotHolder, ErrNotCandidate, ErrLeaseExists, ErrCheckConflict, ErrChanged} {
+		ErrUnknownLock, ErrUnknownElection, ErrNotHolder, ErrNotCandidate, ErrLeaseExists, ErrCheckConflict, ErrChanged,
+		ErrNotOwner, ErrACLBootstrapped, ErrTokenExists, ErrUnknownToken} {
 		if errors.Is(err, e) {
 			return true
 		}
@@ -76,6 +82,7 @@ const (
 	TableLeases
 	TableLocks
 	TableElections
+	TableACL
 	numTables
 )
 

@@ -32,6 +32,11 @@ type snapshotData struct {
 	Leases    []*Lease    `json:"leases"`
 	Locks     []*Mutex    `json:"locks"`
 	Elections []*Mutex    `json:"elections"`
+	// Tokens (hashes of their secrets only) and whether the ACLs were
+	// bootstrapped; omitted when none, so a registry without ACLs encodes
+	// as before.
+	Tokens          []*ACLToken `json:"tokens,omitempty"`
+	ACLBootstrapped bool        `json:"acl_bootstrapped,omitempty"`
 }
 
 // export copies the state into its snapshot form, sorted so that equal
@@ -61,6 +66,11 @@ func (s *state) export() *snapshotData {
 	for _, name := range sortedKeys(s.elections) {
 		d.Elections = append(d.Elections, s.elections[name].clone())
 	}
+	for _, id := range sortedKeys(s.tokens) {
+		t := *s.tokens[id]
+		d.Tokens = append(d.Tokens, &t)
+	}
+	d.ACLBootstrapped = s.aclBootstrapped
 	return d
 }
 
@@ -189,6 +199,20 @@ func (d *snapshotData) build() (*state, error) {
 			set.into[m.Name] = m.clone()
 		}
 	}
+	for _, t := range d.Tokens {
+		if t == nil || validateToken(t) != nil || s.tokens[t.ID] != nil {
+			return nil, corrupt("bad or repeated acl token")
+		}
+		if _, dup := s.bySecret[t.SecretHash]; dup && t.SecretHash != "" {
+			return nil, corrupt("acl token %q shares a secret", t.ID)
+		}
+		c := *t
+		s.tokens[t.ID] = &c
+		if t.SecretHash != "" {
+			s.bySecret[t.SecretHash] = t.ID
+		}
+	}
+	s.aclBootstrapped = d.ACLBootstrapped
 	s.touched = nil // the restore wakes every watcher
 	return s, nil
 }

@@ -43,6 +43,10 @@ type state struct {
 	leases    map[string]*Lease
 	locks     map[string]*Mutex
 	elections map[string]*Mutex
+	// ACL tokens by ID, and IDs by secret hash.
+	tokens          map[string]*ACLToken
+	bySecret        map[string]string
+	aclBootstrapped bool
 
 	// touched collects what the entry being applied changed, for the FSM's
 	// watchers; reset before each entry.
@@ -74,6 +78,8 @@ func newState() *state {
 		leases:    map[string]*Lease{},
 		locks:     map[string]*Mutex{},
 		elections: map[string]*Mutex{},
+		tokens:    map[string]*ACLToken{},
+		bySecret:  map[string]string{},
 	}
 }
 
@@ -130,6 +136,9 @@ func (s *state) apply(index uint64, cmd Command) (*Result, bool) {
 	case *GrantLease:
 		return s.grantLease(index, c)
 	case *RevokeLease:
+		if l, ok := s.leases[c.ID]; ok && !s.mayUseLease(l, c.By, c.OnSession, c.Node) {
+			return &Result{Err: s.leaseOwnerErr(l, c.By)}, false
+		}
 		return s.dropLease(index, c.ID, c.Now, false)
 	case *ExpireLease:
 		return s.dropLease(index, c.ID, c.Now, true)
@@ -141,6 +150,12 @@ func (s *state) apply(index uint64, cmd Command) (*Result, bool) {
 		return s.campaign(index, c)
 	case *Resign:
 		return s.resign(index, c)
+	case *ACLBootstrap:
+		return s.aclBootstrap(index, c)
+	case *ACLSetToken:
+		return s.aclSetToken(index, c)
+	case *ACLDeleteToken:
+		return s.aclDeleteToken(index, c)
 	}
 	return &Result{Err: fmt.Errorf("%w: unhandled command %T", ErrInvalid, cmd)}, false
 }
@@ -385,7 +400,14 @@ func (s *state) grantLease(index uint64, c *GrantLease) (*Result, bool) {
 	if _, ok := s.leases[id]; ok {
 		return &Result{Err: fmt.Errorf("%w: %q", ErrLeaseExists, id)}, false
 	}
-	s.leases[id] = &Lease{ID: id, TTL: c.TTL, Node: c.Node, CreateIndex: index}
+	if c.Session && c.Node == "" {
+		return &Result{Err: invalid("a node session names its node")}, false
+	}
+	owner := c.Owner
+	if c.Session {
+		owner = ""
+	}
+	s.leases[id] = &Lease{ID: id, TTL: c.TTL, Node: c.Node, Owner: owner, Session: c.Session, CreateIndex: index}
 	s.touch(index, TableLeases)
 	return &Result{LeaseID: id}, true
 }
@@ -469,6 +491,41 @@ func (s *state) promote(index uint64, m *Mutex, now int64) bool {
 	return true
 }
 
+// find returns the hold (holder or waiter) with this ID, or nil.
+func (m *Mutex) find(id string) *Holder {
+	if m.Holder != nil && m.Holder.ID == id {
+		return m.Holder
+	}
+	if i := m.waiterIndex(id); i >= 0 {
+		return &m.Waiters[i]
+	}
+	return nil
+}
+
+// mayActFor is the ownership rule of a candidate: the token that
+// campaigned, a management token, or the candidate's own node acting on
+// its node session (a restart's re-campaign, a resign when its service
+// fails or the sidecar stops).
+func (s *state) mayActFor(h *Holder, a Auth, node string) bool {
+	if h.Owner == a.By || s.isManagement(a.By) {
+		return true
+	}
+	if a.OnSession && node != "" && h.Node == node {
+		if l, ok := s.leases[h.Lease]; ok && l.Session && l.Node == node {
+			return true
+		}
+	}
+	return false
+}
+
+func candidateOwnerErr(election, candidate, by string) error {
+	who := "a request without token"
+	if by != "" {
+		who = fmt.Sprintf("token %q", by)
+	}
+	return fmt.Errorf("%w: candidate %q of election %q was entered by another token; %s may not act for it", ErrNotOwner, candidate, election, who)
+}
+
 func (m *Mutex) waiterIndex(id string) int {
 	for i, w := range m.Waiters {
 		if w.ID == id {
@@ -497,7 +554,7 @@ func (s *state) enter(index uint64, m *Mutex, h Holder, queue bool, now int64) (
 	changed := true
 	switch i := m.waiterIndex(h.ID); {
 	case m.Holder != nil && m.Holder.ID == h.ID:
-		if m.Holder.Lease == h.Lease && m.Holder.Value == h.Value && m.Holder.Service == h.Service && m.Holder.Node == h.Node {
+		if m.Holder.Lease == h.Lease && m.Holder.Value == h.Value && m.Holder.Service == h.Service && m.Holder.Node == h.Node && m.Holder.Owner == h.Owner {
 			return mutexResult(m, h.ID), false
 		}
 		if m.Holder.Lease != h.Lease {
@@ -507,7 +564,7 @@ func (s *state) enter(index uint64, m *Mutex, h Holder, queue bool, now int64) (
 			token := max(index, m.LastToken+1)
 			m.Holder.Token, m.Holder.Since, m.LastToken = token, now, token
 		}
-		m.Holder.Lease, m.Holder.Value, m.Holder.Service, m.Holder.Node = h.Lease, h.Value, h.Service, h.Node
+		m.Holder.Lease, m.Holder.Value, m.Holder.Service, m.Holder.Node, m.Holder.Owner = h.Lease, h.Value, h.Service, h.Node, h.Owner
 	case i >= 0:
 		changed = m.Waiters[i] != h
 		m.Waiters[i] = h
@@ -528,8 +585,12 @@ func (s *state) enter(index uint64, m *Mutex, h Holder, queue bool, now int64) (
 }
 
 func (s *state) acquireLock(index uint64, c *AcquireLock) (*Result, bool) {
-	if _, ok := s.leases[c.Lease]; !ok && !bugLockIgnoresLease {
+	l, ok := s.leases[c.Lease]
+	if !ok && !bugLockIgnoresLease {
 		return &Result{Err: fmt.Errorf("%w: %q", ErrUnknownLease, c.Lease)}, false
+	}
+	if ok && !s.mayUseLease(l, c.By, c.OnSession, c.Node) {
+		return &Result{Err: s.leaseOwnerErr(l, c.By)}, false
 	}
 	m, existed := s.locks[c.Name]
 	if !existed {
@@ -551,6 +612,9 @@ func (s *state) releaseLock(index uint64, c *ReleaseLock) (*Result, bool) {
 	if !ok {
 		return &Result{Err: fmt.Errorf("%w: %q", ErrUnknownLock, c.Name)}, false
 	}
+	if l, ok := s.leases[c.Lease]; ok && !s.mayUseLease(l, c.By, c.OnSession, c.Node) {
+		return &Result{Err: s.leaseOwnerErr(l, c.By)}, false
+	}
 	res, changed, err := s.leave(index, m, c.Lease, c.OnlyWaiting, c.Now)
 	if err != nil {
 		return &Result{Err: fmt.Errorf("%w: lock %q, lease %q", ErrNotHolder, c.Name, c.Lease)}, false
@@ -563,14 +627,27 @@ func (s *state) releaseLock(index uint64, c *ReleaseLock) (*Result, bool) {
 }
 
 func (s *state) campaign(index uint64, c *Campaign) (*Result, bool) {
-	if _, ok := s.leases[c.Lease]; !ok {
+	l, ok := s.leases[c.Lease]
+	if !ok {
 		return &Result{Err: fmt.Errorf("%w: %q", ErrUnknownLease, c.Lease)}, false
+	}
+	if !s.mayUseLease(l, c.By, c.OnSession, c.Node) {
+		return &Result{Err: s.leaseOwnerErr(l, c.By)}, false
 	}
 	m, existed := s.elections[c.Election]
 	if !existed {
 		m = &Mutex{Name: c.Election}
 	}
-	h := Holder{ID: c.Candidate, Lease: c.Lease, Node: c.Node, Value: c.Value, Service: c.Service}
+	owner := c.By
+	if cur := m.find(c.Candidate); cur != nil {
+		if !s.mayActFor(cur, c.Auth, c.Node) {
+			return &Result{Err: candidateOwnerErr(c.Election, c.Candidate, c.By)}, false
+		}
+		// The node's own re-campaign (after a restart, on a new session)
+		// keeps the candidate's owner.
+		owner = cur.Owner
+	}
+	h := Holder{ID: c.Candidate, Lease: c.Lease, Node: c.Node, Value: c.Value, Service: c.Service, Owner: owner}
 	res, changed := s.enter(index, m, h, true, c.Now)
 	if changed {
 		s.elections[c.Election] = m
@@ -584,6 +661,9 @@ func (s *state) resign(index uint64, c *Resign) (*Result, bool) {
 	m, ok := s.elections[c.Election]
 	if !ok {
 		return &Result{Err: fmt.Errorf("%w: %q", ErrUnknownElection, c.Election)}, false
+	}
+	if cur := m.find(c.Candidate); cur != nil && !s.mayActFor(cur, c.Auth, c.Node) {
+		return &Result{Err: candidateOwnerErr(c.Election, c.Candidate, c.By)}, false
 	}
 	res, changed, err := s.leave(index, m, c.Candidate, c.OnlyWaiting, c.Now)
 	if err != nil {

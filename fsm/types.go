@@ -73,9 +73,13 @@ type Instance struct {
 // registry stores only its TTL: deadlines live in the Raft leader's memory,
 // because keepalives do not go through the log.
 type Lease struct {
-	ID          string `json:"id"`
-	TTL         int64  `json:"ttl"` // nanoseconds
-	Node        string `json:"node,omitempty"`
+	ID   string `json:"id"`
+	TTL  int64  `json:"ttl"` // nanoseconds
+	Node string `json:"node,omitempty"`
+	// Owner is the ACL token that created the lease ("" none), Session
+	// marks Node's node session (see GrantLease).
+	Owner       string `json:"owner,omitempty"`
+	Session     bool   `json:"session,omitempty"`
 	CreateIndex uint64 `json:"create_index"`
 }
 
@@ -87,6 +91,9 @@ type Holder struct {
 	Node    string `json:"node,omitempty"`
 	Value   string `json:"value,omitempty"`
 	Service string `json:"service,omitempty"`
+	// Owner is the ACL token that campaigned (elections; "" none): only it
+	// may resign the candidate.
+	Owner string `json:"owner,omitempty"`
 	// LockDelay (ns) is the lock delay a lock's holder asked for (see
 	// Mutex.LockDelay); a waiter keeps it until its hold begins.
 	LockDelay int64 `json:"lock_delay,omitempty"`

@@ -267,6 +267,12 @@ func validate(cmd Command) error {
 			return err
 		}
 		return checkID("candidate", c.Candidate)
+	case *ACLBootstrap:
+		return validateToken(&c.Token)
+	case *ACLSetToken:
+		return validateToken(&c.Token)
+	case *ACLDeleteToken:
+		return checkID("token id", c.ID)
 	}
 	return nil
 }
