@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/sidecarhq/sidecar/acl"
 	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/discovery"
 	"github.com/sidecarhq/sidecar/dnsserver"
@@ -89,6 +90,11 @@ type Config struct {
 	// AntiEntropyInterval is the backstop between comparisons of the
 	// registry with the local state when nothing changed; zero: 30s.
 	AntiEntropyInterval time.Duration
+	// ACLDefaultPolicy is "allow" (default) or "deny"
+	// (--acl-default-policy); ACLDNSToken the secret DNS answers are read
+	// with (--acl-dns-token; "": the anonymous rules).
+	ACLDefaultPolicy string
+	ACLDNSToken      string
 }
 
 // Values of Config.ExecChecks.
@@ -114,10 +120,12 @@ type Agent struct {
 	replica   *election.Replica    // nil on a server
 	remote    *election.Remote
 	reg       *fsm.FSM
-	local     *election.Local
-	http      *httpapi.Server
-	dns       *dnsserver.Server
-	checks    *healthcheck.Runner
+	// acl resolves request tokens against the registry's tokens.
+	acl    *acl.Resolver
+	local  *election.Local
+	http   *httpapi.Server
+	dns    *dnsserver.Server
+	checks *healthcheck.Runner
 	// state is what this agent owns (its registrations), antiEntropy keeps
 	// the registry in line with it.
 	state       *localstate.Store
@@ -193,6 +201,12 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 	} else {
 		a.reg = fsm.New()
 	}
+
+	policy, err := acl.ParsePolicy(cfg.ACLDefaultPolicy)
+	if err != nil {
+		return nil, err
+	}
+	a.acl = acl.NewResolver(a.reg, policy)
 
 	gc := discovery.DefaultConfig()
 	if cfg.Gossip != nil {
