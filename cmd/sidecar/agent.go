@@ -45,6 +45,7 @@ func runAgent(ctx context.Context, cfg *Config, reload func() (*Config, error), 
 		SessionTTL: cfg.SessionTTL, SnapshotThreshold: cfg.SnapshotThreshold, SnapshotInterval: cfg.SnapshotInterval,
 		Services: cfg.Services, Join: cfg.Join, EncryptKey: cfg.EncryptKey,
 		HTTPSAddr: cfg.HTTPSAddr, ExecChecks: cfg.ExecChecks, AllowedHosts: cfg.AllowedHosts,
+		ACLDefaultPolicy: cfg.ACLDefaultPolicy, ACLDNSToken: cfg.ACLDNSToken,
 		HTTPMaxConnsPerClient: noBound(cfg.HTTPMaxConnsPerClient), HTTPMaxBlockingQueries: noBound(cfg.HTTPMaxBlockingQueries),
 		MaxRestoreBytes: cfg.MaxRestoreBytes,
 	}

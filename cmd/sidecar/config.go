@@ -49,6 +49,10 @@ type Config struct {
 	ExecChecks string
 	// AllowedHosts: further Host names of the HTTP API.
 	AllowedHosts []string
+	// ACLDefaultPolicy: "allow" or "deny" (--acl-default-policy).
+	ACLDefaultPolicy string
+	// ACLDNSToken: the secret DNS answers are read with (--acl-dns-token).
+	ACLDNSToken string
 	// HTTP API limits (0: no bound).
 	HTTPMaxConnsPerClient, HTTPMaxBlockingQueries int
 	// MaxRestoreBytes bounds a snapshot restore.

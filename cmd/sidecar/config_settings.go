@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sidecarhq/sidecar/acl"
 	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/fsm"
 )
@@ -125,6 +126,22 @@ var settings = []*setting{
 			default:
 				return fmt.Errorf("%q is not off, local or all", v)
 			}
+			return nil
+		}},
+	{name: "acl-default-policy", usage: "allow or deny: what a request without a valid token may do (allow: everything but managing tokens; deny: only what the anonymous token's rules grant); an unknown token is always refused", def: "allow",
+		set: func(c *Config, v string) error {
+			if _, err := acl.ParsePolicy(v); err != nil || v == "" {
+				return fmt.Errorf("%q is not allow or deny", v)
+			}
+			c.ACLDefaultPolicy = v
+			return nil
+		}},
+	{name: "acl-dns-token", usage: "secret of the token DNS answers are read with (it may be created after the agent starts)", def: "none: the anonymous rules",
+		set: func(c *Config, v string) error {
+			if strings.ContainsAny(v, " \t\r\n") || len(v) > 256 {
+				return fmt.Errorf("not a token secret")
+			}
+			c.ACLDNSToken = v
 			return nil
 		}},
 	{name: "http-allowed-hosts", kind: kindList, usage: "comma list of further Host names the HTTP API answers to (IP addresses, localhost and the node name always are)", def: "none",
