@@ -15,7 +15,6 @@ import (
 	"github.com/sidecarhq/sidecar/agent"
 	"github.com/sidecarhq/sidecar/agent/agenttest"
 	"github.com/sidecarhq/sidecar/api"
-	"github.com/sidecarhq/sidecar/httpapi"
 )
 
 // One address holding many idle connections gets 429 past the limit; a
@@ -144,10 +143,7 @@ func TestLimits_blockingQueries(t *testing.T) {
 // A client that sends its body too slowly is cut off with 408; nothing is
 // registered.
 func TestLimits_slowBody(t *testing.T) {
-	old := httpapi.BodyReadTimeout
-	httpapi.BodyReadTimeout = 300 * time.Millisecond
-	defer func() { httpapi.BodyReadTimeout = old }()
-	a := agenttest.Start(t, nil)
+	a := agenttest.Start(t, func(c *agent.Config) { c.HTTPReadTimeout = 300 * time.Millisecond })
 	before := a.FSM().Digest()
 	c, err := net.Dial("tcp", a.HTTPAddr())
 	if err != nil {
