@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/time/rate"
 
 	"github.com/sidecarhq/sidecar/acl"
 	"github.com/sidecarhq/sidecar/api"
@@ -85,6 +86,14 @@ type Config struct {
 	// HTTP API limits; zero: the defaults (httpapi.DefaultConfig), -1: no
 	// bound.
 	HTTPMaxConnsPerClient, HTTPMaxBlockingQueries int
+	// HTTPWriteRate (writes per second) and HTTPWriteBurst bound each
+	// token's writes (each client address's without a token); zero: the
+	// defaults, -1: no bound.
+	HTTPWriteRate  float64
+	HTTPWriteBurst int
+	// HTTP timeouts: of a request's headers, of its body, of an idle
+	// kept-alive connection; zero: the defaults.
+	HTTPReadHeaderTimeout, HTTPReadTimeout, HTTPIdleTimeout time.Duration
 	// MaxRestoreBytes bounds a snapshot restore's body; zero: 1 GiB.
 	MaxRestoreBytes int64
 	// AntiEntropyInterval is the backstop between comparisons of the
@@ -307,6 +316,22 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 		hc.HTTPSAddr, hc.TLS = cfg.HTTPSAddr, cfg.TLS.HTTPSConfig()
 	}
 	hc.SessionTTL = cfg.SessionTTL
+	hc.ACL = a.acl
+	if cfg.HTTPWriteRate != 0 {
+		hc.WriteRate = rate.Limit(max(cfg.HTTPWriteRate, 0))
+	}
+	if cfg.HTTPWriteBurst > 0 {
+		hc.WriteBurst = cfg.HTTPWriteBurst
+	}
+	if cfg.HTTPReadHeaderTimeout > 0 {
+		hc.ReadHeaderTimeout = cfg.HTTPReadHeaderTimeout
+	}
+	if cfg.HTTPReadTimeout > 0 {
+		hc.BodyReadTimeout = cfg.HTTPReadTimeout
+	}
+	if cfg.HTTPIdleTimeout > 0 {
+		hc.IdleTimeout = cfg.HTTPIdleTimeout
+	}
 	hc.Logger = log
 	hc.Registerer = a.metrics
 	hc.Gatherer = a.metrics

@@ -114,3 +114,12 @@ func (a *Agent) LeaseRemaining(id string) (time.Duration, bool) {
 	}
 	return 0, false
 }
+
+// LocalServiceName implements httpapi.LocalServices: the service of an
+// instance this agent keeps, for the permission of its deregistration.
+func (a *Agent) LocalServiceName(id string) (string, bool) {
+	if svc, ok := a.state.Service(id); ok {
+		return svc.Instance.Name, true
+	}
+	return "", false
+}

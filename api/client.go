@@ -70,6 +70,10 @@ type QueryMeta struct {
 
 // Client talks to one agent's HTTP API. It is safe for concurrent use.
 type Client struct {
+	// Token is the secret of the ACL token sent with every request
+	// (X-Sidecar-Token); "" sends none. Set it before the first request.
+	Token string
+
 	base string
 	hc   *http.Client
 	// stream is used for connection-bound holds: keep-alives are off so a
@@ -204,6 +208,9 @@ func (c *Client) do(ctx context.Context, hc *http.Client, method, path, query st
 		req.Header.Set("Content-Type", contentType)
 	}
 	req.Header.Set("Accept", "application/json")
+	if c.Token != "" {
+		req.Header.Set(HeaderToken, c.Token)
+	}
 	resp, err := hc.Do(req)
 	if err != nil {
 		// url.Error repeats the whole URL; the path and the cause read better.

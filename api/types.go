@@ -3,7 +3,10 @@
 // handlers in package httpapi encode the same types.
 package api
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // Header names.
 const (
@@ -204,4 +207,35 @@ type SelfStatus struct {
 	Token     uint64 `json:"token,omitempty"`
 	ExpiresIn string `json:"expires_in,omitempty"`
 	Candidate string `json:"candidate,omitempty"`
+}
+
+// HeaderToken carries the secret of a request's ACL token.
+const HeaderToken = "X-Sidecar-Token"
+
+// ACLToken is an ACL token as the API shows it: its ID, description, rules
+// and indexes. Secret is set only in the answer that creates a token (and
+// then alone with ID): the agent keeps no secret, only its hash.
+type ACLToken struct {
+	ID          string          `json:"id"`
+	Secret      string          `json:"secret,omitempty"`
+	Description string          `json:"description,omitempty"`
+	Rules       json.RawMessage `json:"rules,omitempty"`
+	Management  bool            `json:"management,omitempty"`
+	CreateIndex uint64          `json:"create_index,omitempty"`
+	ModifyIndex uint64          `json:"modify_index,omitempty"`
+}
+
+// ACLTokenRequest is the body of PUT /v1/acl/tokens. Without ID it creates
+// a token; with the ID of an existing token ("anonymous": the rules of
+// requests without a token) it replaces that token's description and
+// rules, and its management flag when Management is set.
+type ACLTokenRequest struct {
+	ID          string          `json:"id,omitempty"`
+	Description string          `json:"description,omitempty"`
+	Rules       json.RawMessage `json:"rules,omitempty"`
+	Management  *bool           `json:"management,omitempty"`
+	// Secret, on creation only, is a secret the caller chose (at least 16
+	// characters, no spaces), for a token that must be known before it
+	// exists (--acl-dns-token); by default the agent makes a random one.
+	Secret string `json:"secret,omitempty"`
 }

@@ -34,13 +34,13 @@ func (e *badRequest) Error() string { return e.msg }
 func badf(format string, args ...any) error { return &badRequest{fmt.Sprintf(format, args...)} }
 
 // readBody reads a capped body; an over-long one is 413.
-func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	// A client that sends its body slowly holds a connection and a
 	// goroutine: it gets BodyReadTimeout for the whole body. The deadline
 	// is lifted afterwards, so a blocking query or a hold streams for as
 	// long as it lasts.
 	rc := http.NewResponseController(w)
-	_ = rc.SetReadDeadline(time.Now().Add(BodyReadTimeout))
+	_ = rc.SetReadDeadline(time.Now().Add(s.cfg.BodyReadTimeout))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	if err == nil {
 		_ = rc.SetReadDeadline(time.Time{})
@@ -56,7 +56,7 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 		}
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			return nil, fmt.Errorf("%w: request body not received within %v", errSlowBody, BodyReadTimeout)
+			return nil, fmt.Errorf("%w: request body not received within %v", errSlowBody, s.cfg.BodyReadTimeout)
 		}
 		return nil, badf("read body: %v", err)
 	}
@@ -64,9 +64,6 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 }
 
 var errTooLarge = errors.New("request body larger than 1 MiB")
-
-// BodyReadTimeout bounds how long a request body may take to arrive.
-var BodyReadTimeout = 30 * time.Second
 
 var errSlowBody = errors.New("request timeout")
 

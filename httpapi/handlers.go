@@ -128,12 +128,15 @@ func setIndex(w http.ResponseWriter, idx uint64) {
 }
 
 func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
-	body, err := readBody(w, r)
+	body, err := s.readBody(w, r)
 	if err != nil {
 		return err
 	}
 	in, err := decodeRegistration(body, s.agent.Node())
 	if err != nil {
+		return err
+	}
+	if err := s.authorize(r, in.Name); err != nil {
 		return err
 	}
 	if !s.cfg.ExecChecks {
@@ -157,6 +160,13 @@ func (s *Server) deregister(w http.ResponseWriter, r *http.Request) error {
 	if err := checkID("instance id", id); err != nil {
 		return err
 	}
+	if name, ok := s.instanceName(id); ok {
+		if err := s.authorize(r, name); err != nil {
+			return err
+		}
+	} else if err := s.authorizeUnknown(r, fmt.Errorf("%w: %q on this node", fsm.ErrUnknownInstance, id)); err != nil {
+		return err
+	}
 	res, err := s.agent.DeregisterService(r.Context(), id)
 	if err != nil {
 		return err
@@ -166,7 +176,17 @@ func (s *Server) deregister(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) services(w http.ResponseWriter, r *http.Request) error {
-	v, err := block(s, w, r, s.tableTopic(fsm.TableServices), s.reg.Services)
+	v, err := block(s, w, r, s.tableTopic(fsm.TableServices), func() map[string][]string {
+		all := s.reg.Services()
+		// Only the names the caller may read, as Consul filters its
+		// catalog: a listing is no way around service:read.
+		for name := range all {
+			if !s.mayRead(r, name) {
+				delete(all, name)
+			}
+		}
+		return all
+	})
 	if err != nil {
 		return err
 	}
@@ -259,7 +279,10 @@ func (s *Server) updateCheck(w http.ResponseWriter, r *http.Request) error {
 	}
 	owner, ok := s.reg.CheckOwner(s.agent.Node(), id)
 	if !ok {
-		return fmt.Errorf("%w: %q on this node", fsm.ErrUnknownCheck, id)
+		return s.authorizeUnknown(r, fmt.Errorf("%w: %q on this node", fsm.ErrUnknownCheck, id))
+	}
+	if err := s.authorize(r, owner.Name); err != nil {
+		return err
 	}
 	for _, c := range owner.Checks {
 		if c.ID == id && c.Type != "ttl" {
@@ -274,7 +297,7 @@ func (s *Server) updateCheck(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) grantLease(w http.ResponseWriter, r *http.Request) error {
-	body, err := readBody(w, r)
+	body, err := s.readBody(w, r)
 	if err != nil {
 		return err
 	}
@@ -345,7 +368,7 @@ func (s *Server) lock(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	body, err := readBody(w, r)
+	body, err := s.readBody(w, r)
 	if err != nil {
 		return err
 	}
@@ -376,7 +399,7 @@ func (s *Server) unlock(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	body, err := readBody(w, r)
+	body, err := s.readBody(w, r)
 	if err != nil {
 		return err
 	}
@@ -418,7 +441,7 @@ func (s *Server) campaign(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	body, err := readBody(w, r)
+	body, err := s.readBody(w, r)
 	if err != nil {
 		return err
 	}

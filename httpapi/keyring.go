@@ -27,7 +27,7 @@ func (s *Server) listKeys(w http.ResponseWriter, r *http.Request) error {
 // failed on some: see "failed"). A refused change is a 4xx and changed
 // nothing.
 func (s *Server) changeKeys(w http.ResponseWriter, r *http.Request) error {
-	body, err := readBody(w, r)
+	body, err := s.readBody(w, r)
 	if err != nil {
 		return err
 	}

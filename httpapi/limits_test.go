@@ -15,7 +15,6 @@ import (
 	"github.com/sidecarhq/sidecar/agent"
 	"github.com/sidecarhq/sidecar/agent/agenttest"
 	"github.com/sidecarhq/sidecar/api"
-	"github.com/sidecarhq/sidecar/httpapi"
 )
 
 // One address holding many idle connections gets 429 past the limit; a
@@ -144,10 +143,7 @@ func TestLimits_blockingQueries(t *testing.T) {
 // A client that sends its body too slowly is cut off with 408; nothing is
 // registered.
 func TestLimits_slowBody(t *testing.T) {
-	old := httpapi.BodyReadTimeout
-	httpapi.BodyReadTimeout = 300 * time.Millisecond
-	defer func() { httpapi.BodyReadTimeout = old }()
-	a := agenttest.Start(t, nil)
+	a := agenttest.Start(t, func(c *agent.Config) { c.HTTPReadTimeout = 300 * time.Millisecond })
 	before := a.FSM().Digest()
 	c, err := net.Dial("tcp", a.HTTPAddr())
 	if err != nil {
@@ -235,4 +231,50 @@ func TestLimits_restoreSize(t *testing.T) {
 	}
 	mustOK(t, do(t, "PUT", a.URL+"/v1/snapshot", snap.String()))
 	http.DefaultClient.CloseIdleConnections()
+}
+
+// Past its write rate a token gets 429 with Retry-After and its write
+// changes nothing; its reads, other tokens' writes and other addresses'
+// anonymous writes go on.
+func TestLimits_writeRatePerToken(t *testing.T) {
+	a := agenttest.Start(t, func(c *agent.Config) { c.HTTPWriteRate, c.HTTPWriteBurst = 0.01, 3 })
+	mgmt := bootstrap(t, a) // one anonymous write of 127.0.0.1
+	tok := createToken(t, a, mgmt, `{"rules":{"service":"write"}}`)
+	other := createToken(t, a, mgmt, `{"rules":{"service":"write"}}`)
+	for i := 0; i < 3; i++ {
+		mustOK(t, doAs(t, tok.Secret, "PUT", a.URL+"/v1/services", `{"id":"web-`+strconv.Itoa(i)+`","name":"web","port":80}`))
+	}
+	before := a.FSM().Digest()
+	r := doAs(t, tok.Secret, "PUT", a.URL+"/v1/services", `{"id":"web-9","name":"web","port":80}`)
+	if r.code != http.StatusTooManyRequests || r.header.Get("Retry-After") == "" || !strings.Contains(string(r.body), `"error"`) {
+		t.Fatalf("past the burst: %d Retry-After %q %s", r.code, r.header.Get("Retry-After"), r.body)
+	}
+	if a.FSM().Digest() != before {
+		t.Fatal("a limited write changed the registry")
+	}
+	mustOK(t, doAs(t, tok.Secret, "GET", a.URL+"/v1/services/web", ""))
+	mustOK(t, doAs(t, other.Secret, "PUT", a.URL+"/v1/services", `{"id":"web-8","name":"web","port":80}`))
+	// Anonymous writes count per address: 127.0.0.1 spent one on the
+	// bootstrap, 127.0.0.2 none.
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	hc := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+	defer hc.CloseIdleConnections()
+	for i := 0; i < 3; i++ {
+		resp, err := hc.Post("http://"+a.HTTPAddr()+"/v1/leases", "application/json", strings.NewReader(`{"ttl":"1h"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("anonymous write %d from 127.0.0.2: %d", i, resp.StatusCode)
+		}
+	}
+	resp, err := hc.Post("http://"+a.HTTPAddr()+"/v1/leases", "application/json", strings.NewReader(`{"ttl":"1h"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("fourth anonymous write from 127.0.0.2: %d, want 429", resp.StatusCode)
+	}
 }

@@ -21,7 +21,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
 
+	"github.com/sidecarhq/sidecar/acl"
 	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/election"
 	"github.com/sidecarhq/sidecar/fsm"
@@ -45,6 +47,11 @@ type Registry interface {
 	Election(name string) (*fsm.Mutex, bool)
 	CheckOwner(node, checkID string) (*fsm.Instance, bool)
 	Node(name string) (*fsm.Node, bool)
+	// Instance and the ACL tokens: what permissions are checked on, and
+	// /v1/acl/tokens.
+	Instance(node, id string) (*fsm.Instance, bool)
+	ACLToken(id string) (*fsm.ACLToken, bool)
+	ACLTokens() []*fsm.ACLToken
 }
 
 // Agent is the node the API runs on.
@@ -121,9 +128,23 @@ type Config struct {
 	SessionTTL time.Duration
 	// MaxSnapshotBytes caps a snapshot restore body.
 	MaxSnapshotBytes int64
-	Logger           *slog.Logger
-	Registerer       prometheus.Registerer
-	Gatherer         prometheus.Gatherer
+	// ACL resolves request tokens (SPEC: Security); nil checks none and
+	// allows everything (tests of the bare server).
+	ACL Resolver
+	// WriteRate and WriteBurst bound every caller's writes (non-GET
+	// requests): per token, or per client address for requests without
+	// one. 0: no bound.
+	WriteRate  rate.Limit
+	WriteBurst int
+	// ReadHeaderTimeout bounds the arrival of a request's headers,
+	// BodyReadTimeout that of its body (408 past it); IdleTimeout closes a
+	// kept-alive connection with no request.
+	ReadHeaderTimeout time.Duration
+	BodyReadTimeout   time.Duration
+	IdleTimeout       time.Duration
+	Logger            *slog.Logger
+	Registerer        prometheus.Registerer
+	Gatherer          prometheus.Gatherer
 }
 
 // DefaultConfig returns the defaults of SPEC.md.
@@ -138,6 +159,16 @@ func DefaultConfig() Config {
 		MaxConnsPerClient: 512,
 		// About 150 MiB of goroutines and buffers at most.
 		MaxBlockingQueries: 16384,
+		// Far above what one app writes (make bench writes about 2,000/s
+		// without a token from 127.0.0.1), low enough that one runaway
+		// caller cannot take the whole Raft log's throughput.
+		WriteRate: 5000, WriteBurst: 5000,
+		// Headers and bodies are small and local: a client slower than
+		// this holds a connection for nothing.
+		ReadHeaderTimeout: 10 * time.Second,
+		BodyReadTimeout:   30 * time.Second,
+		// Long enough for an app's keep-alive pool between its polls.
+		IdleTimeout: 2 * time.Minute,
 	}
 }
 
@@ -152,6 +183,10 @@ type Server struct {
 
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	// writes limits every caller's write rate; nil: no limit.
+	writes *writeLimiter
+	// patterns are the routes registered, in order (tests).
+	patterns []string
 
 	mu     sync.Mutex
 	cancel context.CancelFunc
@@ -174,6 +209,16 @@ func New(cfg Config, reg Registry, agent Agent, holds Holds) *Server {
 	if cfg.MaxSnapshotBytes <= 0 {
 		cfg.MaxSnapshotBytes = DefaultConfig().MaxSnapshotBytes
 	}
+	def := DefaultConfig()
+	if cfg.ReadHeaderTimeout <= 0 {
+		cfg.ReadHeaderTimeout = def.ReadHeaderTimeout
+	}
+	if cfg.BodyReadTimeout <= 0 {
+		cfg.BodyReadTimeout = def.BodyReadTimeout
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = def.IdleTimeout
+	}
 	s := &Server{
 		cfg: cfg, log: cfg.Logger.With("component", "http"), reg: reg, agent: agent, holds: holds,
 		mux: http.NewServeMux(), blocking: make(chan struct{}, max(cfg.MaxBlockingQueries, 1)),
@@ -187,6 +232,7 @@ func New(cfg Config, reg Registry, agent Agent, holds Holds) *Server {
 			// 100µs to ~13s: local reads, Raft writes, and capped waits.
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 9),
 		}, []string{"route"}),
+		writes: newWriteLimiter(cfg.WriteRate, cfg.WriteBurst),
 	}
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(s.requests, s.duration)
@@ -199,8 +245,8 @@ func (s *Server) routes() {
 	s.handle("GET /healthz", s.healthz)
 	s.handle("GET /readyz", s.readyz)
 	if s.cfg.Gatherer != nil {
-		s.mux.Handle("GET /metrics", s.instrument("GET /metrics",
-			promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError})))
+		s.handleHTTP("GET /metrics",
+			promhttp.HandlerFor(s.cfg.Gatherer, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
 	}
 	s.handle("GET /v1/status", s.status)
 	s.handle("GET /v1/members", s.members)
@@ -223,6 +269,11 @@ func (s *Server) routes() {
 	s.handle("PUT /v1/snapshot", s.restoreSnapshot)
 	s.handle("GET /v1/operator/keyring", s.listKeys)
 	s.handle("PUT /v1/operator/keyring", s.changeKeys)
+	s.handle("PUT /v1/acl/bootstrap", s.aclBootstrap)
+	s.handle("PUT /v1/acl/tokens", s.aclSetToken)
+	s.handle("GET /v1/acl/tokens", s.aclTokens)
+	s.handle("GET /v1/acl/tokens/{id}", s.aclToken)
+	s.handle("DELETE /v1/acl/tokens/{id}", s.aclDeleteToken)
 }
 
 // handlerFunc answers a request; a returned error becomes the JSON error
@@ -230,11 +281,23 @@ func (s *Server) routes() {
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
 func (s *Server) handle(pattern string, h handlerFunc) {
-	s.mux.Handle(pattern, s.instrument(pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s.handleHTTP(pattern, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := h(w, r); err != nil {
 			s.writeError(w, r, err)
 		}
-	})))
+	}))
+}
+
+// handleHTTP registers a route behind its permission (the permissions
+// table): a route without an entry is a programming error, caught by every
+// test that builds a server.
+func (s *Server) handleHTTP(pattern string, h http.Handler) {
+	p, ok := permissions[pattern]
+	if !ok {
+		panic(fmt.Sprintf("httpapi: route %q has no entry in the permissions table", pattern))
+	}
+	s.patterns = append(s.patterns, pattern)
+	s.mux.Handle(pattern, s.instrument(pattern, s.guard(p, h)))
 }
 
 type statusRecorder struct {
@@ -350,9 +413,10 @@ func (s *Server) Start() error {
 	srv := &http.Server{
 		Handler:           s,
 		BaseContext:       func(net.Listener) context.Context { return base },
-		ReadHeaderTimeout: 10 * time.Second,
-		// No write timeout: blocking queries and holds stream for long.
-		IdleTimeout: 2 * time.Minute,
+		ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		// No read timeout (readBody sets one per body) and no write
+		// timeout: blocking queries and holds stream for long.
+		IdleTimeout: s.cfg.IdleTimeout,
 		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	var tlsLn net.Listener
@@ -442,8 +506,13 @@ func statusOf(err error) int {
 		errors.Is(err, fsm.ErrUnknownLease), errors.Is(err, fsm.ErrUnknownLock), errors.Is(err, fsm.ErrUnknownElection),
 		errors.Is(err, errNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, ErrForbidden):
+	case errors.Is(err, ErrForbidden), errors.Is(err, acl.ErrDenied), errors.Is(err, fsm.ErrNotOwner),
+		errors.Is(err, election.ErrPermissionDenied):
 		return http.StatusForbidden
+	case errors.Is(err, fsm.ErrACLBootstrapped), errors.Is(err, fsm.ErrTokenExists):
+		return http.StatusConflict
+	case errors.Is(err, fsm.ErrUnknownToken):
+		return http.StatusNotFound
 	case errors.Is(err, errTooMany):
 		return http.StatusTooManyRequests
 	case errors.Is(err, errSlowBody):
@@ -490,7 +559,12 @@ var (
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	code := statusOf(err)
 	if code == http.StatusTooManyRequests {
-		w.Header().Set("Retry-After", "1")
+		retry := "1"
+		var rl *rateLimited
+		if errors.As(err, &rl) {
+			retry = rl.retryAfter()
+		}
+		w.Header().Set("Retry-After", retry)
 	}
 	if code >= 500 && code != http.StatusServiceUnavailable {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
