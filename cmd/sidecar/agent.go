@@ -48,6 +48,8 @@ func runAgent(ctx context.Context, cfg *Config, reload func() (*Config, error), 
 		ACLDefaultPolicy: cfg.ACLDefaultPolicy, ACLDNSToken: cfg.ACLDNSToken,
 		HTTPMaxConnsPerClient: noBound(cfg.HTTPMaxConnsPerClient), HTTPMaxBlockingQueries: noBound(cfg.HTTPMaxBlockingQueries),
 		MaxRestoreBytes: cfg.MaxRestoreBytes,
+		HTTPWriteRate:   float64(noBound(cfg.HTTPWriteRate)), HTTPWriteBurst: cfg.HTTPWriteBurst,
+		HTTPReadHeaderTimeout: cfg.HTTPReadHeaderTimeout, HTTPReadTimeout: cfg.HTTPReadTimeout, HTTPIdleTimeout: cfg.HTTPIdleTimeout,
 	}
 	if cfg.TLS != nil {
 		ac.TLS = cfg.TLS

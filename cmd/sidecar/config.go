@@ -55,6 +55,12 @@ type Config struct {
 	ACLDNSToken string
 	// HTTP API limits (0: no bound).
 	HTTPMaxConnsPerClient, HTTPMaxBlockingQueries int
+	// HTTPWriteRate: writes per second per token (0: no bound), and the
+	// burst a token may spend at once.
+	HTTPWriteRate, HTTPWriteBurst int
+	// HTTP server timeouts: request headers, request bodies, idle
+	// keep-alive connections.
+	HTTPReadHeaderTimeout, HTTPReadTimeout, HTTPIdleTimeout time.Duration
 	// MaxRestoreBytes bounds a snapshot restore.
 	MaxRestoreBytes int64
 	DNSTTL          time.Duration
@@ -120,6 +126,11 @@ func defaultConfig() *Config {
 		HTTPMaxConnsPerClient:  512,
 		HTTPMaxBlockingQueries: 16384,
 		MaxRestoreBytes:        1 << 30,
+		HTTPWriteRate:          5000,
+		HTTPWriteBurst:         5000,
+		HTTPReadHeaderTimeout:  10 * time.Second,
+		HTTPReadTimeout:        30 * time.Second,
+		HTTPIdleTimeout:        2 * time.Minute,
 	}
 }
 

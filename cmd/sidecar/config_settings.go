@@ -159,6 +159,24 @@ var settings = []*setting{
 		set: func(c *Config, v string) error { return setCount(&c.HTTPMaxConnsPerClient, v) }},
 	{name: "http-max-blocking-queries", usage: "blocking queries that may wait at once (0: no bound); past it 429", def: "16384",
 		set: func(c *Config, v string) error { return setCount(&c.HTTPMaxBlockingQueries, v) }},
+	{name: "http-write-rate", usage: "writes per second one token (or, without a token, one client address) may send (0: no bound); past it 429 with Retry-After", def: "5000",
+		set: func(c *Config, v string) error { return setCount(&c.HTTPWriteRate, v) }},
+	{name: "http-write-burst", usage: "writes one token may send at once before --http-write-rate applies", def: "5000",
+		set: func(c *Config, v string) error {
+			if err := setCount(&c.HTTPWriteBurst, v); err != nil {
+				return err
+			}
+			if c.HTTPWriteBurst == 0 {
+				return errors.New("must be at least 1")
+			}
+			return nil
+		}},
+	{name: "http-read-header-timeout", usage: "time a client has to send a request's headers", def: "10s",
+		set: func(c *Config, v string) error { return setDuration(&c.HTTPReadHeaderTimeout, v, 0) }},
+	{name: "http-read-timeout", usage: "time a client has to send a request's body (a slower one is cut off with 408)", def: "30s",
+		set: func(c *Config, v string) error { return setDuration(&c.HTTPReadTimeout, v, 0) }},
+	{name: "http-idle-timeout", usage: "how long an idle keep-alive connection stays open", def: "2m",
+		set: func(c *Config, v string) error { return setDuration(&c.HTTPIdleTimeout, v, 0) }},
 	{name: "max-restore-bytes", usage: "largest snapshot a restore accepts (PUT /v1/snapshot); its body is written to a temporary file, never held whole in memory before it is checked", def: "1073741824",
 		set: func(c *Config, v string) error {
 			n, err := strconv.ParseInt(v, 10, 64)
