@@ -77,6 +77,10 @@ func (r *CampaignResult) String() string {
 // RunCampaign runs apps beside the agents under the nemesis for dur, heals,
 // waits for convergence, reads every key consistently and checks the
 // history, then compares DNS with the registry.
+// appRules are what an app's token may do: its own leases, the campaign's
+// services, locks and elections.
+const appRules = `{"service":"write","lock":"write","election":"write","lease":"write","node":"read"}`
+
 func RunCampaign(ctx context.Context, c *Cluster, seed int64, dur time.Duration, outDir string) (*CampaignResult, error) {
 	rng := rand.New(rand.NewSource(seed))
 	rec := checker.NewRecorder()
@@ -91,7 +95,16 @@ func RunCampaign(ctx context.Context, c *Cluster, seed int64, dur time.Duration,
 	actx, stopApps := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	for i, h := range homes {
-		a := &app{id: i, node: h, rec: rec, rng: rand.New(rand.NewSource(seed*100 + int64(i))), keys: keys, nodeSessionLost: lost}
+		a := &app{id: i, node: h, api: h.API, rec: rec, rng: rand.New(rand.NewSource(seed*100 + int64(i))), keys: keys, nodeSessionLost: lost}
+		if c.Env.ACL {
+			secret, err := c.CreateToken(ctx, fmt.Sprintf("app-%d", i), appRules, "")
+			if err != nil {
+				stopApps()
+				wg.Wait()
+				return nil, err
+			}
+			a.api = h.WithToken(secret)
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -2,6 +2,7 @@ package blackbox
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -48,14 +49,27 @@ type Env struct {
 	// before TLS existed (BLACKBOX_TLS=0).
 	TLSDir  string
 	Encrypt string
+	// ACL runs every agent with --acl-default-policy deny (BLACKBOX_ACL,
+	// default 1): the harness bootstraps the cluster's ACLs, reads and
+	// injects faults with the management token, and every app of the
+	// campaign writes with a token of its own, so that the ownership of
+	// leases and candidacies is exercised under the faults. DNSToken is
+	// the secret of the agents' --acl-dns-token, created after bootstrap.
+	ACL      bool
+	DNSToken string
 }
 
-// Transport names the run's Raft/RPC transport for the summaries.
+// Transport names the run's Raft/RPC transport (and ACL mode) for the
+// summaries.
 func (e Env) Transport() string {
+	t := "plain"
 	if e.TLSDir != "" {
-		return "tls"
+		t = "tls"
 	}
-	return "plain"
+	if e.ACL {
+		t += "+acl"
+	}
+	return t
 }
 
 // LoadEnv reads the environment run.sh sets; ok is false outside run.sh.
@@ -68,6 +82,8 @@ func LoadEnv() (Env, bool, error) {
 		DataDir:    os.Getenv("BLACKBOX_DATADIR"),
 		TLSDir:     os.Getenv("BLACKBOX_TLS_DIR"),
 		Encrypt:    os.Getenv("BLACKBOX_ENCRYPT"),
+		ACL:        os.Getenv("BLACKBOX_ACL") != "0",
+		DNSToken:   rand.Text(),
 		Servers:    5,
 		Clients:    2,
 		SessionTTL: 2 * time.Second,
@@ -162,6 +178,9 @@ func NewCluster(env Env, logf func(string, ...any)) (*Cluster, error) {
 				"--tls-ca-file", filepath.Join(env.TLSDir, "sidecar-ca.pem"),
 				"--tls-cert-file", filepath.Join(env.TLSDir, n.Name+".pem"),
 				"--tls-key-file", filepath.Join(env.TLSDir, n.Name+"-key.pem"))
+		}
+		if env.ACL {
+			n.args = append(n.args, "--acl-default-policy", "deny", "--acl-dns-token", env.DNSToken)
 		}
 		c.Nodes = append(c.Nodes, n)
 		if n.Server {
@@ -284,7 +303,66 @@ func (c *Cluster) StartAll(ctx context.Context, timeout time.Duration) error {
 			return err
 		}
 	}
-	return c.WaitReady(ctx, c.Nodes, timeout)
+	if err := c.WaitReady(ctx, c.Nodes, timeout); err != nil {
+		return err
+	}
+	if c.Env.ACL {
+		return c.bootstrapACL(ctx, timeout)
+	}
+	return nil
+}
+
+// bootstrapACL makes the management token the harness works with and the
+// token DNS answers are read with.
+func (c *Cluster) bootstrapACL(ctx context.Context, timeout time.Duration) error {
+	var mgmt *api.ACLToken
+	err := poll(ctx, timeout, 100*time.Millisecond, func() (bool, string) {
+		bctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		t, err := c.Servers[0].API.ACLBootstrap(bctx)
+		if err != nil {
+			return false, fmt.Sprintf("acl bootstrap: %v", err)
+		}
+		mgmt = t
+		return true, ""
+	})
+	if err != nil {
+		return err
+	}
+	for _, n := range c.Nodes {
+		n.API.Token = mgmt.Secret
+	}
+	_, err = c.CreateToken(ctx, "dns", `{"service":"read","node":"read","election":"read","lock":"read"}`, c.Env.DNSToken)
+	return err
+}
+
+// CreateToken creates a token (with a chosen secret, or "" for a random
+// one), retrying through the servers for a few seconds, and returns its
+// secret.
+func (c *Cluster) CreateToken(ctx context.Context, desc, rules, secret string) (string, error) {
+	var out string
+	err := poll(ctx, 10*time.Second, 100*time.Millisecond, func() (bool, string) {
+		var last error
+		for _, s := range c.Servers {
+			tctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			t, err := s.API.ACLCreateToken(tctx, api.ACLTokenRequest{Description: desc, Rules: []byte(rules), Secret: secret})
+			cancel()
+			if err == nil {
+				out = t.Secret
+				return true, ""
+			}
+			last = err
+		}
+		return false, fmt.Sprintf("create token %s: %v", desc, last)
+	})
+	return out, err
+}
+
+// WithToken returns a client of n's agent that sends another token.
+func (n *Node) WithToken(secret string) *api.Client {
+	cp := *n.API
+	cp.Token = secret
+	return &cp
 }
 
 // WaitReady polls /readyz of nodes until all answer 200.

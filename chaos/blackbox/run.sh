@@ -11,6 +11,9 @@
 # s1..s5 and a client certificate for c1, c2 are made for the run with
 # `bin/sidecar tls`, and a gossip key with `bin/sidecar keygen`.
 # BLACKBOX_TLS=0 runs them in plain text (the comparison runs).
+# BLACKBOX_ACL=1 (the default) runs every agent with --acl-default-policy
+# deny: the harness bootstraps the ACLs and each app writes with its own
+# token; BLACKBOX_ACL=0 runs without tokens.
 #
 # Topology: a hub namespace holds bridge br0 with the harness at $NET.1;
 # node i (s1..s5, c1, c2) lives in namespace $PREFIX-n$i with eth0 at
@@ -137,7 +140,7 @@ done
 
 rm -rf "$logdir"
 mkdir -p "$logdir"
-echo "blackbox: $mode seed $seed, TLS ${BLACKBOX_TLS:-1}, namespaces $prefix-*, logs $logdir"
+echo "blackbox: $mode seed $seed, TLS ${BLACKBOX_TLS:-1}, ACL ${BLACKBOX_ACL:-1}, namespaces $prefix-*, logs $logdir"
 set +e
 ip netns exec "$hub" env \
 	BLACKBOX_PREFIX="$prefix" BLACKBOX_NET="$net" BLACKBOX_LOGDIR="$logdir" \
@@ -151,7 +154,7 @@ set -e
 awk '/^BLACKBOX-/{p=1} p{print} /^CHAOS-RESULT|^BLACKBOX-DURABILITY/{p=0}' "$logdir/test.log"
 if [ $rc != 0 ]; then
 	grep -E -- '--- FAIL|FAIL:|panic:|blackbox_test.go:[0-9]+: ' "$logdir/test.log" | tail -40 || true
-	echo "FAIL: blackbox $mode seed $seed (replay: BLACKBOX_TLS=${BLACKBOX_TLS:-1} $0 $mode $seed ${3:-} ${4:-}), logs $logdir (test.log, one per agent)"
+	echo "FAIL: blackbox $mode seed $seed (replay: BLACKBOX_TLS=${BLACKBOX_TLS:-1} BLACKBOX_ACL=${BLACKBOX_ACL:-1} $0 $mode $seed ${3:-} ${4:-}), logs $logdir (test.log, one per agent)"
 	ls "$logdir"/viz/*.html 2>/dev/null | sed 's/^/visualization: /' || true
 fi
 exit $rc

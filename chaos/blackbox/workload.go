@@ -34,6 +34,9 @@ const (
 type app struct {
 	id   int
 	node *Node
+	// api is the app's client of its sidecar, with its own token when the
+	// run has ACLs.
+	api  *api.Client
 	rec  *checker.Recorder
 	rng  *rand.Rand
 	keys *keySet
@@ -142,7 +145,7 @@ func (a *app) put(ctx context.Context) {
 	val := fmt.Sprintf("a%d-%d", a.id, a.seq)
 	op := checker.Op{Client: a.id, Kind: checker.Put, Key: key, Value: val, Call: a.now()}
 	octx, cancel := context.WithTimeout(ctx, opTimeout)
-	_, err := a.node.API.Register(octx, api.ServiceRegistration{ID: key, Name: svc, Address: a.node.IP,
+	_, err := a.api.Register(octx, api.ServiceRegistration{ID: key, Name: svc, Address: a.node.IP,
 		Port: 1 + a.seq%60000, Meta: map[string]string{"v": val}})
 	cancel()
 	op.Return = a.now()
@@ -157,7 +160,7 @@ func (a *app) del(ctx context.Context) {
 	key, _ := a.key()
 	op := checker.Op{Client: a.id, Kind: checker.Del, Key: key, Call: a.now()}
 	octx, cancel := context.WithTimeout(ctx, opTimeout)
-	err := a.node.API.Deregister(octx, key)
+	err := a.api.Deregister(octx, key)
 	cancel()
 	op.Return = a.now()
 	var refused bool
@@ -183,7 +186,7 @@ func (a *app) get(ctx context.Context, consistent bool) {
 	}
 	op := checker.Op{Client: a.id, Kind: kind, Key: key, Call: a.now()}
 	octx, cancel := context.WithTimeout(ctx, opTimeout)
-	list, _, err := a.node.API.Service(octx, svc, false, "", &api.QueryOptions{Consistent: consistent})
+	list, _, err := a.api.Service(octx, svc, false, "", &api.QueryOptions{Consistent: consistent})
 	cancel()
 	if err != nil && !api.IsNotFound(err) {
 		return
@@ -213,7 +216,7 @@ func (a *app) ensureLease(ctx context.Context) *appLease {
 	ttl = ttl.Round(100 * time.Millisecond)
 	invoke := time.Now()
 	octx, cancel := context.WithTimeout(ctx, opTimeout)
-	l, err := a.node.API.GrantLease(octx, ttl)
+	l, err := a.api.GrantLease(octx, ttl)
 	cancel()
 	if err != nil {
 		return nil
@@ -240,7 +243,7 @@ func (a *app) keepAlive(l *appLease) {
 		}
 		sent := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), l.ttl)
-		_, err := a.node.API.KeepAlive(ctx, l.id)
+		_, err := a.api.KeepAlive(ctx, l.id)
 		cancel()
 		switch {
 		case err == nil:
@@ -303,7 +306,7 @@ func (a *app) tryLock(ctx context.Context) {
 	name := a.lockName()
 	op := checker.Op{Client: a.id, Kind: checker.TryLock, Key: name, Lease: l.id, Call: a.now()}
 	octx, cancel := context.WithTimeout(ctx, opTimeout)
-	res, err := a.node.API.Lock(octx, name, api.LockRequest{Lease: l.id, Value: strconv.Itoa(a.id)})
+	res, err := a.api.Lock(octx, name, api.LockRequest{Lease: l.id, Value: strconv.Itoa(a.id)})
 	cancel()
 	op.Return = a.now()
 	op.Outcome, op.Refused = outcome(err)
@@ -338,7 +341,7 @@ func (a *app) tryLock(ctx context.Context) {
 func (a *app) unlock(name, lease string) checker.Outcome {
 	op := checker.Op{Client: a.id, Kind: checker.Unlock, Key: name, Lease: lease, Call: a.now()}
 	octx, cancel := context.WithTimeout(context.Background(), opTimeout)
-	err := a.node.API.Unlock(octx, name, lease)
+	err := a.api.Unlock(octx, name, lease)
 	cancel()
 	op.Return = a.now()
 	op.Outcome, op.Refused = outcome(err)
@@ -360,7 +363,7 @@ func (a *app) revoke(ctx context.Context) {
 	a.rec.Revoking(l.id)
 	op := checker.Op{Client: a.id, Kind: checker.Revoke, Lease: l.id, Call: a.now()}
 	octx, cancel := context.WithTimeout(ctx, opTimeout)
-	err := a.node.API.RevokeLease(octx, l.id)
+	err := a.api.RevokeLease(octx, l.id)
 	cancel()
 	op.Return = a.now()
 	op.Outcome, op.Refused = outcome(err)
@@ -377,7 +380,7 @@ func (a *app) revoke(ctx context.Context) {
 	name := a.lockName()
 	z := checker.Op{Client: a.id, Kind: checker.TryLock, Key: name, Lease: l.id, Call: a.now()}
 	octx, cancel = context.WithTimeout(ctx, opTimeout)
-	res, err := a.node.API.Lock(octx, name, api.LockRequest{Lease: l.id})
+	res, err := a.api.Lock(octx, name, api.LockRequest{Lease: l.id})
 	cancel()
 	z.Return = a.now()
 	z.Outcome, z.Refused = outcome(err)
@@ -413,7 +416,7 @@ func (a *app) campaign(ctx context.Context) {
 	}
 	invoke := a.now()
 	octx, cancel := context.WithTimeout(ctx, wait+opTimeout)
-	res, err := a.node.API.Campaign(octx, name, api.CampaignRequest{Candidate: cand, Value: fmt.Sprintf("%s:%d", a.node.IP, a.seq%60000+1), Wait: wait.String(), Lease: lease})
+	res, err := a.api.Campaign(octx, name, api.CampaignRequest{Candidate: cand, Value: fmt.Sprintf("%s:%d", a.node.IP, a.seq%60000+1), Wait: wait.String(), Lease: lease})
 	cancel()
 	ret := a.now()
 	if lease == "" && err != nil && api.IsNotFound(err) {
@@ -425,12 +428,12 @@ func (a *app) campaign(ctx context.Context) {
 		a.hold(ctx, g, func() bool {
 			sctx, cancel := context.WithTimeout(ctx, opTimeout)
 			defer cancel()
-			st, _, err := a.node.API.Self(sctx, name, nil)
+			st, _, err := a.api.Self(sctx, name, nil)
 			return err == nil && st.Leader && st.Token == token && st.Candidate == cand
 		}, a.holdFor(2*time.Second))
 	}
 	rctx, rcancel := context.WithTimeout(context.Background(), opTimeout)
-	_ = a.node.API.Resign(rctx, name, cand) // best effort: a vanished candidacy is fine
+	_ = a.api.Resign(rctx, name, cand) // best effort: a vanished candidacy is fine
 	rcancel()
 }
 
