@@ -76,6 +76,9 @@ type Client struct {
 	// closed stream can never leave its connection in a pool, since the
 	// server ties the hold to that very connection.
 	stream *http.Client
+	// Token is the ACL token's secret, sent as X-Sidecar-Token with every
+	// request; empty: none (the agent applies its anonymous rules).
+	Token string
 }
 
 // Option configures a Client.
@@ -204,6 +207,9 @@ func (c *Client) do(ctx context.Context, hc *http.Client, method, path, query st
 		req.Header.Set("Content-Type", contentType)
 	}
 	req.Header.Set("Accept", "application/json")
+	if c.Token != "" {
+		req.Header.Set("X-Sidecar-Token", c.Token)
+	}
 	resp, err := hc.Do(req)
 	if err != nil {
 		// url.Error repeats the whole URL; the path and the cause read better.
