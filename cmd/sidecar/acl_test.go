@@ -376,3 +376,18 @@ func inOrder(s string, ws ...string) bool {
 	}
 	return true
 }
+
+func TestConfig_aclSettings(t *testing.T) {
+	setupConfigTest(t)
+	c, err := parseAgentConfig([]string{"--acl-default-policy", "deny", "--acl-dns-token", "DNS-SECRET"})
+	if err != nil || c.ACLDefaultPolicy != "deny" || c.ACLDNSToken != "DNS-SECRET" {
+		t.Fatalf("parse: %v, %+v", err, c)
+	}
+	t.Setenv("SIDECAR_ACL_DEFAULT_POLICY", "deny")
+	if c, err := parseAgentConfig(nil); err != nil || c.ACLDefaultPolicy != "deny" {
+		t.Fatalf("SIDECAR_ACL_DEFAULT_POLICY=deny: %v, %q", err, c.ACLDefaultPolicy)
+	}
+	if _, err := parseAgentConfig([]string{"--acl-default-policy", "maybe"}); err == nil || !strings.Contains(err.Error(), "want allow or deny") {
+		t.Errorf("--acl-default-policy maybe: %v", err)
+	}
+}

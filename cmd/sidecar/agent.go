@@ -46,7 +46,8 @@ func runAgent(ctx context.Context, cfg *Config, reload func() (*Config, error), 
 		Services: cfg.Services, Join: cfg.Join, EncryptKey: cfg.EncryptKey,
 		HTTPSAddr: cfg.HTTPSAddr, ExecChecks: cfg.ExecChecks, AllowedHosts: cfg.AllowedHosts,
 		HTTPMaxConnsPerClient: noBound(cfg.HTTPMaxConnsPerClient), HTTPMaxBlockingQueries: noBound(cfg.HTTPMaxBlockingQueries),
-		MaxRestoreBytes: cfg.MaxRestoreBytes,
+		MaxRestoreBytes:  cfg.MaxRestoreBytes,
+		ACLDefaultPolicy: cfg.ACLDefaultPolicy, ACLDNSToken: cfg.ACLDNSToken,
 	}
 	if cfg.TLS != nil {
 		ac.TLS = cfg.TLS

@@ -63,6 +63,9 @@ type Config struct {
 	// TLSCAFile, TLSCertFile and TLSKeyFile are all set or all empty.
 	TLSCAFile, TLSCertFile, TLSKeyFile string
 	HTTPSAddr                          string // HTTPS API ip:port; empty: none
+	// ACLDefaultPolicy is allow or deny; ACLDNSToken the secret DNS
+	// answers are read with ("": the anonymous rules).
+	ACLDefaultPolicy, ACLDNSToken string
 	// TLS holds the loaded TLS material when the three files are set, else
 	// nil: the Raft/RPC port and the agent's dials to it run in plain text.
 	TLS *tlsutil.Loader

@@ -45,6 +45,8 @@ func (c *Config) Banner() []slog.Attr {
 		slog.Duration("session_ttl", c.SessionTTL),
 		slog.Bool("encrypt", c.EncryptKey != nil),
 		slog.Bool("tls", c.TLS != nil),
+		slog.String("acl_default_policy", aclPolicyName(c.ACLDefaultPolicy)),
+		slog.Bool("acl_dns_token", c.ACLDNSToken != ""),
 		slog.String("config_file", c.ConfigFile),
 		slog.Int("services", len(c.Services)),
 		slog.Int("elections", len(c.Elections)),
@@ -70,4 +72,12 @@ func newLogger(cfg *Config, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// aclPolicyName is the policy an agent runs with: "" is allow.
+func aclPolicyName(p string) string {
+	if p == "" {
+		return "allow"
+	}
+	return p
 }

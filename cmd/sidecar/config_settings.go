@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sidecarhq/sidecar/acl"
 	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/fsm"
 )
@@ -191,6 +192,16 @@ var settings = []*setting{
 		set: func(c *Config, v string) error { c.TLSKeyFile = v; return nil }},
 	{name: "https-addr", usage: "HTTPS API ip:port, with the TLS certificate (needs the TLS files)", def: "none",
 		set: func(c *Config, v string) error { return setListenAddr(&c.HTTPSAddr, v) }},
+	{name: "acl-default-policy", usage: "what a request without a valid token may do: allow (all but managing tokens) or deny (what the anonymous token's rules grant)", def: "allow",
+		set: func(c *Config, v string) error {
+			if _, err := acl.ParsePolicy(v); err != nil {
+				return errors.New("want allow or deny")
+			}
+			c.ACLDefaultPolicy = v
+			return nil
+		}},
+	{name: "acl-dns-token", usage: "secret of the ACL token whose rules DNS answers are read with", def: "none: the anonymous rules",
+		set: func(c *Config, v string) error { c.ACLDNSToken = v; return nil }},
 	{name: "session-ttl", usage: "TTL of this node's own lease (minimum 1s)", def: "10s",
 		set: func(c *Config, v string) error { return setDuration(&c.SessionTTL, v, fsm.MinLeaseTTL) }},
 	{name: "snapshot-threshold", usage: "Raft log entries between snapshots", def: "8192",

@@ -568,7 +568,7 @@ func TestAgentUsage_listsEverySetting(t *testing.T) {
 	}
 	// Every Config field that a flag sets has its flag: a new field without
 	// one would be unreachable from the command line.
-	if got, want := len(settings), 30; got != want {
+	if got, want := len(settings), 32; got != want {
 		t.Errorf("%d settings, want %d: update this test and README.md", got, want)
 	}
 }
