@@ -2,6 +2,8 @@ package deploy
 
 import (
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -162,4 +164,97 @@ func TestCompose_tls(t *testing.T) {
 	if agents != 5 {
 		t.Errorf("%d agents in %s, want 5 (3 servers, 2 sidecars)", agents, composePath)
 	}
+}
+
+// TestCompose_acl checks the ACL wiring: every agent denies by default;
+// the acl-* steps run in a server's network namespace, bootstrap first
+// (retried until a leader answers), then the apps' token and the anonymous
+// rules; the apps start after them and read their own token, not the
+// management token. The steps' commands are run with the real CLI against
+// a stand-in for the agent, twice, as on a first and a later `up`.
+func TestCompose_acl(t *testing.T) {
+	services := loadCompose(t)
+	for name, s := range services {
+		if slices.Equal(s.Command, []string{"agent"}) && s.Environment["SIDECAR_ACL_DEFAULT_POLICY"] != "deny" {
+			t.Errorf("%s: SIDECAR_ACL_DEFAULT_POLICY=%q, want deny", name, s.Environment["SIDECAR_ACL_DEFAULT_POLICY"])
+		}
+	}
+	steps := []string{"acl-bootstrap", "acl-app-token", "acl-anonymous"}
+	for _, name := range steps {
+		s, ok := services[name]
+		if !ok {
+			t.Fatalf("no service %s", name)
+		}
+		if !strings.HasPrefix(s.NetworkMode, "service:server-") || !s.ReadOnly || len(s.Command) < 2 || s.Command[0] != "acl" {
+			t.Errorf("%s: want an acl command, read_only, in a server's network namespace: %+v", name, s)
+		}
+		if name != "acl-bootstrap" && s.dependsOn(t)["acl-bootstrap"] != "service_completed_successfully" {
+			t.Errorf("%s must wait for acl-bootstrap to complete successfully: %v", name, s.dependsOn(t))
+		}
+	}
+	if b := services["acl-bootstrap"]; !strings.HasPrefix(b.Restart, "on-failure") || !slices.Contains(b.Volumes, "acl:/data") {
+		t.Errorf("acl-bootstrap: restart %q (want on-failure: retried until a leader answers), volumes %v (want acl:/data)", b.Restart, b.Volumes)
+	}
+	for _, app := range []string{"app-a", "app-b"} {
+		s := services[app]
+		deps := s.dependsOn(t)
+		if deps["acl-app-token"] != "service_completed_successfully" || deps["acl-anonymous"] != "service_completed_successfully" {
+			t.Errorf("%s must start after acl-app-token and acl-anonymous complete: %v", app, deps)
+		}
+		if f := s.Environment["SIDECAR_TOKEN_FILE"]; f != "/etc/sidecar/acl/app.token" {
+			t.Errorf("%s: SIDECAR_TOKEN_FILE=%q, want /etc/sidecar/acl/app.token", app, f)
+		}
+		if !slices.Equal(s.Volumes, []string{"acl-app:/etc/sidecar/acl:ro"}) {
+			t.Errorf("%s: volumes %v, want only acl-app:/etc/sidecar/acl:ro (its own token, not the management token)", app, s.Volumes)
+		}
+	}
+
+	// Run the steps. Volume paths map to directories; the agent is a stand-in
+	// that keeps tokens.
+	dirs := map[string]string{"acl": t.TempDir(), "acl-app": t.TempDir()}
+	agent := newFakeACLAgent(t)
+	runStep := func(name string) {
+		t.Helper()
+		s := services[name]
+		args := slices.Clone(s.Command)
+		for _, v := range s.Volumes {
+			parts := strings.Split(v, ":")
+			for i, a := range args {
+				if strings.HasPrefix(a, parts[1]+"/") {
+					args[i] = filepath.Join(dirs[parts[0]], strings.TrimPrefix(a, parts[1]+"/"))
+				}
+			}
+		}
+		cmd := exec.Command(sidecarBin, args...)
+		cmd.Env = append(os.Environ(), "SIDECAR_HTTP_ADDR="+agent.addr, "SIDECAR_TOKEN=", "SIDECAR_TOKEN_FILE=")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%s: sidecar %q: %v\n%s", name, args, err, out)
+		}
+	}
+	for round := 1; round <= 2; round++ {
+		for _, name := range steps {
+			runStep(name)
+		}
+		mgmt := readSecret(t, filepath.Join(dirs["acl"], "management.token"))
+		app := readSecret(t, filepath.Join(dirs["acl-app"], "app.token"))
+		if !agent.isManagement(mgmt) || agent.rules(app) == "" || agent.rules("anonymous") == "" {
+			t.Fatalf("round %d: management %v, app rules %q, anonymous rules %q", round, agent.isManagement(mgmt), agent.rules(app), agent.rules("anonymous"))
+		}
+		if n := agent.count(); n != 3 {
+			t.Errorf("round %d: %d tokens, want 3 (management, demo-app, anonymous): a later up must not make more", round, n)
+		}
+	}
+}
+
+func readSecret(t *testing.T, path string) string {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s: mode %v, want 0600", path, fi.Mode().Perm())
+	}
+	b, _ := os.ReadFile(path)
+	return strings.TrimSpace(string(b))
 }

@@ -257,9 +257,10 @@ func (c *cluster) must(timeout time.Duration, args ...string) string {
 }
 
 // sidecar runs the sidecar CLI in a container of the project (the image has
-// no shell, but the binary is the CLI).
+// no shell, but the binary is the CLI), with the management token: the
+// agents deny by default, and every agent mounts the volume acl.
 func (c *cluster) sidecar(service string, args ...string) (string, error) {
-	return c.run(30*time.Second, append([]string{"exec", "-T", service, "sidecar"}, args...)...)
+	return c.run(30*time.Second, append([]string{"exec", "-T", "-e", "SIDECAR_TOKEN_FILE=/etc/sidecar/acl/management.token", service, "sidecar"}, args...)...)
 }
 
 func (c *cluster) status(app string) (report, error) {
@@ -460,6 +461,16 @@ func TestE2E_compose(t *testing.T) {
 	// the CLI works; a peer without a certificate of the cluster's CA gets
 	// nothing from a server's Raft/RPC port.
 	c.checkTLS()
+
+	// 1c. ACLs deny by default: a write without a token is refused (403)
+	// and changes nothing; reads without one work (the anonymous rules of
+	// acl-anonymous), as the apps' DNS lookups above did.
+	if out, err := c.run(30*time.Second, "exec", "-T", "sidecar-b", "sidecar", "register", "--name", "e2e-anon", "--port", "9"); err == nil || !strings.Contains(out, "403") {
+		t.Errorf("register without a token on sidecar-b: err %v, output %q; want a 403 refusal", err, out)
+	}
+	if out, err := c.run(30*time.Second, "exec", "-T", "sidecar-b", "sidecar", "services", "demo"); err != nil {
+		t.Errorf("services demo without a token on sidecar-b: %v: %s", err, out)
+	}
 
 	// 2. Kill (SIGKILL) the leading app's sidecar: that app loses leadership
 	// at once (its connection-bound candidacy broke); the other one leads

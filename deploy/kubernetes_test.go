@@ -318,6 +318,9 @@ func checkAgentEnv(t *testing.T, c *container, known map[string]agentFlag, serve
 	if len(c.Args) != 1 || c.Args[0] != "agent" {
 		t.Errorf("container %s: args %q, want [agent]", c.Name, c.Args)
 	}
+	if e, _ := c.env("SIDECAR_ACL_DEFAULT_POLICY"); e.Value != "deny" {
+		t.Errorf("container %s: SIDECAR_ACL_DEFAULT_POLICY=%q, want deny (README, ACL tokens)", c.Name, e.Value)
+	}
 	if e, _ := c.env("SIDECAR_NAME"); e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "metadata.name" {
 		t.Errorf("container %s: SIDECAR_NAME must come from metadata.name (unique node names)", c.Name)
 	}
@@ -642,6 +645,7 @@ func TestKubernetes_demoDeployment(t *testing.T) {
 
 	app := containerNamed(t, dep, "app")
 	checkHardened(t, app)
+	checkAppToken(t, dep, app, sc)
 	// The app talks to its own sidecar on loopback, at the sidecar's ports.
 	if v, _ := flagArg(app.Args, "sidecar-http"); v != "127.0.0.1:"+strconv.Itoa(httpPort) {
 		t.Errorf("app -sidecar-http=%q, want 127.0.0.1:%d", v, httpPort)
@@ -798,5 +802,39 @@ func TestKubernetes_kustomizeBuilds(t *testing.T) {
 	want := []string{"Deployment/demo", "PodDisruptionBudget/sidecar-server", "Service/demo-primary", "Service/sidecar-server", "StatefulSet/sidecar-server"}
 	if !slices.Equal(kinds, want) {
 		t.Errorf("kubectl kustomize renders %v, want %v", kinds, want)
+	}
+}
+
+// checkAppToken: the app reads its ACL token from SIDECAR_TOKEN_FILE, a
+// file of Secret sidecar-demo-token in a read-only mount of its own; the
+// sidecar does not mount that Secret.
+func checkAppToken(t *testing.T, o *k8sObject, app, sidecar *container) {
+	t.Helper()
+	file := app.envValue(t, "SIDECAR_TOKEN_FILE")
+	secretOf := func(c *container) (dir, secret string, keys []string, readOnly bool) {
+		for _, m := range c.VolumeMounts {
+			for _, v := range o.Spec.Template.Spec.Volumes {
+				if v.Name == m.Name && v.Secret != nil && v.Secret.SecretName == "sidecar-demo-token" {
+					return m.MountPath, v.Secret.SecretName, v.secretKeys()[v.Secret.SecretName], m.ReadOnly
+				}
+			}
+		}
+		return "", "", nil, false
+	}
+	dir, _, keys, ro := secretOf(app)
+	if dir == "" || !ro || file != dir+"/token" || !slices.Equal(keys, []string{"token"}) {
+		t.Errorf("app: SIDECAR_TOKEN_FILE=%q, want the key token of Secret sidecar-demo-token in a read-only mount (mounted %q, keys %v, read-only %v)", file, dir, keys, ro)
+	}
+	for _, it := range o.Spec.Template.Spec.Volumes {
+		if it.Secret != nil && it.Secret.SecretName == "sidecar-demo-token" {
+			for _, i := range it.Secret.Items {
+				if i.Key == "token" && i.Path != "token" {
+					t.Errorf("Secret sidecar-demo-token: key token at %q, want token", i.Path)
+				}
+			}
+		}
+	}
+	if d, _, _, _ := secretOf(sidecar); d != "" {
+		t.Errorf("the sidecar container mounts the app's token on %s: only the app needs it", d)
 	}
 }

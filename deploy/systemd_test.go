@@ -257,6 +257,11 @@ func TestEnvFiles_onlyAgentSettings(t *testing.T) {
 	if cl := envMap(parseEnvFile(t, clientEnv)); cl["SIDECAR_SERVER"] != "" || cl["SIDECAR_BOOTSTRAP_EXPECT"] != "" {
 		t.Errorf("%s must not make a server: %v", clientEnv, cl)
 	}
+	for _, path := range []string{serverEnv, clientEnv} {
+		if p := envMap(parseEnvFile(t, path))["SIDECAR_ACL_DEFAULT_POLICY"]; p != "deny" {
+			t.Errorf("%s: SIDECAR_ACL_DEFAULT_POLICY=%q, want deny (README, ACL tokens)", path, p)
+		}
+	}
 }
 
 // TestEnvFiles_tls: both env files turn TLS on with files in

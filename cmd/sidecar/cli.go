@@ -78,19 +78,101 @@ func flagError(s *streams, fs *flag.FlagSet, err error) error {
 	return errHelp
 }
 
-// addrFlag registers --http-addr on fs.
-func addrFlag(fs *flag.FlagSet) *string {
+// agentFlags are the flags of every client command: where the local agent
+// is, and the ACL token to send it.
+type agentFlags struct {
+	fs        *flag.FlagSet
+	addr      string
+	token     string
+	tokenFile string
+}
+
+// addrFlag registers --http-addr, --token and --token-file on fs. The token
+// flags have no default shown in --help: a secret from the environment
+// must not be printed.
+func addrFlag(fs *flag.FlagSet) *agentFlags {
 	def := os.Getenv("SIDECAR_HTTP_ADDR")
 	if def == "" {
 		def = api.DefaultAddr
 	}
-	return fs.String("http-addr", def, "`address` of the local agent's HTTP API ($SIDECAR_HTTP_ADDR)")
+	af := &agentFlags{fs: fs}
+	fs.StringVar(&af.addr, "http-addr", def, "`address` of the local agent's HTTP API ($SIDECAR_HTTP_ADDR)")
+	fs.StringVar(&af.token, "token", "", "ACL token `secret` to send ($SIDECAR_TOKEN)")
+	fs.StringVar(&af.tokenFile, "token-file", "", "`file` holding the ACL token's secret ($SIDECAR_TOKEN_FILE)")
+	return af
 }
 
-func newClient(addr string) (*api.Client, error) {
-	c, err := api.NewClient(addr)
+// secret returns the token to send: --token, else the content of
+// --token-file, else $SIDECAR_TOKEN, else the content of
+// $SIDECAR_TOKEN_FILE, else none. A flag wins over the environment.
+func (af *agentFlags) secret() (string, error) {
+	set := map[string]bool{}
+	af.fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	switch {
+	case set["token"] && set["token-file"]:
+		return "", usageErrorf("%s: give --token or --token-file, not both", af.fs.Name())
+	case set["token"]:
+		return checkSecret(af.fs.Name(), "--token", af.token)
+	case set["token-file"]:
+		return readSecretFile(af.fs.Name(), "--token-file", af.tokenFile)
+	}
+	if v, ok := os.LookupEnv("SIDECAR_TOKEN"); ok && v != "" {
+		return checkSecret(af.fs.Name(), "SIDECAR_TOKEN", v)
+	}
+	if v := os.Getenv("SIDECAR_TOKEN_FILE"); v != "" {
+		return readSecretFile(af.fs.Name(), "SIDECAR_TOKEN_FILE", v)
+	}
+	return "", nil
+}
+
+// maxSecretFile bounds what a token file may hold: a secret is a few dozen
+// bytes.
+const maxSecretFile = 4096
+
+func readSecretFile(cmd, what, path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("%s: %s: %w", cmd, what, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
+	if err != nil {
+		return "", fmt.Errorf("%s: %s: %w", cmd, what, err)
+	}
+	if len(b) > maxSecretFile {
+		return "", fmt.Errorf("%s: %s %s: longer than %d bytes, not a token", cmd, what, path, maxSecretFile)
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return "", fmt.Errorf("%s: %s %s is empty", cmd, what, path)
+	}
+	return checkSecret(cmd, what+" "+path, s)
+}
+
+// checkSecret refuses what the agent would refuse as a token (400), with a
+// message that never shows the secret.
+func checkSecret(cmd, what, s string) (string, error) {
+	s = strings.TrimSpace(s)
+	if s == "" {
+		return "", usageErrorf("%s: %s is empty", cmd, what)
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] >= 0x7f {
+			return "", usageErrorf("%s: %s holds a space or control character", cmd, what)
+		}
+	}
+	return s, nil
+}
+
+// newClient builds the client of the agent at --http-addr that sends the
+// token of the flags or the environment.
+func newClient(af *agentFlags) (*api.Client, error) {
+	c, err := api.NewClient(af.addr)
 	if err != nil {
 		return nil, usageErrorf("--http-addr: %v", err)
+	}
+	if c.Token, err = af.secret(); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
@@ -113,7 +195,7 @@ func wantArgs(fs *flag.FlagSet, pos []string, n int, what string) error {
 
 // clientArgs parses a client command's flags, wants n positional arguments
 // (what names them), and builds the client of the agent at addr.
-func clientArgs(s *streams, fs *flag.FlagSet, addr *string, args []string, n int, what string) ([]string, *api.Client, error) {
+func clientArgs(s *streams, fs *flag.FlagSet, addr *agentFlags, args []string, n int, what string) ([]string, *api.Client, error) {
 	pos, err := parseFlags(fs, args)
 	if err != nil {
 		return nil, nil, flagError(s, fs, err)
@@ -121,7 +203,7 @@ func clientArgs(s *streams, fs *flag.FlagSet, addr *string, args []string, n int
 	if err := wantArgs(fs, pos, n, what); err != nil {
 		return nil, nil, err
 	}
-	c, err := newClient(*addr)
+	c, err := newClient(addr)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -220,7 +302,7 @@ func cmdServices(ctx context.Context, s *streams, args []string) error {
 	if len(pos) == 0 && (*passing || *tag != "") {
 		return usageErrorf("services: --passing and --tag need a service NAME")
 	}
-	c, err := newClient(*addr)
+	c, err := newClient(addr)
 	if err != nil {
 		return err
 	}
@@ -346,7 +428,7 @@ func cmdRegister(ctx context.Context, s *streams, args []string) error {
 	if err := validateService(&reg); err != nil {
 		return usageErrorf("register: %v", err)
 	}
-	c, err := newClient(*addr)
+	c, err := newClient(addr)
 	if err != nil {
 		return err
 	}
@@ -409,7 +491,7 @@ func cmdSnapshot(ctx context.Context, s *streams, args []string) error {
 	if err := wantArgs(fs, pos[1:], 1, "FILE"); err != nil {
 		return err
 	}
-	c, err := newClient(*addr)
+	c, err := newClient(addr)
 	if err != nil {
 		return err
 	}

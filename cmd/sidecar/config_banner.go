@@ -74,6 +74,7 @@ func newLogger(cfg *Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
+// aclPolicyName is the policy an agent runs with: "" is allow.
 func aclPolicyName(p string) string {
 	if p == "" {
 		return "allow"

@@ -55,7 +55,7 @@ func cmdLock(ctx context.Context, s *streams, args []string) error {
 	if *ttl < 0 || *timeout < 0 {
 		return usageErrorf("lock: --ttl and --timeout must be positive")
 	}
-	c, err := newClient(*addr)
+	c, err := newClient(addr)
 	if err != nil {
 		return err
 	}
@@ -113,7 +113,7 @@ func cmdElect(ctx context.Context, s *streams, args []string) error {
 		}
 		*candidate = h + "-" + strconv.Itoa(os.Getpid())
 	}
-	c, err := newClient(*addr)
+	c, err := newClient(addr)
 	if err != nil {
 		return err
 	}

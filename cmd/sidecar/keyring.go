@@ -44,7 +44,7 @@ func cmdKeyring(ctx context.Context, s *streams, args []string) error {
 	default:
 		return usageErrorf("keyring: unknown operation %q: want list, install, use or remove", op)
 	}
-	c, err := newClient(*addr)
+	c, err := newClient(addr)
 	if err != nil {
 		return err
 	}

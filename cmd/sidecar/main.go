@@ -84,6 +84,7 @@ func init() {
 		{"keygen", "", "print a new gossip encryption key", cmdKeygen},
 		{"tls", "ca create [--dir D] | cert create --server|--client --node NAME [--dir D] [--ca FILE --ca-key FILE] [--days N]", "make the cluster CA and agent certificates", cmdTLS},
 		{"keyring", "list|install|use|remove [KEY|-] [--json]", "list or change the gossip keys of every member", cmdKeyring},
+		{"acl", "bootstrap | token create|list|read|update|delete ...", "make the first management token, and manage ACL tokens", cmdACL},
 		{"version", "", "print the version", cmdVersion},
 	}
 }
@@ -156,7 +157,8 @@ func usage(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Client commands talk to the local agent at --http-addr (default $SIDECAR_HTTP_ADDR,")
-	fmt.Fprintln(w, "else 127.0.0.1:7080). Run 'sidecar COMMAND --help' for its flags.")
+	fmt.Fprintln(w, "else 127.0.0.1:7080) and send the ACL token of --token or --token-file (default")
+	fmt.Fprintln(w, "$SIDECAR_TOKEN, else the file $SIDECAR_TOKEN_FILE). Run 'sidecar COMMAND --help' for its flags.")
 	fmt.Fprintln(w, "Exit codes: 0 success, 1 failure, 2 usage error.")
 }
 

@@ -31,6 +31,7 @@ import (
 	"os/signal"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -172,6 +173,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) int {
 	client, err := api.NewClient(cfg.sidecarHTTP)
 	if err != nil {
 		fmt.Fprintln(stderr, "sidecar-demo: -sidecar-http:", err)
+		return 2
+	}
+	if client.Token, err = tokenFromEnv(); err != nil {
+		fmt.Fprintln(stderr, "sidecar-demo:", err)
 		return 2
 	}
 	a := &app{cfg: cfg, log: log, client: client, peerHC: &http.Client{Timeout: time.Second},
@@ -461,4 +466,26 @@ func (a *app) job(ctx context.Context, token uint64) {
 			})
 		}
 	}
+}
+
+// tokenFromEnv is the ACL token the app sends its sidecar, as the sidecar
+// CLI finds it: $SIDECAR_TOKEN, else the content of the file
+// $SIDECAR_TOKEN_FILE (a mounted secret), else none.
+func tokenFromEnv() (string, error) {
+	if t := strings.TrimSpace(os.Getenv("SIDECAR_TOKEN")); t != "" {
+		return t, nil
+	}
+	f := os.Getenv("SIDECAR_TOKEN_FILE")
+	if f == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(f)
+	if err != nil {
+		return "", fmt.Errorf("SIDECAR_TOKEN_FILE: %w", err)
+	}
+	t := strings.TrimSpace(string(b))
+	if t == "" {
+		return "", fmt.Errorf("SIDECAR_TOKEN_FILE %s is empty", f)
+	}
+	return t, nil
 }
