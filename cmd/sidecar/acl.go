@@ -9,148 +9,29 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/sidecarhq/sidecar/acl"
 	"github.com/sidecarhq/sidecar/api"
 )
 
-// aclToken is a token as the agent's ACL routes answer it. Secret is only
-// in the answer of a bootstrap or a create (shown once).
-type aclToken struct {
-	ID          string          `json:"id"`
-	Secret      string          `json:"secret,omitempty"`
-	Description string          `json:"description,omitempty"`
-	Rules       json.RawMessage `json:"rules,omitempty"`
-	Management  bool            `json:"management,omitempty"`
-	CreateIndex uint64          `json:"create_index,omitempty"`
-	ModifyIndex uint64          `json:"modify_index,omitempty"`
-}
+// The agent's token types, as api.Client's ACL calls answer them.
+type (
+	aclToken        = api.ACLToken
+	aclTokenRequest = api.ACLTokenRequest
+)
 
-// aclTokenRequest is the body of PUT /v1/acl/tokens: a new token, or, with
-// the ID of one that exists, its new description and rules.
-type aclTokenRequest struct {
-	ID          string          `json:"id,omitempty"`
-	Description string          `json:"description"`
-	Rules       json.RawMessage `json:"rules,omitempty"`
-	Management  bool            `json:"management,omitempty"`
-	Secret      string          `json:"secret,omitempty"`
-}
-
-// aclAPI is what the acl commands need of the agent: api.Client's ACL
-// calls. Until api.Client has them, aclHTTP makes them itself.
+// aclAPI is what the acl commands need of the agent (*api.Client), small
+// so that tests can stand in for it.
 type aclAPI interface {
 	ACLBootstrap(ctx context.Context) (*aclToken, error)
 	ACLCreateToken(ctx context.Context, req aclTokenRequest) (*aclToken, error)
 	ACLTokens(ctx context.Context) ([]aclToken, error)
 	ACLToken(ctx context.Context, id string) (*aclToken, error)
 	ACLDeleteToken(ctx context.Context, id string) error
-}
-
-// aclHTTP sends the ACL calls to the agent of an api.Client, with its
-// address and token.
-type aclHTTP struct {
-	base, token string
-	hc          *http.Client
-}
-
-func newACLHTTP(c *api.Client) *aclHTTP {
-	return &aclHTTP{base: c.Addr(), token: c.Token, hc: &http.Client{
-		Transport: &http.Transport{Proxy: nil}, // the agent is local, as in api.NewClient
-		Timeout:   30 * time.Second,
-	}}
-}
-
-func (h *aclHTTP) call(ctx context.Context, method, path string, body, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return fmt.Errorf("%s %s: encode body: %w", method, path, err)
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, h.base+path, rd)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	req.Header.Set("Accept", "application/json")
-	if h.token != "" {
-		req.Header.Set(acl.HeaderToken, h.token)
-	}
-	resp, err := h.hc.Do(req)
-	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err != nil {
-		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		var e api.Error
-		msg := strings.TrimSpace(string(b))
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			msg = e.Error
-		} else if len(msg) > 200 {
-			msg = msg[:200] + "..."
-		}
-		return &api.StatusError{Code: resp.StatusCode, Message: msg}
-	}
-	if out != nil {
-		if err := json.Unmarshal(b, out); err != nil {
-			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
-		}
-	}
-	return nil
-}
-
-func (h *aclHTTP) ACLBootstrap(ctx context.Context) (*aclToken, error) {
-	var t aclToken
-	if err := h.call(ctx, http.MethodPut, "/v1/acl/bootstrap", nil, &t); err != nil {
-		return nil, err
-	}
-	return &t, nil
-}
-
-func (h *aclHTTP) ACLCreateToken(ctx context.Context, req aclTokenRequest) (*aclToken, error) {
-	var t aclToken
-	if err := h.call(ctx, http.MethodPut, "/v1/acl/tokens", req, &t); err != nil {
-		return nil, err
-	}
-	return &t, nil
-}
-
-func (h *aclHTTP) ACLTokens(ctx context.Context) ([]aclToken, error) {
-	var ts []aclToken
-	if err := h.call(ctx, http.MethodGet, "/v1/acl/tokens", nil, &ts); err != nil {
-		return nil, err
-	}
-	return ts, nil
-}
-
-func (h *aclHTTP) ACLToken(ctx context.Context, id string) (*aclToken, error) {
-	var t aclToken
-	if err := h.call(ctx, http.MethodGet, "/v1/acl/tokens/"+url.PathEscape(id), nil, &t); err != nil {
-		return nil, err
-	}
-	return &t, nil
-}
-
-func (h *aclHTTP) ACLDeleteToken(ctx context.Context, id string) error {
-	return h.call(ctx, http.MethodDelete, "/v1/acl/tokens/"+url.PathEscape(id), nil, nil)
 }
 
 type aclSubcommand struct {
@@ -281,7 +162,7 @@ func (a *aclCommand) parse(s *streams, args []string, n int, what string) ([]str
 	if err != nil {
 		return nil, nil, err
 	}
-	return pos, newACLHTTP(c), nil
+	return pos, c, nil
 }
 
 func (a *aclCommand) json() bool { return *a.format == "json" }
@@ -423,7 +304,10 @@ func cmdACLTokenCreate(ctx context.Context, s *streams, args []string) error {
 		return err
 	}
 	const cmd = "acl token create"
-	req := aclTokenRequest{ID: *id, Description: *desc, Management: *mgmt}
+	req := aclTokenRequest{ID: *id, Description: *desc}
+	if *mgmt {
+		req.Management = mgmt
+	}
 	switch {
 	case *mgmt && *rules != "":
 		return usageErrorf("%s: a --management token has no --rules", cmd)
