@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sidecarhq/sidecar/acl"
 	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/election"
 	"github.com/sidecarhq/sidecar/fsm"
@@ -442,8 +443,13 @@ func statusOf(err error) int {
 		errors.Is(err, fsm.ErrUnknownLease), errors.Is(err, fsm.ErrUnknownLock), errors.Is(err, fsm.ErrUnknownElection),
 		errors.Is(err, errNotFound):
 		return http.StatusNotFound
-	case errors.Is(err, ErrForbidden):
+	case errors.Is(err, ErrForbidden), errors.Is(err, fsm.ErrNotOwner), errors.Is(err, acl.ErrDenied),
+		errors.Is(err, election.ErrPermissionDenied):
 		return http.StatusForbidden
+	case errors.Is(err, fsm.ErrACLBootstrapped), errors.Is(err, fsm.ErrTokenExists):
+		return http.StatusConflict
+	case errors.Is(err, fsm.ErrUnknownToken):
+		return http.StatusNotFound
 	case errors.Is(err, errTooMany):
 		return http.StatusTooManyRequests
 	case errors.Is(err, errSlowBody):
