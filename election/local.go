@@ -372,6 +372,11 @@ func (l *Local) RevokeLease(ctx context.Context, id string) error {
 
 func (l *Local) revoke(ctx context.Context, id string) error {
 	_, err := l.apply(ctx, &fsm.RevokeLease{ID: id, Node: l.cfg.Node, Now: l.now().UnixNano(), Auth: l.authFor(ctx, id)})
+	if err != nil && !errors.Is(err, fsm.ErrUnknownLease) {
+		// Refused (another token's lease) or not known to have happened:
+		// the holds on it stand.
+		return err
+	}
 	l.mu.Lock()
 	if t := l.tracked[id]; t != nil {
 		t.end(ErrSessionLost)
@@ -457,10 +462,12 @@ func (l *Local) nodeSessionErr(lease string, err error) error {
 }
 
 // apply writes through the backend, then waits until this sidecar's copy of
-// the registry holds the write, so that what it reads next includes it.
+// the registry holds the write, so that what it reads next includes it. A
+// refused write changed nothing to wait for, and its entry wakes no watcher
+// of the copy: waiting for it could last until the next change.
 func (l *Local) apply(ctx context.Context, cmd fsm.Command) (*fsm.Result, error) {
 	res, err := l.backend.Apply(ctx, cmd)
-	if res != nil {
+	if res != nil && err == nil {
 		l.waitIndex(ctx, res.Index)
 	}
 	return res, err
