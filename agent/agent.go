@@ -216,6 +216,11 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 		return nil, err
 	}
 	a.acl = acl.NewResolver(a.reg, policy)
+	if a.server != nil {
+		// As the Raft leader, it checks again the token of every write
+		// and keepalive forwarded to it.
+		a.server.SetACL(a.acl)
+	}
 
 	gc := discovery.DefaultConfig()
 	if cfg.Gossip != nil {

@@ -96,7 +96,7 @@ func refused(err error) bool {
 	if err == nil {
 		return false
 	}
-	if fsm.Refused(err) {
+	if fsm.Refused(err) || errors.Is(err, election.ErrPermissionDenied) {
 		return true
 	}
 	return errors.Is(err, election.ErrNotLeader) && !errors.Is(err, election.ErrUnknownOutcome)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/sidecarhq/sidecar/acl"
 	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/fsm"
 )
@@ -46,7 +47,7 @@ func (l *Local) Campaign(ctx context.Context, spec CampaignSpec) (api.CampaignRe
 	if err != nil {
 		return api.CampaignResult{}, err
 	}
-	c := &candidacy{lease: lease, value: spec.Value, service: spec.Service}
+	c := &candidacy{lease: lease, value: spec.Value, service: spec.Service, caller: acl.FromContext(ctx)}
 	c.parked = spec.Service != "" && l.serviceStatus(spec.Service) != fsm.StatusPassing
 	if !c.parked {
 		if err := l.enter(ctx, spec.Election, spec.Candidate, c); err != nil {
@@ -78,11 +79,27 @@ func (l *Local) Campaign(ctx context.Context, spec CampaignSpec) (api.CampaignRe
 	}
 }
 
+// enter campaigns for c as the caller that made it: the candidate is its
+// token's (the registry keeps an existing candidate's owner).
 func (l *Local) enter(ctx context.Context, election, candidate string, c *candidacy) error {
+	ctx = c.ctx(ctx)
 	_, err := l.apply(ctx, &fsm.Campaign{
 		Election: election, Candidate: candidate, Lease: c.lease, Node: l.cfg.Node,
-		Value: c.value, Service: c.service, Now: l.now().UnixNano(),
+		Value: c.value, Service: c.service, Now: l.now().UnixNano(), Auth: l.authFor(ctx, c.lease),
 	})
+	return err
+}
+
+// resignOwn resigns a candidacy of this sidecar on its behalf: one on the
+// node session as the node (OnSession), any other as the caller that made
+// it.
+func (l *Local) resignOwn(ctx context.Context, election, candidate string, c *candidacy) error {
+	if !l.isNodeSession(c.lease) {
+		ctx = c.ctx(ctx)
+	} else {
+		ctx = acl.NewContext(ctx, nil)
+	}
+	_, err := l.apply(ctx, &fsm.Resign{Election: election, Candidate: candidate, Node: l.cfg.Node, Now: l.now().UnixNano(), Auth: l.authFor(ctx, c.lease)})
 	return err
 }
 
@@ -139,7 +156,7 @@ func (l *Local) followHealth(ctx context.Context) {
 				err = l.enter(ctx, mv.key.election, mv.key.candidate, &mv.c)
 			} else {
 				l.log.Info("service critical: resigning", "election", mv.key.election, "candidate", mv.key.candidate, "service", mv.c.service)
-				_, err = l.apply(ctx, &fsm.Resign{Election: mv.key.election, Candidate: mv.key.candidate, Now: l.now().UnixNano()})
+				err = l.resignOwn(ctx, mv.key.election, mv.key.candidate, &mv.c)
 				if errors.Is(err, fsm.ErrNotCandidate) || errors.Is(err, fsm.ErrUnknownElection) {
 					err = nil
 				}
@@ -172,9 +189,11 @@ func (l *Local) onNodeSessionLocked(lease string) bool {
 	return l.node != nil && l.node.ID() == lease
 }
 
-// Resign withdraws a candidate of this sidecar.
+// Resign withdraws a candidate of this sidecar, as the caller in ctx: only
+// the token that campaigned (or a management token) may.
 func (l *Local) Resign(ctx context.Context, election, candidate string) error {
-	_, err := l.apply(ctx, &fsm.Resign{Election: election, Candidate: candidate, Now: l.now().UnixNano()})
+	_, err := l.apply(ctx, &fsm.Resign{Election: election, Candidate: candidate, Node: l.cfg.Node, Now: l.now().UnixNano(),
+		Auth: fsm.Auth{By: acl.FromContext(ctx).By()}})
 	if err == nil || errors.Is(err, fsm.ErrNotCandidate) {
 		l.mu.Lock()
 		delete(l.candidates, candidateKey{election, candidate})
@@ -289,7 +308,7 @@ func (l *Local) Lock(ctx context.Context, spec LockSpec) (api.LockResult, error)
 		}
 		wait := deadline.Sub(l.now())
 		if wait <= 0 || ctx.Err() != nil {
-			return l.leaveLine(spec)
+			return l.leaveLine(acl.FromContext(ctx), spec)
 		}
 		if m.Holder == nil && m.DelayUntil > 0 {
 			if d := time.Unix(0, m.DelayUntil).Sub(l.now()); d > 0 && d < wait {
@@ -314,7 +333,7 @@ func holderOf(m *fsm.Mutex) *api.Holder {
 func (l *Local) acquire(ctx context.Context, spec LockSpec, queue bool) (api.LockResult, error) {
 	res, err := l.apply(ctx, &fsm.AcquireLock{
 		Name: spec.Name, Lease: spec.Lease, Node: l.cfg.Node, Value: spec.Value,
-		Queue: queue, LockDelay: int64(spec.LockDelay), Now: l.now().UnixNano(),
+		Queue: queue, LockDelay: int64(spec.LockDelay), Now: l.now().UnixNano(), Auth: l.authFor(ctx, spec.Lease),
 	})
 	if err != nil {
 		return api.LockResult{}, err
@@ -336,11 +355,13 @@ func (l *Local) held(name string, h *fsm.Holder) api.LockResult {
 }
 
 // leaveLine takes a waiter out of line when its wait ended; the registry
-// keeps a lock it was handed just before, and then the answer is held.
-func (l *Local) leaveLine(spec LockSpec) (api.LockResult, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+// keeps a lock it was handed just before, and then the answer is held. It
+// acts for the caller that waited (its request's context may be over).
+func (l *Local) leaveLine(caller *acl.Caller, spec LockSpec) (api.LockResult, error) {
+	ctx, cancel := context.WithTimeout(acl.NewContext(context.Background(), caller), 5*time.Second)
 	defer cancel()
-	res, err := l.apply(ctx, &fsm.ReleaseLock{Name: spec.Name, Lease: spec.Lease, OnlyWaiting: true, Now: l.now().UnixNano()})
+	res, err := l.apply(ctx, &fsm.ReleaseLock{Name: spec.Name, Lease: spec.Lease, OnlyWaiting: true, Node: l.cfg.Node, Now: l.now().UnixNano(),
+		Auth: l.authFor(ctx, spec.Lease)})
 	if err != nil && !errors.Is(err, fsm.ErrNotHolder) {
 		return api.LockResult{}, err
 	}
@@ -357,7 +378,7 @@ func (l *Local) Unlock(ctx context.Context, name, lease string) error {
 	if err != nil {
 		return err
 	}
-	_, err = l.apply(ctx, &fsm.ReleaseLock{Name: name, Lease: lease, Now: l.now().UnixNano()})
+	_, err = l.apply(ctx, &fsm.ReleaseLock{Name: name, Lease: lease, Node: l.cfg.Node, Now: l.now().UnixNano(), Auth: l.authFor(ctx, lease)})
 	if err == nil || errors.Is(err, fsm.ErrNotHolder) {
 		l.mu.Lock()
 		delete(l.locks, lockKey{name, lease})

@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/sidecarhq/sidecar/acl"
 	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/fsm"
 )
@@ -80,7 +81,18 @@ type candidateKey struct{ election, candidate string }
 type candidacy struct {
 	lease, value, service string
 	parked                bool
+	// caller is who campaigned (nil: the sidecar itself), kept in memory
+	// only: the sidecar campaigns again for it, with its token, when the
+	// candidacy moves (a new node session, its service passing again), so
+	// that the candidate stays that token's.
+	caller *acl.Caller
 }
+
+// ctx is parent acting for the candidacy's caller.
+func (c *candidacy) ctx(parent context.Context) context.Context {
+	return acl.NewContext(parent, c.caller)
+}
+
 type lockKey struct{ name, lease string }
 
 // NewLocal returns the holds of a sidecar writing through backend and
@@ -153,8 +165,10 @@ func (l *Local) Start(ctx context.Context) error {
 // accepts every 50 ms, up to 1 s apart, until ctx ends.
 func (l *Local) openNodeSession(ctx context.Context, retry func(error) bool) (*Session, error) {
 	backoff := 50 * time.Millisecond
+	// The node session is no token's: it is the node's own (SPEC: Security).
+	ctx = acl.NewContext(ctx, nil)
 	for {
-		s, err := l.NewSession(ctx, l.cfg.SessionTTL)
+		s, err := l.newSession(ctx, l.cfg.SessionTTL, true)
 		if err == nil {
 			return s, nil
 		}
@@ -240,8 +254,15 @@ func (l *Local) newSessionValue(id string, ttl time.Duration) *Session {
 	return &Session{id: id, ttl: ttl, l: l, changed: make(chan struct{}), done: make(chan struct{}), loopDone: make(chan struct{})}
 }
 
-// NewSession grants a lease of ttl and keeps it alive until Close.
+// NewSession grants a lease of ttl and keeps it alive until Close. The
+// lease belongs to the caller in ctx (acl.FromContext), whose token the
+// session keeps (in memory) for its keepalives and its revoke.
 func (l *Local) NewSession(ctx context.Context, ttl time.Duration) (*Session, error) {
+	return l.newSession(ctx, ttl, false)
+}
+
+// newSession grants a session; node marks the node session.
+func (l *Local) newSession(ctx context.Context, ttl time.Duration, node bool) (*Session, error) {
 	l.mu.Lock()
 	closed := l.closed
 	l.mu.Unlock()
@@ -249,11 +270,19 @@ func (l *Local) NewSession(ctx context.Context, ttl time.Duration) (*Session, er
 		return nil, ErrClosed
 	}
 	sent := l.now()
-	res, err := l.apply(ctx, &fsm.GrantLease{TTL: int64(ttl), Node: l.cfg.Node})
+	grant := &fsm.GrantLease{TTL: int64(ttl), Node: l.cfg.Node, Session: node}
+	caller := acl.FromContext(ctx)
+	if !node {
+		grant.Owner = caller.By()
+	} else {
+		caller = nil
+	}
+	res, err := l.apply(ctx, grant)
 	if err != nil {
 		return nil, err
 	}
 	s := l.newSessionValue(res.LeaseID, ttl)
+	s.caller, s.onNode = caller, node
 	s.acked(sent)
 	kctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
@@ -275,7 +304,7 @@ func (l *Local) forgetSession(s *Session) {
 // on the lease demote themselves in time.
 func (l *Local) GrantLease(ctx context.Context, ttl time.Duration) (string, error) {
 	sent := l.now()
-	res, err := l.apply(ctx, &fsm.GrantLease{TTL: int64(ttl), Node: l.cfg.Node})
+	res, err := l.apply(ctx, &fsm.GrantLease{TTL: int64(ttl), Node: l.cfg.Node, Owner: acl.FromContext(ctx).By()})
 	if err != nil {
 		return "", err
 	}
@@ -289,6 +318,11 @@ func (l *Local) GrantLease(ctx context.Context, ttl time.Duration) (string, erro
 
 // KeepAlive forwards an app's keepalive and records its send time.
 func (l *Local) KeepAlive(ctx context.Context, id string) (time.Duration, error) {
+	if l.isNodeSession(id) {
+		// This sidecar keeps its node session alive anyway: an app's
+		// keepalive of it adds no power, and goes as the node's own.
+		ctx = acl.NewContext(ctx, nil)
+	}
 	sent := l.now()
 	ttl, err := l.backend.KeepAlive(ctx, id)
 	l.mu.Lock()
@@ -325,13 +359,24 @@ func (l *Local) RevokeLease(ctx context.Context, id string) error {
 		return err
 	}
 	if s != nil {
-		return s.Close(ctx)
+		// A connection-bound hold's session: revoked as the request's
+		// caller (it must own the lease), then stopped here.
+		err := l.revoke(ctx, id)
+		if err == nil || errors.Is(err, fsm.ErrUnknownLease) {
+			s.shut(nil)
+		}
+		return err
 	}
 	return l.revoke(ctx, id)
 }
 
 func (l *Local) revoke(ctx context.Context, id string) error {
-	_, err := l.apply(ctx, &fsm.RevokeLease{ID: id, Now: l.now().UnixNano()})
+	_, err := l.apply(ctx, &fsm.RevokeLease{ID: id, Node: l.cfg.Node, Now: l.now().UnixNano(), Auth: l.authFor(ctx, id)})
+	if err != nil && !errors.Is(err, fsm.ErrUnknownLease) {
+		// Refused (another token's lease) or not known to have happened:
+		// the holds on it stand.
+		return err
+	}
 	l.mu.Lock()
 	if t := l.tracked[id]; t != nil {
 		t.end(ErrSessionLost)
@@ -382,6 +427,25 @@ func (l *Local) defaultLease(lease string) (string, error) {
 	return s.ID(), nil
 }
 
+// isNodeSession reports whether lease is this node's session: a hold on it
+// acts on the node session (fsm.Auth.OnSession), whoever asked, since the
+// sidecar holds what the node session holds anyway.
+func (l *Local) isNodeSession(lease string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.onNodeSessionLocked(lease) {
+		return true
+	}
+	s := l.sessions[lease]
+	return s != nil && s.onNode
+}
+
+// authFor is whom a command on lease acts for: the caller in ctx (nil:
+// the sidecar's own work), on the node session when lease is it.
+func (l *Local) authFor(ctx context.Context, lease string) fsm.Auth {
+	return fsm.Auth{By: acl.FromContext(ctx).By(), OnSession: l.isNodeSession(lease)}
+}
+
 // nodeSessionErr turns the servers' "unknown lease" for the node session
 // into the end of that session (its renewal starts at once, without waiting
 // for a keepalive to learn it) and an unavailable error for the app.
@@ -398,10 +462,12 @@ func (l *Local) nodeSessionErr(lease string, err error) error {
 }
 
 // apply writes through the backend, then waits until this sidecar's copy of
-// the registry holds the write, so that what it reads next includes it.
+// the registry holds the write, so that what it reads next includes it. A
+// refused write changed nothing to wait for, and its entry wakes no watcher
+// of the copy: waiting for it could last until the next change.
 func (l *Local) apply(ctx context.Context, cmd fsm.Command) (*fsm.Result, error) {
 	res, err := l.backend.Apply(ctx, cmd)
-	if res != nil {
+	if res != nil && err == nil {
 		l.waitIndex(ctx, res.Index)
 	}
 	return res, err
@@ -513,21 +579,30 @@ func (l *Local) Close(ctx context.Context) error {
 		stopHealth()
 		<-healthDone
 	}
+	type cand struct {
+		key    candidateKey
+		lease  string
+		caller *acl.Caller
+	}
 	l.mu.Lock()
 	// Only holds on this sidecar's own sessions (the node session and
 	// connection-bound holds) end with it. A lock or candidacy on a lease
 	// the app created lives on with that lease: the app keeps it alive, and
 	// still holds what it took, while its sidecar restarts.
-	cands := make([]candidateKey, 0, len(l.candidates))
+	// Those on the node session go as the node's own (OnSession); those
+	// on a connection-bound hold's session as the caller that made it.
+	cands := make([]cand, 0, len(l.candidates))
 	for k, c := range l.candidates {
-		if !c.parked && l.sessions[c.lease] != nil {
-			cands = append(cands, k)
+		if s := l.sessions[c.lease]; !c.parked && s != nil {
+			cands = append(cands, cand{k, c.lease, s.caller})
 		}
 	}
 	locks := make([]lockKey, 0, len(l.locks))
+	lockCallers := make([]*acl.Caller, 0, len(l.locks))
 	for k := range l.locks {
-		if l.sessions[k.lease] != nil {
+		if s := l.sessions[k.lease]; s != nil {
 			locks = append(locks, k)
+			lockCallers = append(lockCallers, s.caller)
 		}
 	}
 	sessions := make([]*Session, 0, len(l.sessions))
@@ -538,14 +613,17 @@ func (l *Local) Close(ctx context.Context) error {
 
 	var errs []error
 	now := l.now().UnixNano()
-	for _, k := range cands {
-		if _, err := l.backend.Apply(ctx, &fsm.Resign{Election: k.election, Candidate: k.candidate, Now: now}); err != nil &&
+	for _, c := range cands {
+		k := c.key
+		cctx := acl.NewContext(ctx, c.caller)
+		if _, err := l.backend.Apply(cctx, &fsm.Resign{Election: k.election, Candidate: k.candidate, Node: l.cfg.Node, Now: now, Auth: l.authFor(cctx, c.lease)}); err != nil &&
 			!errors.Is(err, fsm.ErrNotCandidate) && !errors.Is(err, fsm.ErrUnknownElection) {
 			errs = append(errs, fmt.Errorf("resign %s/%s: %w", k.election, k.candidate, err))
 		}
 	}
-	for _, k := range locks {
-		if _, err := l.backend.Apply(ctx, &fsm.ReleaseLock{Name: k.name, Lease: k.lease, Now: now}); err != nil &&
+	for i, k := range locks {
+		lctx := acl.NewContext(ctx, lockCallers[i])
+		if _, err := l.backend.Apply(lctx, &fsm.ReleaseLock{Name: k.name, Lease: k.lease, Node: l.cfg.Node, Now: now, Auth: l.authFor(lctx, k.lease)}); err != nil &&
 			!errors.Is(err, fsm.ErrNotHolder) && !errors.Is(err, fsm.ErrUnknownLock) {
 			errs = append(errs, fmt.Errorf("release %s: %w", k.name, err))
 		}

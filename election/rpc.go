@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/sidecarhq/sidecar/acl"
 	"github.com/sidecarhq/sidecar/fsm"
 )
 
@@ -46,7 +47,9 @@ var errorCodes = []struct {
 	{"not_holder", fsm.ErrNotHolder}, {"not_candidate", fsm.ErrNotCandidate},
 	{"lease_exists", fsm.ErrLeaseExists}, {"check_conflict", fsm.ErrCheckConflict},
 	{"not_leader", ErrNotLeader}, {"unknown_outcome", ErrUnknownOutcome}, {"shutdown", ErrShutdown},
-	{"permission_denied", ErrPermissionDenied},
+	{"permission_denied", ErrPermissionDenied}, {"not_owner", fsm.ErrNotOwner},
+	{"acl_bootstrapped", fsm.ErrACLBootstrapped}, {"token_exists", fsm.ErrTokenExists},
+	{"unknown_token", fsm.ErrUnknownToken},
 }
 
 // remoteError is an error that came over RPC: its text as the server wrote
@@ -150,6 +153,11 @@ func (c *rpcClient) call(ctx context.Context, addr, path string, body []byte, fo
 	if forwarded {
 		req.Header.Set(hdrForwarded, "1")
 	}
+	// The caller's token goes with whatever is sent on its behalf, so that
+	// the leader checks it again (SPEC: Security).
+	if c := acl.FromContext(ctx); c != nil && c.Secret != "" {
+		req.Header.Set(acl.HeaderToken, c.Secret)
+	}
 	resp, err := c.http.Do(req)
 	if err != nil {
 		var op *net.OpError
@@ -183,25 +191,33 @@ func (s *Server) rpcHandler() http.Handler {
 		if err := s.authorizeApply(r, data); err != nil {
 			reply = replyOf(nil, err)
 		} else if s.IsLeader() {
-			reply = replyOf(s.ApplyEncoded(r.Context(), data))
+			reply = replyOf(s.applyAuthorized(r, data))
 		} else if r.Header.Get(hdrForwarded) != "" {
 			reply = replyOf(nil, ErrNotLeader)
 		} else {
-			reply = replyOf(s.forwardApply(r.Context(), data))
+			reply = replyOf(s.forwardApply(forwardingContext(r), data))
 		}
 		writeReply(w, reply)
 	})
 	mux.HandleFunc("POST "+rpcKeepAlive, func(w http.ResponseWriter, r *http.Request) {
 		id := r.URL.Query().Get("id")
 		var ttl time.Duration
-		var err error
+		var caller *acl.Caller
+		err := s.authorizeKeepAlive(r, id)
 		switch {
+		case err != nil:
 		case s.IsLeader():
-			ttl, err = s.KeepAlive(r.Context(), id)
+			if caller, err = s.keepAliveCaller(r); err == nil {
+				ctx := r.Context()
+				if caller != nil {
+					ctx = acl.NewContext(ctx, caller)
+				}
+				ttl, err = s.KeepAlive(ctx, id)
+			}
 		case r.Header.Get(hdrForwarded) != "":
 			err = ErrNotLeader
 		default:
-			ttl, err = s.forwardKeepAlive(r.Context(), id)
+			ttl, err = s.forwardKeepAlive(forwardingContext(r), id)
 		}
 		reply := replyOf(nil, err)
 		reply.TTL = int64(ttl)
@@ -266,6 +282,24 @@ func (s *Server) leaderAddr() (string, error) {
 		return "", ErrNotLeader
 	}
 	return string(addr), nil
+}
+
+// applyAuthorized applies a write that came over RPC to this leader, once
+// the token it carries allows it (see authorizeACL).
+func (s *Server) applyAuthorized(r *http.Request, data []byte) (*fsm.Result, error) {
+	ctx := r.Context()
+	if s.aclResolver() != nil {
+		cmd, err := fsm.Decode(data)
+		if err != nil {
+			return nil, err
+		}
+		caller, err := s.authorizeACL(r, cmd)
+		if err != nil {
+			return nil, err
+		}
+		ctx = acl.NewContext(ctx, caller)
+	}
+	return s.ApplyEncoded(ctx, data)
 }
 
 func (s *Server) forwardApply(ctx context.Context, data []byte) (*fsm.Result, error) {

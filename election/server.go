@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -39,7 +40,8 @@ var (
 	// ErrShutdown: the server is closing.
 	ErrShutdown = errors.New("election: server shut down")
 	// ErrPermissionDenied: with TLS, the peer's certificate does not allow
-	// the request (a restore from a client certificate).
+	// the request (a restore from a client certificate); with ACLs, the
+	// leader refused the token a write came with.
 	ErrPermissionDenied = errors.New("election: permission denied")
 )
 
@@ -141,6 +143,8 @@ type Server struct {
 	rpc     *rpcClient
 	mux     *muxListener
 	rpcSrv  *http.Server
+	// aclr holds an aclBox: the resolver the leader checks tokens with.
+	aclr atomic.Value
 
 	notify    chan bool
 	stop      chan struct{}
@@ -437,8 +441,12 @@ func (s *Server) ConsistentRead(ctx context.Context) error {
 }
 
 // KeepAlive restarts a lease's full TTL. Only the leader tracks deadlines;
-// a keepalive writes nothing to the log.
+// a keepalive writes nothing to the log. The caller in ctx (acl.NewContext;
+// none for the sidecar's own) must own the lease (see mayKeepAlive).
 func (s *Server) KeepAlive(ctx context.Context, id string) (time.Duration, error) {
+	if err := s.mayKeepAlive(ctx, id); err != nil {
+		return 0, fmt.Errorf("keepalive: %w", err)
+	}
 	return s.leases.keepAlive(ctx, id)
 }
 

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sidecarhq/sidecar/acl"
 	"github.com/sidecarhq/sidecar/fsm"
 )
 
@@ -29,6 +30,11 @@ type Session struct {
 	id  string
 	ttl time.Duration
 	l   *Local
+	// caller is who asked for the session (nil: the sidecar itself), kept
+	// in memory only: the lease is its token's, so its keepalives and
+	// revoke go with that token. onNode marks the node session.
+	caller *acl.Caller
+	onNode bool
 
 	mu         sync.Mutex
 	validUntil time.Time
@@ -120,7 +126,7 @@ func (s *Session) keepAlive(ctx context.Context) {
 		case <-time.After(next):
 		}
 		sent := s.l.now()
-		kctx, cancel := context.WithTimeout(ctx, interval)
+		kctx, cancel := context.WithTimeout(acl.NewContext(ctx, s.caller), interval)
 		_, err := s.l.backend.KeepAlive(kctx, s.id)
 		cancel()
 		switch {
@@ -144,6 +150,12 @@ func (s *Session) keepAlive(ctx context.Context) {
 // Close stops the keepalives and revokes the lease, which releases every
 // lock and resigns every candidacy on it in one Raft entry. Safe twice.
 func (s *Session) Close(ctx context.Context) error {
+	return s.shut(func() error { return s.l.revokeRetrying(acl.NewContext(ctx, s.caller), s.id) })
+}
+
+// shut stops the keepalives, revokes the lease with revoke (nil: revoked
+// already) unless it was lost, and ends the session. Once.
+func (s *Session) shut(revoke func() error) error {
 	var err error
 	s.closeOnce.Do(func() {
 		s.cancel()
@@ -153,7 +165,9 @@ func (s *Session) Close(ctx context.Context) error {
 		case <-s.done:
 			// Lost already: nothing to revoke.
 		default:
-			err = s.l.revokeRetrying(ctx, s.id)
+			if revoke != nil {
+				err = revoke()
+			}
 			s.end(errors.New("election: session closed"))
 		}
 	})

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/sidecarhq/sidecar/acl"
 	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/fsm"
 )
@@ -138,7 +139,7 @@ func (l *Local) HoldCampaign(ctx context.Context, spec CampaignSpec, ttl time.Du
 		return err
 	}
 	defer l.closeHoldSession(s)
-	c := &candidacy{lease: s.ID(), value: spec.Value, service: spec.Service}
+	c := &candidacy{lease: s.ID(), value: spec.Value, service: spec.Service, caller: acl.FromContext(ctx)}
 	if spec.Service != "" && l.serviceStatus(spec.Service) != fsm.StatusPassing {
 		// A hold ends when it cannot lead; a tied service that does not
 		// pass means it cannot now.

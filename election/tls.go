@@ -186,6 +186,14 @@ func commandScope(c fsm.Command) (scope int, node string) {
 		return scopeNodeIfSet, c.Node
 	case *fsm.Campaign:
 		return scopeNodeIfSet, c.Node
+	// The node these name is the one whose session they may act on
+	// (fsm.Auth.OnSession).
+	case *fsm.ReleaseLock:
+		return scopeNodeIfSet, c.Node
+	case *fsm.Resign:
+		return scopeNodeIfSet, c.Node
+	case *fsm.RevokeLease:
+		return scopeNodeIfSet, c.Node
 	case *fsm.SetNodeStatus, *fsm.ExpireLease:
 		return scopeServers, ""
 	}

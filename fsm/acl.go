@@ -156,10 +156,16 @@ func (s *state) isManagement(id string) bool {
 // its own behalf (onSession, with node the command's node), never by a
 // token naming it.
 func (s *state) mayUseLease(l *Lease, by string, onSession bool, node string) bool {
-	if l.Session && onSession && node == l.Node {
+	if s.isManagement(by) {
 		return true
 	}
-	return l.Owner == by || s.isManagement(by)
+	if l.Session {
+		// No token owns it, so "no token" is not its owner either: a
+		// request without token naming another node's session gets no
+		// hold on it.
+		return onSession && node == l.Node
+	}
+	return l.Owner == by
 }
 
 func (s *state) leaseOwnerErr(l *Lease, by string) error {
