@@ -13,7 +13,9 @@
 # CHAOS_TRANSPORT picks what Raft crosses under the faults in campaign and
 # bugs: tls (default: NetworkTransport over loopback TCP with mutual TLS
 # 1.3), tcp (the same in plain text) or inmem (raft's in-memory transport,
-# the layer before TLS).
+# the layer before TLS). Every client writes with an ACL token of its own,
+# so Apply checks the ownership of each lease, lock and candidacy under the
+# faults; CHAOS_ACL=0 runs them without tokens.
 #
 # Campaigns run without the race detector: they are timing-sensitive load
 # tests, and -race would cut the operations per second several times

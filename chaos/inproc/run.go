@@ -2,6 +2,7 @@ package inproc
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sidecarhq/sidecar/acl"
 	"github.com/sidecarhq/sidecar/chaos/checker"
 	"github.com/sidecarhq/sidecar/fsm"
 )
@@ -35,6 +37,11 @@ type Config struct {
 	// Transport is what Raft crosses under the network's faults:
 	// TransportTLS (default), TransportTCP or TransportInmem.
 	Transport string
+	// NoACL runs the clients without tokens. By default each client
+	// writes with an ACL token of its own (made at setup), so that every
+	// lease, lock and candidacy is owned and Apply checks the ownership of
+	// every use under the faults (CHAOS_ACL=0 turns it off).
+	NoACL bool
 }
 
 // Result is what a run found.
@@ -139,6 +146,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	for i := range clients {
 		clients[i] = &client{id: i, r: r, rng: rand.New(rand.NewSource(rng.Int63())),
 			ttl: time.Second + time.Duration(rng.Int63n(int64(time.Second)))}
+		if !cfg.NoACL {
+			clients[i].caller = &acl.Caller{TokenID: clientToken(i)}
+		}
 	}
 	nemRng := rand.New(rand.NewSource(rng.Int63()))
 	wg.Add(1)
@@ -232,12 +242,28 @@ func (r *run) setup(ctx context.Context) error {
 		if s == nil {
 			continue
 		}
-		if _, err := s.Apply(ctx, &fsm.RegisterNode{Name: regNode, Address: "127.0.0.1"}); err == nil {
+		if _, err := s.Apply(ctx, &fsm.RegisterNode{Name: regNode, Address: "127.0.0.1"}); err != nil {
+			continue
+		}
+		if r.cfg.NoACL {
+			return nil
+		}
+		ok := true
+		for i := 0; i < r.cfg.Clients && ok; i++ {
+			id := clientToken(i)
+			_, err := s.Apply(ctx, &fsm.ACLSetToken{Token: fsm.ACLToken{ID: id, SecretHash: acl.HashSecret(id + "-secret"), Description: "chaos client",
+				Rules: []byte(`{"lock":"write","election":"write","lease":"write","service":"write"}`)}})
+			ok = err == nil || errors.Is(err, fsm.ErrTokenExists)
+		}
+		if ok {
 			return nil
 		}
 	}
 	return fmt.Errorf("chaos: register node %q: no leader took it", regNode)
 }
+
+// clientToken is the ID of client i's ACL token.
+func clientToken(i int) string { return fmt.Sprintf("chaos-client-%d", i) }
 
 // observeLeases watches every server's registry and records when a lease
 // is first seen gone.

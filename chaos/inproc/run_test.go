@@ -52,7 +52,7 @@ func TestCampaign(t *testing.T) {
 	t.Logf("seed %d, duration %v, transport %s, planted bug %q (replay: CHAOS_SEED=%d CHAOS_TRANSPORT=%s)", seed, dur, transport, plantedBug, seed, transport)
 	res, err := Run(context.Background(), Config{
 		Seed: seed, Duration: dur, Servers: servers, Dir: t.TempDir(), OutDir: os.Getenv("CHAOS_OUT"),
-		Logf: t.Logf, Transport: transport,
+		Logf: t.Logf, Transport: transport, NoACL: os.Getenv("CHAOS_ACL") == "0",
 	})
 	if err != nil {
 		t.Fatalf("seed %d: %v", seed, err)

@@ -7,6 +7,7 @@ import (
 	"math/rand"
 	"time"
 
+	"github.com/sidecarhq/sidecar/acl"
 	"github.com/sidecarhq/sidecar/chaos/checker"
 	"github.com/sidecarhq/sidecar/election"
 	"github.com/sidecarhq/sidecar/fsm"
@@ -31,6 +32,18 @@ type client struct {
 	local     *election.Local
 	sess      *election.Session
 	seq       int
+	// caller is the client's ACL token (nil without ACLs): every request
+	// carries it, as the HTTP API puts a request's token in its context.
+	caller *acl.Caller
+}
+
+// bg is a background context carrying the client's token, for the
+// releases that outlive the operation that asked for them.
+func (c *client) bg() context.Context {
+	if c.caller == nil {
+		return context.Background()
+	}
+	return acl.NewContext(context.Background(), c.caller)
 }
 
 // ensure gives the client a live home server, a Local on it and a session.
@@ -80,7 +93,7 @@ func (c *client) close() {
 	if c.local == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(c.bg(), 5*time.Second)
 	defer cancel()
 	c.local.Close(ctx)
 	c.local.Abandon()
@@ -88,6 +101,9 @@ func (c *client) close() {
 
 func (c *client) loop(ctx context.Context) {
 	defer c.close()
+	if c.caller != nil {
+		ctx = acl.NewContext(ctx, c.caller)
+	}
 	for ctx.Err() == nil {
 		if !c.ensure(ctx) {
 			select {
@@ -277,7 +293,7 @@ func (c *client) revoke(ctx context.Context, sess *election.Session) checker.Out
 
 // unlock releases name held by lease and returns the outcome.
 func (c *client) unlock(name, lease string, record bool) checker.Outcome {
-	octx, cancel := context.WithTimeout(context.Background(), opTimeout)
+	octx, cancel := context.WithTimeout(c.bg(), opTimeout)
 	defer cancel()
 	op := checker.Op{Client: c.id, Kind: checker.Unlock, Key: name, Lease: lease, Call: c.r.rec.Now()}
 	err := c.local.Unlock(octx, name, lease)
@@ -326,7 +342,7 @@ func (c *client) campaign(ctx context.Context) {
 			return st.Leader && st.Token == token
 		}, c.holdFor())
 	}
-	rctx, rcancel := context.WithTimeout(context.Background(), opTimeout)
+	rctx, rcancel := context.WithTimeout(c.bg(), opTimeout)
 	err = c.local.Resign(rctx, name, cand)
 	rcancel()
 	if outcome(err) == checker.Unknown {
@@ -354,7 +370,8 @@ func (c *client) zombie(ctx context.Context) {
 	defer cancel()
 	name := c.lockName()
 	op := checker.Op{Client: c.id, Kind: checker.TryLock, Key: name, Lease: sess.ID(), Call: c.r.rec.Now()}
-	res, err := c.b.Apply(octx, &fsm.AcquireLock{Name: name, Lease: sess.ID(), Node: fmt.Sprintf("c%d", c.id), Now: time.Now().UnixNano()})
+	res, err := c.b.Apply(octx, &fsm.AcquireLock{Name: name, Lease: sess.ID(), Node: fmt.Sprintf("c%d", c.id), Now: time.Now().UnixNano(),
+		Auth: fsm.Auth{By: c.caller.By()}})
 	op.Return, op.Outcome = c.r.rec.Now(), outcome(err)
 	op.Refused = errors.Is(err, fsm.ErrUnknownLease)
 	if err == nil {
