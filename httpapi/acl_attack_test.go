@@ -101,7 +101,7 @@ func TestACL_tokens(t *testing.T) {
 		`{"rules":{"service":{"we b":"read"}}}`:        "prefix",
 		`{"rules":{"lease":"write"},"secret":"short"}`: "shorter than 16",
 		`{"rules":{},"secret":"has a space in it ok"}`: "secret",
-		`{"id":"t-nope","description":"x"}`:            "unknown acl token",
+		`{"id":"bad id!","description":"x"}`:           "token id",
 		`{"id":"anonymous","management":true}`:         "anonymous",
 	} {
 		r := doAs(t, mgmt, "PUT", a.URL+"/v1/acl/tokens", body)

@@ -30,8 +30,9 @@ func (s *Server) aclBootstrap(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// PUT /v1/acl/tokens: create a token (answer {"id","secret"}), or update
-// an existing one's description and rules (answer {"id"}).
+// PUT /v1/acl/tokens: create a token (answer {"id","secret"}), with the id
+// asked for when one is given and free, or update an existing one's
+// description and rules (answer {"id"}).
 func (s *Server) aclSetToken(w http.ResponseWriter, r *http.Request) error {
 	body, err := s.readBody(w, r)
 	if err != nil {
@@ -53,6 +54,8 @@ func (s *Server) aclSetToken(w http.ResponseWriter, r *http.Request) error {
 		if err := checkID("token id", req.ID); err != nil {
 			return err
 		}
+	}
+	if _, exists := s.reg.ACLToken(req.ID); req.ID != "" && (exists || req.ID == fsm.AnonymousTokenID) {
 		if req.Secret != "" {
 			return badf("a token's secret is chosen when it is created, not by an update")
 		}
@@ -62,9 +65,7 @@ func (s *Server) aclSetToken(w http.ResponseWriter, r *http.Request) error {
 			if tok.Management {
 				return badf("the anonymous token cannot be a management token")
 			}
-		case !ok:
-			return fmt.Errorf("%w: %q (create a token without an id)", fsm.ErrUnknownToken, req.ID)
-		case req.Management == nil:
+		case ok && req.Management == nil:
 			tok.Management = old.Management
 		}
 		if _, err := s.agent.Apply(r.Context(), &fsm.ACLSetToken{Token: tok}); err != nil {
@@ -74,6 +75,9 @@ func (s *Server) aclSetToken(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	id, secret := acl.NewSecret()
+	if req.ID != "" {
+		id = req.ID
+	}
 	if req.Secret != "" {
 		if secret, err = chosenSecret(req.Secret); err != nil {
 			return err
