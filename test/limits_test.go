@@ -141,6 +141,7 @@ func TestLimits_othersServedUnderLoad(t *testing.T) {
 	served(t, a, other, "warm", 1)
 	reg0, lock0, dns0 := served(t, a, other, "idle", tries)
 
+	fds0 := openFDs(t)
 	// 500 idle connections.
 	var conns []net.Conn
 	defer func() {
@@ -217,10 +218,14 @@ func TestLimits_othersServedUnderLoad(t *testing.T) {
 			}
 		}()
 	}
-	// Let the blocking queries arrive (their requests are sent; the
-	// agent holds them) and the flood run.
+	// Let the blocking queries arrive and the flood run: the agent runs in
+	// this process, so both ends of every connection are its descriptors,
+	// and once the agent accepted all of them there are twice as many.
 	agenttest.WaitFor(t, 30*time.Second, "2,000 blocking queries sent", func() bool { return waiting.Load() == blocking })
-	time.Sleep(time.Second)
+	agenttest.WaitFor(t, 30*time.Second, "the load's connections accepted", func() bool {
+		return openFDs(t)-fds0 >= 2*(idle+blocking)
+	})
+	time.Sleep(500 * time.Millisecond) // and their requests read
 
 	reg1, lock1, dns1 := served(t, a, other, "load", tries)
 	stop()
@@ -236,6 +241,16 @@ func TestLimits_othersServedUnderLoad(t *testing.T) {
 	if v, ok := floodCodes.Load(http.StatusTooManyRequests); !ok || v.(*atomic.Int64).Load() == 0 {
 		t.Logf("the flood got no 429: no write rate bound on this build")
 	}
+}
+
+// openFDs counts this process's open file descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }
 
 // codes formats a map of status to count; -1 is a request cancelled at
