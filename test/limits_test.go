@@ -457,11 +457,19 @@ func procMem(t *testing.T, pid int) (rss, hwm int64) {
 type pattern struct{}
 
 func (pattern) Read(p []byte) (int, error) {
-	for i := range p {
-		p[i] = byte(i*31 + 7)
+	n := 0
+	for n < len(p) {
+		n += copy(p[n:], patternBlock[:])
 	}
-	return len(p), nil
+	return n, nil
 }
+
+var patternBlock = func() (b [64 << 10]byte) {
+	for i := range b {
+		b[i] = byte(i*31 + 7)
+	}
+	return b
+}()
 
 type countingReader struct {
 	r io.Reader
