@@ -67,7 +67,7 @@ func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "== %s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
 }
 
-var allSections = []string{"rss", "kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "tls", "scale", "dns"}
+var allSections = []string{"rss", "kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "tls", "acl", "scale", "dns"}
 
 func run(args []string) int {
 	var cfg config
@@ -151,6 +151,8 @@ type bench struct {
 	notes   []string
 	tlsRows []*row // TLS on beside plain: the second table
 	tlsNote []string
+	aclRows []*row // ACLs on beside plain: the third table
+	aclNote []string
 	errors  []string
 }
 
@@ -217,7 +219,7 @@ func (b *bench) run() int {
 		}
 		return false
 	}
-	if need("rss", "kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "tls", "scale", "diag", "profile") {
+	if need("rss", "kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "tls", "acl", "scale", "diag", "profile") {
 		logf("starting a 3-server etcd cluster")
 		if b.et, err = startEtcd(b.sup, b.cfg.etcdBin, filepath.Join(b.cfg.dir, "etcd"), 3); err != nil {
 			b.fail("etcd cluster", err)
@@ -230,7 +232,7 @@ func (b *bench) run() int {
 			return b.finish(machine)
 		}
 		// A new cluster is empty until a section writes to it.
-		b.scEmpty = !need("kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "tls", "diag", "profile")
+		b.scEmpty = !need("kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "tls", "acl", "diag", "profile")
 		if b.etcdMin, err = b.et.minTTL(); err != nil {
 			b.fail("etcd minimum TTL", err)
 			b.etcdMin = 2
@@ -477,6 +479,11 @@ func (b *bench) run() int {
 		b.tlsSection()
 	}
 
+	if need("acl") {
+		b.scEmpty = false
+		b.aclSection()
+	}
+
 	if need("diag") {
 		b.scEmpty = false
 		b.diag()
@@ -709,6 +716,16 @@ func (b *bench) finish(machine string) int {
 			for _, n := range b.tlsNote {
 				out.WriteString("- " + n + "\n")
 			}
+		}
+	}
+	if len(b.aclRows) > 0 {
+		out.WriteString("\nsidecar with ACLs on (--acl-default-policy deny, every request carrying a token with rules) beside plain sidecar, two clusters of the same shape in this run, trials alternating\n\n")
+		out.WriteString(markdown(b.aclRows, "ACL", "plain"))
+		for i, n := range b.aclNote {
+			if i == 0 {
+				out.WriteString("\n")
+			}
+			out.WriteString("- " + n + "\n")
 		}
 	}
 	if len(b.errors) > 0 {
