@@ -220,12 +220,17 @@ func (b *bench) run() int {
 		return false
 	}
 	if need("rss", "kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "tls", "acl", "scale", "diag", "profile") {
-		logf("starting a 3-server etcd cluster")
-		if b.et, err = startEtcd(b.sup, b.cfg.etcdBin, filepath.Join(b.cfg.dir, "etcd"), 3); err != nil {
-			b.fail("etcd cluster", err)
-			return b.finish(machine)
+		// The tls and acl sections compare sidecar with itself: alone,
+		// they start no etcd.
+		withEtcd := need("rss", "kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "scale", "diag", "profile")
+		if withEtcd {
+			logf("starting a 3-server etcd cluster")
+			if b.et, err = startEtcd(b.sup, b.cfg.etcdBin, filepath.Join(b.cfg.dir, "etcd"), 3); err != nil {
+				b.fail("etcd cluster", err)
+				return b.finish(machine)
+			}
+			defer b.et.close()
 		}
-		defer b.et.close()
 		logf("starting a 3-server sidecar cluster and 2 clients")
 		if b.sc, err = startSidecar(b.sup, b.cfg.sidecarBin, filepath.Join(b.cfg.dir, "sidecar"), clusterOpts{}, 3, "client-0", "client-1"); err != nil {
 			b.fail("sidecar cluster", err)
@@ -233,12 +238,16 @@ func (b *bench) run() int {
 		}
 		// A new cluster is empty until a section writes to it.
 		b.scEmpty = !need("kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "tls", "acl", "diag", "profile")
-		if b.etcdMin, err = b.et.minTTL(); err != nil {
-			b.fail("etcd minimum TTL", err)
+		if withEtcd {
+			if b.etcdMin, err = b.et.minTTL(); err != nil {
+				b.fail("etcd minimum TTL", err)
+				b.etcdMin = 2
+			}
+			logf("etcd grants %ds for a 1s lease", b.etcdMin)
+			b.notes = append(b.notes, fmt.Sprintf("etcd granted a %ds lease when asked for 1s: its shortest TTL here.", b.etcdMin))
+		} else {
 			b.etcdMin = 2
 		}
-		logf("etcd grants %ds for a 1s lease", b.etcdMin)
-		b.notes = append(b.notes, fmt.Sprintf("etcd granted a %ds lease when asked for 1s: its shortest TTL here.", b.etcdMin))
 		src := b.sc.streamSources()
 		logf("sidecar change streams: %s", src)
 		b.notes = append(b.notes, "sidecar clients' change streams (they feed the rows through client-0 and client-1: handovers, lock, propagation): "+src+".")
