@@ -352,6 +352,10 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 	if cfg.DNSTTL > 0 {
 		dc.ServiceTTL, dc.NodeTTL, dc.LeaderTTL = cfg.DNSTTL, cfg.DNSTTL, cfg.DNSTTL
 	}
+	// DNS answers follow --acl-dns-token (SPEC: Security), resolved again
+	// whenever the registry's tokens change.
+	dnsACL := a.acl.Fixed(cfg.ACLDNSToken, func() uint64 { return a.reg.TableIndex(fsm.TableACL) })
+	dc.ACL = func() dnsserver.Authorizer { return dnsACL() }
 	dc.Logger = log
 	dc.Registerer = a.metrics
 	dns, err := dnsserver.New(dc, a.reg, a)

@@ -13,12 +13,14 @@
 #
 # With the tls section, a second sidecar cluster of the same shape runs with
 # mutual TLS on the Raft/RPC port (certificates made by `sidecar tls` in the
-# scratch directory) and a second table shows it beside plain sidecar.
+# scratch directory) and a second table shows it beside plain sidecar; with
+# the acl section, one under --acl-default-policy deny whose requests carry
+# a token with rules, in a third table. Either alone starts no etcd.
 #
 # Environment: BENCH_TRIALS (5), BENCH_SECONDS (3, per throughput trial),
 # BENCH_LOCK_OPS (200), BENCH_PROP_SAMPLES (50), BENCH_SCALE_INSTANCES
 # (50000), BENCH_SECTIONS (all; a comma list of rss,kill,node,graceful,lock,
-# propagation,leader,throughput,tls,scale,dns, plus diag and profile, which
+# propagation,leader,throughput,tls,acl,scale,dns, plus diag and profile, which
 # only log: see bench/README.md), BENCH_OUT (also write the tables there),
 # BENCH_KEEP=1 (keep the scratch directory and its logs), SIDECAR_BIN
 # (bin/sidecar).

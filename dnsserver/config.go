@@ -58,6 +58,14 @@ type Config struct {
 	// Empty: the address of Addr, or when that is a wildcard the address
 	// of node NodeName, else loopback.
 	NSAddr string
+	// ACL returns what the DNS token (--acl-dns-token) may read, asked
+	// once per query in the domain, so a token created or changed after
+	// the server started counts from the next query: it must be cheap
+	// and must not block. A service name needs service:read, a node
+	// node:read, an election election:read; a name the token may not
+	// read answers NXDOMAIN, as if absent. A nil func lets every name be
+	// read; a func returning nil lets none.
+	ACL func() Authorizer
 	// Logger receives the server's logs; nil discards them.
 	Logger *slog.Logger
 	// Registerer receives the server's metrics; nil keeps them private.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/miekg/dns"
 
+	"github.com/sidecarhq/sidecar/acl"
 	"github.com/sidecarhq/sidecar/fsm"
 )
 
@@ -45,6 +46,8 @@ type scratch struct {
 	w       dns.ResponseWriter
 	udpSize int
 	hasOpt  bool
+	// authz is what the DNS token may read, nil: everything.
+	authz Authorizer
 
 	// Visit state, read by visit: VisitService takes a func, and a func
 	// value built once per scratch (visitFn) does not allocate per query.
@@ -109,7 +112,7 @@ func (sc *scratch) release() {
 	if cap(sc.packed) > cap(sc.buf) && cap(sc.packed) <= 2*dns.MaxMsgSize {
 		sc.buf = sc.packed[:cap(sc.packed)]
 	}
-	sc.req, sc.packed, sc.w = nil, nil, nil
+	sc.req, sc.packed, sc.w, sc.authz = nil, nil, nil, nil
 	clear(sc.cands) // drop the registry's strings
 	sc.cands = sc.cands[:0]
 }
@@ -221,6 +224,7 @@ func (s *Server) serve(sc *scratch, w dns.ResponseWriter, r *dns.Msg) int {
 	m.Authoritative = true
 	m.RecursionAvailable = len(s.cfg.Recursors) > 0
 	sc.udpSize, sc.w = udpSize, w
+	sc.authz = s.authorizer()
 	s.answer(sc, q, q.Name[:len(rel)], rel)
 	if sc.packed != nil {
 		if _, err := w.Write(sc.packed); err != nil {
@@ -267,7 +271,7 @@ func (s *Server) hinfo(sc *scratch, q *dns.Question, ttl uint32) {
 func (s *Server) nodeAnswer(sc *scratch, q *dns.Question, orig, lower string) {
 	m := &sc.msg
 	n, ok := s.node(orig, lower)
-	if !ok {
+	if !ok || !s.mayRead(sc.authz, acl.Node, n.Name, deniedNode) {
 		s.nxdomain(m)
 		return
 	}
@@ -305,7 +309,7 @@ func (s *Server) addrAnswer(sc *scratch, q *dns.Question, label string) {
 func (s *Server) leaderAnswer(sc *scratch, q *dns.Question, orig, lower string) {
 	m := &sc.msg
 	el, ok := s.election(orig, lower)
-	if !ok {
+	if !ok || !s.mayRead(sc.authz, acl.Election, el.Name, deniedElection) {
 		s.nxdomain(m)
 		return
 	}

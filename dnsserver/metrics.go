@@ -24,7 +24,9 @@ var qtypes = []uint16{
 const numRcodes = 24
 
 type metrics struct {
-	queries  *prometheus.CounterVec
+	queries *prometheus.CounterVec
+	// refused counts names the DNS token may not read, by kind.
+	refused  *prometheus.CounterVec
 	duration prometheus.Histogram
 	// counters caches the children of queries, indexed by qtype slot and
 	// rcode, so that counting a query allocates nothing.
@@ -40,6 +42,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "sidecar_dns_queries_total",
 			Help: "DNS queries answered, by query type and response code.",
 		}, []string{"qtype", "rcode"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sidecar_dns_acl_denied_total",
+			Help: "DNS names answered NXDOMAIN because the DNS token may not read them, by kind of name (service, node, election).",
+		}, []string{"kind"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "sidecar_dns_request_duration_seconds",
 			Help: "Time from receiving a DNS query to writing its answer, forwarding included.",
@@ -57,7 +63,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for i, t := range qtypes {
 		m.qslot[t] = i
 	}
-	for _, c := range []prometheus.Collector{m.queries, m.duration} {
+	for _, k := range []string{deniedService, deniedNode, deniedElection} {
+		m.refused.WithLabelValues(k) // exported at 0 before a refusal
+	}
+	for _, c := range []prometheus.Collector{m.queries, m.refused, m.duration} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {
@@ -97,4 +106,9 @@ func (m *metrics) observe(qtype uint16, rcode int, start time.Time) {
 	}
 	c.c.Inc()
 	m.duration.Observe(elapsed.Seconds())
+}
+
+// denied counts a name the DNS token may not read.
+func (m *metrics) denied(kind string) {
+	m.refused.WithLabelValues(kind).Inc()
 }

@@ -100,6 +100,10 @@ func (s *Server) service(sc *scratch, q *dns.Question, rel string, n int) {
 		key.family = 6
 	}
 
+	if !s.mayReadService(sc.authz, key.name) {
+		s.nxdomain(m)
+		return
+	}
 	exists, all, e := s.matches(sc, key)
 	switch {
 	case !exists:

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/miekg/dns"
+
+	"github.com/sidecarhq/sidecar/acl"
 )
 
 // zoneNode is one node of the name tree of the domain. Every name the server
@@ -37,9 +39,10 @@ type zoneNode struct {
 	// non-terminal.
 	answer func(s *Server, sc *scratch, q *dns.Question, orig, rel string, n int)
 	// some tells whether any name of this node exists now (any service,
-	// any node, ...); nil means always. Only asked of nodes with an
-	// answer, to decide whether an empty non-terminal above them exists.
-	some     func(s *Server) bool
+	// any node, ...) that the DNS token may read (a nil a: every name);
+	// nil means always. Only asked of nodes with an answer, to decide
+	// whether an empty non-terminal above them exists.
+	some     func(s *Server, a Authorizer) bool
 	children []*zoneNode
 }
 
@@ -114,16 +117,16 @@ func (z *zoneNode) child(label string) *zoneNode {
 	return nil
 }
 
-// populated reports whether any name below z exists.
-func (z *zoneNode) populated(s *Server) bool {
+// populated reports whether any name below z exists that a may read.
+func (z *zoneNode) populated(s *Server, a Authorizer) bool {
 	for _, c := range z.children {
 		if c.answer != nil {
-			if c.some == nil || c.some(s) {
+			if c.some == nil || c.some(s, a) {
 				return true
 			}
 			continue
 		}
-		if c.populated(s) {
+		if c.populated(s, a) {
 			return true
 		}
 	}
@@ -157,7 +160,7 @@ func (s *Server) answer(sc *scratch, q *dns.Question, orig, rel string) {
 		s.nxdomain(m)
 	case z.answer != nil:
 		z.answer(s, sc, q, orig, rel, n)
-	case z.populated(s):
+	case z.populated(s, sc.authz):
 		s.nodata(m)
 	default:
 		s.nxdomain(m)
@@ -167,25 +170,37 @@ func (s *Server) answer(sc *scratch, q *dns.Question, orig, rel string) {
 // anyService reports whether some service exists. Without a ServiceLister
 // it says yes: a NOERROR that should have been NXDOMAIN costs a resolver a
 // query, an NXDOMAIN that should not have been hides a whole subtree.
-func (s *Server) anyService() bool {
+func (s *Server) anyService(a Authorizer) bool {
 	if s.svcLister == nil {
 		return true
 	}
-	return len(s.svcLister.Services()) > 0
+	return anyReadable(a, acl.Service, serviceNames(s.svcLister.Services()))
 }
 
-func (s *Server) anyNode() bool {
+func (s *Server) anyNode(a Authorizer) bool {
 	if s.lister == nil {
 		return true
 	}
-	return len(s.lister.Nodes()) > 0
+	return anyReadable(a, acl.Node, func(yield func(string) bool) {
+		for _, n := range s.lister.Nodes() {
+			if !yield(n.Name) {
+				return
+			}
+		}
+	})
 }
 
-func (s *Server) anyElection() bool {
+func (s *Server) anyElection(a Authorizer) bool {
 	if s.lister == nil {
 		return true
 	}
-	return len(s.lister.Elections()) > 0
+	return anyReadable(a, acl.Election, func(yield func(string) bool) {
+		for _, m := range s.lister.Elections() {
+			if !yield(m.Name) {
+				return
+			}
+		}
+	})
 }
 
 // ServiceLister is an optional capability of a Registry, found by type

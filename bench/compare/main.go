@@ -67,7 +67,7 @@ func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "== %s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
 }
 
-var allSections = []string{"rss", "kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "tls", "scale", "dns"}
+var allSections = []string{"rss", "kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "tls", "acl", "scale", "dns"}
 
 func run(args []string) int {
 	var cfg config
@@ -151,6 +151,8 @@ type bench struct {
 	notes   []string
 	tlsRows []*row // TLS on beside plain: the second table
 	tlsNote []string
+	aclRows []*row // ACLs on beside plain: the third table
+	aclNote []string
 	errors  []string
 }
 
@@ -217,26 +219,35 @@ func (b *bench) run() int {
 		}
 		return false
 	}
-	if need("rss", "kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "tls", "scale", "diag", "profile") {
-		logf("starting a 3-server etcd cluster")
-		if b.et, err = startEtcd(b.sup, b.cfg.etcdBin, filepath.Join(b.cfg.dir, "etcd"), 3); err != nil {
-			b.fail("etcd cluster", err)
-			return b.finish(machine)
+	if need("rss", "kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "tls", "acl", "scale", "diag", "profile") {
+		// The tls and acl sections compare sidecar with itself: alone,
+		// they start no etcd.
+		withEtcd := need("rss", "kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "scale", "diag", "profile")
+		if withEtcd {
+			logf("starting a 3-server etcd cluster")
+			if b.et, err = startEtcd(b.sup, b.cfg.etcdBin, filepath.Join(b.cfg.dir, "etcd"), 3); err != nil {
+				b.fail("etcd cluster", err)
+				return b.finish(machine)
+			}
+			defer b.et.close()
 		}
-		defer b.et.close()
 		logf("starting a 3-server sidecar cluster and 2 clients")
 		if b.sc, err = startSidecar(b.sup, b.cfg.sidecarBin, filepath.Join(b.cfg.dir, "sidecar"), clusterOpts{}, 3, "client-0", "client-1"); err != nil {
 			b.fail("sidecar cluster", err)
 			return b.finish(machine)
 		}
 		// A new cluster is empty until a section writes to it.
-		b.scEmpty = !need("kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "tls", "diag", "profile")
-		if b.etcdMin, err = b.et.minTTL(); err != nil {
-			b.fail("etcd minimum TTL", err)
+		b.scEmpty = !need("kill", "node", "graceful", "lock", "propagation", "leader", "throughput", "tls", "acl", "diag", "profile")
+		if withEtcd {
+			if b.etcdMin, err = b.et.minTTL(); err != nil {
+				b.fail("etcd minimum TTL", err)
+				b.etcdMin = 2
+			}
+			logf("etcd grants %ds for a 1s lease", b.etcdMin)
+			b.notes = append(b.notes, fmt.Sprintf("etcd granted a %ds lease when asked for 1s: its shortest TTL here.", b.etcdMin))
+		} else {
 			b.etcdMin = 2
 		}
-		logf("etcd grants %ds for a 1s lease", b.etcdMin)
-		b.notes = append(b.notes, fmt.Sprintf("etcd granted a %ds lease when asked for 1s: its shortest TTL here.", b.etcdMin))
 		src := b.sc.streamSources()
 		logf("sidecar change streams: %s", src)
 		b.notes = append(b.notes, "sidecar clients' change streams (they feed the rows through client-0 and client-1: handovers, lock, propagation): "+src+".")
@@ -477,6 +488,11 @@ func (b *bench) run() int {
 		b.tlsSection()
 	}
 
+	if need("acl") {
+		b.scEmpty = false
+		b.aclSection()
+	}
+
 	if need("diag") {
 		b.scEmpty = false
 		b.diag()
@@ -709,6 +725,16 @@ func (b *bench) finish(machine string) int {
 			for _, n := range b.tlsNote {
 				out.WriteString("- " + n + "\n")
 			}
+		}
+	}
+	if len(b.aclRows) > 0 {
+		out.WriteString("\nsidecar with ACLs on (--acl-default-policy deny, every request carrying a token with rules) beside plain sidecar, two clusters of the same shape in this run, trials alternating\n\n")
+		out.WriteString(markdown(b.aclRows, "ACL", "plain"))
+		for i, n := range b.aclNote {
+			if i == 0 {
+				out.WriteString("\n")
+			}
+			out.WriteString("- " + n + "\n")
 		}
 	}
 	if len(b.errors) > 0 {

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -37,6 +39,9 @@ type sidecarCluster struct {
 	clients  []*scNode
 	joins    []string // gossip addresses of the servers
 	nextNode int
+	// token is the secret every API client of the cluster sends, once
+	// bootstrapACL made it (ACL clusters only).
+	token atomic.Pointer[string]
 }
 
 // clusterOpts set a cluster apart from the plain one.
@@ -46,6 +51,9 @@ type clusterOpts struct {
 	// tls, when set, runs every agent with mutual TLS on the Raft/RPC port
 	// (and the gossip key TLS requires); the HTTP API stays plain HTTP.
 	tls *tlsFiles
+	// aclDeny runs every agent with --acl-default-policy deny; the
+	// cluster's API clients send the token bootstrapACL makes.
+	aclDeny bool
 }
 
 // startSidecar starts the cluster and waits until it is healthy; when a
@@ -85,10 +93,25 @@ func startSidecar(sup *supervisor, bin, dataRoot string, opts clusterOpts, nServ
 		}
 		c.clients = append(c.clients, n)
 	}
+	if opts.aclDeny {
+		if err := c.bootstrapACL(60 * time.Second); err != nil {
+			return nil, err
+		}
+	}
 	if err := c.waitHealthy(60 * time.Second); err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+// apiClient returns an API client of agent addr that sends the cluster's
+// token, when it has one.
+func (c *sidecarCluster) apiClient(addr string) (*api.Client, error) {
+	if !c.opts.aclDeny {
+		return api.NewClient(addr)
+	}
+	tr := &http.Transport{MaxIdleConnsPerHost: 16, IdleConnTimeout: 90 * time.Second}
+	return api.NewClient(addr, api.WithHTTPClient(&http.Client{Transport: tokenTransport{base: tr, token: &c.token}}))
 }
 
 // newNode allocates a node's addresses and its common flags.
@@ -114,6 +137,9 @@ func (c *sidecarCluster) newNode(name string, server bool) (*scNode, error) {
 		n.args = append(n.args, "--encrypt", t.gossipKey,
 			"--tls-ca-file", t.ca, "--tls-cert-file", cert, "--tls-key-file", key)
 	}
+	if c.opts.aclDeny {
+		n.args = append(n.args, "--acl-default-policy", "deny")
+	}
 	if server {
 		raft, err := c.sup.addr()
 		if err != nil {
@@ -121,7 +147,7 @@ func (c *sidecarCluster) newNode(name string, server bool) (*scNode, error) {
 		}
 		n.args = append(n.args, "--raft-addr", raft)
 	}
-	if n.c, err = api.NewClient(n.http); err != nil {
+	if n.c, err = c.apiClient(n.http); err != nil {
 		return nil, err
 	}
 	return n, nil
@@ -492,7 +518,7 @@ func (c *sidecarCluster) writers(n int, agents ...*scNode) ([]*api.Client, error
 	}
 	var cs []*api.Client
 	for i := 0; i < n; i++ {
-		cl, err := api.NewClient(agents[i%len(agents)].http)
+		cl, err := c.apiClient(agents[i%len(agents)].http)
 		if err != nil {
 			return nil, err
 		}
