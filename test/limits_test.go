@@ -270,9 +270,7 @@ func codes(m *sync.Map) string {
 // connection closed), while another caller is served meanwhile.
 func TestLimits_slowBodyCutOff(t *testing.T) {
 	const timeout = 500 * time.Millisecond
-	undo := func() {}
-	a := agenttest.Start(t, func(c *agent.Config) { undo = setBodyReadTimeout(c, timeout) })
-	defer undo()
+	a := agenttest.Start(t, func(c *agent.Config) { c.HTTPReadTimeout = timeout })
 
 	c, err := net.Dial("tcp", a.HTTPAddr())
 	if err != nil {
