@@ -470,6 +470,51 @@ func (c *Client) Unlock(ctx context.Context, name, lease string) error {
 	return err
 }
 
+// UnlockToken releases the acquisition of a lock that got token on lease
+// (DELETE /v1/locks/{name} with a token): when the lock was released and
+// taken again since, it is a *StatusError with code 409 and nothing
+// changes.
+func (c *Client) UnlockToken(ctx context.Context, name, lease string, token uint64) error {
+	_, err := c.call(ctx, http.MethodDelete, "/v1/locks/"+seg(name), "", LockRequest{Lease: lease, Token: token}, nil)
+	return err
+}
+
+// LockFence asks whether token is the fencing token of the lock's live
+// holder (GET /v1/locks/{name}/fence), confirmed with a quorum. A token
+// that is not current is an answer (Current false, with the current
+// token), not an error.
+func (c *Client) LockFence(ctx context.Context, name string, token uint64) (*FenceResult, error) {
+	var r FenceResult
+	q := url.Values{"token": {strconv.FormatUint(token, 10)}}.Encode()
+	if _, err := c.callSoft(ctx, http.MethodGet, "/v1/locks/"+seg(name)+"/fence", q, nil, &r, http.StatusConflict); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// ElectionFence is LockFence for an election's leader
+// (GET /v1/elections/{name}/fence).
+func (c *Client) ElectionFence(ctx context.Context, name string, token uint64) (*FenceResult, error) {
+	var r FenceResult
+	q := url.Values{"token": {strconv.FormatUint(token, 10)}}.Encode()
+	if _, err := c.callSoft(ctx, http.MethodGet, "/v1/elections/"+seg(name)+"/fence", q, nil, &r, http.StatusConflict); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// Transfer hands an election's leadership from candidate from (which
+// campaigns through this agent) to the waiting candidate to
+// (PUT /v1/elections/{name}/transfer), in one Raft entry with a greater
+// token; 409 when from does not lead here or to is not waiting.
+func (c *Client) Transfer(ctx context.Context, name, from, to string) (*TransferResult, error) {
+	var r TransferResult
+	if _, err := c.call(ctx, http.MethodPut, "/v1/elections/"+seg(name)+"/transfer", "", TransferRequest{From: from, To: to}, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
 // LockInfo describes a lock's holder (GET /v1/locks/{name}). A free lock
 // returns a nil *LockInfo and no error.
 func (c *Client) LockInfo(ctx context.Context, name string, q *QueryOptions) (*LockInfo, *QueryMeta, error) {

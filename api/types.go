@@ -146,6 +146,30 @@ type LockRequest struct {
 	TTL string `json:"ttl,omitempty"`
 	// LockDelay keeps a lock released by lease expiry unavailable this long.
 	LockDelay string `json:"lock_delay,omitempty"`
+	// Token, on a release (DELETE), releases only the acquisition that got
+	// this fencing token: a late, retried unlock never ends a newer hold.
+	Token uint64 `json:"token,omitempty"`
+}
+
+// FenceResult answers GET /v1/locks/{name}/fence and
+// /v1/elections/{name}/fence: Current when the token asked about is the
+// live holder's (checked with a quorum), and the current token (0 when
+// vacant).
+type FenceResult struct {
+	Current bool   `json:"current"`
+	Token   uint64 `json:"token"`
+}
+
+// TransferRequest is the body of PUT /v1/elections/{name}/transfer.
+type TransferRequest struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+}
+
+// TransferResult answers a transfer: the new leader and its token.
+type TransferResult struct {
+	Leader string `json:"leader"`
+	Token  uint64 `json:"token"`
 }
 
 // LockResult answers PUT /v1/locks/{name} and is each line of a
