@@ -91,6 +91,10 @@ func (a *Agent) SaveSnapshot(w io.Writer) error { return a.reg.WriteSnapshot(w) 
 // RestoreSnapshot implements httpapi.Agent: the Raft leader restores,
 // wherever the request arrives.
 func (a *Agent) RestoreSnapshot(ctx context.Context, r io.Reader) error {
+	if rs, ok := r.(io.ReadSeeker); ok {
+		// The API spooled the body to a file: it streams on from there.
+		return a.remote.RestoreFrom(ctx, rs)
+	}
 	data, err := io.ReadAll(r)
 	if err != nil {
 		return fmt.Errorf("read snapshot: %w", err)

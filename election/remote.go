@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"sync/atomic"
@@ -189,18 +190,27 @@ func (r *Remote) ConsistentRead(ctx context.Context, reg *fsm.FSM) error {
 // leader. The snapshot is checked here first, so a corrupt file is refused
 // without a round trip.
 func (r *Remote) Restore(ctx context.Context, data []byte) error {
-	if err := fsm.CheckSnapshot(bytes.NewReader(data)); err != nil {
+	return r.RestoreFrom(ctx, bytes.NewReader(data))
+}
+
+// RestoreFrom restores the snapshot in rs (a file, for a user's restore),
+// checked here first, then streamed to the leader.
+func (r *Remote) RestoreFrom(ctx context.Context, rs io.ReadSeeker) error {
+	if err := fsm.CheckSnapshot(rs); err != nil {
 		return err
 	}
 	return r.do(ctx, func(ctx context.Context) error {
+		if _, err := rs.Seek(0, io.SeekStart); err != nil {
+			return fmt.Errorf("restore: rewind: %w", err)
+		}
 		if r.local != nil && r.local.IsLeader() {
-			return r.local.RestoreSnapshot(ctx, bytes.NewReader(data))
+			return r.local.RestoreSnapshot(ctx, rs)
 		}
 		addr, fwd, err := r.target()
 		if err != nil {
 			return err
 		}
-		reply, err := r.rpc.call(ctx, addr, rpcRestore, data, fwd)
+		reply, err := r.rpc.callStream(ctx, addr, rpcRestore, rs, fwd)
 		if err != nil {
 			return err
 		}

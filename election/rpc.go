@@ -146,7 +146,12 @@ func (c *rpcClient) close() { c.http.CloseIdleConnections() }
 var errNotSent = errors.New("election: rpc not sent")
 
 func (c *rpcClient) call(ctx context.Context, addr, path string, body []byte, forwarded bool) (rpcReply, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+path, bytes.NewReader(body))
+	return c.callStream(ctx, addr, path, bytes.NewReader(body), forwarded)
+}
+
+// callStream is call with a body streamed from r (a restore's file).
+func (c *rpcClient) callStream(ctx context.Context, addr, path string, body io.Reader, forwarded bool) (rpcReply, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+path, body)
 	if err != nil {
 		return rpcReply{}, err
 	}
@@ -247,10 +252,7 @@ func (s *Server) rpcHandler() http.Handler {
 		case r.Header.Get(hdrForwarded) != "":
 			err = ErrNotLeader
 		default:
-			var data []byte
-			if data, err = io.ReadAll(io.LimitReader(r.Body, maxFrame)); err == nil {
-				err = s.forwardRestore(r.Context(), data)
-			}
+			err = s.forwardRestore(r.Context(), io.LimitReader(r.Body, maxFrame))
 		}
 		writeReply(w, replyOf(nil, err))
 	})
@@ -326,12 +328,19 @@ func (s *Server) forwardKeepAlive(ctx context.Context, id string) (time.Duration
 	return time.Duration(reply.TTL), decodeError(reply.Code, reply.Error)
 }
 
-func (s *Server) forwardRestore(ctx context.Context, data []byte) error {
+// forwardRestore passes a restore on to the leader, spooled through a
+// temporary file rather than memory.
+func (s *Server) forwardRestore(ctx context.Context, r io.Reader) error {
+	f, err := spool(r)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
 	addr, err := s.leaderAddr()
 	if err != nil {
 		return err
 	}
-	reply, err := s.rpc.call(ctx, addr, rpcRestore, data, true)
+	reply, err := s.rpc.callStream(ctx, addr, rpcRestore, f, true)
 	if err != nil {
 		return err
 	}

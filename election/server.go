@@ -6,7 +6,7 @@
 package election
 
 import (
-	"bytes"
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -492,13 +492,14 @@ const restoreIndexGap = 1 << 16
 // one. The file is checked in full first: Raft cannot take back a restore
 // its state machine fails on.
 func (s *Server) RestoreSnapshot(ctx context.Context, r io.Reader) error {
-	data, err := io.ReadAll(r)
+	// The user's file is read from disk twice (checksum, then decode) and
+	// the reindexed registry goes back to disk for Raft: never the whole
+	// file in memory more than once (SPEC: Limits).
+	in, err := spool(r)
 	if err != nil {
-		return fmt.Errorf("read snapshot: %w", err)
-	}
-	if err := fsm.CheckSnapshot(bytes.NewReader(data)); err != nil {
 		return err
 	}
+	defer in.Close()
 	if !s.IsLeader() {
 		return ErrNotLeader
 	}
@@ -508,17 +509,70 @@ func (s *Server) RestoreSnapshot(ctx context.Context, r io.Reader) error {
 	// newer than what it holds (fsm.FSM.RestoreNewer); the gap leaves room
 	// for entries appended before Raft's loop takes the restore.
 	at := s.raft.LastIndex() + restoreIndexGap
-	data, err = fsm.Reindex(data, at+1)
+	out, err := tempFile()
 	if err != nil {
 		return err
 	}
-	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: int64(len(data)), Index: at}
-	if err := s.raft.Restore(meta, bytes.NewReader(data), s.timeout(ctx)); err != nil {
+	defer out.Close()
+	bw := bufio.NewWriter(out)
+	// ReindexTo checks the snapshot in full before a byte of it is used.
+	if err := fsm.ReindexTo(bw, in, at+1); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("restore: write reindexed snapshot: %w", err)
+	}
+	size, err := out.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	if _, err := out.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("restore: rewind: %w", err)
+	}
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: size, Index: at}
+	if err := s.raft.Restore(meta, out, s.timeout(ctx)); err != nil {
 		return fmt.Errorf("raft restore: %w", mapRaftError(err))
 	}
 	// Leases of the restored registry start their full TTL now.
 	s.leases.resetAll()
 	return nil
+}
+
+// tempFile is a temporary file removed once closed (on Linux at once: it
+// lives on as long as it is open).
+func tempFile() (*os.File, error) {
+	f, err := os.CreateTemp("", "sidecar-restore-*")
+	if err != nil {
+		return nil, fmt.Errorf("restore: temporary file: %w", err)
+	}
+	os.Remove(f.Name())
+	return f, nil
+}
+
+// spool returns r as a file to read from its start: r itself when it is a
+// file already, else a temporary copy.
+func spool(r io.Reader) (*os.File, error) {
+	if f, ok := r.(*os.File); ok {
+		if _, err := f.Seek(0, io.SeekCurrent); err == nil {
+			dup, err := os.Open(f.Name())
+			if err == nil {
+				return dup, nil
+			}
+		}
+	}
+	f, err := tempFile()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := io.Copy(f, r); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("restore: spool snapshot: %w", err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("restore: rewind: %w", err)
+	}
+	return f, nil
 }
 
 // TransferLeadership hands leadership to another voter (graceful shutdown).

@@ -114,6 +114,9 @@ func corrupt(format string, args ...any) error {
 }
 
 func readSnapshot(r io.Reader) (*state, error) {
+	if rs, ok := r.(io.ReadSeeker); ok {
+		return readSnapshotSeeker(rs)
+	}
 	raw, err := io.ReadAll(io.LimitReader(r, maxSnapshotSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("read snapshot: %w", err)
@@ -135,6 +138,64 @@ func readSnapshot(r io.Reader) (*state, error) {
 		return nil, corrupt("decode: %v", err)
 	}
 	return d.build()
+}
+
+// readSnapshotSeeker reads a snapshot in two passes: the first hashes the
+// body as it streams by, so that a damaged or foreign file (a user's
+// restore of anything at all) is refused having cost a buffer, not its
+// size in memory; only a body that matches its checksum is decoded.
+func readSnapshotSeeker(rs io.ReadSeeker) (*state, error) {
+	start, err := rs.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return nil, fmt.Errorf("read snapshot: %w", err)
+	}
+	br := bufio.NewReader(rs)
+	// The header is the magic, a hex SHA-256 and a newline.
+	header, err := br.ReadSlice('\n')
+	if err != nil || !strings.HasPrefix(string(header), snapshotMagic) {
+		return nil, corrupt("missing header %q", strings.TrimSpace(snapshotMagic))
+	}
+	want := strings.TrimSuffix(strings.TrimPrefix(string(header), snapshotMagic), "\n")
+	bodyAt := start + int64(len(header))
+	h := sha256.New()
+	n, err := io.Copy(h, io.LimitReader(br, maxSnapshotSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read snapshot: %w", err)
+	}
+	if n > maxSnapshotSize {
+		return nil, corrupt("larger than %d bytes", maxSnapshotSize)
+	}
+	if hex.EncodeToString(h.Sum(nil)) != want {
+		return nil, corrupt("checksum mismatch (truncated or altered)")
+	}
+	if _, err := rs.Seek(bodyAt, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("read snapshot: %w", err)
+	}
+	dec := json.NewDecoder(io.LimitReader(rs, n))
+	var d snapshotData
+	if err := dec.Decode(&d); err != nil {
+		return nil, corrupt("decode: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, corrupt("data after the snapshot")
+	}
+	return d.build()
+}
+
+// ReindexTo is Reindex from a reader to a writer: a restore streams the
+// user's file through it to a temporary file, never holding the file's
+// bytes more than once.
+func ReindexTo(w io.Writer, r io.Reader, index uint64) error {
+	st, err := readSnapshot(r)
+	if err != nil {
+		return err
+	}
+	d := st.export()
+	d.Index = index
+	for i := range d.Tables {
+		d.Tables[i] = index
+	}
+	return writeSnapshot(w, d)
 }
 
 // build turns snapshot data into a state, checking every invariant Apply

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -544,14 +545,23 @@ func (s *Server) restoreSnapshot(w http.ResponseWriter, r *http.Request) error {
 		f.Close()
 		os.Remove(f.Name())
 	}()
-	if _, err := io.Copy(f, http.MaxBytesReader(w, r.Body, s.cfg.MaxSnapshotBytes)); err != nil {
+	// A snapshot may take long to arrive, but not stall: each read gets
+	// BodyReadTimeout, so a client that stops sending is cut off while a
+	// slow, steady upload goes on.
+	body := &progressReader{r: http.MaxBytesReader(w, r.Body, s.cfg.MaxSnapshotBytes), rc: http.NewResponseController(w), idle: s.cfg.BodyReadTimeout}
+	if _, err := io.Copy(f, body); err != nil {
+		w.Header().Set("Connection", "close")
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			w.Header().Set("Connection", "close")
 			return fmt.Errorf("%w: snapshot larger than the %d bytes allowed", errSnapshotTooLarge, s.cfg.MaxSnapshotBytes)
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return fmt.Errorf("%w: no snapshot bytes received for %v", errSlowBody, s.cfg.BodyReadTimeout)
 		}
 		return badf("read snapshot: %v", err)
 	}
+	_ = body.rc.SetReadDeadline(time.Time{})
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return fmt.Errorf("restore: rewind temporary file: %w", err)
 	}
@@ -560,4 +570,19 @@ func (s *Server) restoreSnapshot(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "restored"})
 	return nil
+}
+
+// progressReader sets a read deadline before every read: the body must
+// keep arriving, however long it is.
+type progressReader struct {
+	r    io.Reader
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	if p.idle > 0 {
+		_ = p.rc.SetReadDeadline(time.Now().Add(p.idle))
+	}
+	return p.r.Read(b)
 }

@@ -166,6 +166,31 @@ func TestLimits_slowBody(t *testing.T) {
 	}
 }
 
+// A restore whose body stops arriving is cut off after the read timeout
+// of no progress, and changes nothing.
+func TestLimits_slowRestore(t *testing.T) {
+	a := agenttest.Start(t, func(c *agent.Config) { c.HTTPReadTimeout = 300 * time.Millisecond })
+	before := a.FSM().Digest()
+	c, err := net.Dial("tcp", a.HTTPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "PUT /v1/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4096\r\n\r\nsidecar-snapshot v1 ")
+	start := time.Now()
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer to a stalled restore: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestTimeout || time.Since(start) > 5*time.Second {
+		t.Fatalf("stalled restore: %d after %v, want 408 after the read timeout", resp.StatusCode, time.Since(start))
+	}
+	if a.FSM().Digest() != before {
+		t.Fatal("a cut-off restore changed the registry")
+	}
+}
+
 // A restore larger than allowed is refused: with its size declared, before
 // a byte is read; streamed without a size, once the bound is passed, having
 // gone to a temporary file rather than memory. Nothing changes; a restore

@@ -338,12 +338,12 @@ func isReset(err error) bool {
 	return errors.As(err, &ne)
 }
 
-// TestLimits_restore2GiBBoundedMemory: a 2 GiB restore against an agent
+// TestLimits_restoreBoundedMemory: a 2 GiB restore against an agent
 // process with the default --max-restore-bytes (1 GiB) is refused with 413,
 // streamed without a size (chunked) and declared with a Content-Length of
 // 2 GiB, and the agent's resident memory never grows past 100 MiB over its
 // baseline (VmHWM, the peak, against VmRSS before).
-func TestLimits_restore2GiBBoundedMemory(t *testing.T) {
+func TestLimits_restoreBoundedMemory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: streams up to 2 GiB to an agent process")
 	}
@@ -374,13 +374,29 @@ func TestLimits_restore2GiBBoundedMemory(t *testing.T) {
 	}
 	baseRSS, baseHWM := procMem(t, pid)
 
-	const size = int64(2) << 30
+	// Past the limit, chunked and declared: 413. Under it but no snapshot
+	// (512 MiB of a pattern): 400 once its checksum fails, which is
+	// computed streaming from the spooled file, so it costs no memory
+	// either.
 	for _, tc := range []struct {
 		name     string
+		size     int64
 		declared bool
-	}{{"chunked", false}, {"Content-Length 2 GiB", true}} {
+		want     int
+	}{
+		{"chunked 2 GiB", 2 << 30, false, http.StatusRequestEntityTooLarge},
+		{"Content-Length 2 GiB", 2 << 30, true, http.StatusRequestEntityTooLarge},
+		{"512 MiB under a snapshot's header", 512 << 20, false, http.StatusBadRequest},
+	} {
+		size := tc.size
 		var sentBytes atomic.Int64
-		body := &countingReader{r: io.LimitReader(pattern{}, size), n: &sentBytes}
+		var src io.Reader = io.LimitReader(pattern{}, size)
+		if tc.want == http.StatusBadRequest {
+			// A header that passes the first look: the body is hashed in
+			// full before it is refused.
+			src = io.MultiReader(strings.NewReader("sidecar-snapshot v1 "+strings.Repeat("0", 64)+"\n"), src)
+		}
+		body := &countingReader{r: src, n: &sentBytes}
 		req, err := http.NewRequest("PUT", url+"/v1/snapshot", body)
 		if err != nil {
 			t.Fatal(err)
@@ -406,8 +422,8 @@ func TestLimits_restore2GiBBoundedMemory(t *testing.T) {
 		if err != nil && !isReset(err) && !errors.Is(err, io.EOF) {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
-		if err == nil && code != http.StatusRequestEntityTooLarge {
-			t.Fatalf("%s: %d, want 413", tc.name, code)
+		if err == nil && code != tc.want {
+			t.Fatalf("%s: %d, want %d", tc.name, code, tc.want)
 		}
 		if grown := hwm - baseRSS; grown > 100<<20 {
 			t.Fatalf("%s: the agent's resident memory peaked %d MiB over its baseline, want < 100 MiB", tc.name, grown>>20)
