@@ -38,7 +38,7 @@ func TestLimits_connectionsPerClient(t *testing.T) {
 	// The accept loop counts a connection once it took it: poll until the
 	// 21st is refused.
 	var resp *http.Response
-	agenttest.WaitFor(t, 5*time.Second, "the 21st connection refused", func() bool {
+	agenttest.WaitFor(t, 20*time.Second, "the 21st connection refused", func() bool {
 		c, err := net.Dial("tcp", a.HTTPAddr())
 		if err != nil {
 			return false

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"sync"
 	"testing"
 	"time"
 
@@ -55,13 +56,24 @@ func run(m *testing.M) (int, error) {
 
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	// The kernel may hand a just-closed port out again: never give the
+	// same one twice in a test binary (two flags of one agent once got the
+	// same port).
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		if _, dup := handedOut.LoadOrStore(addr, true); !dup {
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
 }
+
+// handedOut holds every address freeAddr returned.
+var handedOut sync.Map
 
 // proc is a started process, killed at the end of the test.
 type proc struct {
