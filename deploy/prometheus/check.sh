@@ -32,8 +32,8 @@ install_promtool() {
 	fi
 	apt_log=$(mktemp)
 	status=0
-	{ $sudo apt-get update -qq &&
-		$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } >"$apt_log" 2>&1 || status=$?
+	{ $sudo apt-get update -qq -o DPkg::Lock::Timeout=300 &&
+		$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends prometheus; } >"$apt_log" 2>&1 || status=$?
 	[ -n "$added" ] && $sudo rm -f "$policy"
 	if [ "$status" != 0 ]; then
 		log "apt-get install prometheus failed:"
