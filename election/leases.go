@@ -166,6 +166,8 @@ func (t *leaseTracker) collect() (due []string, next time.Time) {
 // tracker must not stop then either, or no lease would expire until the
 // next election.
 func (t *leaseTracker) expire(term context.Context, id string) (leading, failed bool) {
+	l, _ := t.s.fsm.Lease(id)
+	session := l != nil && l.Session
 	for {
 		ctx, cancel := context.WithTimeout(term, t.s.cfg.ApplyTimeout)
 		_, err := t.s.Apply(ctx, &fsm.ExpireLease{ID: id, Now: t.now().UnixNano()})
@@ -173,7 +175,12 @@ func (t *leaseTracker) expire(term context.Context, id string) (leading, failed 
 		switch {
 		case err == nil, errors.Is(err, fsm.ErrUnknownLease):
 			t.s.m.leaseExpirations.Inc()
-			t.s.log.Debug("lease expired", "lease", id)
+			if session {
+				t.s.m.sessionExpirations.Inc()
+				t.s.log.Info("node session expired", "lease", id, "node", l.Node)
+			} else {
+				t.s.log.Debug("lease expired", "lease", id)
+			}
 			return true, false
 		case term.Err() != nil, errors.Is(err, ErrNotLeader), errors.Is(err, ErrShutdown), !t.s.IsLeader():
 			return false, false

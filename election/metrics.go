@@ -10,7 +10,10 @@ type serverMetrics struct {
 	collectors       []prometheus.Collector
 	applyDuration    prometheus.Histogram
 	leaseExpirations prometheus.Counter
-	streamSnapshots  prometheus.Counter
+	// sessionExpirations counts the node sessions among them: a node that
+	// stopped keeping its own lease alive, whose holds were handed on.
+	sessionExpirations prometheus.Counter
+	streamSnapshots    prometheus.Counter
 }
 
 func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
@@ -26,6 +29,10 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 			Name: "sidecar_lease_expirations_total",
 			Help: "Leases this server expired as Raft leader.",
 		}),
+		sessionExpirations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sidecar_node_session_expirations_total",
+			Help: "Node sessions (a node's own lease) this server expired as Raft leader: that node stopped keeping it alive, and its locks and elections were handed on.",
+		}),
 		streamSnapshots: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sidecar_stream_snapshots_encoded_total",
 			Help: "Registry snapshots encoded for clients' change streams (shared by the streams that ask together).",
@@ -34,6 +41,7 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 	m.collectors = []prometheus.Collector{
 		m.applyDuration,
 		m.leaseExpirations,
+		m.sessionExpirations,
 		m.streamSnapshots,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sidecar_raft_leader",
