@@ -20,7 +20,8 @@ var (
 var (
 	// ErrLocked: TryLock found the lock held by someone else.
 	ErrLocked = errors.New("concurrency: lock held by another")
-	// ErrHeld: Lock on a Mutex that holds already; unlock it first, or use
+	// ErrHeld: Lock on a Mutex that holds already (or is already being
+	// locked by another goroutine); unlock it first, or use
 	// another Mutex (on another session: the registry knows holders by
 	// lease, so two Mutexes on one session share one hold).
 	ErrHeld = errors.New("concurrency: mutex already held")

@@ -22,6 +22,8 @@ type Mutex struct {
 	// released marks h unlocked (Unlock succeeded, or the registry said
 	// there was nothing left to release).
 	released bool
+	// locking marks a Lock or TryLock in flight: one at a time per Mutex.
+	locking bool
 }
 
 // NewMutex returns a Mutex for the lock name on s's lease.
@@ -48,11 +50,17 @@ func (m *Mutex) TryLock(ctx context.Context) error {
 
 func (m *Mutex) lock(ctx context.Context, wait bool) error {
 	m.mu.Lock()
-	if m.h != nil && !m.released && m.h.Err() == nil {
+	if m.locking || (m.h != nil && !m.released && m.h.Err() == nil) {
 		m.mu.Unlock()
 		return fmt.Errorf("concurrency: lock %q: %w", m.name, ErrHeld)
 	}
+	m.locking = true
 	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.locking = false
+		m.mu.Unlock()
+	}()
 	bctx, cancel := m.s.bind(ctx)
 	defer cancel()
 	req := api.LockRequest{Lease: m.s.Lease()}
