@@ -46,6 +46,8 @@ func CommandPermission(store TokenStore, cmd fsm.Command) (res Resource, name st
 		return Election, c.Election, Write, true
 	case *fsm.Resign:
 		return Election, c.Election, Write, true
+	case *fsm.Transfer:
+		return Election, c.Election, Write, true
 	case *fsm.ACLBootstrap:
 		// Anyone, once: the registry refuses a second.
 		return ACL, "", None, true
@@ -88,6 +90,8 @@ func commandBy(cmd fsm.Command) (string, bool) {
 	case *fsm.Campaign:
 		return c.By, true
 	case *fsm.Resign:
+		return c.By, true
+	case *fsm.Transfer:
 		return c.By, true
 	}
 	return "", false

@@ -287,6 +287,22 @@ func (h holds) Resign(ctx context.Context, election, candidate string) error {
 	return h.a.state.DeleteCandidacy(election, candidate)
 }
 
+// Transfer hands an election over; the candidate it moved from left the
+// election, so this agent no longer campaigns for it after a restart.
+func (h holds) Transfer(ctx context.Context, election, from, to string) (api.TransferResult, error) {
+	if from == "" {
+		// Resolved by the election layer; named here to forget it.
+		if st := h.Local.Self(election); st.Candidate != "" {
+			from = st.Candidate
+		}
+	}
+	res, err := h.Local.Transfer(ctx, election, from, to)
+	if err != nil {
+		return res, err
+	}
+	return res, h.a.state.DeleteCandidacy(election, from)
+}
+
 // UpdateTTLCheck feeds a TTL check (PUT /v1/checks/{id}/pass|warn|fail)
 // and waits until this agent's copy of the registry shows the status.
 func (a *Agent) UpdateTTLCheck(ctx context.Context, checkID, status, note string) error {

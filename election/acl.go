@@ -110,6 +110,8 @@ func commandAuth(cmd fsm.Command) fsm.Auth {
 		return c.Auth
 	case *fsm.Resign:
 		return c.Auth
+	case *fsm.Transfer:
+		return c.Auth
 	}
 	return fsm.Auth{}
 }

@@ -210,7 +210,7 @@ func (l *Local) candidateStatus(election, candidate string) api.CampaignResult {
 		return api.CampaignResult{}
 	}
 	res := api.CampaignResult{Current: Holder(m.Holder, true)}
-	if m.Holder.ID != candidate {
+	if m.Holder.ID != candidate || l.isDemoted(election, candidate) {
 		return res
 	}
 	if s := l.leaseSession(m.Holder.Lease); s != nil {
@@ -245,7 +245,7 @@ func (l *Local) Self(election string) api.SelfStatus {
 func (l *Local) WaitSelf(ctx context.Context, election string, minIndex uint64) (api.SelfStatus, uint64) {
 	first := l.Self(election)
 	for {
-		watch := l.reg.Watch()
+		watch, demotions := l.reg.Watch(), l.demotionChanged()
 		idx := l.reg.TableIndex(fsm.TableElections)
 		st := l.Self(election)
 		if idx > minIndex || st.Leader != first.Leader {
@@ -267,6 +267,7 @@ func (l *Local) WaitSelf(ctx context.Context, election string, minIndex uint64) 
 		case <-ctx.Done():
 			return st, idx
 		case <-watch:
+		case <-demotions:
 		case <-changed:
 		case <-flip:
 		}
@@ -372,17 +373,9 @@ func (l *Local) leaveLine(caller *acl.Caller, spec LockSpec) (api.LockResult, er
 	return api.LockResult{Holder: holderOf(m)}, nil
 }
 
-// Unlock releases a lock (or leaves its line).
+// Unlock releases a lock (or leaves its line), whichever acquisition of
+// the lease holds it: a late, retried Unlock may end a newer hold on the
+// same lease. UnlockToken releases only the acquisition it names.
 func (l *Local) Unlock(ctx context.Context, name, lease string) error {
-	lease, err := l.defaultLease(lease)
-	if err != nil {
-		return err
-	}
-	_, err = l.apply(ctx, &fsm.ReleaseLock{Name: name, Lease: lease, Node: l.cfg.Node, Now: l.now().UnixNano(), Auth: l.authFor(ctx, lease)})
-	if err == nil || errors.Is(err, fsm.ErrNotHolder) {
-		l.mu.Lock()
-		delete(l.locks, lockKey{name, lease})
-		l.mu.Unlock()
-	}
-	return err
+	return l.UnlockToken(ctx, name, lease, 0)
 }

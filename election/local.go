@@ -61,6 +61,10 @@ type Local struct {
 	tracked    map[string]*Session // leases apps keep alive through us
 	candidates map[candidateKey]*candidacy
 	locks      map[lockKey]bool
+	// demoted are candidates with a transfer on its way: never reported
+	// as leader (see Transfer); demoteWake is closed at each change.
+	demoted    map[candidateKey]demotion
+	demoteWake chan struct{}
 
 	healthOnce sync.Once
 	healthStop context.CancelFunc
@@ -86,6 +90,9 @@ type candidacy struct {
 	// candidacy moves (a new node session, its service passing again), so
 	// that the candidate stays that token's.
 	caller *acl.Caller
+	// reported: a connection-bound hold of it has told its client it
+	// leads, and not since that it does not (l.mu).
+	reported bool
 }
 
 // ctx is parent acting for the candidacy's caller.
@@ -116,6 +123,8 @@ func NewLocal(cfg LocalConfig, backend Backend, reg *fsm.FSM) *Local {
 		tracked:    map[string]*Session{},
 		candidates: map[candidateKey]*candidacy{},
 		locks:      map[lockKey]bool{},
+		demoted:    map[candidateKey]demotion{},
+		demoteWake: make(chan struct{}),
 		lockAcquisitions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sidecar_lock_acquisitions_total",
 			Help: "Locks acquired through this sidecar.",

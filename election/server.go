@@ -422,6 +422,12 @@ func (s *Server) ConsistentRead(ctx context.Context) error {
 	if !s.IsLeader() {
 		return ErrNotLeader
 	}
+	// A new leader's commit index may lag entries its predecessor
+	// acknowledged until an entry of its own term commits: the lease
+	// tracker's barrier, which starts every term, makes sure it does not.
+	if err := s.leases.waitReady(ctx); err != nil {
+		return err
+	}
 	readIndex := s.raft.CommitIndex()
 	// The same quorum round keepalives wait for: it begins after the read
 	// index was taken, and concurrent reads and keepalives share it.
@@ -439,6 +445,11 @@ func (s *Server) ConsistentRead(ctx context.Context) error {
 	}
 	return nil
 }
+
+// ReadIndex is the index a copy of the registry must reach to reflect every
+// write acknowledged before the call (this server must lead): see
+// ConsistentRead.
+func (s *Server) ReadIndex(ctx context.Context) (uint64, error) { return s.readIndex(ctx) }
 
 // KeepAlive restarts a lease's full TTL. Only the leader tracks deadlines;
 // a keepalive writes nothing to the log. The caller in ctx (acl.NewContext;

@@ -169,13 +169,30 @@ func (l *Local) HoldCampaign(ctx context.Context, spec CampaignSpec, ttl time.Du
 	}
 	leading := false
 	var lastToken uint64 = ^uint64(0)
+	report := func(leads bool) {
+		l.mu.Lock()
+		c.reported = leads
+		l.mu.Unlock()
+	}
+	defer report(false)
 	for {
-		watch, changed := l.reg.Watch(), s.Changed()
+		watch, changed, demotions := l.reg.Watch(), s.Changed(), l.demotionChanged()
 		m, _ := l.reg.Election(spec.Election)
 		res := l.candidateStatus(spec.Election, spec.Candidate)
 		mine := m != nil && m.Holder != nil && m.Holder.ID == spec.Candidate && m.Holder.Lease == s.ID()
 		var wake time.Time
 		switch {
+		case leading && mine && l.isDemoted(spec.Election, spec.Candidate):
+			// A transfer is on its way: the client hears it no longer
+			// leads before the entry is sent (Transfer waits for this),
+			// and the hold goes on: it ends once the transfer took the
+			// candidate out, or leads again if the transfer was refused.
+			res.Leader, res.Token, res.ExpiresIn = false, 0, ""
+			if err := emit(res); err != nil {
+				return nil
+			}
+			leading = false
+			report(false)
 		case leading && (!mine || !res.Leader):
 			res.Leader, res.Token, res.ExpiresIn = false, 0, ""
 			_ = emit(res)
@@ -184,6 +201,7 @@ func (l *Local) HoldCampaign(ctx context.Context, spec CampaignSpec, ttl time.Du
 			wake = s.ValidUntil()
 		case mine && res.Leader:
 			leading = true
+			report(true)
 			if err := emit(res); err != nil {
 				return nil
 			}
@@ -210,6 +228,7 @@ func (l *Local) HoldCampaign(ctx context.Context, spec CampaignSpec, ttl time.Du
 			return nil
 		case <-watch:
 		case <-changed:
+		case <-demotions:
 		case <-timer:
 		}
 		stop()

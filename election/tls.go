@@ -192,6 +192,9 @@ func commandScope(c fsm.Command) (scope int, node string) {
 		return scopeNodeIfSet, c.Node
 	case *fsm.Resign:
 		return scopeNodeIfSet, c.Node
+	case *fsm.Transfer:
+		// Sent by the sidecar the leader campaigns through, for its node.
+		return scopeNodeIfSet, c.Node
 	case *fsm.RevokeLease:
 		return scopeNodeIfSet, c.Node
 	case *fsm.SetNodeStatus, *fsm.ExpireLease:

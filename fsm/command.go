@@ -28,6 +28,7 @@ const (
 	CmdACLBootstrap       CommandType = 14
 	CmdACLSetToken        CommandType = 15
 	CmdACLDeleteToken     CommandType = 16
+	CmdTransfer           CommandType = 17
 )
 
 func (t CommandType) String() string {
@@ -64,6 +65,8 @@ func (t CommandType) String() string {
 		return "acl_set_token"
 	case CmdACLDeleteToken:
 		return "acl_delete_token"
+	case CmdTransfer:
+		return "transfer"
 	}
 	return fmt.Sprintf("unknown(%d)", byte(t))
 }
@@ -184,12 +187,16 @@ type AcquireLock struct {
 
 // ReleaseLock gives a lock up, or leaves its queue. With OnlyWaiting set a
 // holder keeps the lock (a waiter whose wait ended uses it, so that it never
-// drops a lock it was just handed).
+// drops a lock it was just handed). With Token set it releases only the
+// acquisition that got that fencing token (token-guarded release): a late,
+// retried release never ends a newer hold on the same lease, and is
+// refused with ErrStaleToken instead.
 type ReleaseLock struct {
 	Name        string `json:"name"`
 	Lease       string `json:"lease"`
 	OnlyWaiting bool   `json:"only_waiting,omitempty"`
 	Node        string `json:"node,omitempty"`
+	Token       uint64 `json:"token,omitempty"`
 	Now         int64  `json:"now"`
 	Auth
 }
@@ -217,6 +224,21 @@ type Resign struct {
 	Auth
 }
 
+// Transfer hands an election from its leader From to the waiting candidate
+// To in one entry: To leads with a greater token, and From leaves the
+// election (a resign with a chosen successor; its app may campaign again).
+// Node is the sidecar that sends it, which must be the one From campaigns
+// through: that sidecar reports From as no longer leading before it sends
+// the entry, so no observer sees two leaders.
+type Transfer struct {
+	Election string `json:"election"`
+	From     string `json:"from"`
+	To       string `json:"to"`
+	Node     string `json:"node,omitempty"`
+	Now      int64  `json:"now"`
+	Auth
+}
+
 func (RegisterNode) Type() CommandType       { return CmdRegisterNode }
 func (DeregisterNode) Type() CommandType     { return CmdDeregisterNode }
 func (SetNodeStatus) Type() CommandType      { return CmdSetNodeStatus }
@@ -230,6 +252,7 @@ func (AcquireLock) Type() CommandType        { return CmdAcquireLock }
 func (ReleaseLock) Type() CommandType        { return CmdReleaseLock }
 func (Campaign) Type() CommandType           { return CmdCampaign }
 func (Resign) Type() CommandType             { return CmdResign }
+func (Transfer) Type() CommandType           { return CmdTransfer }
 
 // ErrDecode wraps every failure to decode a command.
 var ErrDecode = errors.New("fsm: decode command")
@@ -284,6 +307,8 @@ func Decode(b []byte) (Command, error) {
 		c = &ACLSetToken{}
 	case CmdACLDeleteToken:
 		c = &ACLDeleteToken{}
+	case CmdTransfer:
+		c = &Transfer{}
 	default:
 		return nil, fmt.Errorf("%w: unknown type %d", ErrDecode, b[0])
 	}

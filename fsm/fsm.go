@@ -41,6 +41,12 @@ var (
 	ErrACLBootstrapped = errors.New("fsm: acl bootstrapped already")
 	ErrTokenExists     = errors.New("fsm: acl token exists")
 	ErrUnknownToken    = errors.New("fsm: unknown acl token")
+	// ErrStaleToken: a token-guarded release named a token that is not the
+	// lock's current acquisition (released and taken again since).
+	ErrStaleToken = errors.New("fsm: token is not the current acquisition")
+	// ErrNotLeading: a transfer's From does not lead the election, or
+	// leads it through another sidecar.
+	ErrNotLeading = errors.New("fsm: candidate does not lead here")
 )
 
 // Refused reports whether err is the registry refusing a command: it
@@ -49,7 +55,7 @@ var (
 func Refused(err error) bool {
 	for _, e := range []error{ErrInvalid, ErrUnknownNode, ErrUnknownInstance, ErrUnknownCheck, ErrUnknownLease,
 		ErrUnknownLock, ErrUnknownElection, ErrNotHolder, ErrNotCandidate, ErrLeaseExists, ErrCheckConflict, ErrChanged,
-		ErrNotOwner, ErrACLBootstrapped, ErrTokenExists, ErrUnknownToken} {
+		ErrNotOwner, ErrACLBootstrapped, ErrTokenExists, ErrUnknownToken, ErrStaleToken, ErrNotLeading} {
 		if errors.Is(err, e) {
 			return true
 		}

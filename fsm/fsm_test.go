@@ -116,7 +116,7 @@ func TestFSM_ApplyBytes_undecodable(t *testing.T) {
 	}{
 		{"empty", nil},
 		{"unknown type", []byte{0, '{', '}'}},
-		{"type past the last", []byte{byte(fsm.CmdACLDeleteToken) + 1, '{', '}'}},
+		{"type past the last", []byte{byte(fsm.CmdTransfer) + 1, '{', '}'}},
 		{"bad json", []byte{byte(fsm.CmdGrantLease), '{', '"'}},
 		{"wrong field type", append([]byte{byte(fsm.CmdGrantLease)}, `{"ttl":"10s"}`...)},
 		{"type byte only", []byte{byte(fsm.CmdAcquireLock)}},
@@ -277,7 +277,7 @@ func TestEncode_Decode_roundTrip(t *testing.T) {
 }
 
 func TestDecode_errors(t *testing.T) {
-	for _, b := range [][]byte{nil, {}, {0}, {17, '{', '}'}, {255}, {byte(fsm.CmdCampaign), '['}, {byte(fsm.CmdResign), '{', '"', 'x'}} {
+	for _, b := range [][]byte{nil, {}, {0}, {200, '{', '}'}, {255}, {byte(fsm.CmdCampaign), '['}, {byte(fsm.CmdResign), '{', '"', 'x'}} {
 		if c, err := fsm.Decode(b); !errors.Is(err, fsm.ErrDecode) || c != nil {
 			t.Errorf("Decode(%q) = %v, %v; want ErrDecode", b, c, err)
 		}
@@ -313,12 +313,13 @@ func allCommands() []fsm.Command {
 		&fsm.RevokeLease{ID: "l1", Now: t0},
 		&fsm.ExpireLease{ID: "l1", Now: t0},
 		&fsm.AcquireLock{Name: "a", Lease: "l1", Node: "n1", Value: "v", Queue: true, LockDelay: sec, Now: t0},
-		&fsm.ReleaseLock{Name: "a", Lease: "l1", OnlyWaiting: true, Now: t0},
+		&fsm.ReleaseLock{Name: "a", Lease: "l1", OnlyWaiting: true, Token: 7, Now: t0},
 		&fsm.Campaign{Election: "e", Candidate: "c1", Lease: "l1", Node: "n1", Value: "h:1", Service: "web-1", Now: t0},
 		&fsm.Resign{Election: "e", Candidate: "c1", OnlyWaiting: true, Now: t0, Auth: fsm.Auth{By: "t1", OnSession: true}},
 		&fsm.ACLBootstrap{Token: fsm.ACLToken{ID: "t0", SecretHash: "ab", Management: true}},
 		&fsm.ACLSetToken{Token: fsm.ACLToken{ID: "t1", SecretHash: "cd", Description: "web", Rules: []byte(`{"service":"write"}`)}, Create: true},
 		&fsm.ACLDeleteToken{ID: "t1"},
+		&fsm.Transfer{Election: "e", From: "c1", To: "c2", Node: "n1", Now: t0, Auth: fsm.Auth{By: "t1"}},
 	}
 }
 

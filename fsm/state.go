@@ -150,6 +150,8 @@ func (s *state) apply(index uint64, cmd Command) (*Result, bool) {
 		return s.campaign(index, c)
 	case *Resign:
 		return s.resign(index, c)
+	case *Transfer:
+		return s.transfer(index, c)
 	case *ACLBootstrap:
 		return s.aclBootstrap(index, c)
 	case *ACLSetToken:
@@ -615,6 +617,15 @@ func (s *state) releaseLock(index uint64, c *ReleaseLock) (*Result, bool) {
 	if l, ok := s.leases[c.Lease]; ok && !s.mayUseLease(l, c.By, c.OnSession, c.Node) {
 		return &Result{Err: s.leaseOwnerErr(l, c.By)}, false
 	}
+	if c.Token != 0 && (m.Holder == nil || m.Holder.ID != c.Lease || m.Holder.Token != c.Token) {
+		// Token-guarded: only the acquisition that got this token ends.
+		var cur uint64
+		if m.Holder != nil {
+			cur = m.Holder.Token
+		}
+		return &Result{Err: fmt.Errorf("%w: lock %q: token %d is not the current hold of lease %q (current token %d)",
+			ErrStaleToken, c.Name, c.Token, c.Lease, cur), Token: cur, Holder: holderCopy(m.Holder)}, false
+	}
 	res, changed, err := s.leave(index, m, c.Lease, c.OnlyWaiting, c.Now)
 	if err != nil {
 		return &Result{Err: fmt.Errorf("%w: lock %q, lease %q", ErrNotHolder, c.Name, c.Lease)}, false
@@ -674,6 +685,51 @@ func (s *state) resign(index uint64, c *Resign) (*Result, bool) {
 		s.touchMutex(watchElection, c.Election)
 	}
 	return res, changed
+}
+
+// transfer hands an election from its leader to a waiting candidate in
+// this one entry: the successor's token is max(index, LastToken+1), and
+// the leader leaves the election.
+func (s *state) transfer(index uint64, c *Transfer) (*Result, bool) {
+	m, ok := s.elections[c.Election]
+	if !ok {
+		return &Result{Err: fmt.Errorf("%w: %q", ErrUnknownElection, c.Election)}, false
+	}
+	if m.Holder == nil || m.Holder.ID != c.From {
+		return &Result{Err: fmt.Errorf("%w: candidate %q does not lead election %q", ErrNotLeading, c.From, c.Election),
+			Holder: holderCopy(m.Holder)}, false
+	}
+	if !s.mayActFor(m.Holder, c.Auth, c.Node) {
+		return &Result{Err: candidateOwnerErr(c.Election, c.From, c.By)}, false
+	}
+	if c.Node != "" && m.Holder.Node != c.Node {
+		return &Result{Err: fmt.Errorf("%w: candidate %q of election %q campaigns through node %q, not %q",
+			ErrNotLeading, c.From, c.Election, m.Holder.Node, c.Node), Holder: holderCopy(m.Holder)}, false
+	}
+	i := m.waiterIndex(c.To)
+	if i < 0 {
+		return &Result{Err: fmt.Errorf("%w: candidate %q is not waiting in election %q", ErrNotCandidate, c.To, c.Election),
+			Holder: holderCopy(m.Holder)}, false
+	}
+	h := m.Waiters[i]
+	m.Waiters = append(m.Waiters[:i:i], m.Waiters[i+1:]...)
+	token := max(index, m.LastToken+1)
+	h.Token, h.Since = token, c.Now
+	m.LastToken = token
+	m.Holder = &h
+	m.LockDelay = h.LockDelay
+	m.ModifyIndex = index
+	s.touch(index, TableElections)
+	s.touchMutex(watchElection, c.Election)
+	return mutexResult(m, h.ID), true
+}
+
+func holderCopy(h *Holder) *Holder {
+	if h == nil {
+		return nil
+	}
+	c := *h
+	return &c
 }
 
 // leave takes id out of a mutex: out of line, or out of the hold (handing

@@ -267,6 +267,20 @@ func validate(cmd Command) error {
 			return err
 		}
 		return checkID("candidate", c.Candidate)
+	case *Transfer:
+		if err := checkName("election", c.Election); err != nil {
+			return err
+		}
+		if err := checkID("candidate", c.From); err != nil {
+			return err
+		}
+		if err := checkID("candidate", c.To); err != nil {
+			return err
+		}
+		if c.From == c.To {
+			return invalid("a transfer names two different candidates")
+		}
+		return nil
 	case *ACLBootstrap:
 		return validateToken(&c.Token)
 	case *ACLSetToken:

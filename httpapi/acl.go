@@ -71,10 +71,15 @@ var permissions = map[string]permission{
 	"PUT /v1/locks/{name}":                 {res: acl.Lock, access: acl.Write, from: fromPath},
 	"DELETE /v1/locks/{name}":              {res: acl.Lock, access: acl.Write, from: fromPath},
 	"GET /v1/locks/{name}":                 {res: acl.Lock, access: acl.Read, from: fromPath},
+	"GET /v1/locks/{name}/fence":           {res: acl.Lock, access: acl.Read, from: fromPath},
 	"PUT /v1/elections/{name}/campaign":    {res: acl.Election, access: acl.Write, from: fromPath},
 	"DELETE /v1/elections/{name}/campaign": {res: acl.Election, access: acl.Write, from: fromPath},
 	"GET /v1/elections/{name}":             {res: acl.Election, access: acl.Read, from: fromPath},
 	"GET /v1/elections/{name}/self":        {res: acl.Election, access: acl.Read, from: fromPath},
+	"GET /v1/elections/{name}/fence":       {res: acl.Election, access: acl.Read, from: fromPath},
+	// Only the token that campaigned the candidate (or management) may
+	// transfer it: the election layer checks ownership (fsm.Auth).
+	"PUT /v1/elections/{name}/transfer": {res: acl.Election, access: acl.Write, from: fromPath},
 
 	// A snapshot holds every token's secret hash and the whole registry:
 	// saving it is operator write, like restoring it.

@@ -3,6 +3,7 @@ package httpapi_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -89,6 +90,7 @@ type aclEnv struct {
 	noneID string
 	// Set by a case's setup for its request.
 	lease, victim, snapshot string
+	token                   uint64
 }
 
 // The caller kinds of TestACL_routes, with what each may do.
@@ -179,6 +181,30 @@ func routeCases() []routeCase {
 			setup: campaignAsManagement},
 		{pattern: "GET /v1/elections/{name}/self", method: "GET", path: fixed("/v1/elections/db/self"), res: acl.Election, access: acl.Read, ok: 200,
 			setup: campaignAsManagement},
+		{pattern: "GET /v1/locks/{name}/fence", method: "GET", path: func(e *aclEnv) string { return fmt.Sprintf("/v1/locks/fj/fence?token=%d", e.token) },
+			res: acl.Lock, access: acl.Read, ok: 200,
+			setup: func(t *testing.T, e *aclEnv, as string) {
+				var res api.LockResult
+				json.Unmarshal(mustAs(t, e, e.mgmt, "PUT", "/v1/locks/fj", `{}`).body, &res)
+				e.token = res.Token
+			}},
+		{pattern: "GET /v1/elections/{name}/fence", method: "GET", path: func(e *aclEnv) string { return fmt.Sprintf("/v1/elections/db/fence?token=%d", e.token) },
+			res: acl.Election, access: acl.Read, ok: 200,
+			setup: func(t *testing.T, e *aclEnv, as string) {
+				campaignAsManagement(t, e, as)
+				var info api.ElectionInfo
+				json.Unmarshal(mustAs(t, e, e.mgmt, "GET", "/v1/elections/db", "").body, &info)
+				e.token = info.Leader.Token
+			}},
+		// The caller campaigned c1 (it owns it), management c2, waiting.
+		{pattern: "PUT /v1/elections/{name}/transfer", method: "PUT", path: fixed("/v1/elections/tx/transfer"),
+			body: fixed(`{"from":"c1","to":"c2"}`), res: acl.Election, access: acl.Write, ok: 200,
+			setup: func(t *testing.T, e *aclEnv, as string) {
+				doAs(t, e.mgmt, "DELETE", e.a.URL+"/v1/elections/tx/campaign?candidate=c1", "")
+				doAs(t, e.mgmt, "DELETE", e.a.URL+"/v1/elections/tx/campaign?candidate=c2", "")
+				mustAs(t, e, as, "PUT", "/v1/elections/tx/campaign", `{"candidate":"c1","value":"10.0.0.1:5432"}`)
+				mustAs(t, e, e.mgmt, "PUT", "/v1/elections/tx/campaign", `{"candidate":"c2","value":"10.0.0.2:5432"}`)
+			}},
 		{pattern: "GET /v1/snapshot", method: "GET", path: fixed("/v1/snapshot"), res: acl.Operator, access: acl.Write, ok: 200},
 		{pattern: "PUT /v1/snapshot", method: "PUT", path: fixed("/v1/snapshot"), body: func(e *aclEnv) string { return e.snapshot },
 			res: acl.Operator, access: acl.Write, ok: 200,

@@ -412,10 +412,78 @@ func (s *Server) unlock(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	if err := s.holds.Unlock(r.Context(), name, req.Lease); err != nil {
+	if err := s.holds.UnlockToken(r.Context(), name, req.Lease, req.Token); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"held": false})
+	return nil
+}
+
+// fence answers a fence check: 200 {"current":true,"token":N} when token
+// is the live holder's, 409 {"current":false,"token":M} otherwise (M the
+// current token, 0 when vacant), once a quorum confirmed the local copy.
+func (s *Server) fence(w http.ResponseWriter, r *http.Request, kind string,
+	check func(ctx context.Context, name string, token uint64) (api.FenceResult, error)) error {
+	name, err := pathName(r, kind)
+	if err != nil {
+		return err
+	}
+	raw := r.URL.Query().Get("token")
+	if raw == "" {
+		return badf("token: missing (?token=N, the fencing token to check)")
+	}
+	token, err := strconv.ParseUint(raw, 10, 64)
+	if err != nil {
+		return badf("token: %q is not a fencing token (an unsigned integer)", raw)
+	}
+	res, err := check(r.Context(), name, token)
+	if err != nil {
+		return err
+	}
+	code := http.StatusOK
+	if !res.Current {
+		code = http.StatusConflict
+	}
+	writeJSON(w, code, res)
+	return nil
+}
+
+func (s *Server) lockFence(w http.ResponseWriter, r *http.Request) error {
+	return s.fence(w, r, "lock", s.holds.LockFence)
+}
+
+func (s *Server) electionFence(w http.ResponseWriter, r *http.Request) error {
+	return s.fence(w, r, "election", s.holds.ElectionFence)
+}
+
+// transfer hands an election from a candidate campaigning here to a
+// waiting one (PUT /v1/elections/{name}/transfer).
+func (s *Server) transfer(w http.ResponseWriter, r *http.Request) error {
+	name, err := pathName(r, "election")
+	if err != nil {
+		return err
+	}
+	body, err := s.readBody(w, r)
+	if err != nil {
+		return err
+	}
+	var req api.TransferRequest
+	if err := decodeJSON(body, &req, false); err != nil {
+		return err
+	}
+	if req.From != "" {
+		if err := checkID("from", req.From); err != nil {
+			return err
+		}
+	}
+	if err := checkID("to", req.To); err != nil {
+		return err
+	}
+	res, err := s.holds.Transfer(r.Context(), name, req.From, req.To)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, res)
 	return nil
 }
 

@@ -94,6 +94,15 @@ type Holds interface {
 	RevokeLease(ctx context.Context, id string) error
 	Lock(ctx context.Context, spec election.LockSpec) (api.LockResult, error)
 	Unlock(ctx context.Context, name, lease string) error
+	// UnlockToken releases only the acquisition that got token (0: Unlock).
+	UnlockToken(ctx context.Context, name, lease string, token uint64) error
+	// LockFence and ElectionFence compare a token with the live holder's,
+	// after a quorum confirmed the local copy is current.
+	LockFence(ctx context.Context, name string, token uint64) (api.FenceResult, error)
+	ElectionFence(ctx context.Context, name string, token uint64) (api.FenceResult, error)
+	// Transfer hands an election from a candidate of this sidecar to a
+	// waiting one, demoting it first.
+	Transfer(ctx context.Context, election, from, to string) (api.TransferResult, error)
 	HoldLock(ctx context.Context, spec election.LockSpec, ttl time.Duration, emit election.Emit[api.LockResult]) error
 	Campaign(ctx context.Context, spec election.CampaignSpec) (api.CampaignResult, error)
 	Resign(ctx context.Context, election, candidate string) error
@@ -261,10 +270,13 @@ func (s *Server) routes() {
 	s.handle("PUT /v1/locks/{name}", s.lock)
 	s.handle("DELETE /v1/locks/{name}", s.unlock)
 	s.handle("GET /v1/locks/{name}", s.lockInfo)
+	s.handle("GET /v1/locks/{name}/fence", s.lockFence)
 	s.handle("PUT /v1/elections/{name}/campaign", s.campaign)
 	s.handle("DELETE /v1/elections/{name}/campaign", s.resign)
 	s.handle("GET /v1/elections/{name}", s.electionInfo)
 	s.handle("GET /v1/elections/{name}/self", s.self)
+	s.handle("GET /v1/elections/{name}/fence", s.electionFence)
+	s.handle("PUT /v1/elections/{name}/transfer", s.transfer)
 	s.handle("GET /v1/snapshot", s.saveSnapshot)
 	s.handle("PUT /v1/snapshot", s.restoreSnapshot)
 	s.handle("GET /v1/operator/keyring", s.listKeys)
@@ -518,10 +530,12 @@ func statusOf(err error) int {
 	case errors.Is(err, errSlowBody):
 		return http.StatusRequestTimeout
 	case errors.Is(err, fsm.ErrNotHolder), errors.Is(err, fsm.ErrNotCandidate), errors.Is(err, fsm.ErrLeaseExists),
+		errors.Is(err, fsm.ErrStaleToken), errors.Is(err, fsm.ErrNotLeading),
 		errors.Is(err, fsm.ErrCheckConflict), errors.Is(err, fsm.ErrChanged), errors.Is(err, errConflict), errors.Is(err, election.ErrServiceNotPassing):
 		return http.StatusConflict
 	case errors.Is(err, election.ErrNotLeader), errors.Is(err, election.ErrUnknownOutcome),
-		errors.Is(err, election.ErrShutdown), errors.Is(err, election.ErrClosed), errors.Is(err, errNotReady):
+		errors.Is(err, election.ErrShutdown), errors.Is(err, election.ErrClosed), errors.Is(err, errNotReady),
+		errors.Is(err, election.ErrTransferUnconfirmed):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout

@@ -478,6 +478,29 @@ func cmdLeader(ctx context.Context, s *streams, args []string) error {
 	return nil
 }
 
+// cmdTransfer hands an election from a candidate campaigning through the
+// local agent (--from, by default its one candidate there) to the waiting
+// candidate --to, in one Raft entry (PUT /v1/elections/{name}/transfer).
+func cmdTransfer(ctx context.Context, s *streams, args []string) error {
+	fs := newFlagSet("transfer")
+	addr := addrFlag(fs)
+	to := fs.String("to", "", "the waiting candidate to hand leadership to (required)")
+	from := fs.String("from", "", "the leading candidate of this agent (default: its one candidate in NAME)")
+	pos, c, err := clientArgs(s, fs, addr, args, 1, "election NAME")
+	if err != nil {
+		return err
+	}
+	if *to == "" {
+		return usageErrorf("transfer: missing --to CANDIDATE")
+	}
+	res, err := c.Transfer(ctx, pos[0], *from, *to)
+	if err != nil {
+		return fmt.Errorf("transfer %s: %w", pos[0], err)
+	}
+	fmt.Fprintf(s.stdout, "%s leads %s with token %d\n", res.Leader, pos[0], res.Token)
+	return nil
+}
+
 func cmdSnapshot(ctx context.Context, s *streams, args []string) error {
 	fs := newFlagSet("snapshot")
 	addr := addrFlag(fs)

@@ -74,7 +74,8 @@ func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
 }
 
 func TestCLI_readCommands(t *testing.T) {
-	newFakeAgent(t, map[string]http.HandlerFunc{
+	var fa *fakeAgent
+	fa = newFakeAgent(t, map[string]http.HandlerFunc{
 		"GET /v1/members": jsonReply(200, `[{"name":"b","addr":"10.0.0.2","port":7946,"role":"client","status":"alive"},
 			{"name":"a","addr":"::1","port":7946,"role":"server","status":"failed"}]`),
 		"GET /v1/status":            jsonReply(200, `{"node":"a","role":"server","leader":"","term":4,"commit_index":9,"applied_index":9,"peers":["a"]}`),
@@ -83,6 +84,15 @@ func TestCLI_readCommands(t *testing.T) {
 		"GET /v1/services/nothing":  jsonReply(200, `null`),
 		"GET /v1/elections/primary": jsonReply(200, `{"leader":{"candidate":"c1","node":"a","value":"10.0.0.1:5432","token":7}}`),
 		"GET /v1/elections/vacant":  jsonReply(404, `{"error":"no leader"}`),
+		"PUT /v1/elections/primary/transfer": func(w http.ResponseWriter, r *http.Request) {
+			var req api.TransferRequest
+			json.Unmarshal(fa.body(r.Method+" "+r.URL.Path), &req)
+			if req.To != "c2" || req.From != "" {
+				jsonReply(409, `{"error":"fsm: candidate does not lead here: candidate \"c1\" of election \"primary\" campaigns through node \"b\""}`)(w, r)
+				return
+			}
+			jsonReply(200, `{"leader":"c2","token":12}`)(w, r)
+		},
 	})
 	tests := []struct {
 		args     []string
@@ -103,6 +113,9 @@ func TestCLI_readCommands(t *testing.T) {
 		{args: []string{"leader", "primary"}, want: []string{"10.0.0.1:5432\n"}},
 		{args: []string{"leader", "primary", "--json"}, want: []string{`"token": 7`}},
 		{args: []string{"leader", "vacant"}, wantCode: 1, wantErr: "election vacant has no leader"},
+		{args: []string{"transfer", "primary", "--to", "c2"}, want: []string{"c2 leads primary with token 12\n"}},
+		{args: []string{"transfer", "primary", "--to", "c2", "--from", "c1"}, wantCode: 1, wantErr: `campaigns through node "b"`},
+		{args: []string{"transfer", "primary"}, wantCode: 2, wantErr: "transfer: missing --to CANDIDATE"},
 		{args: []string{"version"}, want: []string{"sidecar dev\n"}},
 		{args: []string{"--version"}, want: []string{"sidecar dev\n"}},
 	}

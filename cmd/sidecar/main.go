@@ -80,6 +80,7 @@ func init() {
 		{"lock", "NAME [--ttl D] [--value V] [--timeout D] -- CMD [ARGS...]", "run CMD while holding a lock", cmdLock},
 		{"elect", "NAME --value V [--candidate ID] [--ttl D] -- CMD [ARGS...]", "run CMD while leading an election", cmdElect},
 		{"leader", "NAME [--json]", "print the value of an election's leader", cmdLeader},
+		{"transfer", "NAME --to CANDIDATE [--from CANDIDATE]", "hand an election's leadership to a waiting candidate", cmdTransfer},
 		{"snapshot", "save|restore FILE", "save or restore the registry", cmdSnapshot},
 		{"keygen", "", "print a new gossip encryption key", cmdKeygen},
 		{"tls", "ca create [--dir D] | cert create --server|--client --node NAME [--dir D] [--ca FILE --ca-key FILE] [--days N]", "make the cluster CA and agent certificates", cmdTLS},

@@ -144,6 +144,23 @@ func (b leaderBackend) Apply(ctx context.Context, cmd fsm.Command) (*fsm.Result,
 	}
 }
 
+// ReadIndex implements election.ReadIndexer: the leader's read index.
+func (b leaderBackend) ReadIndex(ctx context.Context) (uint64, error) {
+	for {
+		if s := b.c.Leader(); s != nil {
+			idx, err := s.ReadIndex(ctx)
+			if !retryable(err) {
+				return idx, err
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("%w: %v", election.ErrNotLeader, ctx.Err())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
 func (b leaderBackend) KeepAlive(ctx context.Context, id string) (time.Duration, error) {
 	for {
 		if s := b.c.Leader(); s != nil {
