@@ -175,7 +175,6 @@ func TestElection_Observe(t *testing.T) {
 
 func TestLeadership_TransferTo(t *testing.T) {
 	ctx := testCtx(t)
-	needFenceRoutes(t, newClient(t))
 	ea := concurrency.NewElection(newSession(t, ctx), "elect-transfer")
 	eb := concurrency.NewElection(newSession(t, ctx), "elect-transfer")
 	la, err := ea.Campaign(ctx, "a", "va")

@@ -85,10 +85,6 @@ func ExampleElection() {
 
 // Hand leadership over to a waiting candidate without a vacancy: the old
 // term's Done closes first, the new term has a greater token.
-//
-// (Its output is checked once the agent serves PUT
-// /v1/elections/{name}/transfer, which branch f-fence adds; until then it
-// is only compiled.)
 func ExampleLeadership_TransferTo() {
 	ctx := context.Background()
 	client, err := api.NewClient(sidecarAddr)
@@ -130,13 +126,12 @@ func ExampleLeadership_TransferTo() {
 	l := <-next
 	fmt.Println("new term, greater token:", l.Token() > old.Token())
 	l.Resign(ctx)
+	// Output:
+	// new term, greater token: true
 }
 
 // A resource that cannot remember the highest token it has seen asks Fence
 // before it acts. After the lock passes on, the old token is refused.
-//
-// (Its output is checked once the agent serves GET /v1/locks/{name}/fence,
-// which branch f-fence adds; until then it is only compiled.)
 func ExampleFence() {
 	ctx := context.Background()
 	client, err := api.NewClient(sidecarAddr)
@@ -174,4 +169,7 @@ func ExampleFence() {
 	}
 	fmt.Println("old token current:", current, "- newer token:", now == m.Token())
 	m.Unlock(ctx)
+	// Output:
+	// holder's token current: true
+	// old token current: false - newer token: true
 }

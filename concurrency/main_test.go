@@ -9,7 +9,6 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -110,17 +109,6 @@ func newPartition(t *testing.T) *partition {
 	})
 	p.url = srv.URL
 	return p
-}
-
-// needFenceRoutes skips the rest of a test when the agent has no fence,
-// guarded-unlock or transfer routes yet (they come with branch f-fence).
-func needFenceRoutes(t *testing.T, c *api.Client) {
-	t.Helper()
-	_, err := c.LockFence(testCtx(t), "probe-fence-route", 1)
-	var se *api.StatusError
-	if errors.As(err, &se) && (se.Code == http.StatusNotFound || se.Code == http.StatusMethodNotAllowed) && strings.Contains(se.Message, "no route") {
-		t.Skip("the agent has no fence routes yet (branch f-fence)")
-	}
 }
 
 // statusCode is the HTTP status of an agent's answer inside err, 0 if none.

@@ -79,7 +79,6 @@ func TestMutex_partition(t *testing.T) {
 		t.Fatalf("B's Done closed: %v", b.Err())
 	}
 
-	needFenceRoutes(t, direct)
 	current, tok, err := a.Fence(ctx)
 	if err != nil {
 		t.Fatal(err)
