@@ -92,7 +92,7 @@ bugs)
 	*) secs=60 ;;
 	esac
 	export CHAOS_TEST_TIMEOUT=${CHAOS_TEST_TIMEOUT:-$((secs + 150))s}
-	bugs=${CHAOS_BUGS:-readskipsleader lockignoreslease leaselocalclock}
+	bugs=${CHAOS_BUGS:-readskipsleader lockignoreslease leaselocalclock fenceskipsquorum}
 	for bug in $bugs; do
 		$GO test -tags chaosbug_$bug -count=1 -run '^$' ./chaos/inproc >/dev/null
 	done

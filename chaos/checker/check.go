@@ -78,6 +78,7 @@ func (r *Recorder) Check(opt Options) *Report {
 	rep.checkLostWrites(ops)
 	rep.checkTokens(grants)
 	rep.checkHolders(grants)
+	rep.checkFences(ops, grants)
 	rep.checkLeases(leases)
 	return rep
 }
@@ -281,6 +282,29 @@ func (rep *Report) checkHolders(grants []Grant) {
 					rep.fail("%s: client %d (token %d) was live %v after client %d (token %d) was granted it", name,
 						gs[i].Client, gs[i].Token, time.Duration(gs[i].LastLive-gs[j].Return), gs[j].Client, gs[j].Token)
 				}
+			}
+		}
+	}
+}
+
+// checkFences: a fence check is linearizable, so one that began after a
+// greater token of its name was granted (the grant acknowledged) must not
+// answer that its own token is current.
+func (rep *Report) checkFences(ops []Op, grants []Grant) {
+	by := groupGrants(grants)
+	for _, o := range ops {
+		if o.Kind != Fence || o.Outcome != OK || !o.Held {
+			continue
+		}
+		k := o.Key
+		if o.Election {
+			k = "election/" + k
+		}
+		for _, g := range by[k] {
+			if g.Token > o.Token && g.Return < o.Call {
+				rep.fail("%s: client %d's fence check of token %d at %v answered current, but token %d was granted to client %d at %v",
+					k, o.Client, o.Token, time.Duration(o.Call), g.Token, g.Client, time.Duration(g.Return))
+				break
 			}
 		}
 	}

@@ -61,6 +61,12 @@ func TestCheck_locks(t *testing.T) {
 		{"token goes back", []Op{try(0, "a", true, 5, 0, 1), {Kind: Unlock, Key: "l", Lease: "a", Call: 2, Return: 3}, try(1, "b", true, 4, 4, 5)}, 1},
 		{"revoked lease granted", []Op{{Kind: Revoke, Lease: "a", Call: 0, Return: 1}, try(0, "a", true, 5, 2, 3)}, 1},
 		{"revoked lease refused", []Op{{Kind: Revoke, Lease: "a", Call: 0, Return: 1}, {Kind: TryLock, Key: "l", Lease: "a", Refused: true, Call: 2, Return: 3}}, 0},
+		// Token-guarded release: an old token's unlock refused while the
+		// same lease holds a newer acquisition is right; releasing it is not.
+		{"guarded unlock of an old token refused", []Op{try(0, "a", true, 5, 0, 1), {Kind: Unlock, Key: "l", Lease: "a", Token: 5, Call: 2, Return: 3},
+			try(0, "a", true, 9, 4, 5), {Kind: Unlock, Key: "l", Lease: "a", Token: 5, Refused: true, Call: 6, Return: 7}, try(1, "b", false, 0, 8, 9)}, 0},
+		{"guarded unlock of an old token released", []Op{try(0, "a", true, 5, 0, 1), {Kind: Unlock, Key: "l", Lease: "a", Token: 5, Call: 2, Return: 3},
+			try(0, "a", true, 9, 4, 5), {Kind: Unlock, Key: "l", Lease: "a", Token: 5, Call: 6, Return: 7}}, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rep := check(tc.ops, nil, nil)
@@ -92,6 +98,37 @@ func TestCheck_holdersAndTokens(t *testing.T) {
 	}
 	if rep := check(nil, dup, nil); len(rep.Anomalies) == 0 {
 		t.Error("duplicate token not reported")
+	}
+}
+
+// A fence check that began after a greater token was granted must not
+// answer current; one that began before may.
+func TestCheck_fences(t *testing.T) {
+	grants := []Grant{
+		{Name: "q", Lease: "a", Token: 3, Invoke: 0, Return: 10},
+		{Name: "q", Lease: "b", Token: 8, Invoke: 20, Return: 60},
+	}
+	fence := func(token uint64, current bool, call, ret int64) Op {
+		return Op{Client: 0, Kind: Fence, Key: "q", Token: token, Held: current, Found: true, Call: call, Return: ret}
+	}
+	for _, tc := range []struct {
+		name      string
+		op        Op
+		anomalies int
+	}{
+		{"current before the successor", fence(3, true, 30, 40), 0},
+		{"overlapping the successor's grant", fence(3, true, 50, 70), 0},
+		{"stale current after the successor", fence(3, true, 61, 65), 1},
+		{"not current after the successor", fence(3, false, 61, 65), 0},
+		{"the successor's own", fence(8, true, 61, 65), 0},
+		{"of an election, not the lock", Op{Kind: Fence, Key: "q", Election: true, Token: 3, Held: true, Found: true, Call: 61, Return: 65}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rep := check([]Op{tc.op}, grants, nil)
+			if len(rep.Anomalies) != tc.anomalies {
+				t.Errorf("anomalies %d, want %d: %v", len(rep.Anomalies), tc.anomalies, rep.Anomalies)
+			}
+		})
 	}
 }
 

@@ -46,20 +46,24 @@ const (
 	TryLock Kind = "trylock"
 	Unlock  Kind = "unlock"
 	Revoke  Kind = "revoke"
+	// Fence is a holder's fence check of its token before it acts:
+	// Held is the answer "current", Found that there was an answer.
+	Fence Kind = "fence"
 )
 
 // Op is one client operation. Times are nanoseconds since the start of the
 // run; an operation of unknown outcome returns at math.MaxInt64.
 type Op struct {
-	Client  int
-	Kind    Kind
-	Key     string // registry key or lock name
-	Value   string // value written, or read
-	Found   bool   // read found a value; del removed one
-	Lease   string
-	Held    bool
-	Token   uint64
-	Outcome Outcome
+	Client   int
+	Kind     Kind
+	Key      string // registry key or lock name
+	Value    string // value written, or read
+	Found    bool   // read found a value; del removed one
+	Lease    string
+	Election bool // a fence check of an election (else of a lock)
+	Held     bool
+	Token    uint64
+	Outcome  Outcome
 	// NotHeld is set when an unlock or lock was refused because the lease
 	// held nothing or was unknown (a definite answer).
 	Refused bool

@@ -141,20 +141,22 @@ func lockStep(p lockState, op Op) []lockState {
 		}
 		return nil
 	case Unlock:
+		// A guarded unlock (with a token) releases only that acquisition.
+		holds := p.holder == op.Lease && (op.Token == 0 || p.token == op.Token)
 		vacated := p
-		if p.holder == op.Lease {
+		if holds {
 			vacated.holder, vacated.token = "", 0
 		}
 		switch {
 		case op.Outcome == Unknown:
 			return []lockState{p, vacated}
 		case op.Refused:
-			if p.holder != op.Lease {
+			if !holds {
 				return []lockState{p}
 			}
 			return nil
 		default:
-			if p.holder == op.Lease {
+			if holds {
 				return []lockState{vacated}
 			}
 			return nil

@@ -1,4 +1,4 @@
-//go:build !chaosbug_lockignoreslease && !chaosbug_readskipsleader && !chaosbug_leaselocalclock
+//go:build !chaosbug_lockignoreslease && !chaosbug_readskipsleader && !chaosbug_leaselocalclock && !chaosbug_fenceskipsquorum
 
 package inproc
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sidecarhq/sidecar/acl"
+	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/chaos/checker"
 	"github.com/sidecarhq/sidecar/election"
 	"github.com/sidecarhq/sidecar/fsm"
@@ -215,16 +216,46 @@ func (c *client) holdFor() time.Duration {
 	return time.Duration(c.rng.Int63n(int64(400 * time.Millisecond)))
 }
 
-// hold acts on the fenced resource while the holder is surely live.
+// hold acts on the fenced resource while the holder is surely live. Before
+// each act it asks the fence whether its token is still the live holder's
+// (SPEC: fence checks, confirmed with a quorum), as a resource that cannot
+// keep its own highest token would: the check is recorded, and the
+// checker flags a "current" answer to a check that began after a greater
+// token was granted.
 func (c *client) hold(ctx context.Context, g *checker.Grant, live func() bool, d time.Duration) {
 	end := time.Now().Add(d)
 	for ctx.Err() == nil && live() {
+		if !c.fence(ctx, g) {
+			return
+		}
 		c.r.rec.Act(g, live)
 		if time.Now().After(end) {
 			return
 		}
 		time.Sleep(time.Duration(5+c.rng.Intn(25)) * time.Millisecond)
 	}
+}
+
+// fence runs and records one fence check of a grant; it reports whether
+// the holder may act.
+func (c *client) fence(ctx context.Context, g *checker.Grant) bool {
+	octx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	op := checker.Op{Client: c.id, Kind: checker.Fence, Key: g.Name, Election: g.Election, Token: g.Token, Call: c.r.rec.Now()}
+	var res api.FenceResult
+	var err error
+	if g.Election {
+		res, err = c.local.ElectionFence(octx, g.Name, g.Token)
+	} else {
+		res, err = c.local.LockFence(octx, g.Name, g.Token)
+	}
+	op.Return, op.Outcome = c.r.rec.Now(), outcome(err)
+	op.Held, op.Found = res.Current, err == nil
+	if err != nil {
+		op.Err = err.Error()
+	}
+	c.r.rec.Add(op)
+	return err == nil && res.Current
 }
 
 func (c *client) tryLock(ctx context.Context) {
@@ -249,21 +280,20 @@ func (c *client) tryLock(ctx context.Context) {
 	}
 	// Release also after an unknown outcome: the lock may be ours.
 	if res.Held || op.Outcome == checker.Unknown {
-		if c.unlock(name, sess.ID(), true) == checker.Unknown {
+		if c.unlock(name, sess.ID(), res.Token, true) == checker.Unknown {
 			c.dropSession(ctx, sess)
 		}
 	}
 }
 
-// dropSession ends a session after a release of unknown outcome. Unlock
-// (and resign) are keyed by lease, as in etcd: a release still in flight
-// (an Apply that timed out on its way through Raft) may land after the
-// client took the lock again on the same lease, and release that later
-// hold while the client, its session live, goes on acting on it ("token
-// refused while its holder was live", make chaos-bounded SEED=200 over
-// the in-memory transport). Like the black-box layer's apps, the client
-// then stops using the lease: it revokes it (recorded, as a zombie's
-// revocation is) and opens a new session at its next operation.
+// dropSession ends a session after a release of unknown outcome. A
+// guarded unlock (with the acquisition's token) in flight can no longer
+// end a later hold on the same lease, but one without a token (after an
+// acquire of unknown outcome) can, and resign is keyed by candidate; and
+// the client cannot tell whether the lock is still its own. Like the
+// black-box layer's apps, it stops using the lease: it revokes it
+// (recorded, as a zombie's revocation is) and opens a new session at its
+// next operation.
 func (c *client) dropSession(ctx context.Context, sess *election.Session) {
 	if c.sess != sess {
 		return
@@ -291,14 +321,17 @@ func (c *client) revoke(ctx context.Context, sess *election.Session) checker.Out
 	return rv.Outcome
 }
 
-// unlock releases name held by lease and returns the outcome.
-func (c *client) unlock(name, lease string, record bool) checker.Outcome {
+// unlock releases name held by lease and returns the outcome. With the
+// acquisition's token it releases only that acquisition (token-guarded
+// release); 0, after an acquire of unknown outcome, whatever the lease
+// holds.
+func (c *client) unlock(name, lease string, token uint64, record bool) checker.Outcome {
 	octx, cancel := context.WithTimeout(c.bg(), opTimeout)
 	defer cancel()
-	op := checker.Op{Client: c.id, Kind: checker.Unlock, Key: name, Lease: lease, Call: c.r.rec.Now()}
-	err := c.local.Unlock(octx, name, lease)
+	op := checker.Op{Client: c.id, Kind: checker.Unlock, Key: name, Lease: lease, Token: token, Call: c.r.rec.Now()}
+	err := c.local.UnlockToken(octx, name, lease, token)
 	op.Return, op.Outcome = c.r.rec.Now(), outcome(err)
-	op.Refused = errors.Is(err, fsm.ErrNotHolder) || errors.Is(err, fsm.ErrUnknownLock)
+	op.Refused = errors.Is(err, fsm.ErrNotHolder) || errors.Is(err, fsm.ErrUnknownLock) || errors.Is(err, fsm.ErrStaleToken)
 	if err != nil {
 		op.Err = err.Error()
 	}
@@ -320,7 +353,7 @@ func (c *client) waitLock(ctx context.Context) {
 		g := c.r.rec.AddGrant(checker.Grant{Name: name, Client: c.id, Lease: sess.ID(), Token: res.Token, Invoke: invoke, Return: ret})
 		c.hold(ctx, g, sess.Live, c.holdFor())
 	}
-	if c.unlock(name, sess.ID(), false) == checker.Unknown {
+	if c.unlock(name, sess.ID(), res.Token, false) == checker.Unknown {
 		c.dropSession(ctx, sess)
 	}
 }

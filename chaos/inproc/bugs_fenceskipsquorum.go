@@ -1,0 +1,5 @@
+//go:build chaosbug_fenceskipsquorum
+
+package inproc
+
+const plantedBug = "fenceskipsquorum"
