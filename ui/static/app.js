@@ -265,7 +265,7 @@
     return `<span class="counts">${order.filter((k) => by[k]).map((k) => chip(k, `${by[k]} ${k}`)).join('') || '<span class="muted">none</span>'}</span>`;
   }
   function forbiddenNote(key, what) {
-    return S.forbidden[key] ? `<p class="chip bad" data-forbidden="${esc(key)}">403: this token may not read ${esc(what)}</p>` : '';
+    return S.forbidden[key] ? `<p class="note bad" data-forbidden="${esc(key)}">403: this token may not read ${esc(what)}</p>` : '';
   }
   function table(cls, head, rows, empty) {
     if (!rows.length) return `<p class="muted">${empty}</p>`;
@@ -323,7 +323,7 @@
 <section class="card" aria-labelledby="h-instances"><h2 id="h-instances">Service instances</h2>
 <p class="big">${S.services ? inst.length : '—'} <span class="muted">in ${S.services ? Object.keys(S.services).length : '—'} services</span></p>${counts(countBy(inst, 'status'), ['critical', 'warning', 'passing'])}${forbiddenNote('services', 'services')}</section>
 <section class="card wide" aria-labelledby="h-servers"><h2 id="h-servers">Servers</h2>
-${table('servers', ['Name', 'Address', 'Status', 'Raft'], servers.map((m) => `<tr data-member="${esc(m.name)}" class="status-${esc(m.status)}"><td data-label="Name">${nodeLink(m.name)}</td><td data-label="Address" class="mono">${esc(m.addr)}:${esc(m.port)}</td><td data-label="Status">${chip(m.status)}</td><td data-label="Raft">${m.name === st.leader ? '<strong>leader</strong>' : ((st.peers || []).includes(m.name) ? 'follower' : '<span class="muted">not a peer</span>')}</td></tr>`), S.members ? 'No servers known.' : 'Loading…')}</section>
+${table('servers', ['Name', 'Address', 'Status', 'Raft'], servers.map((m) => `<tr data-member="${esc(m.name)}" class="status-${esc(m.status)}"><td data-label="Name">${nodeLink(m.name)}</td><td data-label="Address" class="mono">${esc(m.addr)}:${esc(m.port)}</td><td data-label="Status">${chip(m.status)}</td><td data-label="Raft">${m.name === st.leader ? '<strong>leader</strong>' : ((st.peers || []).includes(m.name) ? 'follower' : '<span class="muted">not a peer</span>')}</td></tr>`), S.members ? 'No servers known.' : (S.forbidden.members ? 'Not readable with this token.' : 'Loading…'))}</section>
 </div>`;
   }
 
