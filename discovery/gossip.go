@@ -44,8 +44,12 @@ type Gossip struct {
 	meta  atomic.Pointer[[]byte] // encoded local Meta, for NodeMeta
 	bcast *memberlist.TransmitLimitedQueue
 
-	mu       sync.Mutex // guards members
+	mu       sync.Mutex // guards members, changes and changed
 	members  map[string]*memberState
+	// changes counts the member table's changes; changed is closed at the
+	// next one (Changes).
+	changes uint64
+	changed chan struct{}
 	numAlive atomic.Int64 // alive members in the table, this node included
 
 	events *eventQueue
@@ -123,6 +127,7 @@ func New(cfg Config) (*Gossip, error) {
 		log:     log.With("component", "gossip"),
 		boot:    boot,
 		members: make(map[string]*memberState),
+		changed: make(chan struct{}),
 		events:  newEventQueue(cfg.EventQueueSize),
 		out:     make(chan Event),
 		stop:    make(chan struct{}),
@@ -345,6 +350,15 @@ func (g *Gossip) Members() []Member {
 	g.mu.Unlock()
 	slices.SortFunc(out, func(a, b Member) int { return strings.Compare(a.Name, b.Name) })
 	return out
+}
+
+// Changes returns how many times the member table has changed (a join,
+// failure, leave, meta update or reap) and a channel closed at the next
+// change: what a blocking read of the members waits on.
+func (g *Gossip) Changes() (uint64, <-chan struct{}) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.changes, g.changed
 }
 
 // Member returns the member called name, if known.
@@ -611,6 +625,9 @@ func (ms *memberState) snapshot() Member {
 // emitLocked queues ev for Events; g.mu is held, which orders events as the
 // table changes.
 func (g *Gossip) emitLocked(ev Event) {
+	g.changes++
+	close(g.changed)
+	g.changed = make(chan struct{})
 	dropped := g.events.push(ev)
 	if dropped > 0 {
 		g.m.dropped.Add(float64(dropped))

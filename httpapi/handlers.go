@@ -48,11 +48,18 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// members answers from gossip; as a blocking query it wakes when the
-// registry's node table changes, which the leader writes as gossip finds a
-// member joined, failed or gone.
+// members answers from gossip; as a blocking query it wakes when this
+// agent's member list changes (X-Sidecar-Index then counts those changes),
+// or, with an agent that cannot tell, when the registry's node table does.
 func (s *Server) members(w http.ResponseWriter, r *http.Request) error {
-	v, err := block(s, w, r, s.tableTopic(fsm.TableNodes), s.agent.Members)
+	tp := s.tableTopic(fsm.TableNodes)
+	if mw, ok := s.agent.(MemberWatch); ok {
+		tp = topic{
+			index: func() uint64 { n, _ := mw.MemberChanges(); return n },
+			watch: func() <-chan struct{} { _, ch := mw.MemberChanges(); return ch },
+		}
+	}
+	v, err := block(s, w, r, tp, s.agent.Members)
 	if err != nil {
 		return err
 	}

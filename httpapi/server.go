@@ -83,6 +83,14 @@ type Agent interface {
 	RestoreSnapshot(ctx context.Context, r io.Reader) error
 }
 
+// MemberWatch is an optional capability of the Agent: how many times its
+// member list has changed, and a channel closed at the next change, so
+// that GET /v1/members blocks on what it answers from. Without it the
+// members block on the registry's node table.
+type MemberWatch interface {
+	MemberChanges() (uint64, <-chan struct{})
+}
+
 // LeaseClock is an optional capability of the Agent, found by type
 // assertion: how long a lease stays live without another keepalive, known
 // on the Raft leader and on the agent holding the lease. The listings of
