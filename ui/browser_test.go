@@ -146,8 +146,8 @@ func TestBrowser_cluster(t *testing.T) {
 		`document.querySelector('tr[data-instance="web-1"].status-critical li[data-check="web-1-ttl"].status-critical pre.output')?.textContent.includes('upstream timed out')`, 10*time.Second)
 	latency(t, "check failed -> red with its output", start, shown)
 	var color string
-	b.eval(`getComputedStyle(document.querySelector('tr[data-instance="web-1"] .chip.status-critical')).color`, &color)
-	t.Logf("critical chip colour %s", color)
+	b.eval(`getComputedStyle(document.querySelector('tr[data-instance="web-1"] .chip.status-critical')).backgroundColor`, &color)
+	t.Logf("critical chip background %s", color)
 	b.screenshot(filepath.Join(shots, "service-critical.png"))
 
 	// An election: leader and token, then, after the leader's agent is
@@ -170,6 +170,29 @@ func TestBrowser_cluster(t *testing.T) {
 	b.waitTrue("the lock shown", `document.querySelector('tr[data-lock="nightly-report"] .holder')?.textContent.includes('client-2')`, 10*time.Second)
 	b.screenshot(filepath.Join(shots, "elections.png"))
 
+	// The remaining lease counts down where the deadline is known: on the
+	// Raft leader's own UI (a client knows only the TTL of another agent's
+	// lease).
+	var st api.Status
+	json.Unmarshal([]byte(mustSend(t, "GET", c1.URL+"/v1/status", "", "")), &st)
+	for _, s := range servers {
+		if s.Node() == st.Leader {
+			b.navigate(s.URL + "/ui/#/elections")
+		}
+	}
+	b.waitTrue("a countdown on the leader's UI", `document.querySelector('tr[data-election="db-primary"] .countdown')`, 10*time.Second)
+	var before, after string
+	b.eval(`document.querySelector('tr[data-election="db-primary"] .countdown').textContent`, &before)
+	time.Sleep(600 * time.Millisecond)
+	b.eval(`document.querySelector('tr[data-election="db-primary"] .countdown').textContent`, &after)
+	if before == after {
+		t.Errorf("the lease countdown stood still: %q then %q", before, after)
+	}
+	t.Logf("lease countdown on the leader: %s, 600 ms later %s", before, after)
+	b.screenshot(filepath.Join(shots, "elections-leader.png"))
+	b.navigate(c1.URL + "/ui/#/elections")
+	b.waitTrue("back on client-1", `document.querySelector('tr[data-election="db-primary"]') && document.querySelector('#conn').textContent === 'live'`, 10*time.Second)
+
 	killed := time.Now()
 	c2.Kill()
 	// The registry's change, as another agent's API sees it.
@@ -189,10 +212,25 @@ func TestBrowser_cluster(t *testing.T) {
 	latency(t, "agent killed -> new leader shown", killed, shown)
 	latency(t, "new leader in the registry -> shown", changed, shown)
 
-	// The killed node shows as failed.
+	// The killed node shows as failed, once the page's agent's gossip
+	// says so.
 	b.eval(`location.hash = '#/nodes'`, nil)
+	var failed time.Time
+	agenttest.WaitFor(t, 30*time.Second, "client-1 to see client-2 failed", func() bool {
+		_, body := send(t, "GET", c1.URL+"/v1/members", "", "")
+		var ms []api.Member
+		json.Unmarshal([]byte(body), &ms)
+		for _, m := range ms {
+			if m.Name == "client-2" && m.Status == "failed" {
+				failed = time.Now()
+				return true
+			}
+		}
+		return false
+	})
 	shown = b.waitTrue("client-2 failed", `document.querySelector('tr[data-member="client-2"].status-failed')`, 30*time.Second)
 	latency(t, "agent killed -> node shown failed", killed, shown)
+	latency(t, "node failed in gossip -> shown", failed, shown)
 	b.screenshot(filepath.Join(shots, "nodes-failed.png"))
 
 	// The overview puts the problems first: wide, dark, and on a phone.

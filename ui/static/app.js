@@ -287,7 +287,9 @@
     for (const i of allInstances().sort((a, b) => rank[a.status] - rank[b.status])) {
       if (i.status === 'passing') continue;
       const bad = (i.checks || []).filter((c) => c.status !== 'passing');
-      const why = bad.map((c) => `${esc(c.name || c.id)}: ${esc(c.output || c.status)}`).join('; ');
+      const node = (S.members || []).find((m) => m.name === i.node);
+      let why = bad.map((c) => `${esc(c.name || c.id)}: ${esc(c.output || c.status)}`).join('; ');
+      if (!why && node && node.status !== 'alive') why = `its node is ${esc(node.status)}`;
       out.push([i.status, `${svcLink(i.name)} instance <span class="mono">${esc(i.id)}</span> on ${nodeLink(i.node)} ${esc(i.status)}`, why]);
     }
     for (const e of S.elections || []) {
