@@ -44,12 +44,12 @@ type Gossip struct {
 	meta  atomic.Pointer[[]byte] // encoded local Meta, for NodeMeta
 	bcast *memberlist.TransmitLimitedQueue
 
-	mu       sync.Mutex // guards members, changes and changed
-	members  map[string]*memberState
+	mu      sync.Mutex // guards members, changes and changed
+	members map[string]*memberState
 	// changes counts the member table's changes; changed is closed at the
 	// next one (Changes).
-	changes uint64
-	changed chan struct{}
+	changes  uint64
+	changed  chan struct{}
 	numAlive atomic.Int64 // alive members in the table, this node included
 
 	events *eventQueue

@@ -10,13 +10,9 @@
 package ui
 
 import (
-	"embed"
 	"io/fs"
 	"net/http"
 )
-
-//go:embed static
-var static embed.FS
 
 // Files are the UI's files, index.html at the root.
 func Files() fs.FS {
