@@ -127,7 +127,6 @@ func New(cfg Config) (*Gossip, error) {
 		log:     log.With("component", "gossip"),
 		boot:    boot,
 		members: make(map[string]*memberState),
-		changed: make(chan struct{}),
 		events:  newEventQueue(cfg.EventQueueSize),
 		out:     make(chan Event),
 		stop:    make(chan struct{}),
@@ -358,6 +357,9 @@ func (g *Gossip) Members() []Member {
 func (g *Gossip) Changes() (uint64, <-chan struct{}) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.changed == nil {
+		g.changed = make(chan struct{})
+	}
 	return g.changes, g.changed
 }
 
@@ -626,7 +628,9 @@ func (ms *memberState) snapshot() Member {
 // table changes.
 func (g *Gossip) emitLocked(ev Event) {
 	g.changes++
-	close(g.changed)
+	if g.changed != nil {
+		close(g.changed)
+	}
 	g.changed = make(chan struct{})
 	dropped := g.events.push(ev)
 	if dropped > 0 {

@@ -237,6 +237,19 @@ func TestBrowser_cluster(t *testing.T) {
 	b.eval(`location.hash = '#/overview'`, nil)
 	b.waitTrue("problems listed", `document.querySelectorAll('#problems li.problem').length >= 2`, 10*time.Second)
 	b.screenshot(filepath.Join(shots, "overview.png"))
+	// Loading it afresh, the layout does not jump as the answers arrive:
+	// the cumulative layout shift of the load (0.1 is the "good" bound of
+	// web.dev's Core Web Vitals).
+	b.navigate(c1.URL + "/ui/#/overview")
+	b.waitTrue("the overview loaded", `document.querySelectorAll('#problems li.problem').length >= 2 && document.querySelector('#raft-leader a')`, 10*time.Second)
+	time.Sleep(500 * time.Millisecond)
+	var cls float64
+	b.evalAwait(`new Promise(resolve => { let sum = 0; new PerformanceObserver(l => { for (const e of l.getEntries()) sum += e.value; }).observe({type: 'layout-shift', buffered: true}); setTimeout(() => resolve(sum), 100); })`, &cls)
+	t.Logf("cumulative layout shift of loading the overview: %.4f", cls)
+	fmt.Printf("ui layout shift: overview load CLS %.4f\n", cls)
+	if cls > 0.1 {
+		t.Errorf("loading the overview shifts its layout by %.3f (CLS), want at most 0.1", cls)
+	}
 	b.viewport(1280, 1000, false, "dark")
 	b.screenshot(filepath.Join(shots, "overview-dark.png"))
 	b.viewport(390, 844, true, "light")

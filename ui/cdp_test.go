@@ -149,6 +149,17 @@ func (b *browser) tryCall(method string, params any, result any) error {
 // eval runs a JavaScript expression in the page and decodes its value.
 func (b *browser) eval(expr string, v any) {
 	b.t.Helper()
+	b.evaluate(expr, false, v)
+}
+
+// evalAwait is eval of an expression whose value is a promise.
+func (b *browser) evalAwait(expr string, v any) {
+	b.t.Helper()
+	b.evaluate(expr, true, v)
+}
+
+func (b *browser) evaluate(expr string, await bool, v any) {
+	b.t.Helper()
 	var r struct {
 		Result struct {
 			Value json.RawMessage `json:"value"`
@@ -157,7 +168,7 @@ func (b *browser) eval(expr string, v any) {
 			Text string `json:"text"`
 		} `json:"exceptionDetails"`
 	}
-	b.call("Runtime.evaluate", map[string]any{"expression": expr, "returnByValue": true}, &r)
+	b.call("Runtime.evaluate", map[string]any{"expression": expr, "returnByValue": true, "awaitPromise": await}, &r)
 	if r.ExceptionDetails != nil {
 		b.t.Fatalf("eval %s: %s", expr, r.ExceptionDetails.Text)
 	}

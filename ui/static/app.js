@@ -21,6 +21,7 @@
     status: null, members: null, services: null, instances: {},
     elections: null, locks: null,
     idx: {},           // latest X-Sidecar-Index per list
+    gen: {},           // token generation of each list's last answer
     got: {},           // performance.now() of each list's last answer
     forbidden: {},     // list -> error text of a 403
     failing: {},       // list -> error text of a failed request
@@ -135,11 +136,14 @@
         delete S.failing[key];
         // An index that went back (a restarted agent's fresh copy) starts
         // over, as Consul's clients do.
+        const moved = !S.got[key] || r.index !== S.idx[key] || gen !== S.gen[key];
         index = r.index < index ? 0 : r.index;
         S.idx[key] = r.index;
+        S.gen[key] = gen;
         S.got[key] = performance.now();
         apply(r.body);
-        changed(key);
+        // A wait that ended without a change re-reads nothing else.
+        if (moved) changed(key); else render();
         if (!r.index) await sleep(1000); // not a blocking answer
       }
     })();
@@ -195,6 +199,7 @@
     };
     await Promise.all([worker(), worker()]);
     S.instances = next;
+    S.instancesLoaded = true;
     instBusy = false;
     render();
     if (instAgain) { instAgain = false; refreshInstances(); }
@@ -307,7 +312,12 @@
     const servers = members.filter((m) => m.role === 'server').sort((a, b) => a.name.localeCompare(b.name));
     const inst = allInstances();
     const probs = problems();
-    const probList = probs.length
+    // Problems show once every list has answered (or was refused), so the
+    // card does not grow in steps while the page loads.
+    const loaded = (k, v) => v || S.forbidden[k];
+    const ready = loaded('members', S.members) && loaded('elections', S.elections) &&
+      (S.forbidden.services || (S.services && (S.instancesLoaded || !Object.keys(S.services).length)));
+    const probList = !ready ? '<p class="muted">Loading…</p>' : probs.length
       ? `<ul class="plain problems">${probs.map(([s, what, why]) => `<li class="problem">${chip(s)} <span>${what}</span> <span class="muted">${why}</span></li>`).join('')}</ul>`
       : `<p>${chip('passing', 'no problems')} <span class="muted">every member alive, every instance passing, every election led</span></p>`;
     return `<h1>Overview</h1>
