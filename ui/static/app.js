@@ -334,6 +334,9 @@
 <p class="big">${S.members ? members.length : '—'}</p>${counts(countBy(members, 'status'), ['failed', 'suspect', 'alive', 'left'])}${forbiddenNote('members', 'members (node:read)')}</section>
 <section class="card" aria-labelledby="h-instances"><h2 id="h-instances">Service instances</h2>
 <p class="big">${S.services ? inst.length : '—'} <span class="muted">in ${S.services ? Object.keys(S.services).length : '—'} services</span></p>${counts(countBy(inst, 'status'), ['critical', 'warning', 'passing'])}${forbiddenNote('services', 'services')}</section>
+<section class="card" aria-labelledby="h-mutex"><h2 id="h-mutex"><a href="#/elections">Elections &amp; locks</a></h2>
+<p class="big">${S.elections ? S.elections.length : '—'} <span class="muted">elections, ${S.locks ? S.locks.length : '—'} locks</span></p>
+<span class="counts">${S.elections ? chip('passing', `${S.elections.filter((e) => e.holder).length} led`) : ''}${(S.elections || []).some((e) => !e.holder) ? chip('warning', `${S.elections.filter((e) => !e.holder).length} vacant`) : ''}${S.locks ? chip('left', `${S.locks.filter((l) => l.holder).length} locks held`) : ''}</span>${forbiddenNote('elections', 'elections')}</section>
 <section class="card wide" aria-labelledby="h-servers"><h2 id="h-servers">Servers</h2>
 ${table('servers', ['Name', 'Address', 'Status', 'Raft'], servers.map((m) => `<tr data-member="${esc(m.name)}" class="status-${esc(m.status)}"><td data-label="Name">${nodeLink(m.name)}</td><td data-label="Address" class="mono">${esc(m.addr)}:${esc(m.port)}</td><td data-label="Status">${chip(m.status)}</td><td data-label="Raft">${m.name === st.leader ? '<strong>leader</strong>' : ((st.peers || []).includes(m.name) ? 'follower' : '<span class="muted">not a peer</span>')}</td></tr>`), S.members ? 'No servers known.' : (S.forbidden.members ? 'Not readable with this token.' : 'Loading…'))}</section>
 </div>`;
