@@ -54,6 +54,10 @@ func (a *Agent) Members() []api.Member {
 	return out
 }
 
+// MemberChanges implements httpapi.MemberWatch: /v1/members blocks on
+// this agent's own gossip table, which it answers from.
+func (a *Agent) MemberChanges() (uint64, <-chan struct{}) { return a.gossip.Changes() }
+
 // Ready implements httpapi.Agent: joined, a leader known (a client: its
 // copy of the registry current).
 func (a *Agent) Ready() error {

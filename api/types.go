@@ -225,6 +225,32 @@ type ElectionInfo struct {
 	Leader *Holder `json:"leader"`
 }
 
+// MutexInfo is one lock or election in the listings GET /v1/locks and
+// GET /v1/elections: a vacant one has a nil Holder and keeps LastToken.
+type MutexInfo struct {
+	Name   string  `json:"name"`
+	Holder *Holder `json:"holder"`
+	// LeaseTTL is the TTL of the holder's lease (Go duration), known to
+	// every agent from the registry.
+	LeaseTTL string `json:"lease_ttl,omitempty"`
+	// ExpiresIn is how long the holder's lease stays live without another
+	// keepalive (Go duration), given only by an agent that knows it: the
+	// Raft leader, which tracks every deadline, or the agent holding the
+	// lease. Other agents leave it out (deadlines are not replicated).
+	ExpiresIn string `json:"expires_in,omitempty"`
+	// LastToken is the greatest fencing token handed out for the name.
+	LastToken uint64   `json:"last_token"`
+	Waiters   []Waiter `json:"waiters"`
+}
+
+// Waiter is one in line for a lock or election, first in line first.
+type Waiter struct {
+	Candidate string `json:"candidate,omitempty"`
+	Node      string `json:"node"`
+	Lease     string `json:"lease"`
+	Value     string `json:"value"`
+}
+
 // SelfStatus answers GET /v1/elections/{name}/self.
 type SelfStatus struct {
 	Leader    bool   `json:"leader"`

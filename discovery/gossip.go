@@ -44,8 +44,12 @@ type Gossip struct {
 	meta  atomic.Pointer[[]byte] // encoded local Meta, for NodeMeta
 	bcast *memberlist.TransmitLimitedQueue
 
-	mu       sync.Mutex // guards members
-	members  map[string]*memberState
+	mu      sync.Mutex // guards members, changes and changed
+	members map[string]*memberState
+	// changes counts the member table's changes; changed is closed at the
+	// next one (Changes).
+	changes  uint64
+	changed  chan struct{}
 	numAlive atomic.Int64 // alive members in the table, this node included
 
 	events *eventQueue
@@ -347,6 +351,18 @@ func (g *Gossip) Members() []Member {
 	return out
 }
 
+// Changes returns how many times the member table has changed (a join,
+// failure, leave, meta update or reap) and a channel closed at the next
+// change: what a blocking read of the members waits on.
+func (g *Gossip) Changes() (uint64, <-chan struct{}) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.changed == nil {
+		g.changed = make(chan struct{})
+	}
+	return g.changes, g.changed
+}
+
 // Member returns the member called name, if known.
 func (g *Gossip) Member(name string) (Member, bool) {
 	g.mu.Lock()
@@ -611,6 +627,11 @@ func (ms *memberState) snapshot() Member {
 // emitLocked queues ev for Events; g.mu is held, which orders events as the
 // table changes.
 func (g *Gossip) emitLocked(ev Event) {
+	g.changes++
+	if g.changed != nil {
+		close(g.changed)
+	}
+	g.changed = make(chan struct{})
 	dropped := g.events.push(ev)
 	if dropped > 0 {
 		g.m.dropped.Add(float64(dropped))

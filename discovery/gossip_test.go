@@ -705,3 +705,22 @@ func TestGossip_Join_selfIsNotACluster(t *testing.T) {
 		t.Fatalf("a sees %d members, want 2", a.NumMembers())
 	}
 }
+
+// Changes counts the member table's changes and closes its channel at the
+// next one: a join wakes a waiter, and the count grows.
+func TestGossip_Changes(t *testing.T) {
+	t.Parallel()
+	nodes := cluster(t, 1)
+	n0 := nodes[0]
+	count, ch := n0.Changes()
+	g := newNode(t, "late", joining(n0.Addr()))
+	start(t, g)
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a join did not close the Changes channel")
+	}
+	if after, _ := n0.Changes(); after <= count {
+		t.Fatalf("changes %d after a join, want more than %d", after, count)
+	}
+}

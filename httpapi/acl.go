@@ -33,7 +33,8 @@ const (
 	// this node, looked up by the handler.
 	fromCheck
 	// fromFilter: the answer lists only the names the caller may access
-	// (GET /v1/services, as Consul filters its catalog).
+	// (GET /v1/services, /v1/locks, /v1/elections, as Consul filters its
+	// catalog).
 	fromFilter
 )
 
@@ -70,10 +71,12 @@ var permissions = map[string]permission{
 	"DELETE /v1/leases/{id}":               {res: acl.Lease, access: acl.Write},
 	"PUT /v1/locks/{name}":                 {res: acl.Lock, access: acl.Write, from: fromPath},
 	"DELETE /v1/locks/{name}":              {res: acl.Lock, access: acl.Write, from: fromPath},
+	"GET /v1/locks":                        {res: acl.Lock, access: acl.Read, from: fromFilter},
 	"GET /v1/locks/{name}":                 {res: acl.Lock, access: acl.Read, from: fromPath},
 	"GET /v1/locks/{name}/fence":           {res: acl.Lock, access: acl.Read, from: fromPath},
 	"PUT /v1/elections/{name}/campaign":    {res: acl.Election, access: acl.Write, from: fromPath},
 	"DELETE /v1/elections/{name}/campaign": {res: acl.Election, access: acl.Write, from: fromPath},
+	"GET /v1/elections":                    {res: acl.Election, access: acl.Read, from: fromFilter},
 	"GET /v1/elections/{name}":             {res: acl.Election, access: acl.Read, from: fromPath},
 	"GET /v1/elections/{name}/self":        {res: acl.Election, access: acl.Read, from: fromPath},
 	"GET /v1/elections/{name}/fence":       {res: acl.Election, access: acl.Read, from: fromPath},
@@ -94,6 +97,11 @@ var permissions = map[string]permission{
 	"GET /v1/acl/tokens":         {res: acl.ACL, access: acl.Read},
 	"GET /v1/acl/tokens/{id}":    {res: acl.ACL, access: acl.Read},
 	"DELETE /v1/acl/tokens/{id}": {res: acl.ACL, access: acl.Write},
+
+	// The web UI's static files hold no data: the page reads the API with
+	// the token it is given, so it loads under default-deny and asks.
+	"GET /ui/": {open: true},
+	"GET /{$}": {open: true},
 }
 
 // guard resolves a request's token, limits its writes, checks what the

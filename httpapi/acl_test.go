@@ -164,6 +164,11 @@ func routeCases() []routeCase {
 				doAs(t, e.mgmt, "DELETE", e.a.URL+"/v1/locks/job", "")
 				mustAs(t, e, as, "PUT", "/v1/locks/job", `{}`)
 			}},
+		// Listings are filtered, never refused, like GET /v1/services.
+		{pattern: "GET /v1/locks", method: "GET", path: fixed("/v1/locks"), res: acl.Lock, access: acl.Read, ok: 200, open: true,
+			setup: func(t *testing.T, e *aclEnv, as string) { doAs(t, e.mgmt, "PUT", e.a.URL+"/v1/locks/job", `{}`) }},
+		{pattern: "GET /v1/elections", method: "GET", path: fixed("/v1/elections"), res: acl.Election, access: acl.Read, ok: 200, open: true,
+			setup: campaignAsManagement},
 		{pattern: "GET /v1/locks/{name}", method: "GET", path: fixed("/v1/locks/job"), res: acl.Lock, access: acl.Read, ok: 200,
 			setup: func(t *testing.T, e *aclEnv, as string) { doAs(t, e.mgmt, "PUT", e.a.URL+"/v1/locks/job", `{}`) }},
 		{pattern: "PUT /v1/elections/{name}/campaign", method: "PUT", path: fixed("/v1/elections/db/campaign"),
@@ -226,6 +231,10 @@ func routeCases() []routeCase {
 			setup: func(t *testing.T, e *aclEnv, as string) {
 				e.victim = createToken(t, e.a, e.mgmt, `{"description":"to delete"}`).ID
 			}},
+		// The UI's static files: open (the page asks for a token), and /
+		// leads there.
+		{pattern: "GET /ui/", method: "GET", path: fixed("/ui/"), open: true, ok: 200},
+		{pattern: "GET /{$}", method: "GET", path: fixed("/"), open: true, ok: 200},
 	}
 }
 
@@ -245,6 +254,15 @@ func campaignAsManagement(t *testing.T, e *aclEnv, as string) {
 // answer is the route's own when SPEC allows the caller, else 403 with a
 // JSON error and the registry unchanged.
 func TestACL_routes(t *testing.T) {
+	// The listings, and the name each lists once the caller may read it.
+	filtered := map[string]struct {
+		res  acl.Resource
+		name string
+	}{
+		"GET /v1/services":  {acl.Service, "web"},
+		"GET /v1/locks":     {acl.Lock, "job"},
+		"GET /v1/elections": {acl.Election, "db"},
+	}
 	cases := routeCases()
 	covered := map[string]bool{}
 	for _, c := range cases {
@@ -296,11 +314,11 @@ func TestACL_routes(t *testing.T) {
 						if r.code != c.ok {
 							t.Fatalf("%s %s: %d %s, want %d", c.method, c.path(e), r.code, r.body, c.ok)
 						}
-						if c.pattern == "GET /v1/services" {
+						if listed, ok := filtered[c.pattern]; ok {
 							// Filtered to what the caller may read.
-							lists := strings.Contains(string(r.body), `"web"`)
-							if may := k.allowed(policy, acl.Service, acl.Read); lists != may {
-								t.Fatalf("GET /v1/services lists web: %v, the caller may read it: %v (%s)", lists, may, r.body)
+							lists := strings.Contains(string(r.body), `"`+listed.name+`"`)
+							if may := k.allowed(policy, listed.res, acl.Read); lists != may {
+								t.Fatalf("%s lists %s: %v, the caller may read it: %v (%s)", c.pattern, listed.name, lists, may, r.body)
 							}
 						}
 					})

@@ -49,8 +49,22 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// members answers from gossip; as a blocking query it wakes when this
+// agent's member list changes (X-Sidecar-Index then counts those changes),
+// or, with an agent that cannot tell, when the registry's node table does.
 func (s *Server) members(w http.ResponseWriter, r *http.Request) error {
-	writeJSON(w, http.StatusOK, s.agent.Members())
+	tp := s.tableTopic(fsm.TableNodes)
+	if mw, ok := s.agent.(MemberWatch); ok {
+		tp = topic{
+			index: func() uint64 { n, _ := mw.MemberChanges(); return n },
+			watch: func() <-chan struct{} { _, ch := mw.MemberChanges(); return ch },
+		}
+	}
+	v, err := block(s, w, r, tp, s.agent.Members)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, v)
 	return nil
 }
 
@@ -503,6 +517,58 @@ func (s *Server) lockInfo(w http.ResponseWriter, r *http.Request) error {
 	h := m.Holder
 	writeJSON(w, http.StatusOK, api.LockInfo{Holder: h.Node, Lease: h.Lease, Value: h.Value, Token: h.Token, Since: time.Unix(0, h.Since).UTC()})
 	return nil
+}
+
+func (s *Server) lockList(w http.ResponseWriter, r *http.Request) error {
+	return s.mutexList(w, r, fsm.TableLocks, s.reg.Locks, false)
+}
+
+func (s *Server) electionList(w http.ResponseWriter, r *http.Request) error {
+	return s.mutexList(w, r, fsm.TableElections, s.reg.Elections, true)
+}
+
+// mutexList answers GET /v1/locks and /v1/elections: every name the caller
+// may read, vacant ones included, with holder, lease and waiters in line; a
+// blocking query on the table.
+func (s *Server) mutexList(w http.ResponseWriter, r *http.Request, t fsm.Table, all func() []*fsm.Mutex, isElection bool) error {
+	v, err := block(s, w, r, s.tableTopic(t), func() []api.MutexInfo {
+		out := []api.MutexInfo{}
+		for _, m := range all() {
+			if !s.mayRead(r, m.Name) {
+				continue
+			}
+			out = append(out, s.mutexInfo(m, isElection))
+		}
+		return out
+	})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, v)
+	return nil
+}
+
+func (s *Server) mutexInfo(m *fsm.Mutex, isElection bool) api.MutexInfo {
+	out := api.MutexInfo{Name: m.Name, LastToken: m.LastToken, Waiters: []api.Waiter{}}
+	if h := m.Holder; h != nil {
+		out.Holder = election.Holder(h, isElection)
+		if l, ok := s.reg.Lease(h.Lease); ok {
+			out.LeaseTTL = time.Duration(l.TTL).String()
+		}
+		if lc, ok := s.agent.(LeaseClock); ok {
+			if d, ok := lc.LeaseRemaining(h.Lease); ok {
+				out.ExpiresIn = d.Round(time.Millisecond).String()
+			}
+		}
+	}
+	for _, wt := range m.Waiters {
+		wo := api.Waiter{Node: wt.Node, Lease: wt.Lease, Value: wt.Value}
+		if isElection {
+			wo.Candidate = wt.ID
+		}
+		out.Waiters = append(out.Waiters, wo)
+	}
+	return out
 }
 
 func (s *Server) campaign(w http.ResponseWriter, r *http.Request) error {

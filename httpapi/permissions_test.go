@@ -3,6 +3,7 @@ package httpapi
 import (
 	"net/http/httptest"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -35,7 +36,8 @@ func TestPermissions_coverRoutes(t *testing.T) {
 		}
 		// A concrete request of the pattern reaches it, not another.
 		method, path, _ := cut(pattern)
-		req := httptest.NewRequest(method, wildcard.ReplaceAllString(path, "x$1"), nil)
+		// {$} ends a pattern exactly there: the request's path stops too.
+		req := httptest.NewRequest(method, strings.ReplaceAll(wildcard.ReplaceAllString(path, "x$1"), "{$}", ""), nil)
 		if _, got := s.mux.Handler(req); got != pattern {
 			t.Errorf("%s %s is routed to %q, want %q", method, req.URL.Path, got, pattern)
 		}

@@ -27,6 +27,7 @@ import (
 	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/election"
 	"github.com/sidecarhq/sidecar/fsm"
+	"github.com/sidecarhq/sidecar/ui"
 )
 
 // Registry is the local copy of the registry the API reads.
@@ -45,6 +46,11 @@ type Registry interface {
 	ServiceInstances(name string) []fsm.ServiceEntry
 	Lock(name string) (*fsm.Mutex, bool)
 	Election(name string) (*fsm.Mutex, bool)
+	// Locks and Elections list every one, sorted by name; Lease gives a
+	// holder's lease TTL for the listings.
+	Locks() []*fsm.Mutex
+	Elections() []*fsm.Mutex
+	Lease(id string) (*fsm.Lease, bool)
 	CheckOwner(node, checkID string) (*fsm.Instance, bool)
 	Node(name string) (*fsm.Node, bool)
 	// Instance and the ACL tokens: what permissions are checked on, and
@@ -75,6 +81,22 @@ type Agent interface {
 	UpdateTTLCheck(ctx context.Context, checkID, status, note string) error
 	SaveSnapshot(w io.Writer) error
 	RestoreSnapshot(ctx context.Context, r io.Reader) error
+}
+
+// MemberWatch is an optional capability of the Agent: how many times its
+// member list has changed, and a channel closed at the next change, so
+// that GET /v1/members blocks on what it answers from. Without it the
+// members block on the registry's node table.
+type MemberWatch interface {
+	MemberChanges() (uint64, <-chan struct{})
+}
+
+// LeaseClock is an optional capability of the Agent, found by type
+// assertion: how long a lease stays live without another keepalive, known
+// on the Raft leader and on the agent holding the lease. The listings of
+// locks and elections give it as expires_in when known.
+type LeaseClock interface {
+	LeaseRemaining(id string) (time.Duration, bool)
 }
 
 // Keyring is the cluster's gossip keyring (/v1/operator/keyring), an
@@ -269,10 +291,12 @@ func (s *Server) routes() {
 	s.handle("DELETE /v1/leases/{id}", s.revokeLease)
 	s.handle("PUT /v1/locks/{name}", s.lock)
 	s.handle("DELETE /v1/locks/{name}", s.unlock)
+	s.handle("GET /v1/locks", s.lockList)
 	s.handle("GET /v1/locks/{name}", s.lockInfo)
 	s.handle("GET /v1/locks/{name}/fence", s.lockFence)
 	s.handle("PUT /v1/elections/{name}/campaign", s.campaign)
 	s.handle("DELETE /v1/elections/{name}/campaign", s.resign)
+	s.handle("GET /v1/elections", s.electionList)
 	s.handle("GET /v1/elections/{name}", s.electionInfo)
 	s.handle("GET /v1/elections/{name}/self", s.self)
 	s.handle("GET /v1/elections/{name}/fence", s.electionFence)
@@ -286,6 +310,9 @@ func (s *Server) routes() {
 	s.handle("GET /v1/acl/tokens", s.aclTokens)
 	s.handle("GET /v1/acl/tokens/{id}", s.aclToken)
 	s.handle("DELETE /v1/acl/tokens/{id}", s.aclDeleteToken)
+	// The web UI: static files, no token (the page's API calls send one).
+	s.handleHTTP("GET /ui/", http.StripPrefix("/ui/", ui.Handler()))
+	s.handleHTTP("GET /{$}", http.RedirectHandler("/ui/", http.StatusFound))
 }
 
 // handlerFunc answers a request; a returned error becomes the JSON error
