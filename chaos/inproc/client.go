@@ -25,7 +25,10 @@ type backend struct {
 	readVia int
 }
 
-var _ election.Backend = (*backend)(nil)
+var (
+	_ election.Backend     = (*backend)(nil)
+	_ election.ReadIndexer = (*backend)(nil)
+)
 
 // errDown: the home server is down; nothing was sent.
 var errDown = fmt.Errorf("%w: home server down", election.ErrNotLeader)
@@ -109,6 +112,24 @@ func (b *backend) KeepAlive(ctx context.Context, id string) (time.Duration, erro
 			return 0, rerr
 		}
 	}
+}
+
+// ReadIndex implements election.ReadIndexer for fence checks: the leader,
+// reached through the home server across the network, confirms its
+// leadership with a quorum and answers its registry's index.
+func (b *backend) ReadIndex(ctx context.Context) (uint64, error) {
+	s, j, err := b.leader()
+	if err != nil {
+		return 0, err
+	}
+	if err := s.ConsistentRead(ctx); err != nil {
+		return 0, err
+	}
+	idx := s.FSM().Index()
+	if !b.c.net.Deliver(b.c.Name(j), b.c.Name(b.home)) {
+		return 0, fmt.Errorf("%w: read index answer lost", election.ErrUnknownOutcome)
+	}
+	return idx, nil
 }
 
 // consistentRead makes the home server's registry reflect every write
