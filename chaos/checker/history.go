@@ -158,6 +158,18 @@ func (r *Recorder) AddGrant(g Grant) *Grant {
 	return p
 }
 
+// RecentGrant returns a copy of one of the last 32 grants, picked with
+// pick (rand.Intn), for a fence check by someone who is not its holder.
+func (r *Recorder) RecentGrant(pick func(int) int) (Grant, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := min(len(r.grants), 32)
+	if n == 0 {
+		return Grant{}, false
+	}
+	return *r.grants[len(r.grants)-1-pick(n)], true
+}
+
 // Act is a holder's write to the fenced resource with its token: the
 // resource accepts tokens no lower than the highest it accepted for the
 // name. live reports, after the write, whether the holder was still surely

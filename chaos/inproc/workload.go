@@ -107,6 +107,11 @@ func (c *client) loop(ctx context.Context) {
 	}
 	for ctx.Err() == nil {
 		if !c.ensure(ctx) {
+			// Cut off from the leader, its sidecar still answers from its
+			// copy of the registry: exactly where a fence check must not.
+			for i := 0; i < 10 && c.local != nil && ctx.Err() == nil; i++ {
+				c.audit(ctx)
+			}
 			select {
 			case <-ctx.Done():
 			case <-time.After(50 * time.Millisecond):
@@ -120,8 +125,10 @@ func (c *client) loop(ctx context.Context) {
 			c.del(ctx)
 		case p < 0.55:
 			c.get(ctx)
-		case p < 0.59:
+		case p < 0.57:
 			c.staleRead()
+		case p < 0.59:
+			c.audit(ctx)
 		case p < 0.72:
 			c.tryLock(ctx)
 		case p < 0.85:
@@ -234,6 +241,31 @@ func (c *client) hold(ctx context.Context, g *checker.Grant, live func() bool, d
 		}
 		time.Sleep(time.Duration(5+c.rng.Intn(25)) * time.Millisecond)
 	}
+}
+
+// audit fence-checks, through this client's sidecar, the token its copy of
+// the registry shows as the holder of a recently granted name, as a
+// resource does with the token it is shown: if that copy is stale (cut
+// off from the leader), the fence check must still answer with what a
+// quorum knows, never call an old token current.
+func (c *client) audit(ctx context.Context) {
+	g, ok := c.r.rec.RecentGrant(c.rng.Intn)
+	if !ok {
+		return
+	}
+	s, _ := c.r.c.Server(c.home)
+	if s == nil {
+		return
+	}
+	m, ok := s.FSM().Lock(g.Name)
+	if g.Election {
+		m, ok = s.FSM().Election(g.Name)
+	}
+	if !ok || m.Holder == nil {
+		return
+	}
+	g.Token = m.Holder.Token
+	c.fence(ctx, &g)
 }
 
 // fence runs and records one fence check of a grant; it reports whether
