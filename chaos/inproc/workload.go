@@ -110,7 +110,9 @@ func (c *client) loop(ctx context.Context) {
 			// Cut off from the leader, its sidecar still answers from its
 			// copy of the registry: exactly where a fence check must not.
 			for i := 0; i < 10 && c.local != nil && ctx.Err() == nil; i++ {
-				c.audit(ctx)
+				if !c.audit(ctx) {
+					break // no answer (as it should be): no more waiting on it
+				}
 			}
 			select {
 			case <-ctx.Done():
@@ -232,7 +234,7 @@ func (c *client) holdFor() time.Duration {
 func (c *client) hold(ctx context.Context, g *checker.Grant, live func() bool, d time.Duration) {
 	end := time.Now().Add(d)
 	for ctx.Err() == nil && live() {
-		if !c.fence(ctx, g) {
+		if current, _ := c.fence(ctx, g); !current {
 			return
 		}
 		c.r.rec.Act(g, live)
@@ -248,29 +250,31 @@ func (c *client) hold(ctx context.Context, g *checker.Grant, live func() bool, d
 // resource does with the token it is shown: if that copy is stale (cut
 // off from the leader), the fence check must still answer with what a
 // quorum knows, never call an old token current.
-func (c *client) audit(ctx context.Context) {
+// It reports whether the check was answered.
+func (c *client) audit(ctx context.Context) bool {
 	g, ok := c.r.rec.RecentGrant(c.rng.Intn)
 	if !ok {
-		return
+		return false
 	}
 	s, _ := c.r.c.Server(c.home)
 	if s == nil {
-		return
+		return false
 	}
 	m, ok := s.FSM().Lock(g.Name)
 	if g.Election {
 		m, ok = s.FSM().Election(g.Name)
 	}
 	if !ok || m.Holder == nil {
-		return
+		return false
 	}
 	g.Token = m.Holder.Token
-	c.fence(ctx, &g)
+	_, answered := c.fence(ctx, &g)
+	return answered
 }
 
 // fence runs and records one fence check of a grant; it reports whether
-// the holder may act.
-func (c *client) fence(ctx context.Context, g *checker.Grant) bool {
+// the token is current (the holder may act) and whether it was answered.
+func (c *client) fence(ctx context.Context, g *checker.Grant) (current, answered bool) {
 	octx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
 	op := checker.Op{Client: c.id, Kind: checker.Fence, Key: g.Name, Election: g.Election, Token: g.Token, Call: c.r.rec.Now()}
@@ -287,7 +291,7 @@ func (c *client) fence(ctx context.Context, g *checker.Grant) bool {
 		op.Err = err.Error()
 	}
 	c.r.rec.Add(op)
-	return err == nil && res.Current
+	return err == nil && res.Current, err == nil
 }
 
 func (c *client) tryLock(ctx context.Context) {
