@@ -39,7 +39,10 @@ type CampaignResult struct {
 	// Pauses: SIGSTOPs; SelfChecked: those after which a rival had won, so
 	// the continued sidecar had to answer 503 to elections/self.
 	Pauses, SelfChecked int
-	Failures            []string
+	// FenceChecked: fence checks of a paused leader's old token after its
+	// successor was granted (each must answer 409).
+	FenceChecked int
+	Failures     []string
 	// NodeSessionLost: per sidecar, campaigns on its node session refused
 	// as an unknown lease during the run; NoNodeSession: sidecars that could
 	// not campaign on it after healing. Known: failures of a known bug
@@ -63,11 +66,11 @@ const GossipRecoverBound = 20 * time.Second
 
 func (r *CampaignResult) String() string {
 	rep := r.Report
-	return fmt.Sprintf("BLACKBOX-CAMPAIGN seed %d, 5 servers and 2 clients as processes, transport %s\n%s\nSIGSTOPs %d, self-demotion checked after %d (a rival had won); registry converged %v after healing, every node alive in every gossip view after %v; new leader after leader kill (n=%d) p50 %v max %v\n"+
+	return fmt.Sprintf("BLACKBOX-CAMPAIGN seed %d, 5 servers and 2 clients as processes, transport %s\n%s\nSIGSTOPs %d, self-demotion checked after %d (a rival had won), old token fence-checked %d times; registry converged %v after healing, every node alive in every gossip view after %v; new leader after leader kill (n=%d) p50 %v max %v\n"+
 		"DNS lag in quiet gaps (n=%d, %d gaps skipped: a node down or none alive in every view) p50 %v max %v, %d over %v; after healing (n=%d) p50 %v max %v (bound %v); DNS = registry on %d services x %d nodes\n"+
 		"node sessions: campaigns refused as unknown lease during the run [%s]; sidecars unable to campaign on it after healing %d%s\n"+
 		"CHAOS-RESULT layer=blackbox transport=%s seed=%d ops=%d faults=%d handovers=%d anomalies=%d failures=%d",
-		r.Seed, r.Transport, rep, r.Pauses, r.SelfChecked, r.Converged.Round(time.Millisecond), r.AllAlive.Round(time.Millisecond), len(r.NewLeader), pct(r.NewLeader, 50), pct(r.NewLeader, 100),
+		r.Seed, r.Transport, rep, r.Pauses, r.SelfChecked, r.FenceChecked, r.Converged.Round(time.Millisecond), r.AllAlive.Round(time.Millisecond), len(r.NewLeader), pct(r.NewLeader, 50), pct(r.NewLeader, 100),
 		len(r.GapLag), r.GapSkipped, pct(r.GapLag, 50), pct(r.GapLag, 100), r.GapOverBound, DNSLagBound,
 		len(r.HealedLag), pct(r.HealedLag, 50), pct(r.HealedLag, 100), DNSLagBound, r.DNSServices, 7,
 		r.NodeSessionLost, len(r.NoNodeSession), known(r.Known),
@@ -144,7 +147,7 @@ func RunCampaign(ctx context.Context, c *Cluster, seed int64, dur time.Duration,
 	err := m.run(nctx)
 	stopNemesis()
 	res.NewLeader = m.newLeader
-	res.Pauses, res.SelfChecked = m.pauses, m.selfChecked
+	res.Pauses, res.SelfChecked, res.FenceChecked = m.pauses, m.selfChecked, m.fenceChecked
 	stopApps()
 	wg.Wait()
 	if err != nil {

@@ -29,6 +29,9 @@ type nemesis struct {
 	// pauses counts SIGSTOPs; selfChecked those after which a rival had
 	// won, so the paused sidecar's self answer was checked.
 	pauses, selfChecked int
+	// fenceChecked counts fence checks of a paused leader's old token
+	// after its successor was granted.
+	fenceChecked int
 }
 
 func (m *nemesis) shuffled(nodes []*Node) []*Node {
@@ -271,6 +274,19 @@ func (m *nemesis) pause(n *Node, dur time.Duration, f *checker.Fault) error {
 			if err == nil && st.Leader && st.Token == res.Token {
 				m.rec.Anomaly("%s: %s still answers leader (token %d) after a SIGSTOP of %v, while rival on %s was granted token %d before SIGCONT",
 					name, n.Name, res.Token, dur, rivalNode.Name, before.res.Token)
+			}
+			// The successor was granted: a fence check of the old
+			// leader's token answers 409 with a greater token, through
+			// the node that was cut off as through the rival's.
+			for _, via := range []*Node{n, rivalNode} {
+				fctx, cancel := context.WithTimeout(bg, 3*time.Second)
+				fr, ferr := via.API.ElectionFence(fctx, name, res.Token)
+				cancel()
+				m.fenceChecked++
+				if ferr == nil && (fr.Current || fr.Token != 0 && fr.Token < before.res.Token) {
+					m.rec.Anomaly("%s: fence check of %s's old token %d through %s answered current=%v token %d after rival on %s was granted token %d",
+						name, n.Name, res.Token, via.Name, fr.Current, fr.Token, rivalNode.Name, before.res.Token)
+				}
 			}
 		}
 		// What the servers think, for the log: the election's holder and

@@ -290,12 +290,41 @@ func (a *app) holdFor(ttl time.Duration) time.Duration {
 func (a *app) hold(ctx context.Context, g *checker.Grant, live func() bool, d time.Duration) {
 	end := time.Now().Add(d)
 	for i := 0; i < 10000 && ctx.Err() == nil && live(); i++ {
+		if !a.fence(ctx, g) {
+			return
+		}
 		a.rec.Act(g, live)
 		if time.Now().After(end) {
 			return
 		}
 		time.Sleep(time.Duration(10+a.rng.Intn(40)) * time.Millisecond) // pace of the app's writes
 	}
+}
+
+// fence asks the app's sidecar whether the grant's token is still the live
+// holder's (GET .../fence, confirmed with a quorum) before the app acts,
+// and records the check: one that began after a greater token was
+// granted must not answer current. It reports whether the app may act.
+func (a *app) fence(ctx context.Context, g *checker.Grant) bool {
+	op := checker.Op{Client: a.id, Kind: checker.Fence, Key: g.Name, Election: g.Election, Token: g.Token, Call: a.now()}
+	octx, cancel := context.WithTimeout(ctx, opTimeout)
+	var res *api.FenceResult
+	var err error
+	if g.Election {
+		res, err = a.api.ElectionFence(octx, g.Name, g.Token)
+	} else {
+		res, err = a.api.LockFence(octx, g.Name, g.Token)
+	}
+	cancel()
+	op.Return = a.now()
+	op.Outcome, _ = outcome(err)
+	if err != nil {
+		op.Err = err.Error()
+	} else {
+		op.Held, op.Found = res.Current, true
+	}
+	a.rec.Add(op)
+	return err == nil && res.Current
 }
 
 func (a *app) tryLock(ctx context.Context) {
@@ -325,23 +354,26 @@ func (a *app) tryLock(ctx context.Context) {
 	}
 	// Release also after an unknown outcome: the lock may be ours.
 	if op.Held || op.Outcome == checker.Unknown {
-		if a.unlock(name, l.id) == checker.Unknown {
+		if a.unlock(name, l.id, op.Token) == checker.Unknown {
 			// The release may still land later (a request held up by a
-			// partition arrives when it heals, TCP retransmits it) and
-			// would release a later hold of this lease on the same lock,
-			// as it would for any client of a lease-keyed lock (etcd's
-			// too). As such a client must, start a new lease: this one
-			// ends by its TTL.
+			// partition arrives when it heals, TCP retransmits it). With
+			// the acquisition's token it can no longer end a later hold
+			// of this lease; but the app cannot tell whether the lock is
+			// still its own, and after an acquire of unknown outcome it
+			// had no token to name. Start a new lease: this one ends by
+			// its TTL.
 			a.dropLease()
 		}
 	}
 }
 
-// unlock releases name held by lease and returns the outcome.
-func (a *app) unlock(name, lease string) checker.Outcome {
-	op := checker.Op{Client: a.id, Kind: checker.Unlock, Key: name, Lease: lease, Call: a.now()}
+// unlock releases name held by lease and returns the outcome: with the
+// acquisition's token only that acquisition (token-guarded release), with
+// 0 whatever the lease holds.
+func (a *app) unlock(name, lease string, token uint64) checker.Outcome {
+	op := checker.Op{Client: a.id, Kind: checker.Unlock, Key: name, Lease: lease, Token: token, Call: a.now()}
 	octx, cancel := context.WithTimeout(context.Background(), opTimeout)
-	err := a.api.Unlock(octx, name, lease)
+	err := a.api.UnlockToken(octx, name, lease, token)
 	cancel()
 	op.Return = a.now()
 	op.Outcome, op.Refused = outcome(err)
@@ -391,7 +423,7 @@ func (a *app) revoke(ctx context.Context) {
 	}
 	a.rec.Add(z)
 	if z.Held {
-		a.unlock(name, l.id)
+		a.unlock(name, l.id, z.Token)
 	}
 }
 
