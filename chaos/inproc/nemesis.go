@@ -6,6 +6,8 @@ import (
 	"math/rand"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/sidecarhq/sidecar/chaos/checker"
 )
 
@@ -17,15 +19,20 @@ func (r *run) nemesis(ctx context.Context, rng *rand.Rand) {
 	// Partitions that leave a leader behind are listed twice: they are
 	// where stale reads and early lease expiry would show.
 	kinds := []string{"isolate-leader", "isolate-leader", "partition", "partition", "oneway-leader-out", "oneway-leader-in",
-		"oneway-random", "delay", "loss", "crash", "crash-leader"}
+		"oneway-random", "delay", "loss", "crash", "crash-leader", "flip-leader", "flip-leader"}
 	if n == 5 {
 		kinds = append(kinds, "bridge", "ring")
 	}
-	for {
+	for k := 0; ; k++ {
 		if !sleepCtx(ctx, time.Duration(300+rng.Intn(1200))*time.Millisecond) {
 			return
 		}
 		kind := kinds[rng.Intn(len(kinds))]
+		if k%4 == 3 {
+			// Every fourth fault moves leadership away and back, so that
+			// every run returns leadership to a server that led before.
+			kind = "flip-leader"
+		}
 		dur := time.Duration(500+rng.Intn(2500)) * time.Millisecond
 		f := checker.Fault{Kind: kind, Start: r.rec.Now()}
 		leader := r.c.Leader()
@@ -34,6 +41,7 @@ func (r *run) nemesis(ctx context.Context, rng *rand.Rand) {
 		}
 		perm := rng.Perm(n)
 		crashed := -1
+		var flipBack func()
 		switch kind {
 		case "isolate-leader":
 			r.split([]int{leader})
@@ -85,6 +93,27 @@ func (r *run) nemesis(ctx context.Context, rng *rand.Rand) {
 				r.bg.Add(1)
 				go func() { defer r.bg.Done(); r.timeNewLeader(ctx, at) }()
 			}
+		case "flip-leader":
+			// Leadership to another server and, after dur, back: a server
+			// that leads again must restart every lease's full TTL, never
+			// reuse the deadlines of its earlier term, when the keepalives
+			// went to the other (leaselocalclock).
+			other := perm[0]
+			if other == leader {
+				other = perm[1]
+			}
+			f.Detail = r.c.Name(leader) + "->" + r.c.Name(other)
+			if a, _ := r.c.Server(leader); a != nil && a.IsLeader() {
+				if b, _ := r.c.Server(other); b != nil {
+					a.Raft().LeadershipTransferToServer(raft.ServerID(r.c.Name(other)), b.Addr())
+					back := a.Addr()
+					flipBack = func() {
+						if b, _ := r.c.Server(other); b != nil && b.IsLeader() {
+							b.Raft().LeadershipTransferToServer(raft.ServerID(r.c.Name(leader)), back)
+						}
+					}
+				}
+			}
 		case "bridge":
 			// perm[0] is the bridge, in both halves.
 			a, b := perm[1:3], perm[3:5]
@@ -103,6 +132,9 @@ func (r *run) nemesis(ctx context.Context, rng *rand.Rand) {
 			f.Detail = fmt.Sprint(names(r.c, perm))
 		}
 		ok := sleepCtx(ctx, dur)
+		if flipBack != nil {
+			flipBack()
+		}
 		r.net.Heal()
 		if crashed >= 0 {
 			if err := r.c.Start(crashed); err != nil {

@@ -238,7 +238,7 @@ func (c *client) hold(ctx context.Context, g *checker.Grant, live func() bool, d
 			return
 		}
 		c.r.rec.Act(g, live)
-		if c.rng.Intn(3) == 0 {
+		if c.rng.Intn(8) == 0 {
 			// Someone else's token, as a resource shown it would ask.
 			c.audit(ctx)
 		}
