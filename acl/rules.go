@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"sort"
 	"strings"
 )
 
@@ -221,15 +220,4 @@ func (r Rules) match(res Resource, name string) (Access, bool) {
 		}
 	}
 	return best, found
-}
-
-// prefixes returns the prefixes of a resource, longest first (for
-// explanations and tests).
-func (r Rules) prefixes(res Resource) []string {
-	var ps []string
-	for p := range r[res] {
-		ps = append(ps, p)
-	}
-	sort.Slice(ps, func(i, j int) bool { return len(ps[i]) > len(ps[j]) || len(ps[i]) == len(ps[j]) && ps[i] < ps[j] })
-	return ps
 }
