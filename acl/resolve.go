@@ -179,9 +179,6 @@ func NewResolver(store TokenStore, policy Policy) *Resolver {
 	return &Resolver{store: store, policy: policy, cache: map[string]cachedRules{}}
 }
 
-// Policy is the default policy the resolver applies.
-func (r *Resolver) Policy() Policy { return r.policy }
-
 // Resolve returns the caller a secret stands for: "" is the anonymous
 // caller (the anonymous token's rules, under the policy), an unknown
 // secret ErrTokenNotFound.
@@ -229,7 +226,3 @@ func (r *Resolver) authorizer(t *fsm.ACLToken) Authorizer {
 	r.cache[t.ID] = cachedRules{modify: t.ModifyIndex, authz: a}
 	return a
 }
-
-// Internal is the caller of the sidecar's own work, allowed everything: its
-// node identity is what authorises it (SPEC: Security).
-var Internal = &Caller{Management: true, authz: ManageAll}
