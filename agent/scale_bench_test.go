@@ -41,6 +41,14 @@ func registerScale(b *testing.B, total int) {
 	const writers, step = 16, 10000
 	cfg := agenttest.Config("server-0")
 	rc := election.DefaultServerConfig()
+	// To measure what snapshots cost as the registry grows: a fixed
+	// threshold, or the size above which it follows the registry.
+	if v, err := strconv.ParseUint(os.Getenv("BENCH_SCALE_SNAPSHOT_THRESHOLD"), 10, 64); err == nil && v > 0 {
+		rc.SnapshotThreshold = v
+	}
+	if v, err := strconv.ParseUint(os.Getenv("BENCH_SCALE_SNAPSHOT_ADAPT_ABOVE"), 10, 64); err == nil && v > 0 {
+		rc.SnapshotAdaptAbove = v
+	}
 	cfg.Raft = &rc
 	cfg.Server, cfg.BootstrapExpect, cfg.DataDir = true, 1, b.TempDir()
 	a := agenttest.Run(b, cfg)

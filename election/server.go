@@ -76,6 +76,9 @@ type ServerConfig struct {
 	LeaderLeaseTimeout time.Duration
 	CommitTimeout      time.Duration
 	SnapshotThreshold  uint64
+	// SnapshotAdaptAbove: once the registry holds more records than this,
+	// the snapshot threshold follows its size (adaptSnapshots); 0: 8192.
+	SnapshotAdaptAbove uint64
 	SnapshotInterval   time.Duration
 	TrailingLogs       uint64
 	// ApplyTimeout bounds one write when the caller's context has no
@@ -318,8 +321,9 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 		s.rpcSrv = &http.Server{Handler: s.rpcHandler(), ReadHeaderTimeout: 10 * time.Second, ConnContext: withPeerIdentity}
 		go s.rpcSrv.Serve(s.mux.rpc)
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.watchLeadership()
+	go s.adaptSnapshots()
 	s.log.Info("raft server started", "node", cfg.Node, "addr", s.trans.LocalAddr(), "in_memory", cfg.InMemory,
 		"heartbeat_timeout", cfg.HeartbeatTimeout, "election_timeout", cfg.ElectionTimeout,
 		"snapshot_threshold", cfg.SnapshotThreshold)

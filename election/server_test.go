@@ -3,6 +3,7 @@ package election_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -108,4 +109,33 @@ func TestServer_KeepAlive_notAcknowledgedWithoutQuorum(t *testing.T) {
 			t.Errorf("keepalive on a cut-off leader = %v, want not leader", err)
 		}
 	}
+}
+
+// Above SnapshotAdaptAbove records the snapshot threshold follows the
+// registry's size, with the configured one as its floor: a snapshot of a
+// large registry is taken about once per as many entries as it holds, not
+// every few entries.
+func TestServer_snapshotThresholdFollowsSize(t *testing.T) {
+	cfg := election.TestServerConfig()
+	cfg.Node, cfg.Bootstrap, cfg.InMemory = "s1", true, true
+	cfg.SnapshotThreshold, cfg.SnapshotAdaptAbove = 64, 100
+	s, err := election.NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	waitFor(t, 10*time.Second, "s1 to lead", s.IsLeader)
+	ctx := context.Background()
+	if _, err := s.Apply(ctx, &fsm.RegisterNode{Name: "n1", Address: "10.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 300; i++ {
+		if _, err := s.Apply(ctx, &fsm.RegisterInstance{Instance: fsm.Instance{ID: fmt.Sprintf("i-%d", i), Name: "web", Node: "n1"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "the threshold to follow the registry", func() bool {
+		rc := s.Raft().ReloadableConfig()
+		return rc.SnapshotThreshold == uint64(s.FSM().Size()) && rc.TrailingLogs >= rc.SnapshotThreshold
+	})
 }

@@ -208,3 +208,12 @@ func cloneMutexes(m map[string]*Mutex) []*Mutex {
 	}
 	return out
 }
+
+// Size is how many records the registry holds (nodes, instances, leases,
+// locks, elections, tokens): what a snapshot of it encodes.
+func (f *FSM) Size() int {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	st := f.st
+	return len(st.nodes) + len(st.instances) + len(st.leases) + len(st.locks) + len(st.elections) + len(st.tokens)
+}
