@@ -228,7 +228,7 @@ var settings = []*setting{
 		set: func(c *Config, v string) error { return setListenAddr(&c.HTTPSAddr, v) }},
 	{name: "session-ttl", usage: "TTL of this node's own lease (minimum 1s)", def: "10s",
 		set: func(c *Config, v string) error { return setDuration(&c.SessionTTL, v, fsm.MinLeaseTTL) }},
-	{name: "snapshot-threshold", usage: "Raft log entries between snapshots", def: "8192",
+	{name: "snapshot-threshold", usage: "Raft log entries between snapshots, at least (above 8,192 records the threshold follows the registry's size)", def: "8192",
 		set: func(c *Config, v string) error {
 			n, err := strconv.ParseUint(v, 10, 64)
 			if err != nil || n == 0 {
