@@ -151,6 +151,11 @@ func (c *rpcClient) call(ctx context.Context, addr, path string, body []byte, fo
 
 // callStream is call with a body streamed from r (a restore's file).
 func (c *rpcClient) callStream(ctx context.Context, addr, path string, body io.Reader, forwarded bool) (rpcReply, error) {
+	if _, ok := body.(io.Closer); ok {
+		// The transport closes a request's body once sent: the caller's
+		// file stays open, to be read again by a retry.
+		body = io.NopCloser(body)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+path, body)
 	if err != nil {
 		return rpcReply{}, err
