@@ -87,36 +87,24 @@ func (e *Election) Observe(ctx context.Context) <-chan api.Holder {
 	go func() {
 		defer close(ch)
 		var last api.Holder
-		var index uint64
-		retry := retryMin
-		for {
+		follow(ctx, func(index uint64) (uint64, error, error) {
 			info, meta, err := e.s.client.Election(ctx, e.name, &api.QueryOptions{Index: index, Wait: watchWait})
-			if ctx.Err() != nil {
-				return
-			}
 			if err != nil {
-				if !sleep(ctx, retry) {
-					return
-				}
-				retry = backoff(retry)
-				continue
+				return 0, nil, err
 			}
-			retry = retryMin
-			index = meta.Index
 			var cur api.Holder
 			if info.Leader != nil {
 				cur = *info.Leader
 			}
-			if cur.Candidate == last.Candidate && cur.Token == last.Token {
-				continue
+			if cur.Candidate != last.Candidate || cur.Token != last.Token {
+				select {
+				case ch <- cur:
+					last = cur
+				case <-ctx.Done():
+				}
 			}
-			select {
-			case ch <- cur:
-				last = cur
-			case <-ctx.Done():
-				return
-			}
-		}
+			return meta.Index, nil, nil
+		})
 	}()
 	return ch
 }
@@ -153,27 +141,16 @@ func (l *Leadership) Err() error { return l.h.Err() }
 // of the lease runs out, so this catches what the registry shows and what
 // the agent fears.
 func (l *Leadership) watch(ctx context.Context, h *hold) error {
-	c := l.e.s.client
-	var index uint64
-	retry := retryMin
-	for {
-		st, meta, err := c.Self(ctx, l.e.name, &api.QueryOptions{Index: index, Wait: watchWait})
-		if ctx.Err() != nil {
-			return nil
-		}
+	return follow(ctx, func(index uint64) (uint64, error, error) {
+		st, meta, err := l.e.s.client.Self(ctx, l.e.name, &api.QueryOptions{Index: index, Wait: watchWait})
 		if err != nil {
-			if !sleep(ctx, retry) {
-				return nil
-			}
-			retry = backoff(retry)
-			continue
+			return 0, nil, err
 		}
-		retry = retryMin
 		if !st.Leader || st.Candidate != l.candidate || st.Token != h.token {
-			return ErrLost
+			return 0, ErrLost, nil
 		}
-		index = meta.Index
-	}
+		return meta.Index, nil, nil
+	})
 }
 
 // Resign ends the term: Done closes first, then the candidate withdraws

@@ -107,6 +107,32 @@ func (h *hold) stop(err error) {
 }
 
 // sleep waits d, or less when ctx ends; false when it ended.
+// follow repeats a blocking query from the index of its last answer until
+// ctx ends (nil) or the query says to stop (its reason); a query that
+// failed is retried with backoff. query returns the answer's index, the
+// reason to stop (nil to go on) and the error of the request.
+func follow(ctx context.Context, query func(index uint64) (next uint64, stop, err error)) error {
+	var index uint64
+	retry := retryMin
+	for {
+		next, stop, err := query(index)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			if !sleep(ctx, retry) {
+				return nil
+			}
+			retry = backoff(retry)
+			continue
+		}
+		if stop != nil {
+			return stop
+		}
+		retry, index = retryMin, next
+	}
+}
+
 func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()

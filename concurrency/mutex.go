@@ -119,26 +119,16 @@ func (m *Mutex) start(token uint64) {
 // watch follows the lock with blocking queries until the registry shows
 // another acquisition than h (another lease, another token, or none).
 func (m *Mutex) watch(ctx context.Context, h *hold) error {
-	var index uint64
-	var retry = retryMin
-	for {
+	return follow(ctx, func(index uint64) (uint64, error, error) {
 		li, meta, err := m.s.client.LockInfo(ctx, m.name, &api.QueryOptions{Index: index, Wait: watchWait})
-		if ctx.Err() != nil {
-			return nil
-		}
 		if err != nil {
-			if !sleep(ctx, retry) {
-				return nil
-			}
-			retry = backoff(retry)
-			continue
+			return 0, nil, err
 		}
-		retry = retryMin
 		if li == nil || li.Lease != m.s.Lease() || li.Token != h.token {
-			return ErrLost
+			return 0, ErrLost, nil
 		}
-		index = meta.Index
-	}
+		return meta.Index, nil, nil
+	})
 }
 
 func (m *Mutex) current() *hold {
