@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sidecarhq/sidecar/election"
 	"github.com/sidecarhq/sidecar/election/electiontest"
@@ -138,4 +139,36 @@ func TestServer_snapshotThresholdFollowsSize(t *testing.T) {
 		rc := s.Raft().ReloadableConfig()
 		return rc.SnapshotThreshold == uint64(s.FSM().Size()) && rc.TrailingLogs >= rc.SnapshotThreshold
 	})
+}
+
+// The leader counts the node sessions it expires apart from apps' own
+// leases (the alert on node sessions reads it): two leases run out, one
+// of them a node session.
+func TestServer_countsNodeSessionExpiries(t *testing.T) {
+	cfg := election.TestServerConfig()
+	cfg.Node, cfg.Bootstrap, cfg.InMemory = "s1", true, true
+	reg := prometheus.NewRegistry()
+	cfg.Registerer = reg
+	s, err := election.NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	waitFor(t, 10*time.Second, "s1 to lead", s.IsLeader)
+	ctx := context.Background()
+	for _, g := range []*fsm.GrantLease{
+		{TTL: int64(time.Second), Node: "n1", Session: true},
+		{TTL: int64(time.Second), Node: "n1"},
+	} {
+		if _, err := s.Apply(ctx, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "both leases to expire", func() bool { return len(s.FSM().Leases()) == 0 })
+	if got := counter(t, reg, "sidecar_lease_expirations_total"); got != 2 {
+		t.Errorf("lease expirations %v, want 2", got)
+	}
+	if got := counter(t, reg, "sidecar_node_session_expirations_total"); got != 1 {
+		t.Errorf("node session expirations %v, want 1", got)
+	}
 }
