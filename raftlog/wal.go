@@ -1,0 +1,529 @@
+// Package raftlog is the server's Raft log and stable store: entries are
+// appended to segment files, each entry with a CRC-32C, and a batch costs
+// one write and one fdatasync (raft-boltdb's B+tree commit costs two
+// fdatasyncs and rewrites pages). A damaged entry is found when the log is
+// opened or read, and stops the server; it is never skipped.
+package raftlog
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/hashicorp/raft"
+)
+
+// Options tune a Store.
+type Options struct {
+	// SegmentSize is the size after which appends go to a new segment file;
+	// compaction removes whole segments. Default 64 MiB.
+	SegmentSize int64
+	// Fatal is told of a failure the store cannot recover from (a damaged
+	// entry read back, a failed write or fsync other than a full disk):
+	// the server must stop rather than carry on with state it may not have
+	// persisted. The store refuses every later write either way.
+	Fatal  func(error)
+	Logger *slog.Logger
+}
+
+const (
+	segPrefix = "seg-"
+	segSuffix = ".wal"
+)
+
+// Store implements raft.LogStore, raft.MonotonicLogStore and
+// raft.StableStore.
+type Store struct {
+	dir  string
+	opts Options
+	log  *slog.Logger
+
+	mu          sync.RWMutex
+	segs        []*segment
+	first, last uint64 // 0, 0 when empty
+	failed      error  // sticky: set by a write whose outcome on disk is unknown
+	buf         []byte
+
+	stable stable
+}
+
+type segment struct {
+	base uint64
+	path string
+	f    *os.File
+	offs []int64 // offs[i]: where entry base+i starts
+	size int64   // where the next entry goes
+}
+
+func (s *segment) lastIndex() uint64 { return s.base + uint64(len(s.offs)) - 1 }
+
+// CorruptError names a damaged entry: where it is and what to do.
+type CorruptError struct {
+	File   string
+	Index  uint64
+	Offset int64
+	Reason string
+}
+
+func (e *CorruptError) Error() string {
+	return fmt.Sprintf("raft log entry %d in %s (offset %d) is damaged: %s; this server cannot trust its log: "+
+		"stop it, move its data dir aside and start it with an empty one, and it rejoins as a non-voter and is caught up from the other servers "+
+		"(a single server: restore the newest snapshot with `sidecar snapshot restore`)",
+		e.Index, e.File, e.Offset, e.Reason)
+}
+
+// Open opens (or creates) the store in dir. Every entry is read and
+// checked. A record cut short at the very end of the newest segment is a
+// write a crash interrupted before its fsync returned (so never
+// acknowledged): it is removed with a warning. Any other damage is a
+// *CorruptError.
+func Open(dir string, opts Options) (*Store, error) {
+	if opts.SegmentSize <= 0 {
+		opts.SegmentSize = 64 << 20
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create raft log dir: %w", err)
+	}
+	s := &Store{dir: dir, opts: opts, log: opts.Logger}
+	if err := s.stable.open(dir); err != nil {
+		return nil, err
+	}
+	if err := s.load(); err != nil {
+		s.closeFiles()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Store) load() error {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return fmt.Errorf("read raft log dir: %w", err)
+	}
+	var bases []uint64
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasPrefix(name, segPrefix) || !strings.HasSuffix(name, segSuffix) {
+			continue
+		}
+		base, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(name, segPrefix), segSuffix), 10, 64)
+		if err != nil {
+			return fmt.Errorf("raft log dir %s holds %s, not a segment name of ours: move it away", s.dir, name)
+		}
+		bases = append(bases, base)
+	}
+	sort.Slice(bases, func(i, j int) bool { return bases[i] < bases[j] })
+	for i, base := range bases {
+		seg, err := s.openSegment(base, i == len(bases)-1)
+		if err != nil {
+			return err
+		}
+		if n := len(s.segs); n > 0 {
+			prev := s.segs[n-1]
+			if want := prev.base + uint64(len(prev.offs)); seg.base != want {
+				seg.f.Close()
+				return &CorruptError{File: seg.path, Index: want, Reason: fmt.Sprintf("a gap: the previous segment ends before %d, this one starts at %d", want, seg.base)}
+			}
+		}
+		s.segs = append(s.segs, seg)
+	}
+	for _, seg := range s.segs {
+		if len(seg.offs) > 0 {
+			if s.first == 0 {
+				s.first = seg.base
+			}
+			s.last = seg.lastIndex()
+		}
+	}
+	return nil
+}
+
+// openSegment reads and checks every record of one segment.
+func (s *Store) openSegment(base uint64, newest bool) (*segment, error) {
+	path := filepath.Join(s.dir, fmt.Sprintf("%s%020d%s", segPrefix, base, segSuffix))
+	f, err := os.OpenFile(path, os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open raft log segment: %w", err)
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("read raft log segment %s: %w", path, err)
+	}
+	seg := &segment{base: base, path: path, f: f}
+	var l raft.Log
+	off := int64(0)
+	for off < int64(len(data)) {
+		index := base + uint64(len(seg.offs))
+		bad := func(reason string) error {
+			return &CorruptError{File: path, Index: index, Offset: off, Reason: reason}
+		}
+		rest := data[off:]
+		if len(rest) < headerSize {
+			if newest {
+				return s.dropTornTail(seg, off, index, "a header cut short")
+			}
+			f.Close()
+			return nil, bad("a header cut short")
+		}
+		n, err := payloadLen(rest)
+		if err != nil {
+			if newest && allZero(rest) {
+				return s.dropTornTail(seg, off, index, "zeroes where a record should start")
+			}
+			f.Close()
+			return nil, bad(err.Error())
+		}
+		if headerSize+n > len(rest) {
+			if newest {
+				return s.dropTornTail(seg, off, index, "a record cut short")
+			}
+			f.Close()
+			return nil, bad("a record cut short")
+		}
+		rec := rest[:headerSize+n]
+		if err := decodeRecord(rec, &l); err != nil {
+			// A crash tears a write at sector granularity: a torn last
+			// record has a sector of zeroes where data never landed. A
+			// checksum mismatch without one is damage, not a crash.
+			if newest && headerSize+n == len(rest) && hasZeroSector(off, rec) {
+				return s.dropTornTail(seg, off, index, err.Error())
+			}
+			f.Close()
+			return nil, bad(err.Error())
+		}
+		if l.Index != index {
+			f.Close()
+			return nil, bad(fmt.Sprintf("holds index %d", l.Index))
+		}
+		seg.offs = append(seg.offs, off)
+		off += int64(headerSize + n)
+	}
+	seg.size = off
+	return seg, nil
+}
+
+// dropTornTail cuts a segment at off: what follows is a write a crash
+// interrupted.
+func (s *Store) dropTornTail(seg *segment, off int64, index uint64, why string) (*segment, error) {
+	s.log.Warn("removing a raft log record cut short by a crash (its write never completed, so it was never acknowledged)",
+		"file", seg.path, "index", index, "offset", off, "why", why)
+	if err := seg.f.Truncate(off); err != nil {
+		seg.f.Close()
+		return nil, fmt.Errorf("cut torn record from %s: %w", seg.path, err)
+	}
+	if err := seg.f.Sync(); err != nil {
+		seg.f.Close()
+		return nil, fmt.Errorf("sync %s: %w", seg.path, err)
+	}
+	seg.size = off
+	return seg, nil
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// hasZeroSector reports whether a 512-byte sector of the file, as far as
+// rec (starting at file offset off) covers it, is all zero.
+func hasZeroSector(off int64, rec []byte) bool {
+	const sector = 512
+	for i := 0; i < len(rec); {
+		end := i + sector - int((off+int64(i))%sector)
+		end = min(end, len(rec))
+		if allZero(rec[i:end]) {
+			return true
+		}
+		i = end
+	}
+	return false
+}
+
+// FirstIndex implements raft.LogStore.
+func (s *Store) FirstIndex() (uint64, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.first, nil
+}
+
+// LastIndex implements raft.LogStore.
+func (s *Store) LastIndex() (uint64, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.last, nil
+}
+
+// IsMonotonic implements raft.MonotonicLogStore: entries are contiguous, so
+// after a snapshot is installed Raft removes the whole log.
+func (s *Store) IsMonotonic() bool { return true }
+
+// GetLog implements raft.LogStore. The entry is checked against its
+// checksum; a mismatch is fatal.
+func (s *Store) GetLog(index uint64, l *raft.Log) error {
+	s.mu.RLock()
+	if s.last == 0 || index < s.first || index > s.last || len(s.segs) == 0 {
+		s.mu.RUnlock()
+		return raft.ErrLogNotFound
+	}
+	defer s.mu.RUnlock()
+	i := sort.Search(len(s.segs), func(i int) bool { return s.segs[i].base > index }) - 1
+	seg := s.segs[i]
+	k := int(index - seg.base)
+	off, end := seg.offs[k], seg.size
+	if k+1 < len(seg.offs) {
+		end = seg.offs[k+1]
+	}
+	// The lock is held across the read: compaction or a truncation must
+	// not close or cut the file under it.
+	path := seg.path
+	rec := make([]byte, end-off)
+	if _, err := seg.f.ReadAt(rec, off); err != nil {
+		return s.fatal(fmt.Errorf("read raft log entry %d from %s: %w", index, path, err))
+	}
+	err := decodeRecord(rec, l)
+	if err == nil && l.Index != index {
+		err = fmt.Errorf("holds index %d", l.Index)
+	}
+	if err != nil {
+		return s.fatal(&CorruptError{File: path, Index: index, Offset: off, Reason: err.Error()})
+	}
+	return nil
+}
+
+// StoreLog implements raft.LogStore.
+func (s *Store) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log{l}) }
+
+// StoreLogs implements raft.LogStore: the batch is one write and one
+// fdatasync. Entries must follow the last one (or start anywhere in an
+// empty log).
+func (s *Store) StoreLogs(logs []*raft.Log) error {
+	if len(logs) == 0 {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed != nil {
+		return s.failed
+	}
+	next := logs[0].Index
+	if s.last != 0 && next != s.last+1 {
+		return fmt.Errorf("raft log: entry %d does not follow the last one, %d", next, s.last)
+	}
+	for i, l := range logs {
+		if l.Index != next+uint64(i) {
+			return fmt.Errorf("raft log: batch not contiguous at entry %d", l.Index)
+		}
+	}
+	seg, err := s.segmentFor(next)
+	if err != nil {
+		return err
+	}
+	buf := s.buf[:0]
+	offs := make([]int64, 0, len(logs))
+	for _, l := range logs {
+		offs = append(offs, seg.size+int64(len(buf)))
+		buf = appendRecord(buf, l)
+	}
+	if cap(buf) <= 1<<20 {
+		s.buf = buf
+	}
+	if _, err := seg.f.WriteAt(buf, seg.size); err != nil {
+		return s.writeFailed(seg, fmt.Errorf("append raft log entries %d-%d to %s: %w", next, next+uint64(len(logs))-1, seg.path, err))
+	}
+	if err := syscall.Fdatasync(int(seg.f.Fd())); err != nil {
+		return s.writeFailed(seg, fmt.Errorf("fdatasync %s: %w", seg.path, err))
+	}
+	seg.offs = append(seg.offs, offs...)
+	seg.size += int64(len(buf))
+	if s.last == 0 {
+		s.first = next
+	}
+	s.last = logs[len(logs)-1].Index
+	return nil
+}
+
+// segmentFor returns the segment the entry at index goes to, starting a
+// new one when the current one is full (or the log is empty).
+func (s *Store) segmentFor(index uint64) (*segment, error) {
+	if n := len(s.segs); n > 0 {
+		cur := s.segs[n-1]
+		if s.last != 0 && cur.size < s.opts.SegmentSize {
+			return cur, nil
+		}
+		if s.last == 0 && cur.base == index {
+			return cur, nil
+		}
+		if s.last == 0 {
+			// An empty segment left by a removed log, for another index.
+			if err := s.removeSegments(s.segs); err != nil {
+				return nil, err
+			}
+			s.segs = nil
+		}
+	}
+	path := filepath.Join(s.dir, fmt.Sprintf("%s%020d%s", segPrefix, index, segSuffix))
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, s.writeFailed(nil, fmt.Errorf("create raft log segment: %w", err))
+	}
+	if err := syncDir(s.dir); err != nil {
+		f.Close()
+		os.Remove(path)
+		return nil, s.writeFailed(nil, err)
+	}
+	seg := &segment{base: index, path: path, f: f}
+	s.segs = append(s.segs, seg)
+	return seg, nil
+}
+
+// ErrDiskFull is wrapped by writes refused because the disk is full; they
+// changed nothing, and writes work again once there is space.
+var ErrDiskFull = errors.New("the disk holding the raft log is full")
+
+// writeFailed handles an append that failed. A full disk is not damage:
+// the partial write is cut off again and the store stays usable. Anything
+// else leaves the file in a state we cannot know (after a failed fsync the
+// kernel may have dropped the dirty pages), so the store refuses every
+// later write and reports the failure as fatal.
+func (s *Store) writeFailed(seg *segment, err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		if seg == nil {
+			return fmt.Errorf("%w (%s): %v", ErrDiskFull, s.dir, err)
+		}
+		if terr := seg.f.Truncate(seg.size); terr == nil {
+			if serr := syscall.Fdatasync(int(seg.f.Fd())); serr == nil {
+				return fmt.Errorf("%w (%s): %v", ErrDiskFull, s.dir, err)
+			}
+		}
+	}
+	s.failed = fmt.Errorf("raft log failed, no more writes: %w", err)
+	return s.fatal(s.failed)
+}
+
+func (s *Store) fatal(err error) error {
+	if s.opts.Fatal != nil {
+		s.opts.Fatal(err)
+	}
+	return err
+}
+
+// DeleteRange implements raft.LogStore: removing a prefix (compaction
+// after a snapshot), a suffix (entries a new leader overwrites) or all.
+func (s *Store) DeleteRange(min, max uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed != nil {
+		return s.failed
+	}
+	if s.last == 0 || max < s.first || min > s.last {
+		return nil
+	}
+	switch {
+	case min <= s.first && max >= s.last:
+		if err := s.removeSegments(s.segs); err != nil {
+			return err
+		}
+		s.segs, s.first, s.last = nil, 0, 0
+		return nil
+	case max >= s.last:
+		return s.truncateFrom(min)
+	case min <= s.first:
+		// Whole segments below the new first index go; entries before it in
+		// the segment that holds it stay on disk, unreachable.
+		keep := 0
+		for keep < len(s.segs)-1 && s.segs[keep].lastIndex() <= max {
+			keep++
+		}
+		if err := s.removeSegments(s.segs[:keep]); err != nil {
+			return err
+		}
+		s.segs = s.segs[keep:]
+		s.first = max + 1
+		return nil
+	default:
+		return fmt.Errorf("raft log: cannot delete %d-%d from the middle of %d-%d", min, max, s.first, s.last)
+	}
+}
+
+// truncateFrom removes entries index and after.
+func (s *Store) truncateFrom(index uint64) error {
+	i := sort.Search(len(s.segs), func(i int) bool { return s.segs[i].base > index }) - 1
+	seg := s.segs[i]
+	off := seg.offs[index-seg.base]
+	if err := seg.f.Truncate(off); err != nil {
+		return s.writeFailed(nil, fmt.Errorf("truncate %s: %w", seg.path, err))
+	}
+	if err := syscall.Fdatasync(int(seg.f.Fd())); err != nil {
+		return s.writeFailed(nil, fmt.Errorf("fdatasync %s: %w", seg.path, err))
+	}
+	seg.offs = seg.offs[:index-seg.base]
+	seg.size = off
+	if err := s.removeSegments(s.segs[i+1:]); err != nil {
+		return err
+	}
+	s.segs = s.segs[:i+1]
+	s.last = index - 1
+	if s.last < s.first {
+		s.first, s.last = 0, 0
+	}
+	return nil
+}
+
+func (s *Store) removeSegments(segs []*segment) error {
+	for _, seg := range segs {
+		seg.f.Close()
+		if err := os.Remove(seg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove raft log segment: %w", err)
+		}
+	}
+	if len(segs) > 0 {
+		return syncDir(s.dir)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open %s to sync it: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Close closes the segment files.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closeFiles()
+}
+
+func (s *Store) closeFiles() error {
+	var first error
+	for _, seg := range s.segs {
+		if err := seg.f.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	s.segs = nil
+	return first
+}
