@@ -21,12 +21,12 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/fsm"
 	"github.com/sidecarhq/sidecar/internal/logadapt"
+	"github.com/sidecarhq/sidecar/raftlog"
 )
 
 // Errors of the server.
@@ -49,8 +49,13 @@ var (
 type ServerConfig struct {
 	// Node is the node name, used as the Raft server ID.
 	Node string
-	// DataDir holds raft.db and snapshots; unused with InMemory.
+	// DataDir holds the Raft log (raft-log/) and snapshots; unused with
+	// InMemory.
 	DataDir string
+	// StoreFatal is told when the Raft log fails in a way the server cannot
+	// recover from (a damaged entry, a failed write or fsync): the agent
+	// stops. Nil: the store only refuses further writes.
+	StoreFatal func(error)
 	// InMemory keeps log, stable store and snapshots in memory (--dev, tests).
 	InMemory bool
 	// RaftAddr is the TCP address Raft listens on; AdvertiseAddr, when set,
@@ -239,18 +244,22 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 			return nil, fmt.Errorf("create data dir: %w", err)
 		}
-		bolt, err := raftboltdb.NewBoltStore(filepath.Join(cfg.DataDir, "raft.db"))
+		walDir := filepath.Join(cfg.DataDir, "raft-log")
+		if err := raftlog.MigrateBolt(filepath.Join(cfg.DataDir, "raft.db"), walDir, s.log); err != nil {
+			return nil, err
+		}
+		wal, err := raftlog.Open(walDir, raftlog.Options{Logger: s.log, Fatal: cfg.StoreFatal})
 		if err != nil {
 			return nil, fmt.Errorf("open raft log: %w", err)
 		}
-		s.closer = append(s.closer, bolt)
-		// The cache keeps recent entries out of bolt reads when followers
+		s.closer = append(s.closer, wal)
+		// The cache keeps recent entries out of file reads when followers
 		// catch up.
-		cached, err := raft.NewLogCache(512, bolt)
+		cached, err := raft.NewLogCache(512, wal)
 		if err != nil {
 			return nil, fmt.Errorf("raft log cache: %w", err)
 		}
-		logs, stable = cached, bolt
+		logs, stable = cached, wal
 		snaps, err = raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, rc.Logger)
 		if err != nil {
 			return nil, fmt.Errorf("open snapshot store: %w", err)

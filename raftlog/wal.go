@@ -46,11 +46,16 @@ type Store struct {
 	opts Options
 	log  *slog.Logger
 
+	// wmu orders the writers (appends, deletions, close) and guards failed
+	// and buf; it is held across the disk write and its fdatasync. mu
+	// guards what readers see (segments, offsets, first and last) and is
+	// held only to read or publish them, so reads never wait for a sync.
+	wmu         sync.Mutex
+	failed      error // sticky: set by a write whose outcome on disk is unknown
+	buf         []byte
 	mu          sync.RWMutex
 	segs        []*segment
 	first, last uint64 // 0, 0 when empty
-	failed      error  // sticky: set by a write whose outcome on disk is unknown
-	buf         []byte
 
 	stable stable
 }
@@ -316,11 +321,12 @@ func (s *Store) StoreLogs(logs []*raft.Log) error {
 	if len(logs) == 0 {
 		return nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	if s.failed != nil {
 		return s.failed
 	}
+	// Only writers change last, and they hold wmu.
 	next := logs[0].Index
 	if s.last != 0 && next != s.last+1 {
 		return fmt.Errorf("raft log: entry %d does not follow the last one, %d", next, s.last)
@@ -349,12 +355,14 @@ func (s *Store) StoreLogs(logs []*raft.Log) error {
 	if err := syscall.Fdatasync(int(seg.f.Fd())); err != nil {
 		return s.writeFailed(seg, fmt.Errorf("fdatasync %s: %w", seg.path, err))
 	}
+	s.mu.Lock()
 	seg.offs = append(seg.offs, offs...)
 	seg.size += int64(len(buf))
 	if s.last == 0 {
 		s.first = next
 	}
 	s.last = logs[len(logs)-1].Index
+	s.mu.Unlock()
 	return nil
 }
 
@@ -371,10 +379,13 @@ func (s *Store) segmentFor(index uint64) (*segment, error) {
 		}
 		if s.last == 0 {
 			// An empty segment left by a removed log, for another index.
-			if err := s.removeSegments(s.segs); err != nil {
+			old := s.segs
+			s.mu.Lock()
+			s.segs = nil
+			s.mu.Unlock()
+			if err := s.removeSegments(old); err != nil {
 				return nil, err
 			}
-			s.segs = nil
 		}
 	}
 	path := filepath.Join(s.dir, fmt.Sprintf("%s%020d%s", segPrefix, index, segSuffix))
@@ -388,7 +399,9 @@ func (s *Store) segmentFor(index uint64) (*segment, error) {
 		return nil, s.writeFailed(nil, err)
 	}
 	seg := &segment{base: index, path: path, f: f}
+	s.mu.Lock()
 	s.segs = append(s.segs, seg)
+	s.mu.Unlock()
 	return seg, nil
 }
 
@@ -426,8 +439,8 @@ func (s *Store) fatal(err error) error {
 // DeleteRange implements raft.LogStore: removing a prefix (compaction
 // after a snapshot), a suffix (entries a new leader overwrites) or all.
 func (s *Store) DeleteRange(min, max uint64) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	if s.failed != nil {
 		return s.failed
 	}
@@ -436,11 +449,11 @@ func (s *Store) DeleteRange(min, max uint64) error {
 	}
 	switch {
 	case min <= s.first && max >= s.last:
-		if err := s.removeSegments(s.segs); err != nil {
-			return err
-		}
+		old := s.segs
+		s.mu.Lock()
 		s.segs, s.first, s.last = nil, 0, 0
-		return nil
+		s.mu.Unlock()
+		return s.removeSegments(old)
 	case max >= s.last:
 		return s.truncateFrom(min)
 	case min <= s.first:
@@ -450,12 +463,12 @@ func (s *Store) DeleteRange(min, max uint64) error {
 		for keep < len(s.segs)-1 && s.segs[keep].lastIndex() <= max {
 			keep++
 		}
-		if err := s.removeSegments(s.segs[:keep]); err != nil {
-			return err
-		}
+		old := s.segs[:keep]
+		s.mu.Lock()
 		s.segs = s.segs[keep:]
 		s.first = max + 1
-		return nil
+		s.mu.Unlock()
+		return s.removeSegments(old)
 	default:
 		return fmt.Errorf("raft log: cannot delete %d-%d from the middle of %d-%d", min, max, s.first, s.last)
 	}
@@ -466,23 +479,24 @@ func (s *Store) truncateFrom(index uint64) error {
 	i := sort.Search(len(s.segs), func(i int) bool { return s.segs[i].base > index }) - 1
 	seg := s.segs[i]
 	off := seg.offs[index-seg.base]
+	// Readers stop seeing the entries before the file loses them.
+	later := s.segs[i+1:]
+	s.mu.Lock()
+	seg.offs = seg.offs[:index-seg.base]
+	seg.size = off
+	s.segs = s.segs[:i+1]
+	s.last = index - 1
+	if s.last < s.first {
+		s.first, s.last = 0, 0
+	}
+	s.mu.Unlock()
 	if err := seg.f.Truncate(off); err != nil {
 		return s.writeFailed(nil, fmt.Errorf("truncate %s: %w", seg.path, err))
 	}
 	if err := syscall.Fdatasync(int(seg.f.Fd())); err != nil {
 		return s.writeFailed(nil, fmt.Errorf("fdatasync %s: %w", seg.path, err))
 	}
-	seg.offs = seg.offs[:index-seg.base]
-	seg.size = off
-	if err := s.removeSegments(s.segs[i+1:]); err != nil {
-		return err
-	}
-	s.segs = s.segs[:i+1]
-	s.last = index - 1
-	if s.last < s.first {
-		s.first, s.last = 0, 0
-	}
-	return nil
+	return s.removeSegments(later)
 }
 
 func (s *Store) removeSegments(segs []*segment) error {
@@ -512,6 +526,8 @@ func syncDir(dir string) error {
 
 // Close closes the segment files.
 func (s *Store) Close() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.closeFiles()
