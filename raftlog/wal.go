@@ -16,16 +16,24 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/raft"
 )
 
 // Options tune a Store.
 type Options struct {
-	// SegmentSize is the size after which appends go to a new segment file;
-	// compaction removes whole segments. Default 64 MiB.
+	// SegmentSize is the size of a segment file, allocated when the file
+	// is made so that appends need no new disk blocks (and a full disk is
+	// known before a write, not in the middle of one); compaction removes
+	// whole segments. Default 64 MiB.
 	SegmentSize int64
+	// Reserve is the room kept in the current segment for Raft's own
+	// entries (no-ops, configuration changes) once no next segment can be
+	// allocated: Room then refuses new writes. Default 1 MiB.
+	Reserve int64
 	// Fatal is told of a failure the store cannot recover from (a damaged
 	// entry read back, a failed write or fsync other than a full disk):
 	// the server must stop rather than carry on with state it may not have
@@ -50,9 +58,13 @@ type Store struct {
 	// and buf; it is held across the disk write and its fdatasync. mu
 	// guards what readers see (segments, offsets, first and last) and is
 	// held only to read or publish them, so reads never wait for a sync.
-	wmu         sync.Mutex
-	failed      error // sticky: set by a write whose outcome on disk is unknown
-	buf         []byte
+	wmu     sync.Mutex
+	failed  error // sticky: set by a write whose outcome on disk is unknown
+	buf     []byte
+	spare   *segment // the next segment's file, allocated ahead
+	lastTry time.Time
+	low     atomic.Bool // no room for new writes: see Room
+
 	mu          sync.RWMutex
 	segs        []*segment
 	first, last uint64 // 0, 0 when empty
@@ -61,11 +73,12 @@ type Store struct {
 }
 
 type segment struct {
-	base uint64
-	path string
-	f    *os.File
-	offs []int64 // offs[i]: where entry base+i starts
-	size int64   // where the next entry goes
+	base  uint64
+	path  string
+	f     *os.File
+	offs  []int64 // offs[i]: where entry base+i starts
+	size  int64   // where the next entry goes; zeroes from there on
+	alloc int64   // the file's allocated size
 }
 
 func (s *segment) lastIndex() uint64 { return s.base + uint64(len(s.offs)) - 1 }
@@ -94,6 +107,9 @@ func Open(dir string, opts Options) (*Store, error) {
 	if opts.SegmentSize <= 0 {
 		opts.SegmentSize = 64 << 20
 	}
+	if opts.Reserve <= 0 {
+		opts.Reserve = min(1<<20, opts.SegmentSize/4)
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -108,6 +124,7 @@ func Open(dir string, opts Options) (*Store, error) {
 		s.closeFiles()
 		return nil, err
 	}
+	s.ensureRoom()
 	return s, nil
 }
 
@@ -119,6 +136,22 @@ func (s *Store) load() error {
 	var bases []uint64
 	for _, e := range entries {
 		name := e.Name()
+		if name == spareName {
+			f, err := os.OpenFile(filepath.Join(s.dir, name), os.O_RDWR, 0o600)
+			if err != nil {
+				return fmt.Errorf("open raft log spare segment: %w", err)
+			}
+			st, err := f.Stat()
+			if err != nil || st.Size() != s.opts.SegmentSize {
+				// Cut short by a crash while it was made, or made with
+				// another size: made again when needed.
+				f.Close()
+				os.Remove(filepath.Join(s.dir, name))
+				continue
+			}
+			s.spare = &segment{path: filepath.Join(s.dir, name), f: f, alloc: st.Size()}
+			continue
+		}
 		if !strings.HasPrefix(name, segPrefix) || !strings.HasSuffix(name, segSuffix) {
 			continue
 		}
@@ -154,7 +187,8 @@ func (s *Store) load() error {
 	return nil
 }
 
-// openSegment reads and checks every record of one segment.
+// openSegment reads and checks every record of one segment. Records end
+// where zeroes begin (the allocated rest of the file).
 func (s *Store) openSegment(base uint64, newest bool) (*segment, error) {
 	path := filepath.Join(s.dir, fmt.Sprintf("%s%020d%s", segPrefix, base, segSuffix))
 	f, err := os.OpenFile(path, os.O_RDWR, 0o600)
@@ -166,51 +200,55 @@ func (s *Store) openSegment(base uint64, newest bool) (*segment, error) {
 		f.Close()
 		return nil, fmt.Errorf("read raft log segment %s: %w", path, err)
 	}
-	seg := &segment{base: base, path: path, f: f}
+	seg := &segment{base: base, path: path, f: f, alloc: int64(len(data))}
 	var l raft.Log
 	off := int64(0)
 	for off < int64(len(data)) {
 		index := base + uint64(len(seg.offs))
-		bad := func(reason string) error {
-			return &CorruptError{File: path, Index: index, Offset: off, Reason: reason}
+		bad := func(reason string) (*segment, error) {
+			f.Close()
+			return nil, &CorruptError{File: path, Index: index, Offset: off, Reason: reason}
 		}
 		rest := data[off:]
+		// No record starts with a zero length: zeroes are the end, and all
+		// that follows must be zeroes too.
+		if len(rest) >= headerSize && allZero(rest[:headerSize]) && allZero(rest) {
+			break
+		}
+		// From here on there are bytes that are not zero: a record, or the
+		// remains of one a crash interrupted (only at the end of the
+		// newest segment), or damage.
 		if len(rest) < headerSize {
 			if newest {
 				return s.dropTornTail(seg, off, index, "a header cut short")
 			}
-			f.Close()
-			return nil, bad("a header cut short")
+			return bad("a header cut short")
 		}
 		n, err := payloadLen(rest)
 		if err != nil {
-			if newest && allZero(rest) {
-				return s.dropTornTail(seg, off, index, "zeroes where a record should start")
+			if newest && allZero(rest[headerSize:]) {
+				return s.dropTornTail(seg, off, index, "a header without its record")
 			}
-			f.Close()
-			return nil, bad(err.Error())
+			return bad(err.Error())
 		}
 		if headerSize+n > len(rest) {
 			if newest {
 				return s.dropTornTail(seg, off, index, "a record cut short")
 			}
-			f.Close()
-			return nil, bad("a record cut short")
+			return bad("a record cut short")
 		}
 		rec := rest[:headerSize+n]
 		if err := decodeRecord(rec, &l); err != nil {
 			// A crash tears a write at sector granularity: a torn last
-			// record has a sector of zeroes where data never landed. A
-			// checksum mismatch without one is damage, not a crash.
-			if newest && headerSize+n == len(rest) && hasZeroSector(off, rec) {
+			// record has a sector of zeroes where data never landed, and
+			// nothing after it. A checksum mismatch without one is damage.
+			if newest && allZero(rest[headerSize+n:]) && hasZeroSector(off, rec) {
 				return s.dropTornTail(seg, off, index, err.Error())
 			}
-			f.Close()
-			return nil, bad(err.Error())
+			return bad(err.Error())
 		}
 		if l.Index != index {
-			f.Close()
-			return nil, bad(fmt.Sprintf("holds index %d", l.Index))
+			return bad(fmt.Sprintf("holds index %d", l.Index))
 		}
 		seg.offs = append(seg.offs, off)
 		off += int64(headerSize + n)
@@ -219,21 +257,35 @@ func (s *Store) openSegment(base uint64, newest bool) (*segment, error) {
 	return seg, nil
 }
 
-// dropTornTail cuts a segment at off: what follows is a write a crash
-// interrupted.
+// dropTornTail clears a segment from off on: what is there is a write a
+// crash interrupted.
 func (s *Store) dropTornTail(seg *segment, off int64, index uint64, why string) (*segment, error) {
 	s.log.Warn("removing a raft log record cut short by a crash (its write never completed, so it was never acknowledged)",
 		"file", seg.path, "index", index, "offset", off, "why", why)
-	if err := seg.f.Truncate(off); err != nil {
+	if err := seg.zeroFrom(off); err != nil {
 		seg.f.Close()
-		return nil, fmt.Errorf("cut torn record from %s: %w", seg.path, err)
-	}
-	if err := seg.f.Sync(); err != nil {
-		seg.f.Close()
-		return nil, fmt.Errorf("sync %s: %w", seg.path, err)
+		return nil, err
 	}
 	seg.size = off
 	return seg, nil
+}
+
+// zeroFrom makes everything from off on zeroes again, keeping the
+// allocation, and syncs: a later open must not read old records there.
+func (seg *segment) zeroFrom(off int64) error {
+	if err := seg.f.Truncate(off); err != nil {
+		return fmt.Errorf("cut %s at %d: %w", seg.path, off, err)
+	}
+	if seg.alloc > off {
+		if err := syscall.Fallocate(int(seg.f.Fd()), 0, off, seg.alloc-off); err != nil {
+			// The file stays short: correct, only its blocks are not kept.
+			seg.alloc = off
+		}
+	}
+	if err := syscall.Fdatasync(int(seg.f.Fd())); err != nil {
+		return fmt.Errorf("fdatasync %s: %w", seg.path, err)
+	}
+	return nil
 }
 
 func allZero(b []byte) bool {
@@ -336,18 +388,21 @@ func (s *Store) StoreLogs(logs []*raft.Log) error {
 			return fmt.Errorf("raft log: batch not contiguous at entry %d", l.Index)
 		}
 	}
-	seg, err := s.segmentFor(next)
-	if err != nil {
-		return err
-	}
 	buf := s.buf[:0]
 	offs := make([]int64, 0, len(logs))
 	for _, l := range logs {
-		offs = append(offs, seg.size+int64(len(buf)))
+		offs = append(offs, int64(len(buf)))
 		buf = appendRecord(buf, l)
 	}
 	if cap(buf) <= 1<<20 {
 		s.buf = buf
+	}
+	seg, err := s.segmentFor(next, int64(len(buf)))
+	if err != nil {
+		return err
+	}
+	for i := range offs {
+		offs[i] += seg.size
 	}
 	if _, err := seg.f.WriteAt(buf, seg.size); err != nil {
 		return s.writeFailed(seg, fmt.Errorf("append raft log entries %d-%d to %s: %w", next, next+uint64(len(logs))-1, seg.path, err))
@@ -363,21 +418,19 @@ func (s *Store) StoreLogs(logs []*raft.Log) error {
 	}
 	s.last = logs[len(logs)-1].Index
 	s.mu.Unlock()
+	if seg.alloc-seg.size < s.opts.SegmentSize/2 || s.low.Load() {
+		s.ensureRoom()
+	}
 	return nil
 }
 
-// segmentFor returns the segment the entry at index goes to, starting a
-// new one when the current one is full (or the log is empty).
-func (s *Store) segmentFor(index uint64) (*segment, error) {
-	if n := len(s.segs); n > 0 {
-		cur := s.segs[n-1]
-		if s.last != 0 && cur.size < s.opts.SegmentSize {
-			return cur, nil
-		}
-		if s.last == 0 && cur.base == index {
-			return cur, nil
-		}
-		if s.last == 0 {
+// segmentFor returns the segment a batch of n bytes starting at index goes
+// to: the current one while it has room (or is empty), else a new one.
+func (s *Store) segmentFor(index uint64, n int64) (*segment, error) {
+	if k := len(s.segs); k > 0 {
+		cur := s.segs[k-1]
+		switch {
+		case s.last == 0 && cur.base != index:
 			// An empty segment left by a removed log, for another index.
 			old := s.segs
 			s.mu.Lock()
@@ -386,23 +439,107 @@ func (s *Store) segmentFor(index uint64) (*segment, error) {
 			if err := s.removeSegments(old); err != nil {
 				return nil, err
 			}
+		case cur.size == 0 || cur.size+n <= cur.alloc:
+			return cur, nil
 		}
 	}
-	path := filepath.Join(s.dir, fmt.Sprintf("%s%020d%s", segPrefix, index, segSuffix))
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	seg, err := s.newSegment(index)
 	if err != nil {
-		return nil, s.writeFailed(nil, fmt.Errorf("create raft log segment: %w", err))
+		return nil, err
 	}
-	if err := syncDir(s.dir); err != nil {
-		f.Close()
-		os.Remove(path)
-		return nil, s.writeFailed(nil, err)
-	}
-	seg := &segment{base: index, path: path, f: f}
 	s.mu.Lock()
 	s.segs = append(s.segs, seg)
 	s.mu.Unlock()
 	return seg, nil
+}
+
+// newSegment turns the spare into the segment starting at index, or
+// allocates one when there is no spare.
+func (s *Store) newSegment(index uint64) (*segment, error) {
+	path := filepath.Join(s.dir, fmt.Sprintf("%s%020d%s", segPrefix, index, segSuffix))
+	if s.spare == nil {
+		if err := s.allocSpare(); err != nil {
+			return nil, err
+		}
+	}
+	sp := s.spare
+	if err := os.Rename(sp.path, path); err != nil {
+		return nil, s.writeFailed(nil, fmt.Errorf("start raft log segment %s: %w", path, err))
+	}
+	if err := syncDir(s.dir); err != nil {
+		return nil, s.writeFailed(nil, err)
+	}
+	s.spare = nil
+	return &segment{base: index, path: path, f: sp.f, alloc: sp.alloc}, nil
+}
+
+const spareName = "spare" + segSuffix
+
+// allocSpare makes the next segment's file ahead of need, with its blocks
+// allocated.
+func (s *Store) allocSpare() error {
+	path := filepath.Join(s.dir, spareName)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return s.writeFailed(nil, fmt.Errorf("create raft log segment: %w", err))
+	}
+	if err := syscall.Fallocate(int(f.Fd()), 0, 0, s.opts.SegmentSize); err != nil {
+		f.Close()
+		os.Remove(path)
+		return s.writeFailed(nil, fmt.Errorf("allocate %d bytes for a raft log segment in %s: %w", s.opts.SegmentSize, s.dir, err))
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(path)
+		return s.writeFailed(nil, fmt.Errorf("sync %s: %w", path, err))
+	}
+	s.spare = &segment{path: path, f: f, alloc: s.opts.SegmentSize}
+	return nil
+}
+
+// ensureRoom allocates the spare segment once the current one is half
+// full, and works out whether new writes may come: while there is no spare
+// and the current segment's room is down to the reserve, Room refuses them
+// (Raft's own entries still fit). Callers hold wmu.
+func (s *Store) ensureRoom() {
+	s.lastTry = time.Now()
+	free := int64(0)
+	if k := len(s.segs); k > 0 {
+		cur := s.segs[k-1]
+		free = cur.alloc - cur.size
+	}
+	if s.spare == nil && s.failed == nil && free < s.opts.SegmentSize/2 {
+		if err := s.allocSpare(); err != nil && !s.low.Load() {
+			s.log.Warn("cannot allocate the next raft log segment", "dir", s.dir, "err", err)
+		}
+	}
+	low := s.spare == nil && free < s.opts.Reserve
+	if was := s.low.Swap(low); was != low {
+		if low {
+			s.log.Error("raft log disk full: refusing writes until there is room", "dir", s.dir, "segment_bytes", s.opts.SegmentSize)
+		} else {
+			s.log.Info("raft log disk has room again: taking writes", "dir", s.dir)
+		}
+	}
+}
+
+// Room returns an error wrapping ErrDiskFull while the disk has no room
+// for more of the log. It tries again to allocate at most once a second,
+// so writes resume by themselves once space is freed.
+func (s *Store) Room() error {
+	if !s.low.Load() {
+		return nil
+	}
+	if s.wmu.TryLock() {
+		if time.Since(s.lastTry) >= time.Second {
+			s.ensureRoom()
+		}
+		s.wmu.Unlock()
+	}
+	if s.low.Load() {
+		return fmt.Errorf("%w (%s): the next %d-byte segment cannot be allocated", ErrDiskFull, s.dir, s.opts.SegmentSize)
+	}
+	return nil
 }
 
 // ErrDiskFull is wrapped by writes refused because the disk is full; they
@@ -419,10 +556,9 @@ func (s *Store) writeFailed(seg *segment, err error) error {
 		if seg == nil {
 			return fmt.Errorf("%w (%s): %v", ErrDiskFull, s.dir, err)
 		}
-		if terr := seg.f.Truncate(seg.size); terr == nil {
-			if serr := syscall.Fdatasync(int(seg.f.Fd())); serr == nil {
-				return fmt.Errorf("%w (%s): %v", ErrDiskFull, s.dir, err)
-			}
+		// A write past the allocation grew the file: cut back what landed.
+		if zerr := seg.zeroFrom(seg.size); zerr == nil {
+			return fmt.Errorf("%w (%s): %v", ErrDiskFull, s.dir, err)
 		}
 	}
 	s.failed = fmt.Errorf("raft log failed, no more writes: %w", err)
@@ -490,11 +626,10 @@ func (s *Store) truncateFrom(index uint64) error {
 		s.first, s.last = 0, 0
 	}
 	s.mu.Unlock()
-	if err := seg.f.Truncate(off); err != nil {
-		return s.writeFailed(nil, fmt.Errorf("truncate %s: %w", seg.path, err))
-	}
-	if err := syscall.Fdatasync(int(seg.f.Fd())); err != nil {
-		return s.writeFailed(nil, fmt.Errorf("fdatasync %s: %w", seg.path, err))
+	// Zeroes, not a shorter file alone: the allocation stays, and old
+	// entries must never be read back after new ones.
+	if err := seg.zeroFrom(off); err != nil {
+		return s.writeFailed(nil, err)
 	}
 	return s.removeSegments(later)
 }
@@ -541,5 +676,12 @@ func (s *Store) closeFiles() error {
 		}
 	}
 	s.segs = nil
+	if s.spare != nil {
+		s.spare.f.Close()
+		s.spare = nil
+	}
+	if err := s.stable.close(); err != nil && first == nil {
+		first = err
+	}
 	return first
 }

@@ -160,13 +160,13 @@ func TestOpen_refusesADamagedEntry(t *testing.T) {
 	for _, which := range []uint64{1, 15, 30} { // first, middle, last
 		t.Run(fmt.Sprint(which), func(t *testing.T) {
 			dir := t.TempDir()
-			s := open(t, dir, Options{})
+			s := open(t, dir, Options{SegmentSize: 1 << 20})
 			store(t, s, 1, 30)
 			off := s.segs[0].offs[which-1] + headerSize + 20
 			s.Close()
 			path := segmentFile(t, dir)
 			flip(t, path, off)
-			_, err := Open(dir, Options{})
+			_, err := Open(dir, Options{SegmentSize: 1 << 20})
 			var ce *CorruptError
 			if !errors.As(err, &ce) || ce.Index != which || ce.File != path {
 				t.Fatalf("open after a flipped byte in entry %d: %v", which, err)
@@ -242,7 +242,7 @@ func TestOpen_removesARecordTornByACrash(t *testing.T) {
 	for name, damage := range cases {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
-			s := open(t, dir, Options{})
+			s := open(t, dir, Options{SegmentSize: 1 << 20})
 			store(t, s, 1, 20)
 			big := entry(21)
 			big.Data = bytes.Repeat([]byte("x"), 1500)
@@ -252,7 +252,7 @@ func TestOpen_removesARecordTornByACrash(t *testing.T) {
 			lastOff, size := s.segs[0].offs[20], s.segs[0].size
 			s.Close()
 			damage(t, segmentFile(t, dir), lastOff, size)
-			s = open(t, dir, Options{})
+			s = open(t, dir, Options{SegmentSize: 1 << 20})
 			check(t, s, 1, 20)
 			store(t, s, 21, 25)
 			check(t, s, 1, 25)
@@ -262,7 +262,7 @@ func TestOpen_removesARecordTornByACrash(t *testing.T) {
 
 func TestStable(t *testing.T) {
 	dir := t.TempDir()
-	s := open(t, dir, Options{})
+	s := open(t, dir, Options{SegmentSize: 1 << 20})
 	if v, err := s.GetUint64([]byte("CurrentTerm")); v != 0 || err != nil {
 		t.Fatalf("unset term: %d, %v", v, err)
 	}
@@ -276,7 +276,7 @@ func TestStable(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	s = open(t, dir, Options{})
+	s = open(t, dir, Options{SegmentSize: 1 << 20})
 	if v, _ := s.GetUint64([]byte("CurrentTerm")); v != 7 {
 		t.Fatalf("term after reopen %d", v)
 	}
@@ -284,9 +284,20 @@ func TestStable(t *testing.T) {
 		t.Fatalf("vote after reopen %q", v)
 	}
 	s.Close()
-	flip(t, filepath.Join(dir, stableName), 10)
-	if _, err := Open(dir, Options{}); err == nil || !bytes.Contains([]byte(err.Error()), []byte("stable store")) {
-		t.Fatalf("open with a damaged stable store: %v", err)
+	// The newer slot damaged (a write a crash tore): the older one holds
+	// what was saved before that write.
+	flip(t, filepath.Join(dir, stableName), slotSize+20)
+	s = open(t, dir, Options{SegmentSize: 1 << 20})
+	if v, _ := s.GetUint64([]byte("CurrentTerm")); v != 7 {
+		t.Fatalf("term after the newer slot was damaged: %d", v)
+	}
+	if v, _ := s.Get([]byte("LastVoteCand")); len(v) != 0 {
+		t.Fatalf("vote after the newer slot was damaged: %q", v)
+	}
+	s.Close()
+	flip(t, filepath.Join(dir, stableName), 20)
+	if _, err := Open(dir, Options{SegmentSize: 1 << 20}); err == nil || !bytes.Contains([]byte(err.Error()), []byte("stable store")) {
+		t.Fatalf("open with both slots damaged: %v", err)
 	}
 }
 
