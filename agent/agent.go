@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -72,6 +73,12 @@ type Config struct {
 
 	// Raft overrides the Raft server settings (tests); zero: defaults.
 	Raft *election.ServerConfig
+	// OnFatal is told when the Raft log fails in a way the server cannot
+	// recover from (a damaged entry read back, a failed write or fsync).
+	// Nil: the failure is logged and the process exits with status 1 at
+	// once (fail-stop: Raft must not go on with state it may not have
+	// persisted; a supervisor restarts it).
+	OnFatal func(error)
 	// TLS, when set, secures the Raft/RPC port (mutual TLS 1.3 against the
 	// cluster CA) and the HTTPS API; nil: plain text.
 	TLS *tlsutil.Loader
@@ -198,6 +205,13 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 		}
 		sc.Logger = log
 		sc.Registerer = a.metrics
+		sc.StoreFatal = cfg.OnFatal
+		if sc.StoreFatal == nil {
+			sc.StoreFatal = func(err error) {
+				log.Error("stopping: the raft log cannot be trusted", "err", err)
+				os.Exit(1)
+			}
+		}
 		if cfg.TLS != nil {
 			sc.TLS = cfg.TLS
 		}

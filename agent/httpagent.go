@@ -62,6 +62,9 @@ func (a *Agent) MemberChanges() (uint64, <-chan struct{}) { return a.gossip.Chan
 // copy of the registry current).
 func (a *Agent) Ready() error {
 	if a.server != nil {
+		if err := a.server.DiskFull(); err != nil {
+			return fmt.Errorf("writes refused: %w", err)
+		}
 		if leader, _ := a.server.Leader(); leader == "" {
 			return errors.New("no raft leader known")
 		}

@@ -14,6 +14,7 @@ type serverMetrics struct {
 	// stopped keeping its own lease alive, whose holds were handed on.
 	sessionExpirations prometheus.Counter
 	streamSnapshots    prometheus.Counter
+	diskFullRefusals   prometheus.Counter
 }
 
 func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
@@ -37,12 +38,26 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 			Name: "sidecar_stream_snapshots_encoded_total",
 			Help: "Registry snapshots encoded for clients' change streams (shared by the streams that ask together).",
 		}),
+		diskFullRefusals: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sidecar_raft_disk_full_refusals_total",
+			Help: "Writes this leader refused because its disk has no room for more of the Raft log.",
+		}),
 	}
 	m.collectors = []prometheus.Collector{
 		m.applyDuration,
 		m.leaseExpirations,
 		m.sessionExpirations,
 		m.streamSnapshots,
+		m.diskFullRefusals,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sidecar_raft_disk_full",
+			Help: "1 while this server's disk has no room for more of the Raft log (writes are refused with 507).",
+		}, func() float64 {
+			if s.room != nil && s.room() != nil {
+				return 1
+			}
+			return 0
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sidecar_raft_leader",
 			Help: "1 while this server is the Raft leader.",

@@ -49,7 +49,7 @@ var errorCodes = []struct {
 	{"not_leader", ErrNotLeader}, {"unknown_outcome", ErrUnknownOutcome}, {"shutdown", ErrShutdown},
 	{"permission_denied", ErrPermissionDenied}, {"not_owner", fsm.ErrNotOwner},
 	{"acl_bootstrapped", fsm.ErrACLBootstrapped}, {"token_exists", fsm.ErrTokenExists},
-	{"unknown_token", fsm.ErrUnknownToken},
+	{"unknown_token", fsm.ErrUnknownToken}, {"disk_full", ErrDiskFull},
 }
 
 // remoteError is an error that came over RPC: its text as the server wrote

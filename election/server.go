@@ -43,6 +43,9 @@ var (
 	// the request (a restore from a client certificate); with ACLs, the
 	// leader refused the token a write came with.
 	ErrPermissionDenied = errors.New("election: permission denied")
+	// ErrDiskFull: the leader's disk has no room for more of the Raft log;
+	// the write changed nothing and may be retried once space is freed.
+	ErrDiskFull = errors.New("election: disk full")
 )
 
 // ServerConfig configures a Raft server. Start from DefaultServerConfig.
@@ -52,6 +55,9 @@ type ServerConfig struct {
 	// DataDir holds the Raft log (raft-log/) and snapshots; unused with
 	// InMemory.
 	DataDir string
+	// LogSegmentSize is the size of each Raft log segment file, allocated
+	// ahead (and one spare); 0: 64 MiB.
+	LogSegmentSize int64
 	// StoreFatal is told when the Raft log fails in a way the server cannot
 	// recover from (a damaged entry, a failed write or fsync): the agent
 	// stops. Nil: the store only refuses further writes.
@@ -130,6 +136,8 @@ func TestServerConfig() ServerConfig {
 	c.CommitTimeout = 5 * time.Millisecond
 	c.SnapshotInterval = 100 * time.Millisecond
 	c.ApplyTimeout = 2 * time.Second
+	// Tests start many servers at once: small log segments.
+	c.LogSegmentSize = 4 << 20
 	return c
 }
 
@@ -141,6 +149,9 @@ type Server struct {
 	raft   *raft.Raft
 	trans  raft.Transport
 	closer []io.Closer
+	// room says whether the Raft log has room for a client's write (nil in
+	// memory).
+	room   func() error
 	leases *leaseTracker
 	m      *serverMetrics
 
@@ -248,11 +259,12 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 		if err := raftlog.MigrateBolt(filepath.Join(cfg.DataDir, "raft.db"), walDir, s.log); err != nil {
 			return nil, err
 		}
-		wal, err := raftlog.Open(walDir, raftlog.Options{Logger: s.log, Fatal: cfg.StoreFatal})
+		wal, err := raftlog.Open(walDir, raftlog.Options{Logger: s.log, Fatal: cfg.StoreFatal, SegmentSize: cfg.LogSegmentSize})
 		if err != nil {
 			return nil, fmt.Errorf("open raft log: %w", err)
 		}
 		s.closer = append(s.closer, wal)
+		s.room = wal.Room
 		// The cache keeps recent entries out of file reads when followers
 		// catch up.
 		cached, err := raft.NewLogCache(512, wal)
@@ -379,21 +391,36 @@ func (s *Server) timeout(ctx context.Context) time.Duration {
 	return s.cfg.ApplyTimeout
 }
 
-// Apply commits a command through Raft and returns what applying it
-// produced. A command the registry refused returns its result and an error
-// wrapping the fsm sentinel.
+// Apply commits a command of the server's own (a lease's expiry) through
+// Raft and returns what applying it produced. A command the registry
+// refused returns its result and an error wrapping the fsm sentinel. Such
+// commands may use the room the log keeps for Raft's own entries when the
+// disk is full.
 func (s *Server) Apply(ctx context.Context, cmd fsm.Command) (*fsm.Result, error) {
 	data, err := fsm.Encode(cmd)
 	if err != nil {
 		return nil, err
 	}
-	return s.ApplyEncoded(ctx, data)
+	return s.apply(ctx, data, false)
 }
 
-// ApplyEncoded is Apply for an already encoded command (forwarded writes).
+// ApplyEncoded is Apply for a client's write, already encoded (local or
+// forwarded). On a full disk it is refused with ErrDiskFull before it
+// reaches Raft: a leader whose log write failed would step down, and be
+// elected again, over and over.
 func (s *Server) ApplyEncoded(ctx context.Context, data []byte) (*fsm.Result, error) {
+	return s.apply(ctx, data, true)
+}
+
+func (s *Server) apply(ctx context.Context, data []byte, client bool) (*fsm.Result, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if client && s.room != nil && s.IsLeader() {
+		if err := s.room(); err != nil {
+			s.m.diskFullRefusals.Inc()
+			return nil, fmt.Errorf("%w: %v", ErrDiskFull, err)
+		}
 	}
 	start := time.Now()
 	f := s.raft.Apply(data, s.timeout(ctx))
@@ -409,6 +436,18 @@ func (s *Server) ApplyEncoded(ctx context.Context, data []byte) (*fsm.Result, er
 		return res, res.Err
 	}
 	return res, nil
+}
+
+// DiskFull returns an error wrapping ErrDiskFull while the Raft log's disk
+// has no room for clients' writes.
+func (s *Server) DiskFull() error {
+	if s.room == nil {
+		return nil
+	}
+	if err := s.room(); err != nil {
+		return fmt.Errorf("%w: %v", ErrDiskFull, err)
+	}
+	return nil
 }
 
 func mapRaftError(err error) error {

@@ -564,6 +564,8 @@ func statusOf(err error) int {
 		errors.Is(err, election.ErrShutdown), errors.Is(err, election.ErrClosed), errors.Is(err, errNotReady),
 		errors.Is(err, election.ErrTransferUnconfirmed):
 		return http.StatusServiceUnavailable
+	case errors.Is(err, election.ErrDiskFull):
+		return http.StatusInsufficientStorage
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout
 	case errors.Is(err, context.Canceled):
