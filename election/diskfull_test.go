@@ -48,7 +48,7 @@ func TestServer_diskFullRefusesWritesWithoutLosingLeadership(t *testing.T) {
 	register := func(i int) error {
 		data, err := fsm.Encode(&fsm.RegisterInstance{Instance: fsm.Instance{
 			ID: id(i), Name: "web", Node: "s1", Address: "10.0.0.1", Port: 80,
-			Meta: map[string]string{"pad": strings.Repeat("p", 2000)}}})
+			Meta: map[string]string{"a": strings.Repeat("p", 500), "b": strings.Repeat("q", 500), "c": strings.Repeat("r", 500)}}})
 		if err != nil {
 			t.Fatal(err)
 		}
