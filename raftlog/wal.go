@@ -351,7 +351,7 @@ func (s *Store) GetLog(index uint64, l *raft.Log) error {
 	path := seg.path
 	rec := make([]byte, end-off)
 	if _, err := seg.f.ReadAt(rec, off); err != nil {
-		return s.fatal(fmt.Errorf("read raft log entry %d from %s: %w", index, path, err))
+		return s.fatal(fmt.Errorf("read raft log entry %d from %s: %w", index, path, bare(err)))
 	}
 	err := decodeRecord(rec, l)
 	if err == nil && l.Index != index {
@@ -405,7 +405,7 @@ func (s *Store) StoreLogs(logs []*raft.Log) error {
 		offs[i] += seg.size
 	}
 	if _, err := seg.f.WriteAt(buf, seg.size); err != nil {
-		return s.writeFailed(seg, fmt.Errorf("append raft log entries %d-%d to %s: %w", next, next+uint64(len(logs))-1, seg.path, err))
+		return s.writeFailed(seg, fmt.Errorf("append raft log entries %d-%d to %s: %w", next, next+uint64(len(logs))-1, seg.path, bare(err)))
 	}
 	if err := syscall.Fdatasync(int(seg.f.Fd())); err != nil {
 		return s.writeFailed(seg, fmt.Errorf("fdatasync %s: %w", seg.path, err))
@@ -563,6 +563,16 @@ func (s *Store) writeFailed(seg *segment, err error) error {
 	}
 	s.failed = fmt.Errorf("raft log failed, no more writes: %w", err)
 	return s.fatal(s.failed)
+}
+
+// bare drops the file name from a file operation's error: a segment made
+// from the spare keeps the spare's name in its *os.File.
+func bare(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 func (s *Store) fatal(err error) error {
