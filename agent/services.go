@@ -11,6 +11,7 @@ import (
 	"github.com/sidecarhq/sidecar/fsm"
 	"github.com/sidecarhq/sidecar/healthcheck"
 	"github.com/sidecarhq/sidecar/httpapi"
+	"github.com/sidecarhq/sidecar/internal/crashpoint"
 	"github.com/sidecarhq/sidecar/localstate"
 )
 
@@ -38,6 +39,7 @@ func (a *Agent) register(ctx context.Context, in fsm.Instance, source string) (*
 	if err := a.state.PutService(localstate.Service{Instance: in, Source: source}); err != nil {
 		return nil, fmt.Errorf("keep registration %q in the local state: %w", in.ID, err)
 	}
+	crashpoint.Hit("localstate-written")
 	res, err := a.Apply(ctx, &fsm.RegisterInstance{Instance: in})
 	if refused(err) {
 		a.undo(in.ID, prev, had)

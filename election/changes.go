@@ -7,6 +7,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/sidecarhq/sidecar/fsm"
+	"github.com/sidecarhq/sidecar/internal/crashpoint"
 )
 
 // changeLog keeps the most recent entries a server applied, so that a
@@ -97,7 +98,7 @@ func (r *recordingFSM) Apply(l *raft.Log) interface{} {
 }
 
 func (r *recordingFSM) Restore(rc io.ReadCloser) error {
-	restored, err := r.FSM.RestoreNewer(rc)
+	restored, err := r.FSM.RestoreNewer(crashReader{rc})
 	if err != nil {
 		return err
 	}
@@ -105,4 +106,47 @@ func (r *recordingFSM) Restore(rc io.ReadCloser) error {
 		r.log.reset(r.FSM.Index())
 	}
 	return nil
+}
+
+// Snapshot wraps the registry's snapshot so the durability tests can crash
+// a server half way through writing it.
+func (r *recordingFSM) Snapshot() (raft.FSMSnapshot, error) {
+	snap, err := r.FSM.Snapshot()
+	if err != nil {
+		return nil, err
+	}
+	return crashSnapshot{snap}, nil
+}
+
+type crashSnapshot struct{ raft.FSMSnapshot }
+
+func (c crashSnapshot) Persist(sink raft.SnapshotSink) error {
+	return c.FSMSnapshot.Persist(&crashSink{SnapshotSink: sink})
+}
+
+// crashSink reaches the snapshot-write crash point once some of the
+// snapshot is written.
+type crashSink struct {
+	raft.SnapshotSink
+	n int
+}
+
+func (c *crashSink) Write(p []byte) (int, error) {
+	n, err := c.SnapshotSink.Write(p)
+	if c.n += n; c.n >= 4096 {
+		crashpoint.Hit("snapshot-write")
+	}
+	return n, err
+}
+
+// crashReader reaches the snapshot-install crash point once the follower
+// has read part of the snapshot it installs.
+type crashReader struct{ io.ReadCloser }
+
+func (c crashReader) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	if n > 0 {
+		crashpoint.Hit("snapshot-install")
+	}
+	return n, err
 }

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/sidecarhq/sidecar/internal/crashpoint"
 )
 
 // Options tune a Store.
@@ -418,6 +420,7 @@ func (s *Store) StoreLogs(logs []*raft.Log) error {
 	}
 	s.last = logs[len(logs)-1].Index
 	s.mu.Unlock()
+	crashpoint.Hit("raft-log-appended")
 	if seg.alloc-seg.size < s.opts.SegmentSize/2 || s.low.Load() {
 		s.ensureRoom()
 	}
