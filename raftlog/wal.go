@@ -545,6 +545,8 @@ func (s *Store) Room() error {
 	return nil
 }
 
+var errClosed = errors.New("raft log closed")
+
 // ErrDiskFull is wrapped by writes refused because the disk is full; they
 // changed nothing, and writes work again once there is space.
 var ErrDiskFull = errors.New("the disk holding the raft log is full")
@@ -676,6 +678,9 @@ func syncDir(dir string) error {
 func (s *Store) Close() error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	if s.failed == nil {
+		s.failed = errClosed
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.closeFiles()

@@ -320,3 +320,18 @@ func TestStoreLogs_refusesWritesAfterAFailure(t *testing.T) {
 		t.Fatalf("last index %d after failed writes", l)
 	}
 }
+
+func TestStore_closedRefusesWrites(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{SegmentSize: 1 << 20})
+	store(t, s, 1, 3)
+	s.Close()
+	if err := s.StoreLogs([]*raft.Log{entry(4)}); err == nil {
+		t.Fatal("a write after Close succeeded")
+	}
+	var l raft.Log
+	if err := s.GetLog(2, &l); !errors.Is(err, raft.ErrLogNotFound) {
+		t.Fatalf("a read after Close: %v", err)
+	}
+	check(t, open(t, dir, Options{SegmentSize: 1 << 20}), 1, 3)
+}
