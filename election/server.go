@@ -386,6 +386,11 @@ func (s *Server) ApplyEncoded(ctx context.Context, data []byte) (*fsm.Result, er
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	// Commit only what decodes: a committed entry that does not halts the
+	// registry of every replica (fsm.FSM.ApplyBytes).
+	if _, err := fsm.Decode(data); err != nil {
+		return nil, fmt.Errorf("%w: %w", fsm.ErrInvalid, err)
+	}
 	start := time.Now()
 	f := s.raft.Apply(data, s.timeout(ctx))
 	if err := f.Error(); err != nil {
