@@ -27,6 +27,7 @@ import (
 	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/election"
 	"github.com/sidecarhq/sidecar/fsm"
+	"github.com/sidecarhq/sidecar/localstate"
 	"github.com/sidecarhq/sidecar/ui"
 )
 
@@ -563,6 +564,12 @@ func statusOf(err error) int {
 	case errors.Is(err, election.ErrNotLeader), errors.Is(err, election.ErrUnknownOutcome),
 		errors.Is(err, election.ErrShutdown), errors.Is(err, election.ErrClosed), errors.Is(err, errNotReady),
 		errors.Is(err, election.ErrTransferUnconfirmed):
+		return http.StatusServiceUnavailable
+	case errors.Is(err, localstate.ErrDiskFull):
+		// SPEC Durability: a full disk refuses writes with 507.
+		return http.StatusInsufficientStorage
+	case errors.Is(err, localstate.ErrReadOnly), errors.Is(err, localstate.ErrDiskFailed),
+		errors.Is(err, localstate.ErrDamaged), errors.Is(err, fsm.ErrHalted):
 		return http.StatusServiceUnavailable
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout
