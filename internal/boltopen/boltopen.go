@@ -206,10 +206,11 @@ func checkMeta(f *os.File) (reason string, err error) {
 		m = m0
 	case m1.valid():
 		m = m1
+	case !m0.short && m0.magic != magic && (m1.short || m1.magic != magic):
+		return "not a bolt file: no meta page has bbolt's magic number", nil
+	case size < 2*off1:
+		return fmt.Sprintf("cut short: %d bytes, less than its two meta pages", size), nil
 	default:
-		if size < 2*off1 {
-			return fmt.Sprintf("cut short: %d bytes, less than its two meta pages", size), nil
-		}
 		return fmt.Sprintf("both meta pages are invalid (%s; %s)", m0.why(), m1.why()), nil
 	}
 	ps := int64(m.pageSize)
