@@ -60,15 +60,17 @@ func (e *DamagedError) Is(target error) bool { return target == ErrDamaged }
 type Check int
 
 const (
-	// CheckFull walks the whole tree and runs bbolt's consistency check
-	// (about 50 ms for a file of 100,000 small records; see the package
-	// test's measure).
+	// CheckFull walks the whole tree and runs bbolt's consistency check:
+	// about 125 ms for a file of 100,000 records of 300 bytes (75 MiB;
+	// BenchmarkOpen, 2 busy cores), so about 1 ms per 1,000 records.
 	CheckFull Check = iota
 	// CheckWalk walks the whole tree (every page read once) without
-	// bbolt's check of the freelist and key order: about half the cost.
+	// bbolt's check of the freelist, page references and key order: about
+	// 80 ms for the same file.
 	CheckWalk
-	// CheckMeta checks only the meta pages and the file's length: cheap
-	// whatever the size, and what catches a file cut short.
+	// CheckMeta checks only the meta pages and the file's length (0.1 ms
+	// whatever the size): what catches a file cut short. Damage deeper in
+	// the file may then still panic bbolt later, outside Open.
 	CheckMeta
 )
 
