@@ -176,6 +176,19 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 		}
 	}()
 
+	// The local state first: a damaged one stops the start before Raft
+	// or gossip begins.
+	statePath := ""
+	if !cfg.Dev && cfg.DataDir != "" {
+		statePath = filepath.Join(cfg.DataDir, localstate.FileName)
+	}
+	state, err := localstate.Open(statePath)
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, func() { state.Close() })
+	a.state = state
+
 	if cfg.Server {
 		sc := election.DefaultServerConfig()
 		if cfg.Raft != nil {
@@ -299,16 +312,6 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 	closers = append(closers, func() { checks.Close() })
 	a.checks = checks
 
-	statePath := ""
-	if !cfg.Dev && cfg.DataDir != "" {
-		statePath = filepath.Join(cfg.DataDir, localstate.FileName)
-	}
-	state, err := localstate.Open(statePath)
-	if err != nil {
-		return nil, err
-	}
-	closers = append(closers, func() { state.Close() })
-	a.state = state
 	a.antiEntropy = localstate.NewAntiEntropy(localstate.Config{
 		Node: cfg.Name,
 		NodeEntry: func() *fsm.RegisterNode {
@@ -316,7 +319,7 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 		},
 		Interval: cfg.AntiEntropyInterval, CheckStatus: checks.RegistryStatus, Forgotten: checks.RemoveInstance,
 		Logger: log, Registerer: a.metrics,
-	}, state, a.reg, a)
+	}, a.state, a.reg, a)
 
 	hc := httpapi.DefaultConfig()
 	hc.Addr = cfg.HTTPAddr
@@ -452,19 +455,53 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.replica != nil {
 		a.goBackground(func() { a.replica.Run(bg) })
 	}
+	jctx, stopJoin := context.WithCancel(ctx)
+	defer stopJoin()
 	startErr := make(chan error, 1)
-	go func() { startErr <- a.join(ctx, bg) }()
-	select {
-	case err := <-startErr:
-		if err != nil && ctx.Err() == nil {
+	go func() { startErr <- a.join(jctx, bg) }()
+	for ctx.Err() == nil {
+		select {
+		case err := <-startErr:
+			if err != nil && ctx.Err() == nil {
+				if ferr := a.failure(); ferr != nil {
+					err = ferr
+				}
+				a.shutdown()
+				return err
+			}
+			startErr = nil
+		case <-ctx.Done():
+		case <-a.state.Damaged():
+			stopJoin()
 			a.shutdown()
-			return err
+			return a.failure()
+		case <-a.reg.Halted():
+			stopJoin()
+			a.shutdown()
+			return a.failure()
 		}
-	case <-ctx.Done():
 	}
-	<-ctx.Done()
 	a.log.Info("shutting down")
 	return a.shutdown()
+}
+
+// failure is why the agent cannot go on, or nil: its local state found
+// damaged, or its registry halted on an entry it cannot decode.
+func (a *Agent) failure() error {
+	if err := a.reg.Err(); err != nil {
+		if a.server != nil {
+			return fmt.Errorf("%w: if the other servers run a newer sidecar, upgrade this one; "+
+				"else its Raft log is damaged: stop it, empty its data dir (%s) and start it again: it rejoins and copies the registry from the others",
+				err, a.cfg.DataDir)
+		}
+		return fmt.Errorf("%w: if the servers run a newer sidecar, upgrade this agent; else restart it: it copies the registry again", err)
+	}
+	select {
+	case <-a.state.Damaged():
+		return a.state.Err()
+	default:
+	}
+	return nil
 }
 
 func (a *Agent) goBackground(f func()) {

@@ -129,7 +129,9 @@ func (a *Agent) LeaseRemaining(id string) (time.Duration, bool) {
 // LocalServiceName implements httpapi.LocalServices: the service of an
 // instance this agent keeps, for the permission of its deregistration.
 func (a *Agent) LocalServiceName(id string) (string, bool) {
-	if svc, ok := a.state.Service(id); ok {
+	// A damaged record answers false here; the deregistration then fails
+	// on it with the damage.
+	if svc, ok, err := a.state.Service(id); err == nil && ok {
 		return svc.Instance.Name, true
 	}
 	return "", false

@@ -35,7 +35,10 @@ func (a *Agent) register(ctx context.Context, in fsm.Instance, source string) (*
 		// than land after a later write of the same id.
 		return nil, err
 	}
-	prev, had := a.state.Service(in.ID)
+	prev, had, err := a.state.Service(in.ID)
+	if err != nil {
+		return nil, err
+	}
 	if err := a.state.PutService(localstate.Service{Instance: in, Source: source}); err != nil {
 		return nil, fmt.Errorf("keep registration %q in the local state: %w", in.ID, err)
 	}
@@ -65,7 +68,10 @@ func (a *Agent) DeregisterService(ctx context.Context, id string) (*fsm.Result, 
 }
 
 func (a *Agent) deregisterLocked(ctx context.Context, id string) (*fsm.Result, error) {
-	prev, had := a.state.Service(id)
+	prev, had, err := a.state.Service(id)
+	if err != nil {
+		return nil, err
+	}
 	if had {
 		if _, err := a.state.DeleteService(id); err != nil {
 			return nil, fmt.Errorf("forget registration %q in the local state: %w", id, err)
@@ -143,7 +149,11 @@ func (a *Agent) loadConfigServices(services []api.ServiceRegistration) error {
 		}
 		want[in.ID] = *in
 	}
-	for _, svc := range a.state.Services() {
+	stored, err := a.state.Services()
+	if err != nil {
+		return err
+	}
+	for _, svc := range stored {
 		if _, keep := want[svc.Instance.ID]; !keep && svc.Source == localstate.SourceConfig {
 			unlock := a.state.LockID(svc.Instance.ID)
 			_, err := a.state.DeleteService(svc.Instance.ID)
@@ -180,7 +190,11 @@ func (a *Agent) ReloadServices(ctx context.Context, services []api.ServiceRegist
 		return err
 	}
 	for _, svc := range services {
-		if svc, ok := a.state.Service(svc.ID); ok {
+		svc, ok, err := a.state.Service(svc.ID)
+		if err != nil {
+			return err
+		}
+		if ok {
 			a.runChecks(svc.Instance)
 		}
 	}
@@ -193,7 +207,9 @@ func (a *Agent) ReloadServices(ctx context.Context, services []api.ServiceRegist
 // registered instead of removing it.
 func (a *Agent) adoptRegistered() error {
 	for _, in := range a.reg.NodeInstances(a.cfg.Name) {
-		if _, ok := a.state.Service(in.ID); ok {
+		if _, ok, err := a.state.Service(in.ID); err != nil {
+			return err
+		} else if ok {
 			continue
 		}
 		if err := a.state.PutService(localstate.Service{Instance: *in, Source: localstate.SourceAPI}); err != nil {
@@ -224,7 +240,11 @@ func (a *Agent) startLocalState(ctx context.Context, bg context.Context) error {
 		// Keep starting: the loop below tries again.
 		a.log.Warn("anti-entropy at start left differences", "err", err)
 	}
-	for _, svc := range a.state.Services() {
+	stored, err := a.state.Services()
+	if err != nil {
+		return err
+	}
+	for _, svc := range stored {
 		a.runChecks(svc.Instance)
 	}
 	a.goBackground(func() { a.antiEntropy.Run(bg) })
@@ -344,13 +364,16 @@ func (n checkNotifier) UpdateCheck(ctx context.Context, checkID, status, output 
 func (n checkNotifier) DeregisterCritical(ctx context.Context, instanceID string) error {
 	unlock := n.a.state.LockID(instanceID)
 	defer unlock()
-	prev, had := n.a.state.Service(instanceID)
+	prev, had, err := n.a.state.Service(instanceID)
+	if err != nil {
+		return err
+	}
 	if had {
 		if _, err := n.a.state.DeleteService(instanceID); err != nil {
 			return err
 		}
 	}
-	_, err := n.a.Apply(ctx, &fsm.DeregisterInstance{Node: n.a.cfg.Name, ID: instanceID})
+	_, err = n.a.Apply(ctx, &fsm.DeregisterInstance{Node: n.a.cfg.Name, ID: instanceID})
 	if err != nil && !errors.Is(err, fsm.ErrUnknownInstance) && refused(err) {
 		n.a.undo(instanceID, prev, had)
 		return err

@@ -295,11 +295,14 @@ func (s *Server) leaderAddr() (string, error) {
 // the token it carries allows it (see authorizeACL).
 func (s *Server) applyAuthorized(r *http.Request, data []byte) (*fsm.Result, error) {
 	ctx := r.Context()
+	// Commit only what decodes: a committed entry that does not halts the
+	// registry of every replica (fsm.FSM.ApplyBytes). Writes made here
+	// were encoded from a command and need no such check.
+	cmd, err := fsm.Decode(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", fsm.ErrInvalid, err)
+	}
 	if s.aclResolver() != nil {
-		cmd, err := fsm.Decode(data)
-		if err != nil {
-			return nil, err
-		}
 		caller, err := s.authorizeACL(r, cmd)
 		if err != nil {
 			return nil, err

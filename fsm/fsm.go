@@ -47,6 +47,10 @@ var (
 	// ErrNotLeading: a transfer's From does not lead the election, or
 	// leads it through another sidecar.
 	ErrNotLeading = errors.New("fsm: candidate does not lead here")
+	// ErrHalted: the registry met a committed entry it cannot decode and
+	// applies nothing more (see ApplyBytes). Not a refusal: the server
+	// must stop.
+	ErrHalted = errors.New("fsm: registry halted")
 )
 
 // Refused reports whether err is the registry refusing a command: it
@@ -98,6 +102,10 @@ type FSM struct {
 	mu      sync.RWMutex
 	st      *state
 	changed chan struct{}
+	// halted, once set, is why the registry applies nothing more; haltCh
+	// is closed then.
+	halted error
+	haltCh chan struct{}
 
 	// watchers are the channels of blocking reads of one table, service,
 	// lock or election, closed when it changes. They are made on demand and
@@ -130,7 +138,7 @@ type watchKey struct {
 
 // New returns an empty registry.
 func New() *FSM {
-	return &FSM{st: newState(), changed: make(chan struct{}), watchers: map[watchKey]chan struct{}{}}
+	return &FSM{st: newState(), changed: make(chan struct{}), haltCh: make(chan struct{}), watchers: map[watchKey]chan struct{}{}}
 }
 
 // watch returns the channel closed at the next change of key.
@@ -245,22 +253,38 @@ func (f *FSM) TableIndex(t Table) uint64 {
 	return f.st.tables[t]
 }
 
-// ApplyBytes applies one encoded command at a log index. An entry that does
-// not decode, or a command that is not valid in the current state, changes
-// nothing and reports why in Result.Err.
+// ApplyBytes applies one encoded command at a log index. A command that is
+// not valid in the current state changes nothing and reports why in
+// Result.Err.
+//
+// An entry that does not decode halts the registry: it is not applied (the
+// index stays before it), it and every later entry return an error
+// wrapping ErrHalted, Snapshot and Restore refuse, and Halted is closed.
+// Skipping it instead would let this replica differ from one that decodes
+// it (a newer version that knows a new command, or a replica whose copy
+// of the entry is not damaged), with nothing to tell. Leaders check that a
+// command decodes before they commit it, so a committed entry that does
+// not decode is a version this one does not know or damage in this
+// replica's log; the server stops and its operator upgrades it or has it
+// copy the registry again (see the agent).
 func (f *FSM) ApplyBytes(index uint64, data []byte) *Result {
 	cmd, err := Decode(data)
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.halted != nil {
+		return &Result{Index: index, Err: f.halted}
+	}
 	if index <= f.st.index && f.st.index > 0 {
 		// Applied already: Raft replays entries after a snapshot older than
 		// this registry (see Restore). Every replica applied the same entry.
 		return &Result{Index: index}
 	}
-	f.st.index = index
 	if err != nil {
-		return &Result{Index: index, Err: err}
+		f.halted = fmt.Errorf("%w at entry %d (the last applied is %d): %w", ErrHalted, index, f.st.index, err)
+		close(f.haltCh)
+		return &Result{Index: index, Err: f.halted}
 	}
+	f.st.index = index
 	f.st.touched = f.st.touched[:0]
 	res, changed := f.st.apply(index, cmd)
 	res.Index = index
@@ -270,6 +294,16 @@ func (f *FSM) ApplyBytes(index uint64, data []byte) *Result {
 		f.wake(f.st.touched, false)
 	}
 	return res
+}
+
+// Halted is closed when the registry halts (see ApplyBytes).
+func (f *FSM) Halted() <-chan struct{} { return f.haltCh }
+
+// Err is why the registry halted, or nil.
+func (f *FSM) Err() error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.halted
 }
 
 // Apply implements raft.FSM.
@@ -285,6 +319,11 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	if f.halted != nil {
+		// Raft would label the snapshot with its applied index, past the
+		// entry this registry did not apply, and compact that entry away.
+		return nil, f.halted
+	}
 	return &fsmSnapshot{data: f.st.export()}, nil
 }
 
@@ -313,6 +352,9 @@ func (f *FSM) RestoreNewer(rc io.ReadCloser) (restored bool, err error) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.halted != nil {
+		return false, f.halted
+	}
 	if st.index < f.st.index {
 		return false, nil
 	}

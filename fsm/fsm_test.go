@@ -3,8 +3,10 @@ package fsm_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 
@@ -109,6 +111,9 @@ func TestFSM_Apply_raftLog(t *testing.T) {
 	}
 }
 
+// TestFSM_ApplyBytes_undecodable: an entry that does not decode halts the
+// registry (every replica of the same version halts at the same entry);
+// skipping it would let replicas differ.
 func TestFSM_ApplyBytes_undecodable(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -123,9 +128,34 @@ func TestFSM_ApplyBytes_undecodable(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t, richWorld()...)
+			last := h.f.Index()
+			digest := h.f.Digest()
 			r := requireUnchangedBytes(t, h, tc.data, fsm.ErrDecode)
-			if h.f.Index() != r.Index {
-				t.Errorf("Index() = %d, want %d: an entry that fails still counts as applied", h.f.Index(), r.Index)
+			if !errors.Is(r.Err, fsm.ErrHalted) || !strings.Contains(r.Err.Error(), fmt.Sprintf("entry %d", r.Index)) {
+				t.Fatalf("err = %v, want ErrHalted naming entry %d", r.Err, r.Index)
+			}
+			if h.f.Index() != last {
+				t.Errorf("Index() = %d, want %d: an entry that does not decode is not applied", h.f.Index(), last)
+			}
+			select {
+			case <-h.f.Halted():
+			default:
+				t.Fatal("Halted not closed")
+			}
+			if !errors.Is(h.f.Err(), fsm.ErrHalted) {
+				t.Fatalf("Err() = %v", h.f.Err())
+			}
+			// Halted for good: a valid entry after it is not applied either,
+			// no snapshot is taken and none restored.
+			if r := h.apply(regNode("after")); !errors.Is(r.Err, fsm.ErrHalted) || h.f.Digest() != digest || h.f.Index() != last {
+				t.Fatalf("entry after the halt: %+v, index %d", r, h.f.Index())
+			}
+			if _, err := h.f.Snapshot(); !errors.Is(err, fsm.ErrHalted) {
+				t.Fatalf("Snapshot of a halted registry: %v", err)
+			}
+			snap := snapshotBytes(t, fsm.New())
+			if err := h.f.Restore(io.NopCloser(bytes.NewReader(snap))); !errors.Is(err, fsm.ErrHalted) {
+				t.Fatalf("Restore into a halted registry: %v", err)
 			}
 		})
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/election"
 	"github.com/sidecarhq/sidecar/fsm"
+	"github.com/sidecarhq/sidecar/localstate"
 	"github.com/sidecarhq/sidecar/ui"
 )
 
@@ -566,6 +567,12 @@ func statusOf(err error) int {
 		return http.StatusServiceUnavailable
 	case errors.Is(err, election.ErrDiskFull):
 		return http.StatusInsufficientStorage
+	case errors.Is(err, localstate.ErrDiskFull):
+		// SPEC Durability: a full disk refuses writes with 507.
+		return http.StatusInsufficientStorage
+	case errors.Is(err, localstate.ErrReadOnly), errors.Is(err, localstate.ErrDiskFailed),
+		errors.Is(err, localstate.ErrDamaged), errors.Is(err, fsm.ErrHalted):
+		return http.StatusServiceUnavailable
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout
 	case errors.Is(err, context.Canceled):

@@ -386,7 +386,12 @@ func (ae *AntiEntropy) fix(ctx context.Context, id string) error {
 	if ae.inDoubt(id) {
 		return nil // looked at again once the grace ends (Unknown)
 	}
-	svc, local := ae.store.Service(id)
+	svc, local, err := ae.store.Service(id)
+	if err != nil {
+		// Damaged: nothing is written from what cannot be read (the
+		// agent stops, see Store.Damaged).
+		return err
+	}
 	in, registered := ae.reg.Instance(ae.cfg.Node, id)
 	switch {
 	case local && (!registered || !SameDefinition(in, &svc.Instance)):

@@ -69,11 +69,11 @@ func TestStore_keepsWritesAcrossReopen(t *testing.T) {
 	if s.Len() != 399 {
 		t.Fatalf("reopened with %d services, want 399", s.Len())
 	}
-	if _, ok := s.Service("w0-0"); ok {
+	if _, ok, _ := s.Service("w0-0"); ok {
 		t.Fatal("a deleted service came back")
 	}
-	got, ok := s.Service("w3-7")
-	if !ok || got.Instance.Port != 7 || got.Source != SourceAPI || got.Instance.Checks[0].Status != "" || got.Instance.Checks[0].ModifyIndex != 0 {
+	got, ok, err := s.Service("w3-7")
+	if err != nil || !ok || got.Instance.Port != 7 || got.Source != SourceAPI || got.Instance.Checks[0].Status != "" || got.Instance.Checks[0].ModifyIndex != 0 {
 		t.Fatalf("w3-7 after reopen: %+v %v; want its definition without status or indexes", got, ok)
 	}
 	if c := s.Candidacies(); len(c) != 1 || c[0] != (Candidacy{Election: "db", Candidate: "a", Value: "v"}) {
@@ -118,7 +118,7 @@ func TestStore_inMemory(t *testing.T) {
 	if err := s.PutService(svc("a", 1)); err != nil {
 		t.Fatal(err)
 	}
-	if got := s.Services(); len(got) != 1 || got[0].Instance.ID != "a" {
+	if got, err := s.Services(); err != nil || len(got) != 1 || got[0].Instance.ID != "a" {
 		t.Fatalf("services: %+v", got)
 	}
 	s.Close()
@@ -133,7 +133,7 @@ func TestStore_writeAfterCloseFails(t *testing.T) {
 	if err := s.PutService(svc("a", 1)); !errors.Is(err, ErrClosed) {
 		t.Fatalf("write after close: %v, want ErrClosed", err)
 	}
-	if _, ok := s.Service("a"); ok {
+	if _, ok, _ := s.Service("a"); ok {
 		t.Fatal("a write that failed is visible")
 	}
 }
@@ -366,7 +366,7 @@ func TestAntiEntropy_writesOnlyTheDifference(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("first sync wrote %v, want %v", got, want)
 	}
-	if _, ok := store.Service("leased"); ok || !reflect.DeepEqual(forgotten, []string{"leased"}) {
+	if _, ok, _ := store.Service("leased"); ok || !reflect.DeepEqual(forgotten, []string{"leased"}) {
 		t.Fatalf("an instance whose lease is gone stays local (forgotten %v)", forgotten)
 	}
 	if !reflect.DeepEqual(statuses, []string{"same:ttl=passing"}) {
@@ -374,7 +374,7 @@ func TestAntiEntropy_writesOnlyTheDifference(t *testing.T) {
 	}
 	for _, id := range []string{"same", "missing", "changed"} {
 		in, ok := reg.byID[id]
-		def, _ := store.Service(id)
+		def, _, _ := store.Service(id)
 		if !ok || !SameDefinition(in, &def.Instance) {
 			t.Fatalf("%s after sync: %+v", id, in)
 		}

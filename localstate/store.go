@@ -16,12 +16,15 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/sidecarhq/sidecar/fsm"
+	"github.com/sidecarhq/sidecar/internal/boltopen"
 )
 
 // Where a service came from: the config file's are declarative (re-read at
@@ -53,6 +56,44 @@ type Candidacy struct {
 // ErrClosed: the store was closed.
 var ErrClosed = errors.New("localstate: closed")
 
+// Errors of the file and its disk, wrapped by the errors the store returns
+// (their messages name the file and what to do). The HTTP API answers a
+// full disk with 507 and the others with 503.
+var (
+	// ErrDamaged: the file, or a record in it, is damaged. Found at Open,
+	// it stops the agent's start; found later, the store takes no more
+	// writes and Damaged is closed.
+	ErrDamaged = errors.New("localstate: damaged")
+	// ErrDiskFull: a write found no space (ENOSPC, EDQUOT); it changed
+	// nothing and the next write tries again.
+	ErrDiskFull = errors.New("localstate: disk full")
+	// ErrReadOnly: the file's disk is read-only (EROFS); the write changed
+	// nothing and the next write tries again.
+	ErrReadOnly = errors.New("localstate: disk read-only")
+	// ErrDiskFailed: a write or its fsync failed otherwise (EIO, ...): what
+	// reached the disk is not known, so the store takes no more writes
+	// until the agent restarts and reads the file again.
+	ErrDiskFailed = errors.New("localstate: disk failed")
+)
+
+// storeError is an error of the store's file: one line naming it, the
+// cause and what to do.
+type storeError struct {
+	kind error // one of the Err* above
+	msg  string
+	err  error // the cause, if any
+}
+
+func (e *storeError) Error() string        { return e.msg }
+func (e *storeError) Is(target error) bool { return target == e.kind }
+func (e *storeError) Unwrap() error        { return e.err }
+
+// recovery is what the operator does about a damaged local state file.
+func recovery(path string) string {
+	return fmt.Sprintf("stop the agent, move %s away (keep it for inspection) and start the agent again: "+
+		"it then adopts this node's instances from the registry (API candidacies are not kept and must be made again)", path)
+}
+
 var (
 	bucketServices    = []byte("services")
 	bucketCandidacies = []byte("candidacies")
@@ -67,6 +108,14 @@ type Store struct {
 	path    string
 	db      *bolt.DB // nil: in memory
 	created bool
+
+	// failed, once set, is returned by every write: damage found in the
+	// file (then damaged is closed), or a write whose outcome on disk is
+	// unknown.
+	failMu     sync.Mutex
+	failed     error
+	damaged    chan struct{}
+	damageOnce sync.Once
 
 	mu sync.RWMutex
 	// sums holds, for every stored service, a hash of its definition: what
@@ -108,6 +157,7 @@ func Open(path string) (*Store, error) {
 		candidacies: map[candidacyKey]Candidacy{},
 		closing:     make(chan struct{}),
 		writerEnd:   make(chan struct{}),
+		damaged:     make(chan struct{}),
 		seed:        maphash.MakeSeed(),
 	}
 	if path == "" {
@@ -117,14 +167,19 @@ func Open(path string) (*Store, error) {
 		return s, nil
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, fmt.Errorf("local state: create data dir: %w", err)
+		return nil, s.openError("create its directory", err)
 	}
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		s.created = true
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
-	if err != nil {
-		return nil, fmt.Errorf("local state %s: open: %w", path, err)
+	db, err := boltopen.Open(path, boltopen.Options{Timeout: 5 * time.Second, Recovery: recovery(path)})
+	switch {
+	case errors.Is(err, boltopen.ErrDamaged):
+		return nil, &storeError{kind: ErrDamaged, msg: "local state " + err.Error(), err: err}
+	case errors.Is(err, bolt.ErrTimeout):
+		return nil, fmt.Errorf("local state %s: locked by another process for 5s (another agent on this data dir?): %w", path, err)
+	case err != nil:
+		return nil, s.openError("open", err)
 	}
 	s.db = db
 	if err := s.load(); err != nil {
@@ -139,8 +194,10 @@ func Open(path string) (*Store, error) {
 func (s *Store) load() error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketServices, bucketCandidacies} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return fmt.Errorf("local state %s: create bucket %s: %w", s.path, b, err)
+			if _, err := tx.CreateBucketIfNotExists(b); errors.Is(err, bolt.ErrIncompatibleValue) {
+				return s.damage(fmt.Sprintf("%s is not a bucket", b), err)
+			} else if err != nil {
+				return s.openError("create bucket "+string(b), err)
 			}
 		}
 		err := tx.Bucket(bucketServices).ForEach(func(k, v []byte) error {
@@ -177,9 +234,11 @@ func encode(v any) ([]byte, error) {
 	return append(out, data...), nil
 }
 
+// decode checks a record's checksum and decodes it. Every read of a
+// record goes through it; a record that fails is damage (see damage).
 func (s *Store) decode(bucket, key, raw []byte, v any) error {
 	bad := func(why string) error {
-		return fmt.Errorf("local state %s: record %s/%q is damaged (%s); move the file away to start without the local registrations, or restore it from a backup", s.path, bucket, key, why)
+		return s.damage(fmt.Sprintf("record %s/%q: %s", bucket, key, why), nil)
 	}
 	if len(raw) < 4 {
 		return bad("too short")
@@ -193,6 +252,115 @@ func (s *Store) decode(bucket, key, raw []byte, v any) error {
 		return bad(err.Error())
 	}
 	return nil
+}
+
+// damage is the error for damage found in the file; found after Open, it
+// also stops the store's writes and closes Damaged.
+func (s *Store) damage(what string, cause error) error {
+	err := &storeError{kind: ErrDamaged, err: cause,
+		msg: fmt.Sprintf("local state %s is damaged (%s): %s", s.path, what, recovery(s.path))}
+	if s.db != nil && s.ops != nil {
+		s.fail(err)
+		s.damageOnce.Do(func() { close(s.damaged) })
+	}
+	return err
+}
+
+// fail makes every later write return err (the first failure stays).
+func (s *Store) fail(err error) {
+	s.failMu.Lock()
+	if s.failed == nil {
+		s.failed = err
+	}
+	s.failMu.Unlock()
+}
+
+// Err returns the failure that stopped the store's writes, or nil.
+func (s *Store) Err() error {
+	s.failMu.Lock()
+	defer s.failMu.Unlock()
+	return s.failed
+}
+
+// Damaged is closed when a read finds a damaged record after Open: the
+// agent must stop rather than act on a local state it cannot read.
+func (s *Store) Damaged() <-chan struct{} { return s.damaged }
+
+// writeError turns a failed write of the file into a one-line error
+// naming the file, the disk it is on, the cause and what follows. A write
+// that failed before it reached the file (no space, a read-only disk: the
+// write(2) or the file's growth failed) changed nothing, and the store
+// goes on; any other failure (EIO, a failed fsync) may have left pages
+// written or not, so the store takes no more writes (inDoubt, see fail).
+func (s *Store) writeError(err error) (_ *storeError, inDoubt bool) {
+	disk := mountPoint(filepath.Dir(s.path))
+	var pe *os.PathError
+	// bbolt reports a failed growth of the file as text ("file resize
+	// error: truncate ...: no space left on device"), without the errno.
+	before := errors.As(err, &pe) || strings.HasPrefix(err.Error(), "file resize error:")
+	kind, what := ErrDiskFailed, "failed"
+	switch errnoOf(err) {
+	case syscall.ENOSPC, syscall.EDQUOT:
+		kind, what = ErrDiskFull, "is full"
+	case syscall.EROFS:
+		kind, what = ErrReadOnly, "is read-only"
+	}
+	if before && kind != ErrDiskFailed {
+		return &storeError{kind: kind, err: err, msg: fmt.Sprintf(
+			"local state %s: the disk at %s %s (%v); nothing was changed, and writes resume by themselves once it is writable again",
+			s.path, disk, what, err)}, false
+	}
+	return &storeError{kind: kind, err: err, msg: fmt.Sprintf(
+		"local state %s: the disk at %s %s (%v) and what reached it is not known; the agent takes no more writes: check the disk and restart the agent",
+		s.path, disk, what, err)}, true
+}
+
+// errnoOf finds the errno of an error, in its chain or its text.
+func errnoOf(err error) syscall.Errno {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno
+	}
+	for _, e := range []syscall.Errno{syscall.ENOSPC, syscall.EDQUOT, syscall.EROFS, syscall.EIO} {
+		if strings.Contains(err.Error(), e.Error()) {
+			return e
+		}
+	}
+	return 0
+}
+
+// openError is a failure to open the file: the agent does not start.
+func (s *Store) openError(op string, err error) error {
+	disk := mountPoint(filepath.Dir(s.path))
+	switch errnoOf(err) {
+	case syscall.ENOSPC, syscall.EDQUOT:
+		return &storeError{kind: ErrDiskFull, err: err, msg: fmt.Sprintf("local state %s: %s: the disk at %s is full (%v): free space there", s.path, op, disk, err)}
+	case syscall.EROFS:
+		return &storeError{kind: ErrReadOnly, err: err, msg: fmt.Sprintf("local state %s: %s: the disk at %s is read-only (%v): make it writable", s.path, op, disk, err)}
+	}
+	return fmt.Errorf("local state %s: %s: %w", s.path, op, err)
+}
+
+// mountPoint is the mount point of the filesystem holding dir, or dir when
+// it cannot tell: the "disk" an operator frees or fixes.
+func mountPoint(dir string) string {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return dir
+	}
+	var st syscall.Stat_t
+	if syscall.Stat(abs, &st) != nil {
+		return abs
+	}
+	for abs != "/" {
+		parent := filepath.Dir(abs)
+		var pst syscall.Stat_t
+		if syscall.Stat(parent, &pst) != nil || pst.Dev != st.Dev {
+			return abs
+		}
+		abs = parent
+	}
+	return abs
 }
 
 // writer commits queued writes, as many as are waiting in one transaction:
@@ -217,28 +385,42 @@ func (s *Store) writer() {
 				break more
 			}
 		}
-		err := s.db.Update(func(tx *bolt.Tx) error {
-			for _, o := range batch {
-				b := tx.Bucket(o.bucket)
-				var err error
-				if o.val == nil {
-					err = b.Delete(o.key)
-				} else {
-					err = b.Put(o.key, o.val)
-				}
-				if err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			err = fmt.Errorf("local state %s: write: %w", s.path, err)
+		err := s.Err()
+		if err == nil {
+			err = s.commit(batch)
 		}
 		for _, o := range batch {
 			o.done <- err
 		}
 	}
+}
+
+// commit writes a batch in one transaction. A failure is turned into a
+// store error; one that leaves the file in doubt stops later writes.
+func (s *Store) commit(batch []*op) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, o := range batch {
+			b := tx.Bucket(o.bucket)
+			var err error
+			if o.val == nil {
+				err = b.Delete(o.key)
+			} else {
+				err = b.Put(o.key, o.val)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		return nil
+	}
+	serr, inDoubt := s.writeError(err)
+	if inDoubt {
+		s.fail(serr)
+	}
+	return serr
 }
 
 // persist writes one record (val nil: deletes it) and waits until it is on
@@ -315,8 +497,10 @@ func (s *Store) DeleteService(id string) (bool, error) {
 	return true, nil
 }
 
-// Service returns a stored service.
-func (s *Store) Service(id string) (Service, bool) {
+// Service returns a stored service. A record that fails its checksum is an
+// error wrapping ErrDamaged, never a service missing: the agent would
+// deregister what it owns.
+func (s *Store) Service(id string) (Service, bool, error) {
 	s.mu.RLock()
 	_, ok := s.sums[id]
 	var mem *Service
@@ -326,9 +510,9 @@ func (s *Store) Service(id string) (Service, bool) {
 	s.mu.RUnlock()
 	switch {
 	case !ok:
-		return Service{}, false
+		return Service{}, false, nil
 	case s.db == nil:
-		return Service{Instance: Definition(mem.Instance), Source: mem.Source}, true
+		return Service{Instance: Definition(mem.Instance), Source: mem.Source}, true, nil
 	}
 	var svc Service
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -338,18 +522,20 @@ func (s *Store) Service(id string) (Service, bool) {
 		}
 		return s.decode(bucketServices, []byte(id), raw, &svc)
 	})
-	if err != nil {
-		// Deleted meanwhile, or damaged since it was loaded (then the
-		// next start refuses the file).
-		return Service{}, false
+	switch {
+	case errors.Is(err, errNotStored):
+		return Service{}, false, nil // deleted meanwhile
+	case err != nil:
+		return Service{}, false, err
 	}
-	return svc, true
+	return svc, true, nil
 }
 
 var errNotStored = errors.New("not stored")
 
-// Services returns every stored service, sorted by instance id.
-func (s *Store) Services() []Service {
+// Services returns every stored service, sorted by instance id; a damaged
+// record is an error (see Service).
+func (s *Store) Services() ([]Service, error) {
 	var out []Service
 	if s.db == nil {
 		s.mu.RLock()
@@ -358,20 +544,23 @@ func (s *Store) Services() []Service {
 		}
 		s.mu.RUnlock()
 		sort.Slice(out, func(i, j int) bool { return out[i].Instance.ID < out[j].Instance.ID })
-		return out
+		return out, nil
 	}
-	// bbolt iterates in key order; a record damaged since the start is
-	// left out (the next start refuses the file).
-	s.db.View(func(tx *bolt.Tx) error {
+	// bbolt iterates in key order.
+	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketServices).ForEach(func(k, v []byte) error {
 			var svc Service
-			if s.decode(bucketServices, k, v, &svc) == nil {
-				out = append(out, svc)
+			if err := s.decode(bucketServices, k, v, &svc); err != nil {
+				return err
 			}
+			out = append(out, svc)
 			return nil
 		})
 	})
-	return out
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // sum returns the definition sum of a stored service.

@@ -1,249 +1,81 @@
 package test
 
 import (
-	"bytes"
-	"encoding/json"
-	"fmt"
-	"net/http"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sidecarhq/sidecar/fsm"
+	"github.com/sidecarhq/sidecar/localstate"
 )
 
-// ext4Volume makes an ext4 file system in a sparse file of size, mounted
-// with errors=remount-ro (as distributions mount their root), for a test
-// run as root. fail turns it read-only the way an I/O error does; repair
-// unmounts it, checks it and mounts it writable again.
-type ext4Volume struct {
-	img, dir, dev string
-}
-
-func newExt4Volume(t *testing.T, size string) *ext4Volume {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to make and mount a file system")
-	}
-	for _, tool := range []string{"mkfs.ext4", "e2fsck", "losetup"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (e2fsprogs, mount)", tool)
-		}
-	}
-	v := &ext4Volume{img: filepath.Join(t.TempDir(), "disk.img"), dir: t.TempDir()}
-	sh(t, "truncate", "-s", size, v.img)
-	sh(t, "mkfs.ext4", "-q", "-F", v.img)
-	v.mount(t)
-	t.Cleanup(func() { exec.Command("umount", "-l", v.dir).Run() })
-	return v
-}
-
-func (v *ext4Volume) mount(t *testing.T) {
-	t.Helper()
-	sh(t, "mount", "-o", "loop,errors=remount-ro", v.img, v.dir)
-	out, err := exec.Command("findmnt", "-no", "SOURCE", v.dir).Output()
-	if err != nil {
-		t.Fatalf("findmnt: %v", err)
-	}
-	v.dev = filepath.Base(strings.TrimSpace(string(out)))
-}
-
-// fail reports an error in the file system: ext4 remounts it read-only.
-func (v *ext4Volume) fail(t *testing.T) {
-	t.Helper()
-	if err := os.WriteFile("/sys/fs/ext4/"+v.dev+"/trigger_fs_error", []byte("test: a failing disk\n"), 0); err != nil {
-		t.Skipf("cannot trigger an ext4 error: %v", err)
-	}
-}
-
-func (v *ext4Volume) repair(t *testing.T) {
-	t.Helper()
-	sh(t, "umount", v.dir)
-	exec.Command("e2fsck", "-fy", v.img).Run() // exits 1 when it fixed something
-	v.mount(t)
-}
-
-func sh(t *testing.T, name string, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %v: %v: %s", name, args, err, out)
-	}
-}
-
-// server starts a one-server cluster on dataDir and waits until it is
-// ready; it returns the process and its HTTP URL.
-func server(t *testing.T, dataDir string) (*proc, string) {
-	t.Helper()
-	httpAddr := freeAddr(t)
-	p := start(t, "agent", "--server", "--bootstrap-expect", "1", "--name", "s1", "--data-dir", dataDir,
-		"--http-addr", httpAddr, "--dns-addr", freeAddr(t), "--bind-addr", freeAddr(t), "--raft-addr", freeAddr(t))
-	url := "http://" + httpAddr
-	waitUntil(t, 30*time.Second, "server ready", func() bool {
-		select {
-		case <-p.done:
-			t.Fatalf("server exited while starting:\n%s", p.output)
-		default:
-		}
-		resp, err := http.Get(url + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
-	return p, url
-}
-
-func diskCall(method, url, body string) (int, string, error) {
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	if err != nil {
-		return 0, "", err
-	}
-	c := &http.Client{Timeout: 10 * time.Second}
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	var b bytes.Buffer
-	b.ReadFrom(resp.Body)
-	return resp.StatusCode, b.String(), nil
-}
-
-func newLease(t *testing.T, url string) string {
-	t.Helper()
-	code, body, err := diskCall("POST", url+"/v1/leases", `{"ttl":"1h"}`)
-	if err != nil || code != 200 {
-		t.Fatalf("lease: %d %s %v", code, body, err)
-	}
-	var l struct{ ID string }
-	json.Unmarshal([]byte(body), &l)
-	return l.ID
-}
-
-func lock(url, lease string, i int) (int, string, error) {
-	return diskCall("PUT", fmt.Sprintf("%s/v1/locks/l-%d", url, i), fmt.Sprintf(`{"lease":%q}`, lease))
-}
-
-// noStackTrace fails the test when out shows a Go panic or stack trace.
-func noStackTrace(t *testing.T, out string) {
-	t.Helper()
-	for _, bad := range []string{"panic:", "goroutine ", "runtime/debug"} {
-		if strings.Contains(out, bad) {
-			t.Fatalf("output shows %q:\n%s", bad, out)
-		}
-	}
-}
-
-// A volume that turns read-only under a running server: the server stops
-// taking writes and exits with a clear line, no stack trace; restarted on
-// the repaired volume it has every write it acknowledged.
-func TestDisk_readOnlyVolume(t *testing.T) {
-	vol := newExt4Volume(t, "400M")
-	data := filepath.Join(vol.dir, "data")
-	p, url := server(t, data)
-	lease := newLease(t, url)
-	acked := 0
-	for ; acked < 30; acked++ {
-		if code, body, err := lock(url, lease, acked); err != nil || code != 200 {
-			t.Fatalf("lock %d: %d %s %v", acked, code, body, err)
-		}
-	}
-	vol.fail(t)
-	// Writes now fail: each is either refused with a clear error or never
-	// answered because the server stopped; no write may succeed once the
-	// server has seen its disk fail, and the server must stop taking them.
-	deadline := time.Now().Add(20 * time.Second)
-	exited := false
-	for i := acked; !exited; i++ {
-		if time.Now().After(deadline) {
-			t.Fatalf("server still running 20 s after its volume turned read-only:\n%s", p.output)
-		}
-		code, body, err := lock(url, lease, i)
-		switch {
-		case err != nil:
-		case code == 200:
-			acked = i + 1 // written before the kernel stopped it: must survive
-		case code >= 500 && strings.Contains(body, `"error"`):
-		default:
-			t.Fatalf("write on a read-only volume: %d %s", code, body)
-		}
-		select {
-		case <-p.done:
-			exited = true
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	out := p.output.String()
-	if p.cmd.ProcessState.ExitCode() == 0 {
-		t.Fatalf("server exited 0 after its disk failed:\n%s", out)
-	}
-	noStackTrace(t, out)
-	if !strings.Contains(out, "read-only file system") {
-		t.Fatalf("the exit does not say why:\n%s", out)
-	}
-
-	vol.repair(t)
-	_, url = server(t, data)
-	for i := 0; i < acked; i++ {
-		code, body, err := diskCall("GET", fmt.Sprintf("%s/v1/locks/l-%d", url, i), "")
-		if err != nil || code != 200 || !strings.Contains(body, lease) {
-			t.Fatalf("acknowledged lock l-%d after the restart: %d %s %v", i, code, body, err)
-		}
-	}
-	t.Logf("%d acknowledged writes all there after the restart; the failed server said:\n%s", acked, lastLines(out, 3))
-}
-
-// A byte flipped in a Raft log entry: the server refuses to start, with
-// one line naming the file and the entry, instead of starting without it.
-func TestDisk_flippedByteInALogEntry(t *testing.T) {
-	data := filepath.Join(t.TempDir(), "data")
-	p, url := server(t, data)
-	lease := newLease(t, url)
-	for i := 0; i < 30; i++ {
-		if code, body, err := lock(url, lease, i); err != nil || code != 200 {
-			t.Fatalf("lock %d: %d %s %v", i, code, body, err)
-		}
-	}
-	p.cmd.Process.Signal(os.Interrupt)
-	<-p.done
-	segs, _ := filepath.Glob(filepath.Join(data, "raft-log", "seg-*.wal"))
-	if len(segs) != 1 {
-		t.Fatalf("segments: %v", segs)
-	}
-	b, err := os.ReadFile(segs[0])
+// TestProcess_damagedLocalState: `sidecar agent` on a data dir whose
+// local.db is cut short (a torn copy) exits non-zero at once with one line
+// on stderr naming the file and what to do, and no stack trace.
+func TestProcess_damagedLocalState(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, localstate.FileName)
+	s, err := localstate.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	at := bytes.Index(b, []byte(`"l-15"`))
-	if at < 0 {
-		t.Fatal("lock l-15's entry not found in the log")
-	}
-	f, _ := os.OpenFile(segs[0], os.O_RDWR, 0)
-	f.WriteAt([]byte{b[at+2] ^ 0x01}, int64(at+2))
-	f.Close()
-
-	p = start(t, "agent", "--server", "--bootstrap-expect", "1", "--name", "s1", "--data-dir", data,
-		"--http-addr", freeAddr(t), "--dns-addr", freeAddr(t), "--bind-addr", freeAddr(t), "--raft-addr", freeAddr(t))
-	select {
-	case <-p.done:
-	case <-time.After(20 * time.Second):
-		t.Fatalf("server started on a damaged log:\n%s", p.output)
-	}
-	out := p.output.String()
-	if p.cmd.ProcessState.ExitCode() == 0 {
-		t.Fatalf("exit 0 on a damaged log:\n%s", out)
-	}
-	noStackTrace(t, out)
-	for _, want := range []string{segs[0], "is damaged", "data dir aside"} {
-		if !strings.Contains(out, want) {
-			t.Fatalf("output does not name %q:\n%s", want, out)
+	for _, id := range []string{"web-1", "web-2", "web-3"} {
+		if err := s.PutService(localstate.Service{Source: localstate.SourceAPI,
+			Instance: fsm.Instance{ID: id, Name: "web", Node: "n1", Port: 80}}); err != nil {
+			t.Fatal(err)
 		}
 	}
-}
+	s.Close()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data[:len(data)/3], 0o600); err != nil {
+		t.Fatal(err)
+	}
 
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+	for _, level := range []string{"info", "error"} {
+		t.Run(level, func(t *testing.T) {
+			cmd := exec.Command(binary, "agent", "--name", "n1", "--data-dir", dir, "--log-level", level,
+				"--bind-addr", freeAddr(t), "--http-addr", freeAddr(t), "--dns-addr", freeAddr(t))
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			done := make(chan error, 1)
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			go func() { done <- cmd.Wait() }()
+			select {
+			case err = <-done:
+			case <-time.After(20 * time.Second):
+				cmd.Process.Kill()
+				t.Fatalf("the agent runs on a damaged local state; stderr:\n%s", stderr.String())
+			}
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() == 0 {
+				t.Fatalf("exit: %v, want non-zero; stderr:\n%s", err, stderr.String())
+			}
+			out := stderr.String()
+			if strings.Contains(out, "goroutine ") || strings.Contains(out, "panic") {
+				t.Fatalf("stderr holds a stack trace:\n%s", out)
+			}
+			var lines []string
+			for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+				if !strings.HasPrefix(l, "time=") { // the start banner, a log line
+					lines = append(lines, l)
+				}
+			}
+			if level == "error" && strings.Count(strings.TrimSpace(out), "\n") != 0 {
+				t.Fatalf("stderr at --log-level error:\n%s\nwant one line", out)
+			}
+			if len(lines) != 1 || !strings.Contains(lines[0], path) || !strings.Contains(lines[0], "is damaged") ||
+				!strings.Contains(lines[0], "move "+path+" away") {
+				t.Fatalf("stderr:\n%s\nwant one line naming %s and what to do", out, path)
+			}
+		})
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime/debug"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -62,9 +63,11 @@ func runAgent(ctx context.Context, cfg *Config, reload func() (*Config, error), 
 			log.Warn("systemd notify", "err", err)
 		}
 	}
-	a, err := agent.New(ac, log)
+	a, err := newAgent(ac, log)
 	if err != nil {
-		log.Error("agent failed to start", "err", err)
+		// One line, like every failure of a command: a damaged store names
+		// its file and what to do.
+		fmt.Fprintf(stderr, "sidecar: agent did not start: %s\n", oneLine(err.Error()))
 		return 1
 	}
 	reloads := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -79,6 +82,20 @@ func runAgent(ctx context.Context, cfg *Config, reload func() (*Config, error), 
 	}
 	log.Info("agent stopped")
 	return 0
+}
+
+// newAgent builds the agent. The stores it opens are read by libraries
+// that panic, or fault past the end of a mapped file, on some damage (bbolt
+// before internal/boltopen checks a file): such a panic or fault while it
+// opens them is an error naming the data dir, not a stack trace.
+func newAgent(ac agent.Config, log *slog.Logger) (a *agent.Agent, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("reading the data dir %s failed (%v): a file in it is damaged; restore it from a backup, or empty the data dir so that the agent starts afresh", ac.DataDir, v)
+		}
+	}()
+	return agent.New(ac, log)
 }
 
 // noBound turns the flags' 0 (no bound) into the agent's -1 (its 0 is
