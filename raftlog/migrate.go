@@ -10,6 +10,8 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.etcd.io/bbolt"
+
+	"github.com/sidecarhq/sidecar/internal/boltopen"
 )
 
 // stableKeys are the keys hashicorp/raft keeps in its stable store.
@@ -34,6 +36,14 @@ func MigrateBolt(boltPath, dir string, log *slog.Logger) (err error) {
 				"move this server's data dir aside and start it with an empty one: it rejoins and is caught up from the other servers", boltPath, dir, p)
 		}
 	}()
+	// bbolt faults (SIGBUS, past recovery) on a file cut short: check the
+	// file with plain reads first.
+	db, err := boltopen.Open(boltPath, boltopen.Options{ReadOnly: true, Check: boltopen.CheckWalk,
+		Recovery: "move this server's data dir aside and start it with an empty one: it rejoins and is caught up from the other servers"})
+	if err != nil {
+		return fmt.Errorf("read the raft log to move it to %s: %w", dir, err)
+	}
+	db.Close()
 	bolt, err := raftboltdb.New(raftboltdb.Options{Path: boltPath, BoltOptions: &bbolt.Options{ReadOnly: true, Timeout: 0}})
 	if err != nil {
 		return fmt.Errorf("open the raft log %s to move it to %s: %w", boltPath, dir, err)

@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/hashicorp/raft"
@@ -65,5 +66,28 @@ func TestMigrateBolt_damagedFileIsAClearError(t *testing.T) {
 	t.Log(err)
 	if _, serr := os.Stat(filepath.Join(data, "raft-log")); serr == nil {
 		t.Fatal("a failed migration left a log behind")
+	}
+}
+
+func TestMigrateBolt_fileCutShortIsAClearError(t *testing.T) {
+	data := t.TempDir()
+	boltPath := filepath.Join(data, "raft.db")
+	bolt, err := raftboltdb.NewBoltStore(boltPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs []*raft.Log
+	for i := uint64(1); i <= 2000; i++ {
+		logs = append(logs, entry(i))
+	}
+	bolt.StoreLogs(logs)
+	bolt.Close()
+	st, _ := os.Stat(boltPath)
+	if err := os.Truncate(boltPath, st.Size()/3); err != nil {
+		t.Fatal(err)
+	}
+	err = MigrateBolt(boltPath, filepath.Join(data, "raft-log"), slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), boltPath) || !strings.Contains(err.Error(), "data dir aside") {
+		t.Fatalf("a raft.db cut short: %v", err)
 	}
 }
