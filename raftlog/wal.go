@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -631,7 +632,7 @@ func (s *Store) truncateFrom(index uint64) error {
 	seg := s.segs[i]
 	off := seg.offs[index-seg.base]
 	// Readers stop seeing the entries before the file loses them.
-	later := s.segs[i+1:]
+	later := append([]*segment(nil), s.segs[i+1:]...)
 	s.mu.Lock()
 	seg.offs = seg.offs[:index-seg.base]
 	seg.size = off
@@ -641,12 +642,19 @@ func (s *Store) truncateFrom(index uint64) error {
 		s.first, s.last = 0, 0
 	}
 	s.mu.Unlock()
+	// Later segments go first, newest first: a crash part way leaves a
+	// log that is contiguous (with entries a new leader will overwrite
+	// again), never one with a gap, which would read as damage.
+	slices.Reverse(later)
+	if err := s.removeSegments(later); err != nil {
+		return err
+	}
 	// Zeroes, not a shorter file alone: the allocation stays, and old
 	// entries must never be read back after new ones.
 	if err := seg.zeroFrom(off); err != nil {
 		return s.writeFailed(nil, err)
 	}
-	return s.removeSegments(later)
+	return nil
 }
 
 func (s *Store) removeSegments(segs []*segment) error {
