@@ -17,6 +17,11 @@
 # so Apply checks the ownership of each lease, lock and candidacy under the
 # faults; CHAOS_ACL=0 runs them without tokens.
 #
+# CHAOS_LOAD=N runs N CPU-bound busy loops beside the campaigns and bug runs
+# (not beside their builds), as a busy CI machine would: detection must not
+# depend on an idle machine. The loops are this script's, not its jobs; they
+# end with it (trap), and on their own if it is killed with SIGKILL.
+#
 # Campaigns run without the race detector: they are timing-sensitive load
 # tests, and -race would cut the operations per second several times
 # (`go test -race ./...` still runs a short campaign under -race). Logs go
@@ -47,6 +52,25 @@ one() {
 	echo $ok >"$log.ok"
 }
 
+# load_start starts CHAOS_LOAD busy loops, load_stop ends them. Each loop is
+# started from a command substitution, so it is no job of this shell
+# (limit and wait count campaigns only), and checks between bursts that
+# this shell still exists.
+loadpids=()
+load_start() {
+	local i
+	for i in $(seq 1 "${CHAOS_LOAD:-0}"); do
+		loadpids+=("$(sh -c 'while kill -0 "$1" 2>/dev/null; do i=0; while [ $i -lt 50000 ]; do i=$((i + 1)); done; done' load $$ </dev/null >/dev/null 2>&1 & echo $!)")
+	done
+	if [ ${#loadpids[@]} -gt 0 ]; then echo "load: ${#loadpids[@]} busy loops beside the runs (pids ${loadpids[*]})"; fi
+}
+load_stop() {
+	if [ ${#loadpids[@]} -gt 0 ]; then kill "${loadpids[@]}" 2>/dev/null || true; fi
+	loadpids=()
+}
+trap load_stop EXIT
+trap 'exit 130' INT TERM HUP
+
 # Campaigns use little CPU (the servers mostly wait on timers and the
 # network's decisions), so up to CHAOS_JOBS run at once; the test binaries
 # are compiled first so the runs do not race to build them.
@@ -65,11 +89,13 @@ campaign)
 	esac
 	export CHAOS_TEST_TIMEOUT=${CHAOS_TEST_TIMEOUT:-$((secs + 600))s}
 	$GO test -count=1 -run '^$' ./chaos/inproc >/dev/null
+	load_start
 	for i in $(seq 0 $((runs - 1))); do
 		limit
 		one "" $((seed + i)) $((i % 2 == 0 ? 3 : 5)) &
 	done
 	wait
+	load_stop
 	fail=0
 	for i in $(seq 0 $((runs - 1))); do
 		s=$((seed + i))
@@ -96,6 +122,7 @@ bugs)
 	for bug in $bugs; do
 		$GO test -tags chaosbug_$bug -count=1 -run '^$' ./chaos/inproc >/dev/null
 	done
+	load_start
 	for bug in $bugs; do
 		for i in $(seq 0 $((runs - 1))); do
 			limit
@@ -103,6 +130,7 @@ bugs)
 		done
 	done
 	wait
+	load_stop
 	fail=0
 	for bug in $bugs; do
 		found=0
