@@ -118,7 +118,9 @@ bugs)
 	*) secs=60 ;;
 	esac
 	export CHAOS_TEST_TIMEOUT=${CHAOS_TEST_TIMEOUT:-$((secs + 150))s}
-	bugs=${CHAOS_BUGS:-readskipsleader lockignoreslease leaselocalclock fenceskipsquorum}
+	# Every switch chaos/inproc knows (a bugs_<name>.go built with tag
+	# chaosbug_<name>), unless CHAOS_BUGS names some.
+	bugs=${CHAOS_BUGS:-$(sed -n 's|^//go:build chaosbug_\([a-z0-9_]*\)$|\1|p' chaos/inproc/bugs_*.go)}
 	for bug in $bugs; do
 		$GO test -tags chaosbug_$bug -count=1 -run '^$' ./chaos/inproc >/dev/null
 	done
@@ -138,13 +140,28 @@ bugs)
 			s=$((seed + i))
 			log=$(logof chaosbug_$bug $s)
 			line=$(grep -o 'CHAOS-RESULT.*' "$log" || echo "no result (see $log)")
-			echo "$bug seed $s: $line"
-			if [ "$(cat "$log.ok")" = 1 ]; then found=$((found + 1)); fi
+			# Detected: the run's checker reported anomalies. The test may
+			# still fail after its report (a goroutine outliving the
+			# servers, found by goleak); that is said, not counted.
+			note=
+			if [ "$(cat "$log.ok")" != 1 ]; then
+				if grep -q 'found unexpected goroutines' "$log"; then
+					note=" (then failed: goroutines left running, see $log)"
+				elif grep -q 'panic: test timed out' "$log"; then
+					note=" (timed out, see $log)"
+				else
+					note=" (failed, see $log)"
+				fi
+			fi
+			echo "$bug seed $s: $line$note"
+			case $line in
+			*' anomalies=0 '* | 'no result'*) ;;
+			*) found=$((found + 1)) ;;
+			esac
 		done
 		echo "bug $bug detected in $found/$runs runs"
-		# CHAOS_MIN_FOUND: detections required (default: most runs). The
-		# gate of make test asks for one, so a seed whose fault schedule
-		# misses the bug does not fail CI; the rate is printed either way.
+		# CHAOS_MIN_FOUND: detections required (default: most runs; make
+		# chaos-bounded asks for 3 of 4); the rate is printed either way.
 		min=${CHAOS_MIN_FOUND:-$((runs / 2 + 1))}
 		if [ $found -lt $min ]; then
 			echo "FAIL: bug switch $bug detected in $found/$runs runs, want at least $min"
