@@ -94,6 +94,9 @@ type run struct {
 	keys     map[string]bool
 	recovery []time.Duration
 	first    time.Duration // FirstAnomaly
+	// handovers feeds each server's watchHandovers (set before the
+	// clients start).
+	handovers []chan checker.Grant
 }
 
 func (r *run) useKey(k string) {
@@ -182,6 +185,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		go func() { defer wg.Done(); r.stopOnAnomaly(wctx, stop) }()
 	}
 	var cwg sync.WaitGroup
+	for i := 0; i < cfg.Servers; i++ {
+		ch := make(chan checker.Grant, 4)
+		r.handovers = append(r.handovers, ch)
+		cwg.Add(1)
+		go func() { defer cwg.Done(); r.watchHandovers(wctx, i, ch) }()
+	}
 	for _, cl := range clients {
 		cwg.Add(1)
 		go func() { defer cwg.Done(); cl.loop(wctx) }()
