@@ -102,6 +102,9 @@ campaign)
 		log=$(logof "" $s)
 		sed -n '/ servers, converged/,/CHAOS-RESULT/p' "$log" | sed 's/^ *run_test.go:[0-9]*: //'
 		if [ "$(cat "$log.ok")" != 1 ]; then
+			if grep -q 'anomalies=0 ' "$log" && grep -q 'found unexpected goroutines' "$log"; then
+				echo "FAIL: seed $s: no anomaly, but goroutines were left running after the servers closed (goleak; see the log)"
+			fi
 			echo "FAIL: seed $s (replay: CHAOS_TRANSPORT=$transport make chaos SEED=$s DURATION=$dur), log $log"
 			grep -o 'see [^ ]*\.html' "$log" | sed 's/^see /visualization: /' || true
 			fail=1
