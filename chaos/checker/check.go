@@ -402,11 +402,13 @@ func groupGrants(grants []Grant) map[string][]Grant {
 	return out
 }
 
-// checkLeases: a lease nobody revoked is never gone before the send time of
-// its last acknowledged keepalive plus its TTL.
+// checkLeases: a lease nobody had asked to revoke when it was seen gone
+// (a revocation asked for later, by a client that did not know, explains
+// nothing) is never gone before the send time of its last acknowledged
+// keepalive plus its TTL.
 func (rep *Report) checkLeases(leases []LeaseRecord) {
 	for _, l := range leases {
-		if l.Revoked || l.Gone == 0 || l.TTL == 0 {
+		if l.Gone == 0 || l.TTL == 0 || l.Revoked && l.RevokedAt <= l.Gone {
 			continue
 		}
 		rep.LeasesExpired++

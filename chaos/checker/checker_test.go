@@ -204,11 +204,13 @@ func TestCheck_leases(t *testing.T) {
 	leases := []LeaseRecord{
 		{ID: "fine", TTL: time.Second, LastAckSent: sec, Gone: 2*sec + 1},
 		{ID: "early", TTL: time.Second, LastAckSent: sec, Gone: 2*sec - 1},
-		{ID: "revoked", TTL: time.Second, LastAckSent: sec, Gone: sec, Revoked: true},
+		{ID: "revoked", TTL: time.Second, LastAckSent: sec, Gone: sec, Revoked: true, RevokedAt: sec - 1},
+		// Its holder asked to revoke it after it was gone, not knowing.
+		{ID: "revokedlate", TTL: time.Second, LastAckSent: sec, Gone: sec + 1, Revoked: true, RevokedAt: sec + 2},
 	}
 	rep := check(nil, nil, leases)
-	if len(rep.Anomalies) != 1 || !strings.Contains(rep.Anomalies[0], "lease early") {
-		t.Errorf("anomalies %v, want one for lease early", rep.Anomalies)
+	if len(rep.Anomalies) != 2 || !strings.Contains(rep.Anomalies[0], "lease early") || !strings.Contains(rep.Anomalies[1], "lease revokedlate") {
+		t.Errorf("anomalies %v, want one for lease early and one for revokedlate", rep.Anomalies)
 	}
 }
 
