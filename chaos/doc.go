@@ -20,7 +20,10 @@
 //     paused with SIGSTOP, killed and restarted; the kill -9 durability
 //     series; DNS against the registry.
 //
-// Build tags chaosbug_lockignoreslease, chaosbug_readskipsleader and
-// chaosbug_leaselocalclock plant known bugs in fsm and election; the suite
-// must then report anomalies (see mk/chaos.mk).
+// Build tags chaosbug_<name> (readskipsleader, lockignoreslease,
+// leaselocalclock, fenceskipsquorum; chaos/inproc/bugs_*.go lists them)
+// plant known bugs in fsm and election; the suite must then report
+// anomalies, in 3 of 4 runs of make chaos-bounded with CPU-bound busy
+// loops beside them, and a run stops at its first anomaly (see
+// mk/chaos.mk and chaos/README.md, "Sensitivity").
 package chaos

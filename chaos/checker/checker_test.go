@@ -46,6 +46,71 @@ func TestCheck_registry(t *testing.T) {
 	}
 }
 
+// checkOverwrittenReads: a consistent read that found a value replaced by
+// a write acknowledged before it began (porcupine reports it as well).
+func TestCheck_overwrittenReads(t *testing.T) {
+	get := func(value string, call, ret int64) Op {
+		return Op{Client: 1, Kind: Get, Key: "k", Value: value, Found: true, Call: call, Return: ret}
+	}
+	for _, tc := range []struct {
+		name      string
+		ops       []Op
+		anomalies int
+	}{
+		{"latest", []Op{op(0, Put, "k", "a", 0, 10), op(0, Put, "k", "b", 11, 20), get("b", 30, 40)}, 0},
+		// With porcupine's and the lost write's.
+		{"overwritten", []Op{op(0, Put, "k", "a", 0, 10), op(0, Put, "k", "b", 11, 20), get("a", 30, 40)}, 3},
+		{"deleted", []Op{op(0, Put, "k", "a", 0, 10), {Kind: Del, Key: "k", Found: true, Call: 11, Return: 20}, get("a", 30, 40)}, 3},
+		{"overwrite concurrent with the read", []Op{op(0, Put, "k", "a", 0, 10), op(0, Put, "k", "b", 11, 35), get("a", 30, 40)}, 0},
+		// Not this check's (porcupine and the lost write take every put as
+		// applied).
+		{"overwrite refused", []Op{op(0, Put, "k", "a", 0, 10), {Kind: Put, Key: "k", Value: "b", Err: "refused", Call: 11, Return: 20}, get("a", 30, 40)}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rep := check(tc.ops, nil, nil)
+			if len(rep.Anomalies) != tc.anomalies {
+				t.Errorf("anomalies %d, want %d: %v", len(rep.Anomalies), tc.anomalies, rep.Anomalies)
+			}
+		})
+	}
+}
+
+// Early finds, on a history still being written, what only a violation
+// explains, and nothing that an operation still in flight may explain.
+func TestRecorder_Early(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		ops       []Op
+		anomalies int
+	}{
+		// The put of "b" may still be in flight: porcupine would flag the
+		// read, Early must not.
+		{"value of a put in flight", []Op{op(0, Put, "k", "a", 0, 10), {Client: 1, Kind: Get, Key: "k", Value: "b", Found: true, Call: 30, Return: 40}}, 0},
+		// A delete may be in flight too.
+		{"absent after a put", []Op{op(0, Put, "k", "a", 0, 10), op(1, Get, "k", "", 30, 40)}, 0},
+		{"overwritten", []Op{op(0, Put, "k", "a", 0, 10), op(0, Put, "k", "b", 11, 20), {Client: 1, Kind: Get, Key: "k", Value: "a", Found: true, Call: 30, Return: 40}}, 1},
+		{"revoked lease granted", []Op{{Kind: Revoke, Lease: "a", Call: 0, Return: 1}, {Kind: TryLock, Key: "l", Lease: "a", Held: true, Token: 5, Call: 2, Return: 3}}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := NewRecorder()
+			r.ops = tc.ops
+			if got := r.Early(); len(got) != tc.anomalies {
+				t.Errorf("anomalies %d, want %d: %v", len(got), tc.anomalies, got)
+			}
+		})
+	}
+	r := NewRecorder()
+	r.AddGrant(Grant{Name: "q", Lease: "a", Token: 3, Return: 10})
+	r.AddGrant(Grant{Name: "q", Lease: "b", Token: 8, Return: 60})
+	r.Add(Op{Kind: Fence, Key: "q", Token: 3, Held: true, Found: true, Call: 61, Return: 65})
+	r.LeaseGranted("l", time.Second, 0)
+	r.LeaseGone("l", "s0", int64(time.Second/2))
+	r.Anomaly("restart failed")
+	if got := r.Early(); len(got) != 3 {
+		t.Errorf("stale fence, early expiry, recorded anomaly: got %v", got)
+	}
+}
+
 func TestCheck_locks(t *testing.T) {
 	try := func(client int, lease string, held bool, token uint64, call, ret int64) Op {
 		return Op{Client: client, Kind: TryLock, Key: "l", Lease: lease, Held: held, Token: token, Call: call, Return: ret}
@@ -59,7 +124,9 @@ func TestCheck_locks(t *testing.T) {
 		{"busy", []Op{try(0, "a", true, 5, 0, 1), try(1, "b", false, 0, 2, 3)}, 0},
 		{"expiry may free it", []Op{try(0, "a", true, 5, 0, 1), try(1, "b", true, 7, 2, 3)}, 0},
 		{"token goes back", []Op{try(0, "a", true, 5, 0, 1), {Kind: Unlock, Key: "l", Lease: "a", Call: 2, Return: 3}, try(1, "b", true, 4, 4, 5)}, 1},
-		{"revoked lease granted", []Op{{Kind: Revoke, Lease: "a", Call: 0, Return: 1}, try(0, "a", true, 5, 2, 3)}, 1},
+		// The lock model and checkRevokedLocks.
+		{"revoked lease granted", []Op{{Kind: Revoke, Lease: "a", Call: 0, Return: 1}, try(0, "a", true, 5, 2, 3)}, 2},
+		{"revoked during the attempt", []Op{{Kind: Revoke, Lease: "a", Call: 0, Return: 3}, try(0, "a", true, 5, 2, 4)}, 0},
 		{"revoked lease refused", []Op{{Kind: Revoke, Lease: "a", Call: 0, Return: 1}, {Kind: TryLock, Key: "l", Lease: "a", Refused: true, Call: 2, Return: 3}}, 0},
 		// Token-guarded release: an old token's unlock refused while the
 		// same lease holds a newer acquisition is right; releasing it is not.
@@ -137,11 +204,13 @@ func TestCheck_leases(t *testing.T) {
 	leases := []LeaseRecord{
 		{ID: "fine", TTL: time.Second, LastAckSent: sec, Gone: 2*sec + 1},
 		{ID: "early", TTL: time.Second, LastAckSent: sec, Gone: 2*sec - 1},
-		{ID: "revoked", TTL: time.Second, LastAckSent: sec, Gone: sec, Revoked: true},
+		{ID: "revoked", TTL: time.Second, LastAckSent: sec, Gone: sec, Revoked: true, RevokedAt: sec - 1},
+		// Its holder asked to revoke it after it was gone, not knowing.
+		{ID: "revokedlate", TTL: time.Second, LastAckSent: sec, Gone: sec + 1, Revoked: true, RevokedAt: sec + 2},
 	}
 	rep := check(nil, nil, leases)
-	if len(rep.Anomalies) != 1 || !strings.Contains(rep.Anomalies[0], "lease early") {
-		t.Errorf("anomalies %v, want one for lease early", rep.Anomalies)
+	if len(rep.Anomalies) != 2 || !strings.Contains(rep.Anomalies[0], "lease early") || !strings.Contains(rep.Anomalies[1], "lease revokedlate") {
+		t.Errorf("anomalies %v, want one for lease early and one for revokedlate", rep.Anomalies)
 	}
 }
 

@@ -96,8 +96,11 @@ type LeaseRecord struct {
 	// acknowledged (the grant's invoke time at first): the lease cannot
 	// expire before LastAckSent + TTL.
 	LastAckSent int64
-	// Revoked: a client asked to revoke it, so its end says nothing of TTLs.
-	Revoked bool
+	// Revoked: a client asked to revoke it, first at RevokedAt; an end
+	// seen after that says nothing of TTLs (one seen before it does: the
+	// lease was gone before anyone asked).
+	Revoked   bool
+	RevokedAt int64
 	// Gone is when a server's registry was first seen without it (0: never).
 	Gone     int64
 	GoneNode string
@@ -219,14 +222,19 @@ func (r *Recorder) KeepAliveAcked(id string, sent int64) {
 	}
 }
 
-// Revoking marks a lease a client asks to revoke.
+// Revoking marks a lease a client asks to revoke, before the request is
+// sent.
 func (r *Recorder) Revoking(id string) {
+	now := r.Now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if l := r.leases[id]; l != nil {
-		l.Revoked = true
-	} else {
-		r.leases[id] = &LeaseRecord{ID: id, Revoked: true}
+	l := r.leases[id]
+	if l == nil {
+		l = &LeaseRecord{ID: id}
+		r.leases[id] = l
+	}
+	if !l.Revoked {
+		l.Revoked, l.RevokedAt = true, now
 	}
 }
 

@@ -28,12 +28,21 @@ func (r *run) nemesis(ctx context.Context, rng *rand.Rand) {
 			return
 		}
 		kind := kinds[rng.Intn(len(kinds))]
-		if k%4 == 3 {
-			// Every fourth fault moves leadership away and back, so that
-			// every run returns leadership to a server that led before.
+		if k%4 == 1 {
+			// Every fourth fault, from the second on, moves leadership
+			// away and back, so that every run returns leadership to a
+			// server that led before, early in the run.
 			kind = "flip-leader"
 		}
 		dur := time.Duration(500+rng.Intn(2500)) * time.Millisecond
+		if kind == "flip-leader" {
+			// Away for longer than any client's session TTL (1-2 s): each
+			// lease then outlives, through keepalives to the other server,
+			// the deadline the first leader last gave it, so a first
+			// leader that kept its old deadlines (leaselocalclock) expires
+			// it early on its return.
+			dur = 2*time.Second + dur/2
+		}
 		f := checker.Fault{Kind: kind, Start: r.rec.Now()}
 		leader := r.c.Leader()
 		if leader < 0 {
@@ -102,14 +111,24 @@ func (r *run) nemesis(ctx context.Context, rng *rand.Rand) {
 			if other == leader {
 				other = perm[1]
 			}
-			f.Detail = r.c.Name(leader) + "->" + r.c.Name(other)
+			f.Detail = r.c.Name(leader) + "->" + r.c.Name(other) + " (no transfer)"
 			if a, _ := r.c.Server(leader); a != nil && a.IsLeader() {
 				if b, _ := r.c.Server(other); b != nil {
-					a.Raft().LeadershipTransferToServer(raft.ServerID(r.c.Name(other)), b.Addr())
+					err := a.Raft().LeadershipTransferToServer(raft.ServerID(r.c.Name(other)), b.Addr()).Error()
+					f.Detail = r.c.Name(leader) + "->" + r.c.Name(other)
+					if err != nil {
+						f.Detail += " (transfer failed)"
+					}
 					back := a.Addr()
 					flipBack = func() {
 						if b, _ := r.c.Server(other); b != nil && b.IsLeader() {
-							b.Raft().LeadershipTransferToServer(raft.ServerID(r.c.Name(leader)), back)
+							if b.Raft().LeadershipTransferToServer(raft.ServerID(r.c.Name(leader)), back).Error() == nil {
+								f.Detail += " and back"
+							} else {
+								f.Detail += ", back failed"
+							}
+						} else {
+							f.Detail += ", not leading to go back"
 						}
 					}
 				}

@@ -42,7 +42,27 @@ type Config struct {
 	// lease, lock and candidacy is owned and Apply checks the ownership of
 	// every use under the faults (CHAOS_ACL=0 turns it off).
 	NoACL bool
+	// StopOnAnomaly ends the clients' and the faults' time as soon as the
+	// history recorded so far shows an anomaly (checker.Recorder.Early,
+	// every second): a run with a planted bug has then shown it, and the
+	// rest of its length would only cost time. Healing, the final reads
+	// and the whole check follow as usual; the wait for convergence is
+	// shorter (a planted bug may prevent it, and the run has failed
+	// already).
+	StopOnAnomaly bool
 }
+
+// Convergence after healing is awaited this long, or stoppedConvergence
+// after a run stopped on an anomaly.
+const (
+	convergence        = 20 * time.Second
+	stoppedConvergence = 5 * time.Second
+)
+
+// finalReads bounds the reads of every key after healing, so that a
+// cluster a planted bug left without a working leader cannot hold the run
+// up key after key.
+const finalReads = 30 * time.Second
 
 // Result is what a run found.
 type Result struct {
@@ -55,7 +75,10 @@ type Result struct {
 	// LeaderRecovery lists, for each crash of the leader, the time until
 	// another server led.
 	LeaderRecovery []time.Duration
-	Elapsed        time.Duration
+	// FirstAnomaly is when, after the clients started, the history first
+	// showed an anomaly while they ran (StopOnAnomaly; 0: none showed).
+	FirstAnomaly time.Duration
+	Elapsed      time.Duration
 }
 
 type run struct {
@@ -70,6 +93,10 @@ type run struct {
 	mu       sync.Mutex
 	keys     map[string]bool
 	recovery []time.Duration
+	first    time.Duration // FirstAnomaly
+	// handovers feeds each server's watchHandovers (set before the
+	// clients start).
+	handovers []chan checker.Grant
 }
 
 func (r *run) useKey(k string) {
@@ -153,7 +180,17 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	nemRng := rand.New(rand.NewSource(rng.Int63()))
 	wg.Add(1)
 	go func() { defer wg.Done(); r.nemesis(wctx, nemRng) }()
+	if cfg.StopOnAnomaly {
+		wg.Add(1)
+		go func() { defer wg.Done(); r.stopOnAnomaly(wctx, stop) }()
+	}
 	var cwg sync.WaitGroup
+	for i := 0; i < cfg.Servers; i++ {
+		ch := make(chan checker.Grant, 4)
+		r.handovers = append(r.handovers, ch)
+		cwg.Add(1)
+		go func() { defer cwg.Done(); r.watchHandovers(wctx, i, ch) }()
+	}
 	for _, cl := range clients {
 		cwg.Add(1)
 		go func() { defer cwg.Done(); cl.loop(wctx) }()
@@ -166,7 +203,14 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	healStart := time.Now()
 	res := &Result{Seed: cfg.Seed, Servers: cfg.Servers, Transport: cfg.Transport, Timings: tm}
 	converged := false
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	wait := convergence
+	r.mu.Lock()
+	res.FirstAnomaly = r.first
+	r.mu.Unlock()
+	if res.FirstAnomaly > 0 {
+		wait = stoppedConvergence
+	}
+	for deadline := time.Now().Add(wait); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if ok, _ := c.Converged(); ok && c.Leader() >= 0 {
 			converged = true
 			break
@@ -175,7 +219,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	res.Convergence = time.Since(healStart)
 	if !converged {
 		_, digests := c.Converged()
-		r.rec.Anomaly("no convergence within 20s after healing: digests %v", digests)
+		r.rec.Anomaly("no convergence within %v after healing: digests %v", wait, digests)
 	}
 	// Every key read once more, through a checker client.
 	keys := make([]string, 0, len(r.keys))
@@ -185,8 +229,13 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	sort.Strings(keys)
 	if l := c.Leader(); l >= 0 {
 		b := &backend{c: c, home: l, rec: r.rec, readVia: -1}
-		for _, k := range keys {
-			for i := 0; i < 20 && !r.read(ctx, cfg.Clients, b, k); i++ {
+		end := time.Now().Add(finalReads)
+		for n, k := range keys {
+			if time.Now().After(end) {
+				cfg.Logf("final reads: %d of %d keys left unread after %v", len(keys)-n, len(keys), finalReads)
+				break
+			}
+			for i := 0; i < 20 && time.Now().Before(end) && !r.read(ctx, cfg.Clients, b, k); i++ {
 				time.Sleep(50 * time.Millisecond)
 			}
 		}
@@ -218,6 +267,29 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	r.mu.Unlock()
 	res.Elapsed = time.Since(start)
 	return res, nil
+}
+
+// stopOnAnomaly calls stop once the history so far shows an anomaly.
+func (r *run) stopOnAnomaly(ctx context.Context, stop func()) {
+	start := time.Now()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if a := r.rec.Early(); len(a) > 0 {
+			d := time.Since(start)
+			r.mu.Lock()
+			r.first = d
+			r.mu.Unlock()
+			r.cfg.Logf("anomaly after %v, clients and faults stop: %s", d.Round(time.Millisecond), a[0])
+			stop()
+			return
+		}
+	}
 }
 
 func (r *run) waitLeader(ctx context.Context, timeout time.Duration) error {

@@ -20,7 +20,10 @@ func TestMain(m *testing.M) {
 // stays quick), CHAOS_SERVERS 3 or 5 (default: from the seed), CHAOS_OUT
 // where visualizations go, CHAOS_TRANSPORT what Raft crosses under the
 // faults: tls (default), tcp or inmem (see stream.go). A build with a bug switch (tag chaosbug_*) must
-// report anomalies; a normal build must report none.
+// report anomalies; a normal build must report none. A build with a bug
+// switch stops its clients and faults at the first anomaly
+// (Config.StopOnAnomaly); CHAOS_STOP_EARLY=0 runs it to its length,
+// CHAOS_STOP_EARLY=1 stops a normal build early too.
 func TestCampaign(t *testing.T) {
 	seed := time.Now().UnixNano() % 1_000_000
 	if s := os.Getenv("CHAOS_SEED"); s != "" {
@@ -53,6 +56,7 @@ func TestCampaign(t *testing.T) {
 	res, err := Run(context.Background(), Config{
 		Seed: seed, Duration: dur, Servers: servers, Dir: t.TempDir(), OutDir: os.Getenv("CHAOS_OUT"),
 		Logf: t.Logf, Transport: transport, NoACL: os.Getenv("CHAOS_ACL") == "0",
+		StopOnAnomaly: os.Getenv("CHAOS_STOP_EARLY") == "1" || plantedBug != "" && os.Getenv("CHAOS_STOP_EARLY") != "0",
 	})
 	if err != nil {
 		t.Fatalf("seed %d: %v", seed, err)
@@ -67,9 +71,13 @@ func TestCampaign(t *testing.T) {
 	if len(newLeader) == 0 {
 		newLeader = []string{"-"}
 	}
-	t.Logf("CHAOS-RESULT seed=%d transport=%s bug=%s ops=%d faults=%d handovers=%d anomalies=%d newleader_ms=%s converge_ms=%d",
+	first := "-"
+	if res.FirstAnomaly > 0 {
+		first = strconv.FormatInt(res.FirstAnomaly.Milliseconds(), 10)
+	}
+	t.Logf("CHAOS-RESULT seed=%d transport=%s bug=%s ops=%d faults=%d handovers=%d anomalies=%d newleader_ms=%s converge_ms=%d first_anomaly_ms=%s elapsed_ms=%d",
 		seed, res.Transport, plantedBug, res.Report.Ops, res.Report.Faults, res.Report.Handovers, len(res.Report.Anomalies),
-		strings.Join(newLeader, ","), res.Convergence.Milliseconds())
+		strings.Join(newLeader, ","), res.Convergence.Milliseconds(), first, res.Elapsed.Milliseconds())
 	switch {
 	case plantedBug == "" && len(res.Report.Anomalies) > 0:
 		t.Errorf("seed %d: %d anomalies (replay with CHAOS_SEED=%d); visualizations: %s", seed,
@@ -77,7 +85,7 @@ func TestCampaign(t *testing.T) {
 	case plantedBug != "" && len(res.Report.Anomalies) == 0:
 		t.Errorf("seed %d: bug %q planted, no anomaly found", seed, plantedBug)
 	}
-	if res.Report.Ops == 0 || res.Report.Faults == 0 && dur >= 5*time.Second {
+	if res.Report.Ops == 0 || res.Report.Faults == 0 && dur >= 5*time.Second && res.FirstAnomaly == 0 {
 		t.Errorf("seed %d: the run did nothing (%d operations, %d faults)", seed, res.Report.Ops, res.Report.Faults)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -97,17 +98,25 @@ type nameAddr string
 func (a nameAddr) Network() string { return "chaos" }
 func (a nameAddr) String() string  { return string(a) }
 
+// ioTimeout bounds each read and write of a Raft connection that waits on
+// its peer in the middle of an exchange (see deadlineConn): the
+// NetworkTransport's Timeout (cluster.go), the bound of a whole request.
+const ioTimeout = 10 * time.Second
+
 // streamLayer is raft's StreamLayer on a loopback listener, with mutual TLS
 // when tls is set: a dial wants a server certificate of the run's CA
 // (tlsutil's ClientConfig checks the role), an accepted connection must
 // present one, and nothing of a connection is read before its handshake.
 // Close also closes the accepted connections, so that the transport's
-// readers of a crashed server end.
+// readers of a crashed server end. Every connection has deadlines
+// (deadlineConn), so that no read or write waits on a peer for ever.
 type streamLayer struct {
 	ln   net.Listener
 	name string
 	tls  election.TLS // nil: plain TCP
 	cfg  *tls.Config
+	// timeout is each connection's ioTimeout (tests shorten it).
+	timeout time.Duration
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -119,7 +128,7 @@ func newStreamLayer(name string, t election.TLS) (*streamLayer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", name, err)
 	}
-	s := &streamLayer{ln: ln, name: name, tls: t, conns: map[net.Conn]struct{}{}}
+	s := &streamLayer{ln: ln, name: name, tls: t, timeout: ioTimeout, conns: map[net.Conn]struct{}{}}
 	if t != nil {
 		s.cfg = t.ServerConfig()
 	}
@@ -134,9 +143,9 @@ func (s *streamLayer) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	var c net.Conn = raw
+	var c net.Conn = newDeadlineConn(raw, true, s.timeout)
 	if s.tls != nil {
-		c = &serverConn{Conn: tls.Server(raw, s.cfg), tls: s.tls}
+		c = &serverConn{Conn: tls.Server(c, s.cfg), tls: s.tls}
 	}
 	tc := &trackedConn{Conn: c, raw: raw, s: s}
 	s.mu.Lock()
@@ -167,9 +176,13 @@ func (s *streamLayer) Addr() net.Addr { return nameAddr(s.name) }
 
 func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	start := time.Now()
-	c, err := net.DialTimeout("tcp", string(addr), timeout)
-	if err != nil || s.tls == nil {
-		return c, err
+	raw, err := net.DialTimeout("tcp", string(addr), timeout)
+	if err != nil {
+		return nil, err
+	}
+	c := newDeadlineConn(raw, false, s.timeout)
+	if s.tls == nil {
+		return c, nil
 	}
 	tc := tls.Client(c, s.tls.ClientConfig(tlsutil.RoleServer))
 	ctx, cancel := context.WithTimeout(context.Background(), timeout-time.Since(start))
@@ -179,6 +192,94 @@ func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.
 		return nil, fmt.Errorf("TLS handshake with %s: %w", addr, err)
 	}
 	return tc, nil
+}
+
+// deadlineConn gives every read and write of a Raft connection a deadline
+// of timeout (ioTimeout) from its start, except the wait of an accepted
+// connection for its next request (idle), which lasts as long as no leader
+// sends to this server: a request's first bytes open an exchange, the
+// write of its answer closes it. NetworkTransport bounds each request it
+// sends (Timeout), but not the side that answers: without these, a server
+// reading a request whose sender stopped half-way, or writing an answer
+// its peer no longer reads, would wait as long as the connection lives,
+// and its Raft with it (Shutdown waits for its goroutines). A deadline
+// that fires fails the exchange and closes the connection, as a lost
+// message would; the network's faults never hold a connection (they
+// refuse whole messages above it).
+//
+// With TLS it sits under the TLS connection, so the handshake's reads and
+// writes are bounded too. A deadline set by the caller (Raft's, for a whole
+// request) still holds when it comes first.
+type deadlineConn struct {
+	net.Conn
+	timeout time.Duration
+	accept  bool
+	// idle: an accepted connection between exchanges. Atomic, like the
+	// caller's deadlines: a close's alert may write while the reader waits.
+	idle       atomic.Bool
+	rset, wset atomic.Int64 // caller's deadlines, UnixNano (0: none)
+}
+
+func newDeadlineConn(c net.Conn, accepted bool, timeout time.Duration) *deadlineConn {
+	d := &deadlineConn{Conn: c, accept: accepted, timeout: timeout}
+	d.idle.Store(accepted)
+	return d
+}
+
+// bound is the earlier of the caller's deadline and timeout from now; when
+// open, the caller's alone.
+func (c *deadlineConn) bound(set *atomic.Int64, open bool) time.Time {
+	var t time.Time
+	if v := set.Load(); v != 0 {
+		t = time.Unix(0, v)
+	}
+	if open {
+		return t
+	}
+	if own := time.Now().Add(c.timeout); t.IsZero() || own.Before(t) {
+		return own
+	}
+	return t
+}
+
+func (c *deadlineConn) Read(b []byte) (int, error) {
+	c.Conn.SetReadDeadline(c.bound(&c.rset, c.idle.Load()))
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.idle.Store(false)
+	}
+	return n, err
+}
+
+func (c *deadlineConn) Write(b []byte) (int, error) {
+	c.Conn.SetWriteDeadline(c.bound(&c.wset, false))
+	n, err := c.Conn.Write(b)
+	if c.accept {
+		c.idle.Store(true)
+	}
+	return n, err
+}
+
+func (c *deadlineConn) SetDeadline(t time.Time) error {
+	c.SetReadDeadline(t)
+	return c.SetWriteDeadline(t)
+}
+
+func (c *deadlineConn) SetReadDeadline(t time.Time) error {
+	c.rset.Store(unixNano(t))
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *deadlineConn) SetWriteDeadline(t time.Time) error {
+	c.wset.Store(unixNano(t))
+	return c.Conn.SetWriteDeadline(t)
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
 }
 
 // trackedConn is an accepted connection the stream layer closes with it.

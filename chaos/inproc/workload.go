@@ -279,23 +279,89 @@ func (c *client) audit(ctx context.Context) bool {
 // fence runs and records one fence check of a grant; it reports whether
 // the token is current (the holder may act) and whether it was answered.
 func (c *client) fence(ctx context.Context, g *checker.Grant) (current, answered bool) {
+	return c.r.fence(ctx, c.local, c.id, g)
+}
+
+// fence runs one fence check of g's token through local, recorded as
+// client id's.
+func (r *run) fence(ctx context.Context, local *election.Local, id int, g *checker.Grant) (current, answered bool) {
 	octx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	op := checker.Op{Client: c.id, Kind: checker.Fence, Key: g.Name, Election: g.Election, Token: g.Token, Call: c.r.rec.Now()}
+	op := checker.Op{Client: id, Kind: checker.Fence, Key: g.Name, Election: g.Election, Token: g.Token, Call: r.rec.Now()}
 	var res api.FenceResult
 	var err error
 	if g.Election {
-		res, err = c.local.ElectionFence(octx, g.Name, g.Token)
+		res, err = local.ElectionFence(octx, g.Name, g.Token)
 	} else {
-		res, err = c.local.LockFence(octx, g.Name, g.Token)
+		res, err = local.LockFence(octx, g.Name, g.Token)
 	}
-	op.Return, op.Outcome = c.r.rec.Now(), outcome(err)
+	op.Return, op.Outcome = r.rec.Now(), outcome(err)
 	op.Held, op.Found = res.Current, err == nil
 	if err != nil {
 		op.Err = err.Error()
 	}
-	c.r.rec.Add(op)
+	r.rec.Add(op)
 	return err == nil && res.Current, err == nil
+}
+
+// announce tells each server's handover watcher (watchHandovers) of a
+// grant that returned; a watcher still busy with an earlier one misses it.
+func (r *run) announce(g *checker.Grant) {
+	for _, ch := range r.handovers {
+		select {
+		case ch <- *g:
+		default:
+		}
+	}
+}
+
+// watchHandovers is a resource beside server i's sidecar that its
+// previous holder writes to right at a handover: for each grant announced,
+// if server i's copy of the registry still shows an older holder of the
+// name (a follower learns of a commit one round after the leader, longer
+// while cut off), it fence-checks that holder's token through the
+// sidecar at once. The check must answer from what a quorum knows: "not
+// current". A sidecar that answers from its copy (fenceskipsquorum) calls
+// the old token current, after the new one was granted.
+func (r *run) watchHandovers(ctx context.Context, i int, ch <-chan checker.Grant) {
+	id := r.cfg.Clients + 1 + i // after the clients and the final reads
+	var local *election.Local
+	gen := 0
+	defer func() {
+		if local != nil {
+			local.Abandon()
+		}
+	}()
+	for {
+		var g checker.Grant
+		select {
+		case <-ctx.Done():
+			return
+		case g = <-ch:
+		}
+		s, sgen := r.c.Server(i)
+		if s == nil {
+			continue
+		}
+		if local == nil || sgen != gen {
+			if local != nil {
+				local.Abandon()
+			}
+			local = election.NewLocal(election.LocalConfig{Node: fmt.Sprintf("w%d", i)},
+				&backend{c: r.c, home: i, rec: r.rec, readVia: -1}, s.FSM())
+			gen = sgen
+		}
+		m, ok := s.FSM().Lock(g.Name)
+		if g.Election {
+			m, ok = s.FSM().Election(g.Name)
+		}
+		if !ok || m.Holder == nil || m.Holder.Token >= g.Token {
+			continue // nothing older to check: caught up, or never held
+		}
+		old := g
+		old.Token = m.Holder.Token
+		r.fence(ctx, local, id, &old)
+	}
 }
 
 func (c *client) tryLock(ctx context.Context) {
@@ -316,6 +382,7 @@ func (c *client) tryLock(ctx context.Context) {
 	}
 	if res.Held {
 		g := c.r.rec.AddGrant(checker.Grant{Name: name, Client: c.id, Lease: sess.ID(), Token: res.Token, Invoke: op.Call, Return: op.Return})
+		c.r.announce(g)
 		c.hold(ctx, g, sess.Live, c.holdFor())
 	}
 	// Release also after an unknown outcome: the lock may be ours.
@@ -391,6 +458,7 @@ func (c *client) waitLock(ctx context.Context) {
 	ret := c.r.rec.Now()
 	if err == nil && res.Held {
 		g := c.r.rec.AddGrant(checker.Grant{Name: name, Client: c.id, Lease: sess.ID(), Token: res.Token, Invoke: invoke, Return: ret})
+		c.r.announce(g)
 		c.hold(ctx, g, sess.Live, c.holdFor())
 	}
 	if c.unlock(name, sess.ID(), res.Token, false) == checker.Unknown {
@@ -410,6 +478,7 @@ func (c *client) campaign(ctx context.Context) {
 	if err == nil && res.Leader {
 		token := res.Token
 		g := c.r.rec.AddGrant(checker.Grant{Name: name, Election: true, Client: c.id, Lease: sess.ID(), Token: token, Invoke: invoke, Return: ret})
+		c.r.announce(g)
 		c.hold(ctx, g, func() bool {
 			st := c.local.Self(name)
 			return st.Leader && st.Token == token
