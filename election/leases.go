@@ -33,6 +33,8 @@ type leaseTracker struct {
 	vmu      sync.Mutex
 	vnext    *leaderCheck // the round keepalives arriving now wait for
 	vrunning bool
+	vidle    chan struct{} // closed when the running rounds end
+	vclosed  bool          // the server is closing: no new rounds
 }
 
 // leaderCheck is one round of confirming leadership with a quorum.
@@ -299,13 +301,18 @@ func (t *leaseTracker) extend(id string) (time.Duration, error) {
 // lease on its own clock. Concurrent keepalives share one round.
 func (t *leaseTracker) confirmLeader(ctx context.Context) error {
 	t.vmu.Lock()
+	if t.vclosed {
+		t.vmu.Unlock()
+		return ErrShutdown
+	}
 	if t.vnext == nil {
 		t.vnext = &leaderCheck{done: make(chan struct{})}
 	}
 	round := t.vnext
 	if !t.vrunning {
 		t.vrunning = true
-		go t.runLeaderChecks()
+		t.vidle = make(chan struct{})
+		go t.runLeaderChecks(t.vidle)
 	}
 	t.vmu.Unlock()
 	select {
@@ -318,14 +325,19 @@ func (t *leaseTracker) confirmLeader(ctx context.Context) error {
 
 // runLeaderChecks runs rounds while keepalives wait for one; each round
 // starts after every keepalive waiting for it has arrived.
-func (t *leaseTracker) runLeaderChecks() {
+func (t *leaseTracker) runLeaderChecks(idle chan struct{}) {
+	defer close(idle)
 	for {
 		t.vmu.Lock()
 		round := t.vnext
 		t.vnext = nil
-		if round == nil {
+		if round == nil || t.vclosed {
 			t.vrunning = false
 			t.vmu.Unlock()
+			if round != nil {
+				round.err = ErrShutdown
+				close(round.done)
+			}
 			return
 		}
 		t.vmu.Unlock()
@@ -333,6 +345,25 @@ func (t *leaseTracker) runLeaderChecks() {
 			round.err = fmt.Errorf("%w: %v", ErrNotLeader, err)
 		}
 		close(round.done)
+	}
+}
+
+// stopLeaderChecks starts no more rounds and waits, up to wait, for the
+// running one. hashicorp/raft never answers a VerifyLeader queued as it
+// shuts down, so the round must end before Raft does; a round ends within
+// the leader lease (confirmed, or the leader steps down and answers it).
+func (t *leaseTracker) stopLeaderChecks(wait time.Duration) {
+	t.vmu.Lock()
+	t.vclosed = true
+	idle := t.vidle
+	running := t.vrunning
+	t.vmu.Unlock()
+	if !running {
+		return
+	}
+	select {
+	case <-idle:
+	case <-time.After(wait):
 	}
 }
 

@@ -657,6 +657,9 @@ func (s *Server) Close() error {
 			s.rpcSrv.Close()
 		}
 		s.rpc.close()
+		if s.leases != nil {
+			s.leases.stopLeaderChecks(2*s.cfg.LeaderLeaseTimeout + s.cfg.HeartbeatTimeout)
+		}
 		if err := s.raft.Shutdown().Error(); err != nil {
 			s.closeErr = fmt.Errorf("raft shutdown: %w", err)
 		}
