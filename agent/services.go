@@ -24,6 +24,9 @@ import (
 // leaves the local state as it was; one whose outcome is unknown stays, and
 // anti-entropy makes the registry agree.
 func (a *Agent) RegisterService(ctx context.Context, in *fsm.Instance) (*fsm.Result, error) {
+	if bugAckBeforeCommit {
+		return a.registerAckedEarly(ctx, *in)
+	}
 	return a.register(ctx, *in, localstate.SourceAPI)
 }
 
