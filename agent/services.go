@@ -231,8 +231,11 @@ func (a *Agent) startLocalState(ctx context.Context, bg context.Context) error {
 	if err := a.retry(ctx, func() error { return a.ConsistentRead(ctx) }); err != nil {
 		return fmt.Errorf("read the registry: %w", err)
 	}
-	if a.state.Created() {
+	if !a.state.Adopted() {
 		if err := a.adoptRegistered(); err != nil {
+			return err
+		}
+		if err := a.state.MarkAdopted(); err != nil {
 			return err
 		}
 	}

@@ -31,8 +31,8 @@ func TestStore_keepsWritesAcrossReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !s.Created() {
-		t.Fatal("a new file is not reported as created")
+	if s.Adopted() {
+		t.Fatal("a new file is reported as adopted")
 	}
 	// Concurrent writers share commits; every one of them is kept.
 	var wg sync.WaitGroup
@@ -63,8 +63,8 @@ func TestStore_keepsWritesAcrossReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if s.Created() {
-		t.Fatal("an existing file is reported as created")
+	if !s.Adopted() {
+		t.Fatal("a file with records (of a release before the mark) is not reported as adopted")
 	}
 	if s.Len() != 399 {
 		t.Fatalf("reopened with %d services, want 399", s.Len())
@@ -508,5 +508,37 @@ func TestAntiEntropy_waitsBehindAnUnknownRegistration(t *testing.T) {
 		if c == "register_instance" {
 			t.Fatalf("anti-entropy wrote an instance whose registration had just ended unknown: %v", w.cmds)
 		}
+	}
+}
+
+// A first start on a new data dir that died before the agent adopted the
+// registry's instances leaves a file that exists and owns nothing: the
+// next start must still adopt them, not let anti-entropy remove them. The
+// mark, once written, survives a reopen.
+func TestStore_adoptionIsRecordedNotInferred(t *testing.T) {
+	path := filepath.Join(t.TempDir(), FileName)
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close() // the first start died here
+	s, err = Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Adopted() {
+		t.Fatal("an existing empty file that never adopted is reported as adopted")
+	}
+	if err := s.MarkAdopted(); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s, err = Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if !s.Adopted() {
+		t.Fatal("the adoption mark did not survive a reopen")
 	}
 }

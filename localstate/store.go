@@ -18,6 +18,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -97,7 +98,11 @@ func recovery(path string) string {
 var (
 	bucketServices    = []byte("services")
 	bucketCandidacies = []byte("candidacies")
-	castagnoli        = crc32.MakeTable(crc32.Castagnoli)
+	// bucketMeta holds keyAdopted once the agent took in the instances the
+	// registry held for its node (see Adopted).
+	bucketMeta = []byte("meta")
+	keyAdopted = []byte("adopted")
+	castagnoli = crc32.MakeTable(crc32.Castagnoli)
 )
 
 // Store holds the local state in memory, mirrored to a bbolt file unless it
@@ -107,7 +112,7 @@ var (
 type Store struct {
 	path    string
 	db      *bolt.DB // nil: in memory
-	created bool
+	adopted atomic.Bool
 
 	// failed, once set, is returned by every write: damage found in the
 	// file (then damaged is closed), or a write whose outcome on disk is
@@ -161,16 +166,12 @@ func Open(path string) (*Store, error) {
 		seed:        maphash.MakeSeed(),
 	}
 	if path == "" {
-		s.created = true
 		s.defs = map[string]*Service{}
 		close(s.writerEnd)
 		return s, nil
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, s.openError("create its directory", err)
-	}
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		s.created = true
 	}
 	db, err := boltopen.Open(path, boltopen.Options{Timeout: 5 * time.Second, Recovery: recovery(path)})
 	switch {
@@ -193,13 +194,17 @@ func Open(path string) (*Store, error) {
 
 func (s *Store) load() error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketServices, bucketCandidacies} {
+		for _, b := range [][]byte{bucketServices, bucketCandidacies, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); errors.Is(err, bolt.ErrIncompatibleValue) {
 				return s.damage(fmt.Sprintf("%s is not a bucket", b), err)
 			} else if err != nil {
 				return s.openError("create bucket "+string(b), err)
 			}
 		}
+		// A file of an earlier release, without the mark, that holds
+		// records finished its first start: it counts as adopted.
+		s.adopted.Store(tx.Bucket(bucketMeta).Get(keyAdopted) != nil ||
+			tx.Bucket(bucketServices).Stats().KeyN > 0 || tx.Bucket(bucketCandidacies).Stats().KeyN > 0)
 		err := tx.Bucket(bucketServices).ForEach(func(k, v []byte) error {
 			var svc Service
 			if err := s.decode(bucketServices, k, v, &svc); err != nil {
@@ -449,8 +454,21 @@ func (s *Store) persist(bucket, key, val []byte) error {
 	}
 }
 
-// Created reports whether the store began empty: a new file, or in memory.
-func (s *Store) Created() bool { return s.created }
+// Adopted reports whether the agent has taken in, once, the instances the
+// registry held for its node when this local state was new (MarkAdopted).
+// Until then a start must adopt them: a first start on a new data dir that
+// died before it got that far left a file that exists but owns nothing, and
+// anti-entropy would otherwise remove what the node's apps registered.
+func (s *Store) Adopted() bool { return s.adopted.Load() }
+
+// MarkAdopted records, on disk, that the adoption is done.
+func (s *Store) MarkAdopted() error {
+	if err := s.persist(bucketMeta, keyAdopted, []byte{1}); err != nil {
+		return err
+	}
+	s.adopted.Store(true)
+	return nil
+}
 
 // LockID serialises the writes of one instance id (a registration and the
 // anti-entropy's correction of it) without serialising different ids.
