@@ -233,11 +233,12 @@ func (g *voteGate) observe(index uint64, c raft.Configuration) {
 		return
 	}
 	if !voter {
-		if index > g.notVoterAt {
-			g.notVoterAt = index
-			g.log.Info("this fresh server is a non-voter; it becomes a voter once the leader finds it caught up", "configuration_index", index)
-		}
+		first := g.notVoterAt == 0
+		g.notVoterAt = max(g.notVoterAt, index)
 		g.mu.Unlock()
+		if first {
+			g.log.Info("this fresh server is not a voter; the leader promotes it once it has caught up", "configuration_index", index)
+		}
 		return
 	}
 	promoted := g.notVoterAt > 0 && index > g.notVoterAt
