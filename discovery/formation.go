@@ -115,6 +115,10 @@ type Formation struct {
 	// unsafe remembers the fresh voters not demoted because quorum did not
 	// allow it, so each is logged once.
 	unsafe map[string]bool
+	// promoted holds when this leader promoted each server: its fresh tag
+	// may still say "0" for a moment after, until the server has applied
+	// its promotion and gossiped so.
+	promoted map[string]time.Time
 }
 
 // NewFormation returns the formation of a server.
@@ -136,7 +140,7 @@ func NewFormation(cfg FormationConfig, g *Gossip, srv *election.Server, w Writer
 	}
 	return &Formation{cfg: cfg, g: g, srv: srv, reg: srv.FSM(), w: w,
 		log: cfg.Logger.With("component", "formation"), wake: make(chan struct{}, 1), refused: map[string]string{},
-		caughtUp: map[string]stable{}, unsafe: map[string]bool{}}
+		caughtUp: map[string]stable{}, unsafe: map[string]bool{}, promoted: map[string]time.Time{}}
 }
 
 // Wake asks for a reconciliation now (the agent forwards gossip events).
@@ -152,7 +156,9 @@ func (f *Formation) Run(ctx context.Context) {
 	tick := time.NewTicker(f.cfg.Interval)
 	defer tick.Stop()
 	// Leadership changes matter at once: a new leader reconciles first. So
-	// does the end of a non-voter's stabilisation period.
+	// do the end of a non-voter's stabilisation period and a change of
+	// what this server's tags must say (a fresh server seeing itself a
+	// non-voter, or promoted).
 	leaderTick := time.NewTicker(100 * time.Millisecond)
 	defer leaderTick.Stop()
 	wasLeader := false
@@ -166,7 +172,7 @@ func (f *Formation) Run(ctx context.Context) {
 		case <-leaderTick.C:
 			if l := f.srv.IsLeader(); l != wasLeader {
 				wasLeader = l
-			} else if !f.promotionDue() {
+			} else if !f.promotionDue() && !f.tagsStale() {
 				continue
 			}
 		}
@@ -187,6 +193,7 @@ func (f *Formation) step(ctx context.Context) {
 	} else {
 		// A later term starts its own stabilisation periods.
 		clear(f.caughtUp)
+		clear(f.promoted)
 	}
 }
 
@@ -273,21 +280,12 @@ func bootstrapTag(conf raft.Configuration) string {
 // has had a leader, then "1") and TagFresh while the server waits to be
 // promoted.
 func (f *Formation) advertise(ctx context.Context) error {
-	want := map[string]string{TagBootstrapped: "1"}
-	// The first leader appends an entry after the bootstrap configuration
-	// (index 1) at once.
-	if f.srv.Raft().LastIndex() <= 1 {
-		fut := f.srv.Raft().GetConfiguration()
-		if err := fut.Error(); err != nil {
-			return err
-		}
-		want[TagBootstrapped] = bootstrapTag(fut.Configuration())
-	}
-	if fresh, at := f.srv.Fresh(); fresh {
-		want[TagFresh] = strconv.FormatUint(at, 10)
+	want, err := f.wantTags()
+	if err != nil {
+		return err
 	}
 	meta := f.g.LocalMember().Meta
-	if meta.Tags[TagBootstrapped] == want[TagBootstrapped] && meta.Tags[TagFresh] == want[TagFresh] {
+	if !tagsDiffer(meta.Tags, want) {
 		return nil
 	}
 	meta.Tags = maps.Clone(meta.Tags)
@@ -305,6 +303,46 @@ func (f *Formation) advertise(ctx context.Context) error {
 		return fmt.Errorf("advertise raft state: %w", err)
 	}
 	return nil
+}
+
+// wantTags returns the tags advertise sets, for a server that holds Raft
+// state.
+func (f *Formation) wantTags() (map[string]string, error) {
+	want := map[string]string{TagBootstrapped: "1"}
+	// The first leader appends an entry after the bootstrap configuration
+	// (index 1) at once.
+	if f.srv.Raft().LastIndex() <= 1 {
+		fut := f.srv.Raft().GetConfiguration()
+		if err := fut.Error(); err != nil {
+			return nil, err
+		}
+		want[TagBootstrapped] = bootstrapTag(fut.Configuration())
+	}
+	if fresh, at := f.srv.Fresh(); fresh {
+		want[TagFresh] = strconv.FormatUint(at, 10)
+	}
+	return want, nil
+}
+
+func tagsDiffer(have, want map[string]string) bool {
+	for _, k := range []string{TagBootstrapped, TagFresh} {
+		h, hok := have[k]
+		w, wok := want[k]
+		if hok != wok || h != w {
+			return true
+		}
+	}
+	return false
+}
+
+// tagsStale reports whether this server's tags no longer say what its Raft
+// state is (checked often: the leader acts on them).
+func (f *Formation) tagsStale() bool {
+	if !f.hasState() {
+		return false
+	}
+	want, err := f.wantTags()
+	return err == nil && tagsDiffer(f.g.LocalMember().Meta.Tags, want)
 }
 
 // certified reports whether the member that claims role=server in gossip
@@ -447,6 +485,9 @@ func (f *Formation) demoteFresh(ctx context.Context, m Member, voters, alive int
 	if self, _ := f.srv.Leader(); self == m.Name {
 		return false, nil
 	}
+	if at, ok := f.promoted[m.Name]; ok && time.Since(at) < promotedGrace {
+		return false, nil // its tag is older than its promotion
+	}
 	if !quorumSafe(voters, alive, alive-1) {
 		if !f.unsafe[m.Name] {
 			f.unsafe[m.Name] = true
@@ -524,8 +565,14 @@ func (f *Formation) promote(ctx context.Context, m Member) (bool, error) {
 		return false, fmt.Errorf("promote %s: %w", m.Name, err)
 	}
 	delete(f.caughtUp, m.Name)
+	f.promoted[m.Name] = time.Now()
 	return true, nil
 }
+
+// promotedGrace is how long after promoting a server the leader ignores its
+// fresh tag: far longer than the server takes to apply its promotion and
+// gossip its new tags (a few heartbeats and a broadcast).
+const promotedGrace = 10 * time.Second
 
 // isCaughtUp asks a non-voter for its Raft status and reports its applied
 // index, whether it follows this leader in its term with that index within
