@@ -176,7 +176,15 @@ func newGateCluster(t *testing.T) *gateCluster {
 			cfg.BootstrapServers = servers
 		})
 	}
-	c.waitLeader()
+	l := c.waitLeader()
+	waitUntil(t, 10*time.Second, "every server to follow the leader", func() bool {
+		for _, s := range c.srv {
+			if len(s.raft.GetConfiguration().Configuration().Servers) != 3 || s.raft.LastIndex() < l.raft.LastIndex() {
+				return false
+			}
+		}
+		return true
+	})
 	return c
 }
 
