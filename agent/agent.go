@@ -210,6 +210,10 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 		// One expected server bootstraps alone at once; more bootstrap
 		// together through gossip.
 		sc.Bootstrap = cfg.Dev || cfg.BootstrapExpect == 1
+		// A server with an empty data dir that joins a cluster may be one
+		// whose disk was wiped: it neither votes nor stands for election
+		// until the leader has caught it up and promoted it.
+		sc.GateFresh = !cfg.Dev
 		if cfg.SnapshotThreshold > 0 {
 			sc.SnapshotThreshold = cfg.SnapshotThreshold
 		}
@@ -284,6 +288,10 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 			fc.ReapAfter = cfg.ReapAfter
 		}
 		fc.BootstrapExpect = cfg.BootstrapExpect
+		if cfg.Raft != nil {
+			// Ten heartbeat timeouts, as with the default timings.
+			fc.PromoteAfter = 10 * cfg.Raft.HeartbeatTimeout
+		}
 		fc.Logger = log
 		a.formation = discovery.NewFormation(fc, g, a.server, a.remote)
 	} else {

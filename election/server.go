@@ -77,6 +77,11 @@ type ServerConfig struct {
 	// (itself alone when empty) if it holds no Raft state yet.
 	Bootstrap        bool
 	BootstrapServers []raft.Server
+	// GateFresh: a server that starts with no Raft state and does not
+	// bootstrap neither votes nor stands for election until a leader has
+	// promoted it to voter (fresh.go). The agent sets it; in-memory test
+	// clusters, whose followers all start empty, leave it off.
+	GateFresh bool
 
 	// Raft timings. The leader lease must stay below the heartbeat timeout:
 	// a deposed leader then steps down before a successor can be elected,
@@ -164,6 +169,9 @@ type Server struct {
 	rpcSrv  *http.Server
 	// aclr holds an aclBox: the resolver the leader checks tokens with.
 	aclr atomic.Value
+	// gate keeps a fresh server out of elections until promoted; nil
+	// unless it started fresh with GateFresh (fresh.go).
+	gate *voteGate
 
 	notify    chan bool
 	stop      chan struct{}
@@ -330,13 +338,18 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 		}
 	}
 
-	r, err := newRaft(rc, &recordingFSM{FSM: s.fsm, log: s.changes}, logs, stable, snaps, s.trans)
+	f, trans, err := s.gateFresh(&recordingFSM{FSM: s.fsm, log: s.changes}, logs, stable, snaps)
+	if err != nil {
+		return nil, err
+	}
+	r, err := newRaft(rc, f, logs, stable, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
 	s.raft = r
 	s.leases = newLeaseTracker(s)
 	s.m = newServerMetrics(cfg.Registerer, s)
+	s.freshStarted()
 
 	if s.mux != nil {
 		s.rpcSrv = &http.Server{Handler: s.rpcHandler(), ReadHeaderTimeout: 10 * time.Second, ConnContext: withPeerIdentity}
