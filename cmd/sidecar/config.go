@@ -333,7 +333,7 @@ func (c *Config) derive(explicit map[string]source) error {
 	if c.Server && !given("bootstrap-expect") {
 		// --server alone is a one-node cluster. With --join it is a server
 		// joining an existing cluster, which must never bootstrap a second
-		// one: the leader adds it as a voter instead.
+		// one: the leader adds it (as a non-voter, a voter once caught up) instead.
 		if len(c.Join) == 0 {
 			c.BootstrapExpect = 1
 		}
