@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 // ext4Volume makes an ext4 file system in a sparse file of size, mounted
@@ -75,9 +77,16 @@ func sh(t *testing.T, name string, args ...string) {
 // ready; it returns the process and its HTTP URL.
 func server(t *testing.T, dataDir string) (*proc, string) {
 	t.Helper()
-	httpAddr := freeAddr(t)
+	p, url, _ := serverDNS(t, dataDir)
+	return p, url
+}
+
+// serverDNS is server, and returns the DNS address too.
+func serverDNS(t *testing.T, dataDir string) (*proc, string, string) {
+	t.Helper()
+	httpAddr, dnsAddr := freeAddr(t), freeAddr(t)
 	p := start(t, "agent", "--server", "--bootstrap-expect", "1", "--name", "s1", "--data-dir", dataDir,
-		"--http-addr", httpAddr, "--dns-addr", freeAddr(t), "--bind-addr", freeAddr(t), "--raft-addr", freeAddr(t))
+		"--http-addr", httpAddr, "--dns-addr", dnsAddr, "--bind-addr", freeAddr(t), "--raft-addr", freeAddr(t))
 	url := "http://" + httpAddr
 	waitUntil(t, 30*time.Second, "server ready", func() bool {
 		select {
@@ -92,7 +101,7 @@ func server(t *testing.T, dataDir string) (*proc, string) {
 		resp.Body.Close()
 		return resp.StatusCode == 200
 	})
-	return p, url
+	return p, url, dnsAddr
 }
 
 func diskCall(method, url, body string) (int, string, error) {
@@ -246,4 +255,108 @@ func TestDisk_flippedByteInALogEntry(t *testing.T) {
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// A server's data dir on a disk that fills up: registrations are refused
+// with 507 naming the disk, at once; reads and DNS go on; the leader does
+// not change; once space is freed writes work again within 5 s, and every
+// acknowledged write is there.
+func TestDisk_fullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	disk := t.TempDir()
+	// The Raft log allocates 2 segments of 64 MiB ahead.
+	sh(t, "mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", disk)
+	t.Cleanup(func() { exec.Command("umount", "-l", disk).Run() })
+	_, url, dnsAddr := serverDNS(t, filepath.Join(disk, "data"))
+	register := func(i int) (int, string) {
+		code, body, err := diskCall("PUT", url+"/v1/services", fmt.Sprintf(`{"id":"web-%d","name":"web","address":"10.0.0.%d","port":80}`, i, i%250+1))
+		if err != nil {
+			t.Fatalf("register web-%d: %v", i, err)
+		}
+		return code, body
+	}
+	term := func() uint64 {
+		_, body, err := diskCall("GET", url+"/v1/status", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st struct{ Term uint64 }
+		json.Unmarshal([]byte(body), &st)
+		return st.Term
+	}
+	acked := 0
+	for ; acked < 20; acked++ {
+		if code, body := register(acked); code != 200 {
+			t.Fatalf("register web-%d: %d %s", acked, code, body)
+		}
+	}
+	termBefore := term()
+
+	f, err := os.Create(filepath.Join(disk, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			break
+		}
+	}
+	f.Close()
+
+	refused := 0
+	for i := acked; refused < 5 && i < acked+1000; i++ {
+		start := time.Now()
+		code, body := register(i)
+		took := time.Since(start)
+		switch {
+		case code == 200:
+			acked = i + 1 // written in room the disk still had
+			continue
+		case code != 507 || !strings.Contains(body, `"error"`) || !strings.Contains(body, "full") || !strings.Contains(body, disk):
+			t.Fatalf("register on a full disk: %d %s, want 507 naming the disk %s", code, body, disk)
+		case took > time.Second:
+			t.Fatalf("refusal took %v", took)
+		}
+		refused++
+		if refused == 1 {
+			t.Logf("refused: %s", strings.TrimSpace(body))
+		}
+	}
+	if refused < 5 {
+		t.Fatal("the full disk never refused a registration")
+	}
+	// Reads and DNS go on.
+	if code, body, err := diskCall("GET", url+"/v1/services/web", ""); err != nil || code != 200 || strings.Count(body, `"id"`) != acked {
+		t.Fatalf("read on a full disk: %d %v, %d instances, want %d", code, err, strings.Count(body, `"id"`), acked)
+	}
+	m := new(dns.Msg)
+	m.SetQuestion("_web._tcp.service.sidecar.", dns.TypeSRV)
+	in, _, err := (&dns.Client{Net: "tcp", Timeout: 2 * time.Second}).Exchange(m, dnsAddr)
+	if err != nil || in.Rcode != dns.RcodeSuccess || len(in.Answer) == 0 {
+		t.Fatalf("DNS on a full disk: %v %v", in, err)
+	}
+	if got := term(); got > termBefore+1 {
+		t.Fatalf("term went from %d to %d on a full disk: more than one leader change", termBefore, got)
+	}
+
+	os.Remove(filepath.Join(disk, "filler"))
+	freed := time.Now()
+	for {
+		code, body := register(acked)
+		if code == 200 {
+			acked++
+			break
+		}
+		if time.Since(freed) > 5*time.Second {
+			t.Fatalf("writes did not resume within 5 s of freeing space: %d %s", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("writes resumed %v after space was freed", time.Since(freed).Round(time.Millisecond))
+	if _, body, _ := diskCall("GET", url+"/v1/services/web", ""); strings.Count(body, `"id"`) != acked {
+		t.Fatalf("%d instances after the disk had room again, want %d acknowledged", strings.Count(body, `"id"`), acked)
+	}
 }
