@@ -166,7 +166,8 @@ func TestStream_manyClientsShareOneSnapshot(t *testing.T) {
 
 	// A leader change: the streams move to the new leader and resume.
 	before = encoded()
-	old := leader()
+	var old *election.Server
+	waitFor(t, 10*time.Second, "a leader to move", func() bool { old = leader(); return old != nil })
 	if err := old.TransferLeadership(); err != nil {
 		t.Fatal(err)
 	}
