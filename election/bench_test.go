@@ -44,7 +44,7 @@ func benchServer(b *testing.B, onDisk bool) *election.Server {
 
 func BenchmarkServer_Register(b *testing.B) {
 	for _, disk := range []bool{false, true} {
-		b.Run(map[bool]string{false: "inmem", true: "bolt"}[disk], func(b *testing.B) {
+		b.Run(map[bool]string{false: "inmem", true: "disk"}[disk], func(b *testing.B) {
 			s := benchServer(b, disk)
 			ctx := context.Background()
 			b.ReportAllocs()
@@ -62,7 +62,7 @@ func BenchmarkServer_Register(b *testing.B) {
 
 func BenchmarkServer_LockAcquireRelease(b *testing.B) {
 	for _, disk := range []bool{false, true} {
-		b.Run(map[bool]string{false: "inmem", true: "bolt"}[disk], func(b *testing.B) {
+		b.Run(map[bool]string{false: "inmem", true: "disk"}[disk], func(b *testing.B) {
 			s := benchServer(b, disk)
 			ctx := context.Background()
 			lease, err := s.Apply(ctx, &fsm.GrantLease{TTL: 60e9})
