@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -18,6 +17,7 @@ import (
 	"github.com/sidecarhq/sidecar/agent/agenttest"
 	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/election/electiontest"
+	"github.com/sidecarhq/sidecar/internal/disktest"
 	"github.com/sidecarhq/sidecar/localstate"
 )
 
@@ -49,26 +49,12 @@ func TestAgent_New_damagedLocalState(t *testing.T) {
 	}
 }
 
-// mountTmpfs mounts a tmpfs of size at a new directory (root only).
-func mountTmpfs(t *testing.T, size string) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a tmpfs needs root")
-	}
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs (%v: %s)", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
-	return dir
-}
-
 // TestAgent_register_diskFull: a client agent whose data dir is on a full
 // disk refuses a registration with 507 and an error naming the disk,
 // changes nothing, keeps serving reads, and takes registrations again once
 // space is freed.
 func TestAgent_register_diskFull(t *testing.T) {
-	dir := mountTmpfs(t, "1m")
+	dir := disktest.Tmpfs(t, "1m")
 	servers := agenttest.Cluster(t, 1, nil)
 	c := agenttest.Join(t, servers[0], "client", false, func(cfg *agent.Config) { cfg.DataDir = dir })
 	c.WaitReady(30 * time.Second)

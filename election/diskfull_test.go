@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/sidecarhq/sidecar/election"
 	"github.com/sidecarhq/sidecar/fsm"
+	"github.com/sidecarhq/sidecar/internal/disktest"
 )
 
 // A single server whose data dir fills up: writes are refused with
@@ -20,14 +20,7 @@ import (
 // leadership; the server's own lease expiries still commit; once space is
 // freed writes resume by themselves, and nothing acknowledged is lost.
 func TestServer_diskFullRefusesWritesWithoutLosingLeadership(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
-	}
-	disk := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", disk).CombinedOutput(); err != nil {
-		t.Skipf("mount tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", disk).Run() })
+	disk := disktest.Tmpfs(t, "12m")
 
 	cfg := election.TestServerConfig()
 	cfg.Node, cfg.DataDir, cfg.Bootstrap = "s1", filepath.Join(disk, "data"), true
@@ -58,18 +51,7 @@ func TestServer_diskFullRefusesWritesWithoutLosingLeadership(t *testing.T) {
 	if _, err := s.Apply(ctx, &fsm.RegisterNode{Name: "s1", Address: "127.0.0.1"}); err != nil {
 		t.Fatal(err)
 	}
-	filler := filepath.Join(disk, "filler")
-	f, err := os.Create(filler)
-	if err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 64<<10)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			break
-		}
-	}
-	f.Close()
+	filler := disktest.Fill(t, disk)
 
 	acked := 0
 	var refusal error

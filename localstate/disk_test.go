@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/sidecarhq/sidecar/internal/disktest"
 )
 
 // Damaged files, full and read-only disks, on real filesystems the tests
@@ -218,45 +220,11 @@ func TestStore_writeError_classified(t *testing.T) {
 	}
 }
 
-// mountTmpfs mounts a tmpfs of size at a new directory (root only).
-func mountTmpfs(t *testing.T, size string) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a tmpfs needs root")
-	}
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs (%v: %s)", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
-	return dir
-}
-
-// fill writes a file until the filesystem of dir is full.
-func fill(t *testing.T, dir string) string {
-	t.Helper()
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 4096)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Fatal(err)
-			}
-			return path
-		}
-	}
-}
-
 // TestStore_diskFull: on a full disk a write is refused with an error
 // naming the disk, changes nothing, and writes resume by themselves once
 // space is freed.
 func TestStore_diskFull(t *testing.T) {
-	dir := mountTmpfs(t, "1m")
+	dir := disktest.Tmpfs(t, "1m")
 	path := filepath.Join(dir, FileName)
 	s, err := Open(path)
 	if err != nil {
@@ -266,7 +234,7 @@ func TestStore_diskFull(t *testing.T) {
 	if err := s.PutService(svc("before", 1)); err != nil {
 		t.Fatal(err)
 	}
-	filler := fill(t, dir)
+	filler := disktest.Fill(t, dir)
 
 	// Large enough to need pages the file does not have yet.
 	big := svc("big", 2)
@@ -300,7 +268,7 @@ func TestStore_diskFull(t *testing.T) {
 // TestStore_readOnlyAtOpen: a data dir on a read-only disk stops Open with
 // one line naming the disk.
 func TestStore_readOnlyAtOpen(t *testing.T) {
-	dir := mountTmpfs(t, "1m")
+	dir := disktest.Tmpfs(t, "1m")
 	path := filepath.Join(dir, FileName)
 	storeWith(t, path, 3)
 	if out, err := exec.Command("mount", "-o", "remount,ro", dir).CombinedOutput(); err != nil {
@@ -318,31 +286,8 @@ func TestStore_readOnlyAtOpen(t *testing.T) {
 // refuses while the file is open for writing): writes are refused with a
 // clear error, reads go on, nothing panics.
 func TestStore_readOnlyWhileOpen(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounting an ext4 image needs root")
-	}
-	for _, tool := range []string{"mkfs.ext4", "mount", "losetup"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-	}
-	img := filepath.Join(t.TempDir(), "disk.img")
-	dir := t.TempDir()
-	if err := os.WriteFile(img, make([]byte, 8<<20), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img).CombinedOutput(); err != nil {
-		t.Skipf("mkfs.ext4: %v: %s", err, out)
-	}
-	if out, err := exec.Command("mount", "-o", "loop,errors=remount-ro", img, dir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount an ext4 image (%v: %s)", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", dir).Run() })
-	src, err := exec.Command("findmnt", "-n", "-o", "SOURCE", dir).Output()
-	if err != nil {
-		t.Skipf("findmnt: %v", err)
-	}
-	trigger := filepath.Join("/sys/fs/ext4", filepath.Base(strings.TrimSpace(string(src))), "trigger_fs_error")
+	vol := disktest.NewExt4(t, "8M")
+	dir := vol.Dir
 
 	path := filepath.Join(dir, FileName)
 	s, err := Open(path)
@@ -353,9 +298,7 @@ func TestStore_readOnlyWhileOpen(t *testing.T) {
 	if err := s.PutService(svc("before", 1)); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(trigger, []byte("1"), 0o200); err != nil {
-		t.Skipf("cannot make ext4 fail (%v)", err)
-	}
+	vol.Fail(t)
 	err = s.PutService(svc("after", 2))
 	requireOneLine(t, err, ErrReadOnly, path, "the disk at "+dir+" is read-only")
 	if _, ok, err := s.Service("after"); ok || err != nil {

@@ -3,12 +3,13 @@ package raftlog
 import (
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/sidecarhq/sidecar/internal/disktest"
 )
 
 // TestDeleteRange_overwrittenEntriesNeverComeBack: entries a new leader
@@ -42,41 +43,15 @@ func TestDeleteRange_overwrittenEntriesNeverComeBack(t *testing.T) {
 	}
 }
 
-// mountTmpfs mounts a tmpfs of size bytes for the test (root only).
-func mountTmpfs(t *testing.T, size string) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
-	}
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Skipf("mount tmpfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
-	return dir
-}
-
 func TestRoom_fullDiskRefusesNewWritesAndRecovers(t *testing.T) {
-	disk := mountTmpfs(t, "8m")
+	disk := disktest.Tmpfs(t, "8m")
 	dir := filepath.Join(disk, "raft-log")
 	const seg = 1 << 20
 	s := open(t, dir, Options{SegmentSize: seg, Reserve: 64 << 10})
 	if err := s.Room(); err != nil {
 		t.Fatalf("room on an empty disk: %v", err)
 	}
-	// Fill the disk with something else.
-	filler := filepath.Join(disk, "filler")
-	f, err := os.Create(filler)
-	if err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 64<<10)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			break
-		}
-	}
-	f.Close()
+	filler := disktest.Fill(t, disk) // something else fills the disk
 
 	// Writes go on into the allocated segments until Room says no.
 	next := uint64(1)
@@ -90,7 +65,7 @@ func TestRoom_fullDiskRefusesNewWritesAndRecovers(t *testing.T) {
 		}
 		next++
 	}
-	err = s.Room()
+	err := s.Room()
 	if !errors.Is(err, ErrDiskFull) {
 		t.Fatalf("room: %v", err)
 	}
@@ -130,19 +105,11 @@ func TestRoom_fullDiskRefusesNewWritesAndRecovers(t *testing.T) {
 // room left fails with ErrDiskFull, leaves the log as it was, and the
 // store takes writes again once there is space.
 func TestStoreLogs_diskFullMidWriteChangesNothing(t *testing.T) {
-	disk := mountTmpfs(t, "4m")
+	disk := disktest.Tmpfs(t, "4m")
 	dir := filepath.Join(disk, "raft-log")
 	s := open(t, dir, Options{SegmentSize: 1 << 20})
 	store(t, s, 1, 10)
-	filler := filepath.Join(disk, "filler")
-	f, _ := os.Create(filler)
-	buf := make([]byte, 64<<10)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			break
-		}
-	}
-	f.Close()
+	filler := disktest.Fill(t, disk)
 	big := make([]*raft.Log, 0, 3)
 	for i := uint64(11); i <= 13; i++ {
 		big = append(big, &raft.Log{Index: i, Term: 1, Data: make([]byte, 1<<20)})

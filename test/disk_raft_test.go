@@ -6,72 +6,15 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/sidecarhq/sidecar/internal/disktest"
 )
-
-// ext4Volume makes an ext4 file system in a sparse file of size, mounted
-// with errors=remount-ro (as distributions mount their root), for a test
-// run as root. fail turns it read-only the way an I/O error does; repair
-// unmounts it, checks it and mounts it writable again.
-type ext4Volume struct {
-	img, dir, dev string
-}
-
-func newExt4Volume(t *testing.T, size string) *ext4Volume {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to make and mount a file system")
-	}
-	for _, tool := range []string{"mkfs.ext4", "e2fsck", "losetup"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (e2fsprogs, mount)", tool)
-		}
-	}
-	v := &ext4Volume{img: filepath.Join(t.TempDir(), "disk.img"), dir: t.TempDir()}
-	sh(t, "truncate", "-s", size, v.img)
-	sh(t, "mkfs.ext4", "-q", "-F", v.img)
-	v.mount(t)
-	t.Cleanup(func() { exec.Command("umount", "-l", v.dir).Run() })
-	return v
-}
-
-func (v *ext4Volume) mount(t *testing.T) {
-	t.Helper()
-	sh(t, "mount", "-o", "loop,errors=remount-ro", v.img, v.dir)
-	out, err := exec.Command("findmnt", "-no", "SOURCE", v.dir).Output()
-	if err != nil {
-		t.Fatalf("findmnt: %v", err)
-	}
-	v.dev = filepath.Base(strings.TrimSpace(string(out)))
-}
-
-// fail reports an error in the file system: ext4 remounts it read-only.
-func (v *ext4Volume) fail(t *testing.T) {
-	t.Helper()
-	if err := os.WriteFile("/sys/fs/ext4/"+v.dev+"/trigger_fs_error", []byte("test: a failing disk\n"), 0); err != nil {
-		t.Skipf("cannot trigger an ext4 error: %v", err)
-	}
-}
-
-func (v *ext4Volume) repair(t *testing.T) {
-	t.Helper()
-	sh(t, "umount", v.dir)
-	exec.Command("e2fsck", "-fy", v.img).Run() // exits 1 when it fixed something
-	v.mount(t)
-}
-
-func sh(t *testing.T, name string, args ...string) {
-	t.Helper()
-	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
-		t.Fatalf("%s %v: %v: %s", name, args, err, out)
-	}
-}
 
 // server starts a one-server cluster on dataDir and waits until it is
 // ready; it returns the process and its HTTP URL.
@@ -149,8 +92,8 @@ func noStackTrace(t *testing.T, out string) {
 // taking writes and exits with a clear line, no stack trace; restarted on
 // the repaired volume it has every write it acknowledged.
 func TestDisk_readOnlyVolume(t *testing.T) {
-	vol := newExt4Volume(t, "400M")
-	data := filepath.Join(vol.dir, "data")
+	vol := disktest.NewExt4(t, "400M")
+	data := filepath.Join(vol.Dir, "data")
 	p, url := server(t, data)
 	lease := newLease(t, url)
 	acked := 0
@@ -159,7 +102,7 @@ func TestDisk_readOnlyVolume(t *testing.T) {
 			t.Fatalf("lock %d: %d %s %v", acked, code, body, err)
 		}
 	}
-	vol.fail(t)
+	vol.Fail(t)
 	// Writes now fail: each is either refused with a clear error or never
 	// answered because the server stopped; no write may succeed once the
 	// server has seen its disk fail, and the server must stop taking them.
@@ -193,7 +136,7 @@ func TestDisk_readOnlyVolume(t *testing.T) {
 		t.Fatalf("the exit does not say why:\n%s", out)
 	}
 
-	vol.repair(t)
+	vol.Repair(t)
 	_, url = server(t, data)
 	for i := 0; i < acked; i++ {
 		code, body, err := diskCall("GET", fmt.Sprintf("%s/v1/locks/l-%d", url, i), "")
@@ -262,13 +205,7 @@ func lastLines(s string, n int) string {
 // not change; once space is freed writes work again within 5 s, and every
 // acknowledged write is there.
 func TestDisk_fullDisk(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a small tmpfs")
-	}
-	disk := t.TempDir()
-	// The Raft log allocates 2 segments of 64 MiB ahead.
-	sh(t, "mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", disk)
-	t.Cleanup(func() { exec.Command("umount", "-l", disk).Run() })
+	disk := disktest.Tmpfs(t, "200m") // the Raft log allocates 2 segments of 64 MiB ahead
 	_, url, dnsAddr := serverDNS(t, filepath.Join(disk, "data"))
 	register := func(i int) (int, string) {
 		code, body, err := diskCall("PUT", url+"/v1/services", fmt.Sprintf(`{"id":"web-%d","name":"web","address":"10.0.0.%d","port":80}`, i, i%250+1))
@@ -294,17 +231,7 @@ func TestDisk_fullDisk(t *testing.T) {
 	}
 	termBefore := term()
 
-	f, err := os.Create(filepath.Join(disk, "filler"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 1<<20)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			break
-		}
-	}
-	f.Close()
+	filler := disktest.Fill(t, disk)
 
 	refused := 0
 	for i := acked; refused < 5 && i < acked+1000; i++ {
@@ -342,7 +269,7 @@ func TestDisk_fullDisk(t *testing.T) {
 		t.Fatalf("term went from %d to %d on a full disk: more than one leader change", termBefore, got)
 	}
 
-	os.Remove(filepath.Join(disk, "filler"))
+	os.Remove(filler)
 	freed := time.Now()
 	for {
 		code, body := register(acked)
