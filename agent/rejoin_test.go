@@ -18,103 +18,8 @@ import (
 	"github.com/sidecarhq/sidecar/agent"
 	"github.com/sidecarhq/sidecar/agent/agenttest"
 	"github.com/sidecarhq/sidecar/discovery"
-	"github.com/sidecarhq/sidecar/election"
+	"github.com/sidecarhq/sidecar/internal/termlog"
 )
-
-// termLog is every server's record of the terms it led: raft's "election
-// won" lines in each server's log, and each server's state and term sampled
-// every millisecond.
-type termLog struct {
-	mu      sync.Mutex
-	leaders map[uint64]map[string]bool
-}
-
-func (l *termLog) record(term uint64, node string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.leaders == nil {
-		l.leaders = map[uint64]map[string]bool{}
-	}
-	if l.leaders[term] == nil {
-		l.leaders[term] = map[string]bool{}
-	}
-	l.leaders[term][node] = true
-}
-
-// twoLeaders returns every term led by more than one server.
-func (l *termLog) twoLeaders() map[uint64][]string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	out := map[uint64][]string{}
-	for term, nodes := range l.leaders {
-		if len(nodes) > 1 {
-			for n := range nodes {
-				out[term] = append(out[term], n)
-			}
-		}
-	}
-	return out
-}
-
-func (l *termLog) terms() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.leaders)
-}
-
-// sample records srv's leadership (as node) until stop closes. A leader's
-// term cannot change while it leads: a state read between two equal term
-// reads is its state in that term.
-func (l *termLog) sample(node string, srv *election.Server, stop <-chan struct{}) {
-	r := srv.Raft()
-	for {
-		t1 := r.CurrentTerm()
-		st := r.State()
-		if t2 := r.CurrentTerm(); st == raft.Leader && t1 == t2 {
-			l.record(t1, node)
-		}
-		if st == raft.Shutdown {
-			return
-		}
-		select {
-		case <-stop:
-			return
-		case <-time.After(time.Millisecond):
-		}
-	}
-}
-
-// wonHandler passes records on and notes raft's "election won" lines.
-type wonHandler struct {
-	slog.Handler
-	node string
-	log  *termLog
-}
-
-func (h wonHandler) Handle(ctx context.Context, r slog.Record) error {
-	if r.Message == "election won" {
-		r.Attrs(func(a slog.Attr) bool {
-			var term uint64
-			if a.Key == "term" {
-				if _, err := fmt.Sscan(a.Value.String(), &term); err == nil {
-					h.log.record(term, h.node)
-				}
-			}
-			return true
-		})
-	}
-	return h.Handler.Handle(ctx, r)
-}
-
-func (h wonHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	h.Handler = h.Handler.WithAttrs(as)
-	return h
-}
-
-func (h wonHandler) WithGroup(name string) slog.Handler {
-	h.Handler = h.Handler.WithGroup(name)
-	return h
-}
 
 // tlog writes to t.Log until the test ends (raft and memberlist goroutines
 // may log while winding down).
@@ -134,7 +39,7 @@ func (w *tlog) Write(p []byte) (int, error) {
 }
 
 // server is one agent of the test, run like agenttest.Run but with a
-// logger that feeds the termLog.
+// logger that feeds the term log.
 type server struct {
 	*agent.Agent
 	cfg    agent.Config
@@ -145,12 +50,12 @@ type server struct {
 	stop   chan struct{}
 }
 
-func runServer(t *testing.T, cfg agent.Config, terms *termLog) *server {
+func runServer(t *testing.T, cfg agent.Config, terms *termlog.Log) *server {
 	t.Helper()
 	w := &tlog{t: t}
 	t.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
 	h := slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo})
-	log := slog.New(wonHandler{Handler: h, node: cfg.Name, log: terms}).With("node", cfg.Name)
+	log := slog.New(termlog.Handler(h, cfg.Name, terms)).With("node", cfg.Name)
 	a, err := agent.New(cfg, log)
 	if err != nil {
 		t.Fatalf("new agent %s: %v", cfg.Name, err)
@@ -159,7 +64,7 @@ func runServer(t *testing.T, cfg agent.Config, terms *termLog) *server {
 	s := &server{Agent: a, cfg: cfg, cancel: cancel, done: make(chan error, 1), stop: make(chan struct{})}
 	go func() { s.done <- a.Run(ctx) }()
 	sampled := make(chan struct{})
-	go func() { defer close(sampled); terms.sample(cfg.Name, a.Server(), s.stop) }()
+	go func() { defer close(sampled); terms.Sample(cfg.Name, a.Server().Raft(), s.stop, nil) }()
 	t.Cleanup(func() { s.halt(false); <-sampled })
 	agenttest.WaitFor(t, 5*time.Second, cfg.Name+" listening", func() bool { return a.HTTPAddr() != "" })
 	s.url = "http://" + a.HTTPAddr()
@@ -261,7 +166,7 @@ func leaderAmong(nodes []*server) *server {
 // write, and no term ever had two leaders. A server joining for the first
 // time is likewise a non-voter until caught up.
 func TestCluster_wipedServerRejoinsAsNonvoterUntilCaughtUp(t *testing.T) {
-	terms := &termLog{}
+	terms := &termlog.Log{}
 	var nodes []*server
 	for i := range 3 {
 		cfg := agenttest.Config(fmt.Sprintf("server-%d", i))
@@ -493,8 +398,8 @@ func TestCluster_wipedServerRejoinsAsNonvoterUntilCaughtUp(t *testing.T) {
 	})
 	t.Logf("new server: non-voter %v, voter %v after its start", asNonvoter.Round(time.Millisecond), time.Since(joined).Round(time.Millisecond))
 
-	if two := terms.twoLeaders(); len(two) > 0 {
+	if two := terms.TwoLeaders(); len(two) > 0 {
 		t.Fatalf("terms with two leaders: %v", two)
 	}
-	t.Logf("%d terms recorded, each with one leader", terms.terms())
+	t.Logf("%d terms recorded, each with one leader", terms.Terms())
 }

@@ -1,7 +1,6 @@
 package election
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,28 +10,19 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/sidecarhq/sidecar/internal/termlog"
 )
 
-// leaderLog is every server's record of the terms it led: from raft's own
-// "election won" log lines and from sampling each server's state and term.
+// leaderLog is the term log of a gate cluster, with the server each node
+// runs now (a restart replaces it, and its sampling stops).
 type leaderLog struct {
+	termlog.Log
 	mu      sync.Mutex
-	leaders map[uint64]map[string]bool
 	servers map[string]*Server
 }
 
-func newLeaderLog() *leaderLog {
-	return &leaderLog{leaders: map[uint64]map[string]bool{}, servers: map[string]*Server{}}
-}
-
-func (l *leaderLog) record(term uint64, node string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.leaders[term] == nil {
-		l.leaders[term] = map[string]bool{}
-	}
-	l.leaders[term][node] = true
-}
+func newLeaderLog() *leaderLog { return &leaderLog{servers: map[string]*Server{}} }
 
 // watch samples s (as node) until the test ends or s is replaced.
 func (l *leaderLog) watch(t *testing.T, node string, s *Server) {
@@ -44,82 +34,12 @@ func (l *leaderLog) watch(t *testing.T, node string, s *Server) {
 	t.Cleanup(func() { close(stop); <-done })
 	go func() {
 		defer close(done)
-		for {
+		l.Sample(node, s.raft, stop, func() bool {
 			l.mu.Lock()
-			current := l.servers[node] == s
-			l.mu.Unlock()
-			if !current {
-				return
-			}
-			// A leader's term cannot change while it leads: a state read
-			// between two equal term reads is the state in that term.
-			t1 := s.raft.CurrentTerm()
-			st := s.raft.State()
-			if t2 := s.raft.CurrentTerm(); st == raft.Leader && t1 == t2 {
-				l.record(t1, node)
-			}
-			select {
-			case <-stop:
-				return
-			case <-time.After(time.Millisecond):
-			}
-		}
-	}()
-}
-
-// leaderIn reports whether node was seen leading in term.
-func (l *leaderLog) leaderIn(term uint64, node string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.leaders[term][node]
-}
-
-// twoLeaders returns the terms led by more than one server.
-func (l *leaderLog) twoLeaders() map[uint64][]string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	out := map[uint64][]string{}
-	for term, nodes := range l.leaders {
-		if len(nodes) > 1 {
-			for n := range nodes {
-				out[term] = append(out[term], n)
-			}
-		}
-	}
-	return out
-}
-
-// logHandler writes to t.Log until the test ends and records raft's
-// "election won" lines in a leaderLog.
-type logHandler struct {
-	slog.Handler
-	node string
-	log  *leaderLog
-}
-
-func (h logHandler) Handle(ctx context.Context, r slog.Record) error {
-	if r.Message == "election won" {
-		r.Attrs(func(a slog.Attr) bool {
-			if a.Key == "term" {
-				var term uint64
-				if _, err := fmt.Sscan(a.Value.String(), &term); err == nil {
-					h.log.record(term, h.node)
-				}
-			}
-			return true
+			defer l.mu.Unlock()
+			return l.servers[node] == s
 		})
-	}
-	return h.Handler.Handle(ctx, r)
-}
-
-func (h logHandler) WithAttrs(as []slog.Attr) slog.Handler {
-	h.Handler = h.Handler.WithAttrs(as)
-	return h
-}
-
-func (h logHandler) WithGroup(name string) slog.Handler {
-	h.Handler = h.Handler.WithGroup(name)
-	return h
+	}()
 }
 
 type tWriter struct {
@@ -141,7 +61,7 @@ func testLogger(t *testing.T, node string, l *leaderLog) *slog.Logger {
 	mu, ended := &sync.Mutex{}, new(bool)
 	t.Cleanup(func() { mu.Lock(); *ended = true; mu.Unlock() })
 	h := slog.NewTextHandler(tWriter{t: t, mu: mu, ended: ended}, &slog.HandlerOptions{Level: slog.LevelInfo})
-	return slog.New(logHandler{Handler: h, node: node, log: l}).With("node", node)
+	return slog.New(termlog.Handler(h, node, &l.Log)).With("node", node)
 }
 
 type gateCluster struct {
@@ -301,11 +221,11 @@ func TestServer_Fresh_wipedServerRefusesVotes(t *testing.T) {
 
 			if !gate {
 				waitUntil(t, 10*time.Second, "b to lead with the wiped server's vote", func() bool { return c.srv[bID].IsLeader() })
-				if got := c.srv[bID].raft.CurrentTerm(); got != termA || !c.log.leaderIn(termA, aID) {
+				if got := c.srv[bID].raft.CurrentTerm(); got != termA || !c.log.LeaderIn(termA, aID) {
 					t.Fatalf("b leads term %d, a led term %d: want both in one term", got, termA)
 				}
-				if two := c.log.twoLeaders(); len(two) == 0 {
-					t.Fatalf("no term with two leaders recorded: %v", c.log.leaders)
+				if two := c.log.TwoLeaders(); len(two) == 0 {
+					t.Fatalf("no term with two leaders recorded (%d terms)", c.log.Terms())
 				}
 				return // the hazard is real: the gate must prevent it
 			}
@@ -360,7 +280,7 @@ func TestServer_Fresh_wipedServerRefusesVotes(t *testing.T) {
 			if !fresh.gate.refuse(floor, []byte("x"), false) || fresh.gate.refuse(floor+1, []byte("x"), false) {
 				t.Fatalf("promoted: want votes refused up to term %d and considered after", floor)
 			}
-			if two := c.log.twoLeaders(); len(two) > 0 {
+			if two := c.log.TwoLeaders(); len(two) > 0 {
 				t.Fatalf("terms with two leaders: %v", two)
 			}
 		})
