@@ -257,6 +257,17 @@ func (a *Agent) startLocalState(ctx context.Context, bg context.Context) error {
 	return nil
 }
 
+// campaignRetrying campaigns, trying again while no leader can take it or
+// the node session is being replaced (a restart into a cluster that is
+// electing, or whose leader has not yet seen this node's new session):
+// such an error at start must not stop the agent.
+func (a *Agent) campaignRetrying(ctx context.Context, spec election.CampaignSpec) error {
+	return a.retry(ctx, func() error {
+		_, err := a.local.Campaign(ctx, spec)
+		return err
+	})
+}
+
 // campaignLocal campaigns for the config file's elections and the
 // candidacies made through the API before a restart.
 func (a *Agent) campaignLocal(ctx context.Context) error {
@@ -265,12 +276,13 @@ func (a *Agent) campaignLocal(ctx context.Context) error {
 		if cand == "" {
 			cand = a.cfg.Name
 		}
-		if _, err := a.local.Campaign(ctx, election.CampaignSpec{Election: e.Name, Candidate: cand, Value: e.Value, Service: e.Service}); err != nil {
+		spec := election.CampaignSpec{Election: e.Name, Candidate: cand, Value: e.Value, Service: e.Service}
+		if err := a.campaignRetrying(ctx, spec); err != nil {
 			return fmt.Errorf("campaign %q from config: %w", e.Name, err)
 		}
 	}
 	for _, c := range a.state.Candidacies() {
-		_, err := a.local.Campaign(ctx, election.CampaignSpec{Election: c.Election, Candidate: c.Candidate, Value: c.Value, Service: c.Service})
+		err := a.campaignRetrying(ctx, election.CampaignSpec{Election: c.Election, Candidate: c.Candidate, Value: c.Value, Service: c.Service})
 		if errors.Is(err, fsm.ErrUnknownInstance) {
 			// Tied to an instance deregistered since: the candidacy went
 			// with it.

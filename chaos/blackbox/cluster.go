@@ -202,7 +202,14 @@ func (c *Cluster) Start(n *Node) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.cmd != nil {
-		return fmt.Errorf("start %s: already running", n.Name)
+		select {
+		case <-n.done:
+			// Nothing here stops an agent but a fault, and each fault starts
+			// what it stopped: this one stopped by itself.
+			return fmt.Errorf("start %s: its agent had exited on its own (exit status %d; see %s)", n.Name, n.cmd.ProcessState.ExitCode(), n.LogPath)
+		default:
+			return fmt.Errorf("start %s: already running", n.Name)
+		}
 	}
 	if err := os.MkdirAll(n.DataDir, 0o755); err != nil {
 		return fmt.Errorf("start %s: %w", n.Name, err)
