@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -25,19 +26,28 @@ import (
 // with a WebSocket client of the standard library's parts: enough of RFC
 // 6455 for one page's request/response traffic.
 type browser struct {
-	t   *testing.T
-	cmd *exec.Cmd
-	ws  *wsConn
-	id  int
+	t       *testing.T
+	cmd     *exec.Cmd
+	ws      *wsConn
+	id      int
+	profile string
 }
 
 // startBrowser runs chromium on a blank page and attaches to it.
 func startBrowser(t *testing.T, bin string) *browser {
 	t.Helper()
+	// Not t.TempDir: chromium's helper processes may still write there for
+	// a moment after the browser is gone; close removes it once they are.
+	profile, err := os.MkdirTemp("", "sidecar-ui-profile")
+	if err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command(bin, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
 		"--no-first-run", "--no-default-browser-check", "--disable-extensions", "--hide-scrollbars",
 		"--font-render-hinting=none", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-		"--user-data-dir="+t.TempDir(), "--window-size=1280,1000", "about:blank")
+		"--user-data-dir="+profile, "--window-size=1280,1000", "about:blank")
+	// Its own process group, so that close stops its helpers too.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +55,7 @@ func startBrowser(t *testing.T, bin string) *browser {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", bin, err)
 	}
-	b := &browser{t: t, cmd: cmd}
+	b := &browser{t: t, cmd: cmd, profile: profile}
 	t.Cleanup(b.close)
 	// "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/ID"
 	found := make(chan string, 1)
@@ -101,8 +111,14 @@ func (b *browser) close() {
 		b.ws.c.Close()
 	}
 	if b.cmd.Process != nil {
-		b.cmd.Process.Kill()
+		syscall.Kill(-b.cmd.Process.Pid, syscall.SIGKILL)
 		b.cmd.Wait()
+	}
+	// A helper killed with the group may still be exiting: try again for a
+	// while rather than fail the test on its leftovers.
+	deadline := time.Now().Add(5 * time.Second)
+	for os.RemoveAll(b.profile) != nil && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
