@@ -68,6 +68,7 @@ type Store struct {
 	lastTry time.Time
 	low     atomic.Bool // no room for new writes: see Room
 
+	lock        *os.File // holds the directory's flock
 	mu          sync.RWMutex
 	segs        []*segment
 	first, last uint64 // 0, 0 when empty
@@ -120,7 +121,19 @@ func Open(dir string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("create raft log dir: %w", err)
 	}
 	s := &Store{dir: dir, opts: opts, log: opts.Logger}
+	// One process per log: two appending to the same segments would
+	// interleave their entries.
+	lock, err := os.OpenFile(filepath.Join(dir, "LOCK"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open raft log lock: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("raft log %s is in use by another process (another agent on this data dir?): %w", dir, err)
+	}
+	s.lock = lock
 	if err := s.stable.open(dir); err != nil {
+		s.lock.Close()
 		return nil, err
 	}
 	if err := s.load(); err != nil {
@@ -708,6 +721,10 @@ func (s *Store) closeFiles() error {
 	}
 	if err := s.stable.close(); err != nil && first == nil {
 		first = err
+	}
+	if s.lock != nil {
+		s.lock.Close() // and with it the flock
+		s.lock = nil
 	}
 	return first
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -334,4 +335,16 @@ func TestStore_closedRefusesWrites(t *testing.T) {
 		t.Fatalf("a read after Close: %v", err)
 	}
 	check(t, open(t, dir, Options{SegmentSize: 1 << 20}), 1, 3)
+}
+
+// Two stores on one directory would interleave their entries: the second
+// open is refused while the first is open, and works once it is closed.
+func TestOpen_oneProcessPerLog(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{SegmentSize: 1 << 20})
+	if _, err := Open(dir, Options{SegmentSize: 1 << 20}); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Fatalf("a second open of the same log: %v", err)
+	}
+	s.Close()
+	open(t, dir, Options{SegmentSize: 1 << 20}).Close()
 }
