@@ -152,16 +152,24 @@ func (s *Server) Fresh() (fresh bool, notVoterAt uint64) {
 
 // BootstrapCluster bootstraps Raft with conf, as every server of conf does
 // in gossip formation. A fresh server that bootstraps founds the cluster:
-// it has never voted, so its vote gate opens. raft.ErrCantBootstrap (state
-// arrived first from a leader) leaves it fresh.
+// it has never voted, so its vote gate opens. So does one whose bootstrap
+// finds the same configuration already arrived from a founder that was
+// quicker (raft.ErrCantBootstrap): it is a founder all the same, and left
+// gated it would withhold its vote until demoted and promoted again, so a
+// leader lost in the cluster's first seconds could not be replaced.
 func (s *Server) BootstrapCluster(conf raft.Configuration) error {
-	if err := s.raft.BootstrapCluster(conf).Error(); err != nil {
+	err := s.raft.BootstrapCluster(conf).Error()
+	if err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
 		return err
 	}
 	if s.gate != nil {
-		s.gate.open("bootstrapped the cluster", 0, false)
+		why := "bootstrapped the cluster"
+		if err != nil {
+			why = "a founder: the bootstrap configuration arrived from another founder first"
+		}
+		s.gate.open(why, 0, false)
 	}
-	return nil
+	return err
 }
 
 // PeerStatus asks the server whose Raft/RPC address is addr for its view of
