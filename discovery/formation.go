@@ -37,6 +37,15 @@ const (
 	// "0" (a server whose data dir was wiped: it may have forgotten a vote)
 	// and promotes it once it has caught up.
 	TagFresh = "fresh"
+	// TagFounders is set on a server that took part in bootstrapping the
+	// cluster, for as long as that run of its process lasts: the short boot
+	// ids (foundersTag) of the servers its bootstrap configuration counted.
+	// A fresh server whose own run is listed was running with no Raft state
+	// when the cluster began, so it has never voted in it: it votes at once
+	// (election.Server.OpenAsFounder), and the leader does not demote it. A
+	// server whose data dir was wiped comes back as a new run, never
+	// listed.
+	TagFounders = "founders"
 )
 
 // stagePrefix starts the value of TagBootstrapped before the cluster has had
@@ -119,6 +128,8 @@ type Formation struct {
 	// may still say "0" for a moment after, until the server has applied
 	// its promotion and gossiped so.
 	promoted map[string]time.Time
+	// founders is this server's TagFounders once it has bootstrapped.
+	founders string
 }
 
 // NewFormation returns the formation of a server.
@@ -172,7 +183,7 @@ func (f *Formation) Run(ctx context.Context) {
 		case <-leaderTick.C:
 			if l := f.srv.IsLeader(); l != wasLeader {
 				wasLeader = l
-			} else if !f.promotionDue() && !f.tagsStale() {
+			} else if !f.promotionDue() && !f.tagsStale() && !f.awaitingFounders() {
 				continue
 			}
 		}
@@ -182,6 +193,12 @@ func (f *Formation) Run(ctx context.Context) {
 func (f *Formation) step(ctx context.Context) {
 	if err := f.bootstrap(ctx); err != nil {
 		f.log.Warn("bootstrap", "err", err)
+	}
+	if f.awaitingFounders() {
+		if by := f.countedBy(ctx, f.g.LocalMember()); by != "" &&
+			f.srv.OpenAsFounder("a founder: server "+by+" counted this run of it in the configuration the cluster was bootstrapped with") {
+			f.Wake() // its tags change
+		}
 	}
 	if f.srv.IsLeader() {
 		if err := f.reconcileRaft(ctx); err != nil {
@@ -256,10 +273,64 @@ func (f *Formation) bootstrap(ctx context.Context) error {
 	} else {
 		f.log.Info("bootstrapping raft", "servers", len(conf.Servers))
 	}
+	founders := foundersTag(servers)
 	if err := f.srv.BootstrapCluster(conf); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
 		return err
 	}
+	f.founders = founders
 	return nil
+}
+
+// shortBoot is the part of a boot id TagFounders carries: 32 random bits
+// tell one run of a server from its others well enough, and keep the tag
+// small (gossip meta has 512 bytes in all).
+func shortBoot(boot string) string {
+	if len(boot) > 8 {
+		return boot[:8]
+	}
+	return boot
+}
+
+// foundersTag is the TagFounders of a server that bootstrapped servers.
+func foundersTag(servers []Member) string {
+	ids := make([]string, 0, len(servers))
+	for _, m := range servers {
+		ids = append(ids, shortBoot(m.Boot))
+	}
+	return strings.Join(ids, ",")
+}
+
+// awaitingFounders reports whether this server is fresh and not yet
+// promoted, and may learn that it is a founder (checked often: its vote
+// may be needed at once).
+func (f *Formation) awaitingFounders() bool {
+	if f.cfg.BootstrapExpect <= 0 {
+		return false
+	}
+	fresh, _ := f.srv.Fresh()
+	return fresh
+}
+
+// countedBy returns the name of an alive server, certified as such, whose
+// TagFounders lists m's current run ("" if none): m took part in
+// bootstrapping the cluster with that run.
+func (f *Formation) countedBy(ctx context.Context, m Member) string {
+	if m.Boot == "" {
+		return ""
+	}
+	boot := shortBoot(m.Boot)
+	for _, o := range f.g.Members() {
+		if o.Status != StatusAlive || !o.Meta.IsServer() {
+			continue
+		}
+		if !slices.Contains(strings.Split(o.Meta.Tags[TagFounders], ","), boot) {
+			continue
+		}
+		if o.Name == f.g.LocalMember().Name || f.certified(ctx, o) {
+			return o.Name
+		}
+	}
+	return ""
 }
 
 // bootstrapTag is the value of TagBootstrapped on a server that holds no
@@ -292,7 +363,7 @@ func (f *Formation) advertise(ctx context.Context) error {
 	if meta.Tags == nil {
 		meta.Tags = map[string]string{}
 	}
-	for _, k := range []string{TagBootstrapped, TagFresh} {
+	for _, k := range advertisedTags {
 		if v, ok := want[k]; ok {
 			meta.Tags[k] = v
 		} else {
@@ -321,11 +392,17 @@ func (f *Formation) wantTags() (map[string]string, error) {
 	if fresh, at := f.srv.Fresh(); fresh {
 		want[TagFresh] = strconv.FormatUint(at, 10)
 	}
+	if f.founders != "" {
+		want[TagFounders] = f.founders
+	}
 	return want, nil
 }
 
+// advertisedTags are the tags advertise keeps in line.
+var advertisedTags = []string{TagBootstrapped, TagFresh, TagFounders}
+
 func tagsDiffer(have, want map[string]string) bool {
-	for _, k := range []string{TagBootstrapped, TagFresh} {
+	for _, k := range advertisedTags {
 		h, hok := have[k]
 		w, wok := want[k]
 		if hok != wok || h != w {
@@ -487,6 +564,12 @@ func (f *Formation) demoteFresh(ctx context.Context, m Member, voters, alive int
 	}
 	if at, ok := f.promoted[m.Name]; ok && time.Since(at) < promotedGrace {
 		return false, nil // its tag is older than its promotion
+	}
+	if by := f.countedBy(ctx, m); by != "" {
+		// A founder: it opens its gate itself once it sees so. Demoted, it
+		// would leave fewer voters, and the cluster could not lose a
+		// server until it was promoted again.
+		return false, nil
 	}
 	if !quorumSafe(voters, alive, alive-1) {
 		if !f.unsafe[m.Name] {

@@ -621,6 +621,7 @@ func (g *Gossip) reap(now time.Time) {
 func (ms *memberState) snapshot() Member {
 	m := ms.m
 	m.Meta = m.Meta.clone()
+	m.Boot = ms.boot
 	return m
 }
 

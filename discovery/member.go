@@ -43,6 +43,9 @@ type Member struct {
 	// reaps a server that has been failed for long enough with
 	// time.Since(m.Since).
 	Since time.Time
+	// Boot is the random id of the member's current run (a new one each
+	// time its process starts; "" when its meta could not be decoded).
+	Boot string
 }
 
 // EventType tells what happened to a member.

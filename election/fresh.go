@@ -172,6 +172,22 @@ func (s *Server) BootstrapCluster(conf raft.Configuration) error {
 	return err
 }
 
+// OpenAsFounder opens the vote gate of a fresh server that another founder
+// counted, by this very run of its process, in the configuration the
+// founders bootstrapped (discovery.Formation knows: a founder gossips the
+// boot ids of the servers it counted). Such a server was running with no
+// Raft state when the cluster began, so it has never voted in it; left
+// gated, it would withhold its vote until the leader demoted and promoted
+// it, and a cluster that lost its first leader before then could not elect
+// another. It reports whether the gate was closed until now.
+func (s *Server) OpenAsFounder(why string) bool {
+	if s.gate == nil || !s.gate.isClosed() {
+		return false
+	}
+	s.gate.open(why, 0, true)
+	return !s.gate.isClosed()
+}
+
 // PeerStatus asks the server whose Raft/RPC address is addr for its view of
 // Raft (a leader checks that a non-voter has caught up before promoting it).
 func (s *Server) PeerStatus(ctx context.Context, addr string) (api.Status, error) {
