@@ -147,6 +147,43 @@ func TestProcessCluster_registerOnOneClientResolveOnAnother(t *testing.T) {
 	}
 }
 
+// A new --bootstrap-expect 3 cluster whose first leader is killed the
+// moment every server is ready elects another from the two servers left, every
+// time: each founder votes from the start, including one that learned of
+// the cluster only once it had a leader (the last to start often does).
+// Five new clusters, each with its leader killed at once.
+func TestProcessCluster_newClusterReelectsWhenItsFirstLeaderIsKilledAtOnce(t *testing.T) {
+	for round := range 5 {
+		t.Run(fmt.Sprint("cluster-", round), func(t *testing.T) {
+			var servers []*node
+			var seed string
+			for i := range 3 {
+				s := startNode(t, fmt.Sprintf("server-%d", i), 3, seed)
+				if seed == "" {
+					seed = s.gossip
+				}
+				servers = append(servers, s)
+			}
+			for _, s := range servers {
+				waitFor(t, 30*time.Second, s.name+" ready", s.ready)
+			}
+			first := leaderNode(t, servers)
+			if first == nil {
+				t.Fatal("every server is ready, none is the leader")
+			}
+			first.p.kill9()
+			var rest []*node
+			for _, s := range servers {
+				if s != first {
+					rest = append(rest, s)
+				}
+			}
+			waitFor(t, 20*time.Second, "a second leader among "+rest[0].name+" and "+rest[1].name,
+				func() bool { return leaderNode(t, rest) != nil })
+		})
+	}
+}
+
 // kill -9 of the Raft leader while writers are in flight: every write that
 // was acknowledged is in the registry afterwards.
 func TestProcessCluster_leaderKill9_losesNoAcknowledgedWrite(t *testing.T) {
