@@ -23,10 +23,7 @@ import (
 // apply), so a change to any of them shows here; run it beside the same
 // benchmark of another commit for a ratio (the disk's speed varies).
 func BenchmarkCluster_writesThroughLeader(b *testing.B) {
-	nodes := agenttest.Cluster(b, 3, func(c *agent.Config) {
-		rc := election.DefaultServerConfig()
-		c.Raft = &rc
-	})
+	nodes := benchCluster(b)
 	var leader *agenttest.Agent
 	agenttest.WaitFor(b, 10*time.Second, "a leader", func() bool {
 		for _, n := range nodes {
@@ -37,6 +34,28 @@ func BenchmarkCluster_writesThroughLeader(b *testing.B) {
 		}
 		return false
 	})
+	benchWrites(b, leader)
+}
+
+// BenchmarkCluster_writesThroughClient is the same through a client agent
+// (its own local state on disk, its writes sent to the servers over RPC).
+func BenchmarkCluster_writesThroughClient(b *testing.B) {
+	nodes := benchCluster(b)
+	cl := agenttest.Join(b, nodes[0], "client-0", false, func(c *agent.Config) { c.DataDir = b.TempDir() })
+	cl.WaitReady(30 * time.Second)
+	benchWrites(b, cl)
+}
+
+func benchCluster(b *testing.B) []*agenttest.Agent {
+	return agenttest.Cluster(b, 3, func(c *agent.Config) {
+		rc := election.DefaultServerConfig()
+		c.Raft = &rc
+	})
+}
+
+// benchWrites runs b.N registrations through a's HTTP API: 64 writers,
+// each cycling over 1,000 ids of its own.
+func benchWrites(b *testing.B, a *agenttest.Agent) {
 	const writers = 64
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: writers}}
 	defer hc.CloseIdleConnections()
@@ -51,7 +70,7 @@ func BenchmarkCluster_writesThroughLeader(b *testing.B) {
 			for i := 0; next.Add(1) <= int64(b.N); i++ {
 				id := w*1000 + i%1000
 				body := fmt.Sprintf(`{"id":"inst-%d","name":"svc-%d","address":"10.0.%d.%d","port":%d}`, id, id%100, id>>8&255, id&255, 1024+i)
-				req, _ := http.NewRequest(http.MethodPut, leader.URL+"/v1/services", strings.NewReader(body))
+				req, _ := http.NewRequest(http.MethodPut, a.URL+"/v1/services", strings.NewReader(body))
 				resp, err := hc.Do(req)
 				if err != nil {
 					b.Error(err)
