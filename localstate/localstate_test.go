@@ -542,3 +542,41 @@ func TestStore_adoptionIsRecordedNotInferred(t *testing.T) {
 		t.Fatal("the adoption mark did not survive a reopen")
 	}
 }
+
+// Writes of different instance ids never wait for each other, however
+// many there are, while writes of one id do; the locks of ids nobody
+// holds are not kept.
+func TestStore_lockIDSerialisesOneIDOnly(t *testing.T) {
+	store, _ := Open("")
+	unlock := store.LockID("web-1") // a registration of web-1 in flight
+	second := make(chan struct{})
+	go func() {
+		u := store.LockID("web-1")
+		close(second)
+		u()
+	}()
+	others := make(chan struct{})
+	go func() {
+		defer close(others)
+		for i := range 1000 {
+			store.LockID(fmt.Sprintf("other-%d", i))()
+		}
+	}()
+	select {
+	case <-others:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a write of another id waited for web-1's")
+	}
+	select {
+	case <-second:
+		t.Fatal("a second write of web-1 did not wait for the first")
+	default:
+	}
+	unlock()
+	<-second
+	store.idsMu.Lock()
+	defer store.idsMu.Unlock()
+	if n := len(store.ids); n != 0 {
+		t.Fatalf("%d id locks kept after every writer is done", n)
+	}
+}

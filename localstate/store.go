@@ -137,8 +137,15 @@ type Store struct {
 	closing   chan struct{}
 	writerEnd chan struct{}
 
-	stripes [64]sync.Mutex
-	seed    maphash.Seed
+	idsMu sync.Mutex
+	ids   map[string]*idLock
+}
+
+// idLock is the lock of one instance id, there while someone holds or
+// waits for it.
+type idLock struct {
+	sync.Mutex
+	refs int // holders and waiters, counted under Store.idsMu
 }
 
 type candidacyKey struct{ election, candidate string }
@@ -163,7 +170,7 @@ func Open(path string) (*Store, error) {
 		closing:     make(chan struct{}),
 		writerEnd:   make(chan struct{}),
 		damaged:     make(chan struct{}),
-		seed:        maphash.MakeSeed(),
+		ids:         map[string]*idLock{},
 	}
 	if path == "" {
 		s.defs = map[string]*Service{}
@@ -471,11 +478,27 @@ func (s *Store) MarkAdopted() error {
 }
 
 // LockID serialises the writes of one instance id (a registration and the
-// anti-entropy's correction of it) without serialising different ids.
+// anti-entropy's correction of it) without serialising different ids: a
+// lock per id, not a stripe of a fixed set (64 writers on 64 stripes met
+// one another on most writes, each waiting out a whole Raft round trip).
 func (s *Store) LockID(id string) (unlock func()) {
-	m := &s.stripes[maphash.String(s.seed, id)%uint64(len(s.stripes))]
-	m.Lock()
-	return m.Unlock
+	s.idsMu.Lock()
+	l := s.ids[id]
+	if l == nil {
+		l = &idLock{}
+		s.ids[id] = l
+	}
+	l.refs++
+	s.idsMu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		s.idsMu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(s.ids, id)
+		}
+		s.idsMu.Unlock()
+	}
 }
 
 // PutService stores a service, replacing one with the same instance id.
