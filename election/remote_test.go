@@ -2,6 +2,10 @@ package election_test
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -133,6 +137,89 @@ func TestRemote_clientWritesAndFollowsThroughServers(t *testing.T) {
 		if alive[s] && s.FSM().Digest() != copyReg.Digest() {
 			waitFor(t, 5*time.Second, "copy converged", func() bool { return s.FSM().Digest() == copyReg.Digest() })
 		}
+	}
+}
+
+// countingProxy forwards TCP connections to addr and counts the bytes sent
+// towards it.
+func countingProxy(t *testing.T, addr string) (string, *atomic.Int64) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	var sent atomic.Int64
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				up, err := net.Dial("tcp", addr)
+				if err != nil {
+					return
+				}
+				defer up.Close()
+				go func() { io.Copy(c, up); c.Close() }()
+				n, _ := io.Copy(countingWriter{up, &sent}, c)
+				_ = n
+			}()
+		}
+	}()
+	return l.Addr().String(), &sent
+}
+
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// A client learns the leader from the servers' answers and sends its
+// later requests there, not through a follower that forwards each one (a
+// second HTTP round trip per write, half of a client's write cost).
+func TestRemote_clientSendsToTheLeaderItWasTold(t *testing.T) {
+	servers := tcpCluster(t, 3)
+	var leader, follower *election.Server
+	for _, s := range servers {
+		if s.IsLeader() {
+			leader = s
+		} else if follower == nil {
+			follower = s
+		}
+	}
+	// The client knows the follower only through a proxy that counts what
+	// it is sent, and the leader directly.
+	viaProxy, sent := countingProxy(t, string(follower.Addr()))
+	remote := election.NewRemote(nil, func() []string { return []string{string(leader.Addr()), viaProxy} })
+	defer remote.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// Until a first answer the client goes round the list: its first write
+	// goes to the follower, which forwards it.
+	for i := range 1 {
+		if _, err := remote.Apply(ctx, &fsm.RegisterNode{Name: fmt.Sprint("n-", i), Address: "10.0.0.9"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := sent.Load()
+	if before == 0 {
+		t.Fatal("the first write did not go through the follower: the test shows nothing")
+	}
+	for i := range 20 {
+		if _, err := remote.Apply(ctx, &fsm.RegisterNode{Name: fmt.Sprint("m-", i), Address: "10.0.0.9"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := sent.Load() - before; n != 0 {
+		t.Fatalf("%d bytes went to the follower for 20 writes after the leader was named", n)
 	}
 }
 

@@ -33,6 +33,10 @@ const (
 	// hdrForwarded marks a request a server already forwarded, so that two
 	// servers that disagree on the leader never bounce it around.
 	hdrForwarded = "X-Sidecar-Forwarded"
+	// hdrLeader is on every RPC answer: the Raft/RPC address of the leader
+	// as the answering server knows it, so that a client sends its next
+	// request there instead of through a follower that forwards it.
+	hdrLeader = "X-Sidecar-Raft-Leader"
 )
 
 // errorCodes carries the sentinel of an error across the wire.
@@ -88,6 +92,9 @@ func decodeError(code, msg string) error {
 
 // rpcReply is the answer of apply, keepalive and readindex.
 type rpcReply struct {
+	// leader is the answer's hdrLeader ("" when the server knew none).
+	leader string
+
 	Index   uint64      `json:"index,omitempty"`
 	Code    string      `json:"code,omitempty"`
 	Error   string      `json:"error,omitempty"`
@@ -133,7 +140,7 @@ func newRPCClientTLS(t TLS) *rpcClient {
 			}
 			return dialProto(network, addr, protoRPC, timeout, t)
 		},
-		MaxIdleConnsPerHost: 16,
+		MaxIdleConnsPerHost: 128,
 		IdleConnTimeout:     90 * time.Second,
 	}
 	return &rpcClient{http: &http.Client{Transport: tr}}
@@ -177,7 +184,7 @@ func (c *rpcClient) callStream(ctx context.Context, addr, path string, body io.R
 		return rpcReply{}, fmt.Errorf("%w: rpc %s to %s: %v", ErrUnknownOutcome, path, addr, err)
 	}
 	defer resp.Body.Close()
-	var r rpcReply
+	r := rpcReply{leader: resp.Header.Get(hdrLeader)}
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return r, fmt.Errorf("rpc %s to %s: %s: %s", path, addr, resp.Status, bytes.TrimSpace(b))
@@ -266,7 +273,12 @@ func (s *Server) rpcHandler() http.Handler {
 		json.NewEncoder(w).Encode(s.Status())
 	})
 	mux.HandleFunc("GET "+rpcStream, s.serveStream)
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, addr := s.Leader(); addr != "" {
+			w.Header().Set(hdrLeader, string(addr))
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 func writeReply(w http.ResponseWriter, r rpcReply) {
