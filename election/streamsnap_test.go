@@ -45,6 +45,11 @@ func TestStream_manyClientsShareOneSnapshot(t *testing.T) {
 	var conf raft.Configuration
 	for i := 0; i < 3; i++ {
 		cfg := election.TestServerConfig()
+		// A thousand streams fetching a snapshot at once keep the leader's
+		// cores busy: with the tests' 25 ms leader lease it lost
+		// leadership at every restore on a loaded machine, and the test
+		// measures the streams, not elections.
+		cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = 500*time.Millisecond, 500*time.Millisecond, 250*time.Millisecond
 		cfg.Node = fmt.Sprintf("s%d", i)
 		cfg.InMemory, cfg.RaftAddr = true, "127.0.0.1:0"
 		cfg.Logger = electiontest.Logger(t, cfg.Node)
