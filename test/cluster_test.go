@@ -133,6 +133,23 @@ func leaderNode(t testing.TB, servers []*node) *node {
 	return nil
 }
 
+// killLeader kill -9s the Raft leader among servers and returns the
+// others.
+func killLeader(t testing.TB, servers []*node) (rest []*node) {
+	t.Helper()
+	leader := leaderNode(t, servers)
+	if leader == nil {
+		t.Fatal("no leader")
+	}
+	leader.p.kill9()
+	for _, s := range servers {
+		if s != leader {
+			rest = append(rest, s)
+		}
+	}
+	return rest
+}
+
 func TestProcessCluster_registerOnOneClientResolveOnAnother(t *testing.T) {
 	_, cl := processCluster(t, "client-a", "client-b")
 	a, b := cl[0], cl[1]
@@ -155,29 +172,8 @@ func TestProcessCluster_registerOnOneClientResolveOnAnother(t *testing.T) {
 func TestProcessCluster_newClusterReelectsWhenItsFirstLeaderIsKilledAtOnce(t *testing.T) {
 	for round := range 5 {
 		t.Run(fmt.Sprint("cluster-", round), func(t *testing.T) {
-			var servers []*node
-			var seed string
-			for i := range 3 {
-				s := startNode(t, fmt.Sprintf("server-%d", i), 3, seed)
-				if seed == "" {
-					seed = s.gossip
-				}
-				servers = append(servers, s)
-			}
-			for _, s := range servers {
-				waitFor(t, 30*time.Second, s.name+" ready", s.ready)
-			}
-			first := leaderNode(t, servers)
-			if first == nil {
-				t.Fatal("every server is ready, none is the leader")
-			}
-			first.p.kill9()
-			var rest []*node
-			for _, s := range servers {
-				if s != first {
-					rest = append(rest, s)
-				}
-			}
+			servers, _ := processCluster(t)
+			rest := killLeader(t, servers)
 			waitFor(t, 20*time.Second, "a second leader among "+rest[0].name+" and "+rest[1].name,
 				func() bool { return leaderNode(t, rest) != nil })
 		})
@@ -214,17 +210,7 @@ func TestProcessCluster_leaderKill9_losesNoAcknowledgedWrite(t *testing.T) {
 		}(w)
 	}
 	time.Sleep(300 * time.Millisecond) // let writes flow before the kill
-	leader := leaderNode(t, servers)
-	if leader == nil {
-		t.Fatal("no leader")
-	}
-	leader.p.kill9()
-	var rest []*node
-	for _, s := range servers {
-		if s != leader {
-			rest = append(rest, s)
-		}
-	}
+	rest := killLeader(t, servers)
 	waitFor(t, 20*time.Second, "a new leader", func() bool { return leaderNode(t, rest) != nil })
 	mu.Lock()
 	n := len(acked)
