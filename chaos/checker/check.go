@@ -76,12 +76,7 @@ func (r *Recorder) Check(opt Options) *Report {
 	rep.checkLinearizable(ops, opt)
 	rep.checkStaleReads(ops)
 	rep.checkLostWrites(ops)
-	rep.checkOverwrittenReads(ops)
-	rep.checkRevokedLocks(ops)
-	rep.checkTokens(grants)
-	rep.checkHolders(grants)
-	rep.checkFences(ops, grants)
-	rep.checkLeases(leases)
+	rep.checkPartial(ops, grants, leases)
 	return rep
 }
 
@@ -97,13 +92,19 @@ func (r *Recorder) Early() []string {
 	r.mu.Lock()
 	rep := &Report{Anomalies: append([]string(nil), r.staleWhenLive...)}
 	r.mu.Unlock()
+	rep.checkPartial(ops, grants, leases)
+	return rep.Anomalies
+}
+
+// checkPartial runs the checks that Early may run on a history still being
+// written; Check runs them too.
+func (rep *Report) checkPartial(ops []Op, grants []Grant, leases []LeaseRecord) {
 	rep.checkOverwrittenReads(ops)
 	rep.checkRevokedLocks(ops)
 	rep.checkTokens(grants)
 	rep.checkHolders(grants)
 	rep.checkFences(ops, grants)
 	rep.checkLeases(leases)
-	return rep.Anomalies
 }
 
 func (rep *Report) fail(format string, args ...any) {
