@@ -2,12 +2,10 @@ package election
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"sync"
 	"sync/atomic"
 
@@ -191,21 +189,7 @@ func (s *Server) OpenAsFounder(why string) bool {
 // PeerStatus asks the server whose Raft/RPC address is addr for its view of
 // Raft (a leader checks that a non-voter has caught up before promoting it).
 func (s *Server) PeerStatus(ctx context.Context, addr string) (api.Status, error) {
-	var st api.Status
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+rpcStatus, nil)
-	if err != nil {
-		return st, err
-	}
-	resp, err := s.rpc.http.Do(req)
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return st, fmt.Errorf("status from %s: %s: %s", addr, resp.Status, b)
-	}
-	return st, json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st)
+	return s.rpc.status(ctx, addr)
 }
 
 // isClosed reports whether the gate still keeps this server out of

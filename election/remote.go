@@ -3,11 +3,9 @@ package election
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -252,22 +250,9 @@ func (r *Remote) RestoreFrom(ctx context.Context, rs io.ReadSeeker) error {
 // ServerStatus asks a server for its view of Raft (what a client reports
 // as the cluster's status).
 func (r *Remote) ServerStatus(ctx context.Context) (api.Status, error) {
-	var st api.Status
 	addr, _, err := r.target()
 	if err != nil {
-		return st, err
+		return api.Status{}, err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+rpcStatus, nil)
-	if err != nil {
-		return st, err
-	}
-	resp, err := r.rpc.http.Do(req)
-	if err != nil {
-		return st, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("status from %s: %s", addr, resp.Status)
-	}
-	return st, json.NewDecoder(resp.Body).Decode(&st)
+	return r.rpc.status(ctx, addr)
 }

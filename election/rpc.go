@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sidecarhq/sidecar/acl"
+	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/fsm"
 )
 
@@ -147,6 +148,25 @@ func newRPCClientTLS(t TLS) *rpcClient {
 }
 
 func (c *rpcClient) close() { c.http.CloseIdleConnections() }
+
+// status asks the server at addr for its view of Raft.
+func (c *rpcClient) status(ctx context.Context, addr string) (api.Status, error) {
+	var st api.Status
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+rpcStatus, nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return st, fmt.Errorf("status from %s: %s: %s", addr, resp.Status, bytes.TrimSpace(b))
+	}
+	return st, json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st)
+}
 
 // errNotSent: the request never reached the server, so it did nothing and
 // may be retried elsewhere.
