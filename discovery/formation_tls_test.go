@@ -35,10 +35,8 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// TestFormation_TLS_onlyCertifiedServersBecomeVoters: a gossip member that
-// announces role=server becomes a Raft voter only when its Raft address
-// presents a server certificate of the cluster's CA for its name.
-func TestFormation_TLS_onlyCertifiedServersBecomeVoters(t *testing.T) {
+// testCA makes a cluster CA and returns what issues a certificate of it.
+func testCA(t *testing.T) func(role tlsutil.Role, node string) *tlsutil.Loader {
 	ca, err := tlsutil.NewCA(30, time.Now())
 	if err != nil {
 		t.Fatal(err)
@@ -47,7 +45,7 @@ func TestFormation_TLS_onlyCertifiedServersBecomeVoters(t *testing.T) {
 	if _, _, err := tlsutil.WriteCA(caDir, ca); err != nil {
 		t.Fatal(err)
 	}
-	loader := func(role tlsutil.Role, node string) *tlsutil.Loader {
+	return func(role tlsutil.Role, node string) *tlsutil.Loader {
 		c, k, err := ca.Issue(tlsutil.CertRequest{Role: role, Node: node})
 		if err != nil {
 			t.Fatal(err)
@@ -62,6 +60,13 @@ func TestFormation_TLS_onlyCertifiedServersBecomeVoters(t *testing.T) {
 		}
 		return l
 	}
+}
+
+// TestFormation_TLS_onlyCertifiedServersBecomeVoters: a gossip member that
+// announces role=server becomes a Raft voter only when its Raft address
+// presents a server certificate of the cluster's CA for its name.
+func TestFormation_TLS_onlyCertifiedServersBecomeVoters(t *testing.T) {
+	loader := testCA(t)
 	raftServer := func(node string, sec election.TLS) *election.Server {
 		cfg := election.TestServerConfig()
 		cfg.Node, cfg.InMemory, cfg.RaftAddr, cfg.TLS = node, true, "127.0.0.1:0", sec
@@ -123,5 +128,50 @@ func TestFormation_TLS_onlyCertifiedServersBecomeVoters(t *testing.T) {
 	})
 	if got := strings.Join(voters(), ","); got != "s1,s2" {
 		t.Fatalf("voters %s, want s1,s2", got)
+	}
+}
+
+// With TLS, only a server that proves it is one can tell a fresh server it
+// was a founder: a gossip member that claims role=server without a server
+// certificate and lists the fresh server's run in its founders tag (which
+// would let a server that lost its votes vote again at once) is refused,
+// and the fresh server stays behind its vote gate.
+func TestFormation_TLS_foundersTagFromAnImpostorOpensNoGate(t *testing.T) {
+	loader := testCA(t)
+	cfg := election.TestServerConfig()
+	cfg.Node, cfg.InMemory, cfg.RaftAddr, cfg.GateFresh = "s1", true, "127.0.0.1:0", true
+	cfg.TLS = loader(tlsutil.RoleServer, "s1")
+	cfg.Logger = discoverytest.Logger(t, "s1")
+	s1, err := election.NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s1.Close() })
+	gc := discoverytest.Config(t, "s1")
+	gc.Meta = discovery.Meta{Role: discovery.RoleServer, RaftAddr: string(s1.Addr()), BootstrapExpect: 3}
+	g1 := discoverytest.Start(t, gc)
+	if fresh, _ := s1.Fresh(); !fresh {
+		t.Fatal("s1 is not fresh: the test shows nothing")
+	}
+
+	ghost := discoverytest.Config(t, "ghost")
+	ghost.Join = []string{g1.Addr()}
+	ghost.Meta = discovery.Meta{Role: discovery.RoleServer, RaftAddr: "127.0.0.1:1", BootstrapExpect: 3,
+		Tags: map[string]string{discovery.TagBootstrapped: "1", discovery.TagFounders: g1.LocalMember().Boot[:8]}}
+	discoverytest.Start(t, ghost)
+	discoverytest.WaitFor(t, "s1 to see the ghost", func() bool { return g1.NumMembers() == 2 })
+
+	var logs lockedBuffer
+	f := discovery.NewFormation(discovery.FormationConfig{BootstrapExpect: 3, Interval: 20 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))}, g1, s1, election.NewRemote(s1, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); f.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	// The ghost's tag says a cluster exists, so s1 bootstraps nothing: the
+	// only check of the ghost's certificate is the one of its founders tag.
+	discoverytest.WaitFor(t, "the ghost's certificate refused", func() bool { return strings.Contains(logs.String(), "server=ghost") })
+	if fresh, _ := s1.Fresh(); !fresh {
+		t.Fatal("an impostor's founders tag opened the vote gate of a fresh server")
 	}
 }
