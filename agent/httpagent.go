@@ -127,12 +127,12 @@ func (a *Agent) LeaseRemaining(id string) (time.Duration, bool) {
 }
 
 // LocalServiceName implements httpapi.LocalServices: the service of an
-// instance this agent keeps, for the permission of its deregistration.
-func (a *Agent) LocalServiceName(id string) (string, bool) {
-	// A damaged record answers false here; the deregistration then fails
-	// on it with the damage.
-	if svc, ok, err := a.state.Service(id); err == nil && ok {
-		return svc.Instance.Name, true
+// instance kept in the local state. A damaged record is an error, never
+// "not kept": the caller would answer 404 for an instance this agent owns.
+func (a *Agent) LocalServiceName(id string) (string, bool, error) {
+	svc, ok, err := a.state.Service(id)
+	if err != nil || !ok {
+		return "", false, err
 	}
-	return "", false
+	return svc.Instance.Name, true, nil
 }

@@ -206,18 +206,19 @@ func callerName(c *acl.Caller) string {
 // registry's, else the agent's own record of it (registered here but not in
 // the registry yet, after a restore or a reap), so an instance the agent
 // would deregister is never deregistered unchecked.
-func (s *Server) instanceName(id string) (string, bool) {
+func (s *Server) instanceName(id string) (string, bool, error) {
 	if in, ok := s.reg.Instance(s.agent.Node(), id); ok {
-		return in.Name, true
+		return in.Name, true, nil
 	}
 	if ls, ok := s.agent.(LocalServices); ok {
 		return ls.LocalServiceName(id)
 	}
-	return "", false
+	return "", false, nil
 }
 
 // LocalServices is an optional capability of the Agent: the service name of
 // an instance it keeps in its local state.
 type LocalServices interface {
-	LocalServiceName(id string) (string, bool)
+	// A record it cannot read is an error, not a missing instance.
+	LocalServiceName(id string) (string, bool, error)
 }

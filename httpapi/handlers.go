@@ -175,7 +175,11 @@ func (s *Server) deregister(w http.ResponseWriter, r *http.Request) error {
 	if err := checkID("instance id", id); err != nil {
 		return err
 	}
-	if name, ok := s.instanceName(id); ok {
+	name, ok, err := s.instanceName(id)
+	if err != nil {
+		return err
+	}
+	if ok {
 		if err := s.authorize(r, name); err != nil {
 			return err
 		}
