@@ -1,12 +1,19 @@
 package fsm
 
+import "sort"
+
 // A node's journal lists which of its instances changed, entry by entry,
 // for the one replica that asked (an agent tracks its own node): its
 // anti-entropy then looks at what changed, not at every instance of the
 // node, so a registration costs the same at 100 instances as at 100,000.
 
 // journalLimit bounds a journal; a reader further behind compares in full.
-const journalLimit = 4096
+// A reader looks about once a second, so the bound is well above what a
+// node registers in a second (4096 was not: at 4,500 registrations a second
+// every pass compared all of the node's instances, a cost that grew with
+// the registry). Entries a reader has seen are dropped, so a journal holds
+// only what is unread.
+const journalLimit = 1 << 16
 
 type nodeJournal struct {
 	// from: every change after this index is listed (or the journal says
@@ -32,6 +39,18 @@ func (j *nodeJournal) record(index uint64, id string) {
 	j.entries = append(j.entries, journalEntry{index, id})
 }
 
+// forget drops the entries up to index: from then says the journal is
+// complete after index.
+func (j *nodeJournal) forget(index uint64) {
+	i := sort.Search(len(j.entries), func(i int) bool { return j.entries[i].index > index })
+	if i == 0 {
+		return
+	}
+	// A copy, so that a journal once full gives its memory back.
+	j.entries = append([]journalEntry(nil), j.entries[i:]...)
+	j.from = max(j.from, index)
+}
+
 // journal records a change of one instance of node, if node is tracked.
 func (s *state) journal(node, id string) {
 	if j := s.tracked[node]; j != nil {
@@ -53,13 +72,18 @@ func (f *FSM) TrackNode(node string) {
 // index it is complete up to. ok is false when it cannot tell: node is not
 // tracked, the journal was cut short, or a restore replaced everything
 // since then; compare in full then.
+//
+// since is what the reader has put right; it is never asked for again, so
+// the entries up to it are dropped (one reader per journal: the agent's own
+// anti-entropy).
 func (f *FSM) NodeChanges(node string, since uint64) (ids []string, upTo uint64, ok bool) {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	j := f.st.tracked[node]
 	if j == nil || since < j.from {
 		return nil, f.st.index, false
 	}
+	j.forget(since)
 	seen := map[string]bool{}
 	for i := len(j.entries) - 1; i >= 0 && j.entries[i].index > since; i-- {
 		if id := j.entries[i].id; !seen[id] {

@@ -210,9 +210,18 @@ func TestFSM_NodeChanges(t *testing.T) {
 	if ids, _, ok := f.NodeChanges("a", idx); !ok || len(ids) != 0 {
 		t.Fatalf("journal after the restore: %v %v", ids, ok)
 	}
-	// Many changes: the journal keeps the recent ones only.
+	// A reader behind by more than a second of heavy registration (4,500
+	// changes) is still told; one behind by more than the journal keeps
+	// compares in full.
 	from := idx
-	for i := 0; i < 5000; i++ {
+	for i := 0; i < 4500; i++ {
+		apply(&fsm.UpdateCheck{Node: "a", CheckID: "c", Status: []string{fsm.StatusPassing, fsm.StatusCritical}[i%2]})
+	}
+	if ids, upTo, ok := f.NodeChanges("a", from); !ok || !reflect.DeepEqual(ids, []string{"w1"}) || upTo != idx {
+		t.Fatalf("4,500 changes since %d: %v up to %d ok %v", from, ids, upTo, ok)
+	}
+	from = idx
+	for i := 0; i < fsm.JournalLimit+1; i++ {
 		apply(&fsm.UpdateCheck{Node: "a", CheckID: "c", Status: []string{fsm.StatusPassing, fsm.StatusCritical}[i%2]})
 	}
 	if _, _, ok := f.NodeChanges("a", from); ok {
@@ -220,6 +229,10 @@ func TestFSM_NodeChanges(t *testing.T) {
 	}
 	if ids, _, ok := f.NodeChanges("a", idx-10); !ok || !reflect.DeepEqual(ids, []string{"w1"}) {
 		t.Fatalf("recent changes: %v %v", ids, ok)
+	}
+	// What a reader has seen is not told again, and it cannot ask for it.
+	if _, _, ok := f.NodeChanges("a", idx-20); ok {
+		t.Fatal("changes the reader had seen are told again")
 	}
 }
 

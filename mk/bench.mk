@@ -11,9 +11,9 @@ BENCH_SCALE_COUNT ?= 3
 BENCH_SCALE_TIMEOUT ?= 30m
 bench-scale: build
 	@out=$$(mktemp); \
-	$(GO) test -run '^$$' -bench RegisterScale -benchtime 1x -count $(BENCH_SCALE_COUNT) -timeout $(BENCH_SCALE_TIMEOUT) ./agent | grep -E '^(Benchmark|ok|FAIL|RegisterScale at)' | tee $$out; \
+	$(GO) test -run '^$$' -bench RegisterScale -benchtime 1x -count $(BENCH_SCALE_COUNT) -timeout $(BENCH_SCALE_TIMEOUT) ./agent | grep -E '^(Benchmark|ok|FAIL)|RegisterScale at|heapB/instance' | tee $$out; \
 	for m in regs/s_0-10k regs/s_last10k ratio heapB/instance rssB/instance srv_p99_ms services_ms snapshot_MiB snapshot_ms restart_s; do \
-		awk -v m=$$m '/^Benchmark/ {for (i = 3; i < NF; i++) if ($$(i+1) == m) print $$i}' $$out | sort -g | \
+		awk -v m=$$m '/heapB\/instance/ {for (i = 3; i < NF; i++) if ($$(i+1) == m) print $$i}' $$out | sort -g | \
 			awk -v m=$$m '{v[NR] = $$1} END {if (NR) printf "median %-16s %s (n=%d)\n", m, v[int((NR+1)/2)], NR}'; \
 	done; rm -f $$out
 	$(GO) test -run '^$$' -bench BlockingQueries10k -benchtime 1x -timeout 10m ./test | grep -E '^(Benchmark|ok|FAIL)'

@@ -1,0 +1,4 @@
+package fsm
+
+// JournalLimit is how many changes a node's journal keeps unread.
+const JournalLimit = journalLimit
