@@ -123,20 +123,29 @@ func TestAgent_Run_damagedWhileRunning(t *testing.T) {
 	agenttest.WaitFor(t, 30*time.Second, "client ready", n.Ready)
 	register(t, n, api.ServiceRegistration{ID: "web-7", Name: "web", Port: 80})
 
+	// The registration reaches local.db from the write-ahead log once
+	// writes pause (a second); every copy of the record is damaged, as
+	// bbolt may have left an older one on a free page.
 	path := filepath.Join(dir, localstate.FileName)
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	i := bytes.Index(data, []byte(`"id":"web-7"`))
-	if i < 0 {
-		t.Fatal("record not found in local.db")
-	}
+	marker := []byte(`"id":"web-7"`)
+	var data []byte
+	agenttest.WaitFor(t, 15*time.Second, "web-7 in local.db", func() bool {
+		var err error
+		data, err = os.ReadFile(path)
+		return err == nil && bytes.Contains(data, marker)
+	})
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.WriteAt([]byte{'6'}, int64(i+len(`"id":"web-`))) // web-7 -> web-6
+	for off := 0; ; {
+		i := bytes.Index(data[off:], marker)
+		if i < 0 {
+			break
+		}
+		f.WriteAt([]byte{'6'}, int64(off+i+len(`"id":"web-`))) // web-7 -> web-6
+		off += i + len(marker)
+	}
 	f.Close()
 
 	err = client(t, n).Deregister(context.Background(), "web-7")

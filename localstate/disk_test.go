@@ -209,7 +209,7 @@ func TestStore_writeError_classified(t *testing.T) {
 		{"grow sync", errors.New("file sync error: input/output error"), ErrDiskFailed, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err, inDoubt := s.writeError(tc.err)
+			err, inDoubt := s.writeError(s.path, tc.err)
 			if !errors.Is(err, tc.kind) || inDoubt != tc.inDoubt || !errors.Is(err, tc.err) {
 				t.Fatalf("writeError(%v) = %v, in doubt %v; want %v, in doubt %v", tc.err, err, inDoubt, tc.kind, tc.inDoubt)
 			}

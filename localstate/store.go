@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"hash/maphash"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -91,8 +92,9 @@ func (e *storeError) Unwrap() error        { return e.err }
 
 // recovery is what the operator does about a damaged local state file.
 func recovery(path string) string {
-	return fmt.Sprintf("stop the agent, move %s away (keep it for inspection) and start the agent again: "+
-		"it then adopts this node's instances from the registry (API candidacies are not kept and must be made again)", path)
+	return fmt.Sprintf("stop the agent, move %s away (and %s with it; keep both for inspection) and start the agent again: "+
+		"it then adopts this node's instances from the registry (API candidacies are not kept and must be made again)",
+		path, filepath.Join(filepath.Dir(path), WALName))
 }
 
 var (
@@ -106,12 +108,14 @@ var (
 )
 
 // Store holds the local state in memory, mirrored to a bbolt file unless it
-// is in memory only (--dev). A write returns once it is on disk (fsync'd):
-// the agent answers a registration only after that, so a crash right after
-// the answer loses nothing. Concurrent writes share one commit.
+// is in memory only (--dev). A write returns once it is on disk (in the
+// write-ahead log, fdatasync'd): the agent answers a registration only
+// after that, so a crash right after the answer loses nothing. Concurrent
+// writes share one frame of the log.
 type Store struct {
 	path    string
 	db      *bolt.DB // nil: in memory
+	wal     *wal
 	adopted atomic.Bool
 
 	// failed, once set, is returned by every write: damage found in the
@@ -131,6 +135,9 @@ type Store struct {
 	sums        map[string]uint64
 	defs        map[string]*Service
 	candidacies map[candidacyKey]Candidacy
+	// pending holds the records in the log that local.db does not hold yet
+	// (nil: deleted); reads look here first. Written by the writer only.
+	pending map[recordKey][]byte
 
 	ops       chan *op
 	closeOnce sync.Once
@@ -149,6 +156,8 @@ type idLock struct {
 }
 
 type candidacyKey struct{ election, candidate string }
+
+type recordKey struct{ bucket, key string }
 
 // op is one write waiting for the group commit.
 type op struct {
@@ -171,6 +180,7 @@ func Open(path string) (*Store, error) {
 		writerEnd:   make(chan struct{}),
 		damaged:     make(chan struct{}),
 		ids:         map[string]*idLock{},
+		pending:     map[recordKey][]byte{},
 	}
 	if path == "" {
 		s.defs = map[string]*Service{}
@@ -190,8 +200,13 @@ func Open(path string) (*Store, error) {
 		return nil, s.openError("open", err)
 	}
 	s.db = db
+	if s.wal, err = openWAL(filepath.Join(filepath.Dir(path), WALName)); err != nil {
+		db.Close()
+		return nil, s.openError("open "+WALName, err)
+	}
 	if err := s.load(); err != nil {
 		db.Close()
+		s.wal.f.Close()
 		return nil, err
 	}
 	s.ops = make(chan *op, 1024)
@@ -207,6 +222,9 @@ func (s *Store) load() error {
 			} else if err != nil {
 				return s.openError("create bucket "+string(b), err)
 			}
+		}
+		if err := s.replayWAL(tx); err != nil {
+			return err
 		}
 		// A file of an earlier release, without the mark, that holds
 		// records finished its first start: it counts as adopted.
@@ -232,6 +250,52 @@ func (s *Store) load() error {
 			return nil
 		})
 	})
+}
+
+// replayWAL takes the log's frames of the current generation into local.db
+// and moves the generation on, in the transaction of load. A file without
+// a generation (new, or of an earlier release) gets a random one, so that
+// a log left beside a local.db moved away is not replayed into a new one.
+func (s *Store) replayWAL(tx *bolt.Tx) error {
+	meta := tx.Bucket(bucketMeta)
+	raw := meta.Get(keyWALGen)
+	var gen uint32
+	switch {
+	case raw == nil:
+		gen = rand.Uint32()
+	case len(raw) == 4:
+		gen = binary.BigEndian.Uint32(raw)
+	default:
+		return s.damage(fmt.Sprintf("record %s/%q: %d bytes, want 4", bucketMeta, keyWALGen, len(raw)), nil)
+	}
+	ops, err := s.wal.replay(gen)
+	if err != nil {
+		return &storeError{kind: ErrDamaged, err: err, msg: fmt.Sprintf("local state %s is damaged (%v): %s",
+			s.wal.f.Name(), err, recovery(s.path))}
+	}
+	for _, o := range ops {
+		b := tx.Bucket(o.bucket)
+		if b == nil {
+			return &storeError{kind: ErrDamaged, msg: fmt.Sprintf("local state %s is damaged (a record of bucket %q, which local.db lacks): %s",
+				s.wal.f.Name(), o.bucket, recovery(s.path))}
+		}
+		if o.val == nil {
+			err = b.Delete(o.key)
+		} else {
+			err = b.Put(o.key, o.val)
+		}
+		if err != nil {
+			return s.openError("replay "+WALName, err)
+		}
+	}
+	if raw == nil || len(ops) > 0 {
+		gen++
+		if err := meta.Put(keyWALGen, binary.BigEndian.AppendUint32(nil, gen)); err != nil {
+			return s.openError("replay "+WALName, err)
+		}
+	}
+	s.wal.gen = gen
+	return nil
 }
 
 // encode is a record as stored: a CRC-32C of the JSON, then the JSON. bbolt
@@ -304,8 +368,12 @@ func (s *Store) Damaged() <-chan struct{} { return s.damaged }
 // write(2) or the file's growth failed) changed nothing, and the store
 // goes on; any other failure (EIO, a failed fsync) may have left pages
 // written or not, so the store takes no more writes (inDoubt, see fail).
-func (s *Store) writeError(err error) (_ *storeError, inDoubt bool) {
-	disk := mountPoint(filepath.Dir(s.path))
+func (s *Store) writeError(file string, err error) (_ *storeError, inDoubt bool) {
+	disk := mountPoint(filepath.Dir(file))
+	name := s.path
+	if file != s.path {
+		name = fmt.Sprintf("%s (writing %s)", s.path, filepath.Base(file))
+	}
 	var pe *os.PathError
 	// bbolt reports a failed growth of the file as text ("file resize
 	// error: truncate ...: no space left on device"), without the errno.
@@ -320,11 +388,11 @@ func (s *Store) writeError(err error) (_ *storeError, inDoubt bool) {
 	if before && kind != ErrDiskFailed {
 		return &storeError{kind: kind, err: err, msg: fmt.Sprintf(
 			"local state %s: the disk at %s %s (%v); nothing was changed, and writes resume by themselves once it is writable again",
-			s.path, disk, what, err)}, false
+			name, disk, what, err)}, false
 	}
 	return &storeError{kind: kind, err: err, msg: fmt.Sprintf(
 		"local state %s: the disk at %s %s (%v) and what reached it is not known; the agent takes no more writes: check the disk and restart the agent",
-		s.path, disk, what, err)}, true
+		name, disk, what, err)}, true
 }
 
 // errnoOf finds the errno of an error, in its chain or its text.
@@ -375,18 +443,49 @@ func mountPoint(dir string) string {
 	return abs
 }
 
-// writer commits queued writes, as many as are waiting in one transaction:
-// one fsync serves every registration that arrived while the previous one
-// ran.
+// writer commits queued writes, as many as are waiting in one frame of the
+// log: one fdatasync serves every registration that arrived while the
+// previous one ran. It checkpoints the log into local.db once the log
+// passes walCheckpointBytes, once writes pause for walIdleCheckpoint, and
+// at Close.
 func (s *Store) writer() {
 	defer close(s.writerEnd)
+	idle := time.NewTimer(time.Hour)
+	idle.Stop()
+	linger := time.NewTimer(time.Hour)
+	linger.Stop()
+	// busy: the last frame carried more than one write. An fdatasync costs
+	// about 100 µs of CPU here whatever it writes, so under concurrent
+	// registrations the writer waits walLinger for company before it
+	// writes (4,500 -> 5,000-5,900 writes/s through the leader, in-process);
+	// a lone writer never waits.
+	busy := false
 	for {
 		var batch []*op
 		select {
 		case o := <-s.ops:
 			batch = append(batch, o)
+		case <-idle.C:
+			if s.checkpoint() != nil {
+				idle.Reset(walIdleCheckpoint)
+			}
+			continue
 		case <-s.closing:
+			s.checkpoint()
 			return
+		}
+		if busy {
+			linger.Reset(walLinger)
+		gather:
+			for len(batch) < 4096 {
+				select {
+				case o := <-s.ops:
+					batch = append(batch, o)
+				case <-linger.C:
+					break gather
+				}
+			}
+			linger.Stop()
 		}
 	more:
 		for len(batch) < 4096 {
@@ -397,6 +496,7 @@ func (s *Store) writer() {
 				break more
 			}
 		}
+		busy = len(batch) > 1
 		err := s.Err()
 		if err == nil {
 			err = s.commit(batch)
@@ -404,35 +504,76 @@ func (s *Store) writer() {
 		for _, o := range batch {
 			o.done <- err
 		}
+		if err == nil && s.wal.off >= walCheckpointBytes {
+			s.checkpoint()
+		}
+		idle.Reset(walIdleCheckpoint)
 	}
 }
 
-// commit writes a batch in one transaction. A failure is turned into a
-// store error; one that leaves the file in doubt stops later writes.
+// walLinger is how long a busy writer waits for more writes to share a
+// frame's fdatasync.
+const walLinger = 250 * time.Microsecond
+
+// walIdleCheckpoint: writes that paused this long are checkpointed. A
+// variable for the tests.
+var walIdleCheckpoint = time.Second
+
+// commit writes a batch as one frame of the log and makes it visible to
+// reads. A failure is turned into a store error; one that leaves the file
+// in doubt stops later writes.
 func (s *Store) commit(batch []*op) error {
+	if err := s.wal.append(walFrame(s.wal.gen, batch)); err != nil {
+		serr, inDoubt := s.writeError(s.wal.f.Name(), err)
+		if inDoubt {
+			s.fail(serr)
+		}
+		return serr
+	}
+	s.mu.Lock()
+	for _, o := range batch {
+		s.pending[recordKey{string(o.bucket), string(o.key)}] = o.val
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// checkpoint writes the log's records into local.db and moves the log's
+// generation on in the same transaction; the log then starts over. A
+// failure leaves the records in the log (on disk, acknowledged) and is
+// tried again later, unless it leaves local.db in doubt: then the store
+// takes no more writes.
+func (s *Store) checkpoint() error {
+	if s.Err() != nil || len(s.pending) == 0 {
+		return nil
+	}
+	next := s.wal.gen + 1
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		for _, o := range batch {
-			b := tx.Bucket(o.bucket)
+		for k, v := range s.pending {
+			b := tx.Bucket([]byte(k.bucket))
 			var err error
-			if o.val == nil {
-				err = b.Delete(o.key)
+			if v == nil {
+				err = b.Delete([]byte(k.key))
 			} else {
-				err = b.Put(o.key, o.val)
+				err = b.Put([]byte(k.key), v)
 			}
 			if err != nil {
 				return err
 			}
 		}
-		return nil
+		return tx.Bucket(bucketMeta).Put(keyWALGen, binary.BigEndian.AppendUint32(nil, next))
 	})
-	if err == nil {
-		return nil
+	if err != nil {
+		if serr, inDoubt := s.writeError(s.path, err); inDoubt {
+			s.fail(serr)
+		}
+		return err
 	}
-	serr, inDoubt := s.writeError(err)
-	if inDoubt {
-		s.fail(serr)
-	}
-	return serr
+	s.wal.gen, s.wal.off = next, 0
+	s.mu.Lock()
+	clear(s.pending)
+	s.mu.Unlock()
+	return nil
 }
 
 // persist writes one record (val nil: deletes it) and waits until it is on
@@ -555,7 +696,19 @@ func (s *Store) Service(id string) (Service, bool, error) {
 	case s.db == nil:
 		return Service{Instance: Definition(mem.Instance), Source: mem.Source}, true, nil
 	}
+	s.mu.RLock()
+	raw, inLog := s.pending[recordKey{string(bucketServices), id}]
+	s.mu.RUnlock()
 	var svc Service
+	if inLog {
+		if raw == nil {
+			return Service{}, false, nil // deleted meanwhile
+		}
+		if err := s.decode(bucketServices, []byte(id), raw, &svc); err != nil {
+			return Service{}, false, err
+		}
+		return svc, true, nil
+	}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		raw := tx.Bucket(bucketServices).Get([]byte(id))
 		if raw == nil {
@@ -587,9 +740,21 @@ func (s *Store) Services() ([]Service, error) {
 		sort.Slice(out, func(i, j int) bool { return out[i].Instance.ID < out[j].Instance.ID })
 		return out, nil
 	}
-	// bbolt iterates in key order.
+	// The log's records first, local.db's after: a checkpoint in between
+	// has then put them in local.db before this reads it.
+	inLog := map[string][]byte{}
+	s.mu.RLock()
+	for k, v := range s.pending {
+		if k.bucket == string(bucketServices) {
+			inLog[k.key] = v
+		}
+	}
+	s.mu.RUnlock()
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketServices).ForEach(func(k, v []byte) error {
+			if _, ok := inLog[string(k)]; ok {
+				return nil
+			}
 			var svc Service
 			if err := s.decode(bucketServices, k, v, &svc); err != nil {
 				return err
@@ -600,6 +765,19 @@ func (s *Store) Services() ([]Service, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	for k, v := range inLog {
+		if v == nil {
+			continue
+		}
+		var svc Service
+		if err := s.decode(bucketServices, []byte(k), v, &svc); err != nil {
+			return nil, err
+		}
+		out = append(out, svc)
+	}
+	if len(inLog) > 0 {
+		sort.Slice(out, func(i, j int) bool { return out[i].Instance.ID < out[j].Instance.ID })
 	}
 	return out, nil
 }
@@ -681,7 +859,7 @@ func (s *Store) Close() error {
 		close(s.closing)
 		<-s.writerEnd
 		if s.db != nil {
-			err = s.db.Close()
+			err = errors.Join(s.db.Close(), s.wal.f.Close())
 		}
 	})
 	return err

@@ -1,0 +1,232 @@
+package localstate
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// The write-ahead log: what a crash leaves on disk is copied while the
+// store is open (bbolt's flock keeps a second Open of the same file out),
+// and the copy is opened as the restarted agent would.
+
+// setWAL sets the checkpoint triggers for one test.
+func setWAL(t *testing.T, bytes int64, idle time.Duration) {
+	oldBytes, oldIdle := walCheckpointBytes, walIdleCheckpoint
+	walCheckpointBytes, walIdleCheckpoint = bytes, idle
+	t.Cleanup(func() { walCheckpointBytes, walIdleCheckpoint = oldBytes, oldIdle })
+}
+
+// crashCopy copies the data dir's local.db and local.wal as they are on
+// disk now into a new dir and returns the copy's local.db path.
+func crashCopy(t *testing.T, path string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, name := range []string{FileName, WALName} {
+		data, err := os.ReadFile(filepath.Join(filepath.Dir(path), name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return filepath.Join(dir, FileName)
+}
+
+func openT(t *testing.T, path string) *Store {
+	t.Helper()
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func serviceIDs(t *testing.T, s *Store) []string {
+	t.Helper()
+	all, err := s.Services()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, svc := range all {
+		ids = append(ids, svc.Instance.ID)
+	}
+	return ids
+}
+
+// Every acknowledged write is there after a crash, whether it reached
+// local.db by a checkpoint or only the log: with a checkpoint every few
+// frames, the log is written over from its start many times, and older
+// frames left in it are never replayed.
+func TestStore_crashKeepsAcknowledgedWrites(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		checkpoint int64
+	}{
+		{"in the log only", 1 << 30},
+		{"checkpointed every few frames", 2 << 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			setWAL(t, tc.checkpoint, time.Hour)
+			path := filepath.Join(t.TempDir(), FileName)
+			s := openT(t, path)
+			var want []string
+			for i := range 40 {
+				id := fmt.Sprintf("web-%02d", i)
+				if err := s.PutService(svc(id, 80+i)); err != nil {
+					t.Fatal(err)
+				}
+				if i%5 == 3 {
+					if _, err := s.DeleteService(id); err != nil {
+						t.Fatal(err)
+					}
+					continue
+				}
+				want = append(want, id)
+			}
+			if err := s.PutService(svc("web-00", 9999)); err != nil { // a change
+				t.Fatal(err)
+			}
+			if err := s.PutCandidacy(Candidacy{Election: "db", Candidate: "a"}); err != nil {
+				t.Fatal(err)
+			}
+			db, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if inDB := bytes.Contains(db, []byte(`"id":"web-01"`)); inDB == (tc.checkpoint > 1<<20) {
+				t.Fatalf("an early write in local.db: %v; this case wants it there only with checkpoints", inDB)
+			}
+
+			c := openT(t, crashCopy(t, path))
+			if got := serviceIDs(t, c); fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Fatalf("after the crash: %v\nwant %v", got, want)
+			}
+			if got, ok, err := c.Service("web-00"); err != nil || !ok || got.Instance.Port != 9999 {
+				t.Fatalf("web-00 after the crash: %+v %v %v, want port 9999", got.Instance, ok, err)
+			}
+			if got := c.Candidacies(); len(got) != 1 {
+				t.Fatalf("candidacies after the crash: %v", got)
+			}
+		})
+	}
+}
+
+// walFrames returns the offsets of the whole frames at the log's start.
+func walFrames(t *testing.T, data []byte) []int {
+	t.Helper()
+	gen := binary.BigEndian.Uint32(data[4:])
+	var offs []int
+	for off := 0; ; {
+		p, ok := walParse(data[off:], gen)
+		if !ok {
+			return offs
+		}
+		offs = append(offs, off)
+		off += walHeader + len(p)
+	}
+}
+
+// A frame cut by a crash (it was never acknowledged) is dropped; a damaged
+// frame with whole frames after it stops Open with one line naming the log
+// and the recovery, never a start without the writes after it.
+func TestStore_walTornAndDamagedFrames(t *testing.T) {
+	setWAL(t, 1<<30, time.Hour)
+	path := filepath.Join(t.TempDir(), FileName)
+	s := openT(t, path)
+	for i := range 3 {
+		if err := s.PutService(svc(fmt.Sprintf("web-%d", i), 80+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	walPath := filepath.Join(filepath.Dir(path), WALName)
+	data, err := os.ReadFile(walPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	offs := walFrames(t, data)
+	if len(offs) != 3 {
+		t.Fatalf("%d frames in the log, want 3", len(offs))
+	}
+
+	t.Run("torn last frame", func(t *testing.T) {
+		cp := crashCopy(t, path)
+		// The last frame's first 40 bytes, then the rest of the file.
+		if err := os.Truncate(filepath.Join(filepath.Dir(cp), WALName), int64(offs[2]+40)); err != nil {
+			t.Fatal(err)
+		}
+		c := openT(t, cp)
+		if got := serviceIDs(t, c); fmt.Sprint(got) != "[web-0 web-1]" {
+			t.Fatalf("after a torn last frame: %v, want the two whole ones", got)
+		}
+	})
+	t.Run("damaged middle frame", func(t *testing.T) {
+		cp := crashCopy(t, path)
+		cpWAL := filepath.Join(filepath.Dir(cp), WALName)
+		damaged := bytes.Clone(data)
+		damaged[offs[1]+walHeader+10] ^= 0x40
+		if err := os.WriteFile(cpWAL, damaged, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s, err := Open(cp)
+		if err == nil {
+			s.Close()
+		}
+		requireOneLine(t, err, ErrDamaged, cpWAL, fmt.Sprintf("frame at offset %d is damaged", offs[1]), "move "+cp+" away")
+	})
+}
+
+// A log beside a local.db that was moved away (the recovery of a damaged
+// one) is not replayed into the new local.db: the agent adopts what the
+// registry holds instead of half a record of the old file.
+func TestStore_walOfAnotherLocalDBIsNotReplayed(t *testing.T) {
+	setWAL(t, 1<<30, time.Hour)
+	path := filepath.Join(t.TempDir(), FileName)
+	s := openT(t, path)
+	if err := s.PutService(svc("web-1", 80)); err != nil {
+		t.Fatal(err)
+	}
+	cp := crashCopy(t, path)
+	if err := os.Remove(cp); err != nil {
+		t.Fatal(err)
+	}
+	c := openT(t, cp)
+	if got := serviceIDs(t, c); len(got) != 0 || c.Adopted() {
+		t.Fatalf("a new local.db beside an old log: %v, adopted %v; want empty and not adopted", got, c.Adopted())
+	}
+}
+
+// Writes that pause are checkpointed into local.db, so the log a restart
+// replays stays short.
+func TestStore_idleWritesAreCheckpointed(t *testing.T) {
+	setWAL(t, 1<<30, 20*time.Millisecond)
+	path := filepath.Join(t.TempDir(), FileName)
+	s := openT(t, path)
+	if err := s.PutService(svc("web-1", 80)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(data, []byte(`"id":"web-1"`)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("an idle write not in local.db after 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, ok, err := s.Service("web-1"); !ok || err != nil {
+		t.Fatalf("after the checkpoint: %v %v", ok, err)
+	}
+}
