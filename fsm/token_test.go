@@ -1,0 +1,90 @@
+package fsm_test
+
+import (
+	"bytes"
+	"io"
+	"testing"
+
+	"github.com/sidecarhq/sidecar/fsm"
+)
+
+// restoredAt saves h's registry, rewrites it to describe a registry at
+// index (as a restore does: the snapshot takes the index of the entry that
+// restores it, which may be far below the tokens it holds) and returns a
+// harness on a new registry restored from it, whose next entry is index+1.
+func restoredAt(t *testing.T, h *harness, index uint64) *harness {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := h.f.WriteSnapshot(&buf); err != nil {
+		t.Fatal(err)
+	}
+	data, err := fsm.Reindex(buf.Bytes(), index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &harness{t: t, f: fsm.New(), next: index + 1}
+	if err := r.f.Restore(io.NopCloser(bytes.NewReader(data))); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// A snapshot saved on one cluster and restored into another keeps tokens
+// greater than the restore's index. An acquisition whose entry's index is
+// exactly the last token handed out gets the next token, never that one:
+// two holds sharing a fencing token would both pass a fenced write.
+func TestFSM_tokenAtTheLastTokensIndexIsGreater(t *testing.T) {
+	h := newHarness(t, grant("l1"), grant("l2"))
+	for range 10 {
+		h.ok(regNode("n1"))
+	}
+	last := h.ok(acquire("x", "l1", t0)).Token
+	if last != h.lastIndex() {
+		t.Fatalf("token %d, want the entry's index %d", last, h.lastIndex())
+	}
+
+	r := restoredAt(t, h, last-3)
+	r.ok(regNode("n1"))                     // last-2
+	r.ok(release("x", "l1", t0+sec))        // last-1
+	res := r.ok(acquire("x", "l2", t0+sec)) // at index last
+	if r.lastIndex() != last {
+		t.Fatalf("the acquisition is at index %d, want %d", r.lastIndex(), last)
+	}
+	m := r.lock("x")
+	if !res.Held || res.Token <= last || m.Holder.Token != res.Token || m.LastToken != res.Token {
+		t.Fatalf("acquisition at index %d after token %d: held %v token %d (holder %d, last %d); want a token above %d",
+			last, last, res.Held, res.Token, m.Holder.Token, m.LastToken, last)
+	}
+}
+
+// A candidate that campaigns again on another lease (its sidecar
+// restarted: a new node session) goes on leading as a new acquisition,
+// with a token greater than any before, so that whatever still acts on the
+// old session's token is fenced off. It stays so after a restore whose
+// index is below the tokens.
+func TestFSM_recampaignOnANewLeaseGetsAGreaterToken(t *testing.T) {
+	h := newHarness(t, grant("l1"), grant("l2"), grant("l3"))
+	first := h.ok(campaign("e", "a", "l1", t0))
+	if !first.Held {
+		t.Fatal("the only candidate does not lead")
+	}
+	h.ok(regNode("n1")) // an entry between: the token is the index, not just one above the last
+	again := h.ok(campaign("e", "a", "l2", t0+sec))
+	e := h.election("e")
+	if !again.Held || again.Token != h.lastIndex() || again.Token <= first.Token ||
+		e.Holder.Token != again.Token || e.LastToken != again.Token || e.Holder.Lease != "l2" || e.Holder.Since != t0+sec {
+		t.Fatalf("re-campaign on a new lease: held %v token %d (first %d), holder %+v, last token %d; want token %d since %d on l2",
+			again.Held, again.Token, first.Token, e.Holder, e.LastToken, h.lastIndex(), t0+sec)
+	}
+	// The same lease again changes nothing, the token included.
+	if same := h.apply(campaign("e", "a", "l2", t0+2*sec)); same.Token != again.Token {
+		t.Fatalf("re-campaign on the same lease moved the token %d -> %d", again.Token, same.Token)
+	}
+
+	// Restored below its tokens: the next token is one above the last.
+	r := restoredAt(t, h, again.Token-5)
+	third := r.ok(campaign("e", "a", "l3", t0+3*sec))
+	if third.Token != again.Token+1 || r.election("e").LastToken != third.Token {
+		t.Fatalf("re-campaign after a restore at %d: token %d, want %d", again.Token-5, third.Token, again.Token+1)
+	}
+}
