@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# make mutate: gremlins (mutation testing) on each package named, with that
+# package's own tests, then one table of the results against the
+# thresholds (scripts/mutate). The test helpers (electiontest, agenttest,
+# discoverytest) are not mutated: they are not the code under test.
+#
+# Environment: GREMLINS (the binary; default $(go env GOPATH)/bin/gremlins),
+# MUTATE_OUT (keep the JSON results and logs there; default a temporary
+# directory), MUTATE_DIFF (a branch or commit: mutate only the lines changed
+# since it, gremlins --diff).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+GREMLINS=${GREMLINS:-$(go env GOPATH)/bin/gremlins}
+out=${MUTATE_OUT:-$(mktemp -d)}
+mkdir -p "$out"
+args=()
+for pkg in "$@"; do
+	start=$(date +%s)
+	if ! "$GREMLINS" unleash "./$pkg" --exclude-files '(electiontest|agenttest|discoverytest)/' \
+		-o "$out/$pkg.json" ${MUTATE_DIFF:+--diff "$MUTATE_DIFF"} >"$out/$pkg.log" 2>&1; then
+		echo "mutate: gremlins failed on $pkg (its output: $out/$pkg.log)" >&2
+		exit 2
+	fi
+	echo "mutate: $pkg done in $(($(date +%s) - start)) s" >&2
+	args+=("$pkg=$out/$pkg.json")
+done
+go run ./scripts/mutate -efficacy fsm=95,acl=95,tlsutil=95,election=85,dnsserver=85,localstate=85 -coverage 90 "${args[@]}"
