@@ -2,6 +2,7 @@ package fsm_test
 
 import (
 	"bytes"
+	"strings"
 	"testing"
 
 	"github.com/sidecarhq/sidecar/fsm"
@@ -247,5 +248,23 @@ func TestFSM_Campaign_nodeRecampaignKeepsOwner(t *testing.T) {
 		t.Fatalf("after re-campaign: %+v", m.Holder)
 	}
 	requireUnchanged(t, h, &fsm.Resign{Election: "db", Candidate: "c1", Node: "n1", Now: t0, Auth: by(tokB)}, fsm.ErrNotOwner)
+	h.ok(&fsm.Resign{Election: "db", Candidate: "c1", Node: "n1", Now: t0, Auth: by(tokA)})
+}
+
+// The candidate first in line (not leading) is its owner's too: another
+// token can neither resign it nor campaign over it, and the refusal names
+// the token that asked.
+func TestFSM_candidateOwnership_firstWaiter(t *testing.T) {
+	h := newHarness(t, append(ownershipWorld(),
+		&fsm.Campaign{Election: "db", Candidate: "c0", Lease: "lb", Node: "n1", Now: t0, Auth: by(tokB)},
+		&fsm.Campaign{Election: "db", Candidate: "c1", Lease: "la", Node: "n1", Now: t0, Auth: by(tokA)})...)
+	if m := h.election("db"); len(m.Waiters) != 1 || m.Waiters[0].ID != "c1" {
+		t.Fatalf("c1 is not first in line: %+v", m.Waiters)
+	}
+	r := requireUnchanged(t, h, &fsm.Resign{Election: "db", Candidate: "c1", Node: "n1", Now: t0, Auth: by(tokB)}, fsm.ErrNotOwner)
+	if !strings.Contains(r.Err.Error(), `token "`+tokB+`" may not act`) {
+		t.Fatalf("refusal %q does not name the token that asked", r.Err)
+	}
+	requireUnchanged(t, h, &fsm.Campaign{Election: "db", Candidate: "c1", Lease: "lb", Node: "n1", Now: t0, Auth: by(tokB)}, fsm.ErrNotOwner)
 	h.ok(&fsm.Resign{Election: "db", Candidate: "c1", Node: "n1", Now: t0, Auth: by(tokA)})
 }

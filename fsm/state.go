@@ -459,6 +459,8 @@ func (s *state) dropFromMutex(index uint64, m *Mutex, lease string, now int64, e
 	if m.Holder != nil && m.Holder.Lease == lease {
 		m.Holder = nil
 		changed = true
+		// equivalent mutant: a delay of 0 sets DelayUntil to now, which
+		// holds no one back (promote waits while now < DelayUntil).
 		if expired && m.LockDelay > 0 {
 			m.DelayUntil = now + m.LockDelay
 		}

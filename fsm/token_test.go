@@ -88,3 +88,52 @@ func TestFSM_recampaignOnANewLeaseGetsAGreaterToken(t *testing.T) {
 		t.Fatalf("re-campaign after a restore at %d: token %d, want %d", again.Token-5, third.Token, again.Token+1)
 	}
 }
+
+// A transfer hands the election over with a token one above the last, also
+// after a restore whose index is below the tokens.
+func TestFSM_Transfer_afterARestoreBelowTheTokens(t *testing.T) {
+	h := newHarness(t, regNode("n1"), grant("l1"), grant("l2"))
+	lead := h.ok(campaign("e", "a", "l1", t0))
+	h.ok(campaign("e", "b", "l2", t0))
+	r := restoredAt(t, h, lead.Token-2)
+	res := r.ok(&fsm.Transfer{Election: "e", From: "a", To: "b", Node: "n1", Now: t0 + sec})
+	e := r.election("e")
+	if !res.Held || res.Token != lead.Token+1 || e.Holder.ID != "b" || e.LastToken != res.Token {
+		t.Fatalf("transfer after a restore at %d: %+v, holder %+v, last token %d; want b leading with token %d",
+			lead.Token-2, res, e.Holder, e.LastToken, lead.Token+1)
+	}
+}
+
+// A service stays listed while one of its instances is left, and goes with
+// its last one.
+func TestFSM_Services_listsAServiceUntilItsLastInstanceGoes(t *testing.T) {
+	h := newHarness(t, regNode("n1"), regInst("n1", "web-1", "web"), regInst("n1", "web-2", "web"))
+	h.ok(&fsm.DeregisterInstance{Node: "n1", ID: "web-1"})
+	if _, ok := h.f.Services()["web"]; !ok {
+		t.Fatal("web is not listed with web-2 left")
+	}
+	h.ok(&fsm.DeregisterInstance{Node: "n1", ID: "web-2"})
+	if _, ok := h.f.Services()["web"]; ok {
+		t.Fatal("web is listed with no instance left")
+	}
+}
+
+// A node that comes back with another address wakes the blocking queries
+// of its services: their instances without an address of their own now
+// answer with the new one.
+func TestFSM_RegisterNode_newAddressWakesItsServices(t *testing.T) {
+	in := regInst("n1", "web-1", "web")
+	in.Instance.Address = ""
+	h := newHarness(t, regNode("n1"), in)
+	before := h.f.ServiceIndex("web")
+	watch := h.f.WatchService("web")
+	h.ok(&fsm.RegisterNode{Name: "n1", Address: "10.0.0.2"})
+	select {
+	case <-watch:
+	default:
+		t.Fatal("a new node address did not wake the service's watchers")
+	}
+	if after := h.f.ServiceIndex("web"); after <= before {
+		t.Fatalf("service index %d -> %d after the node's address changed", before, after)
+	}
+}
