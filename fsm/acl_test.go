@@ -268,3 +268,49 @@ func TestFSM_candidateOwnership_firstWaiter(t *testing.T) {
 	requireUnchanged(t, h, &fsm.Campaign{Election: "db", Candidate: "c1", Lease: "lb", Node: "n1", Now: t0, Auth: by(tokB)}, fsm.ErrNotOwner)
 	h.ok(&fsm.Resign{Election: "db", Candidate: "c1", Node: "n1", Now: t0, Auth: by(tokA)})
 }
+
+// A token is checked field by field, each at its limit: whatever passes
+// one check still meets the next, and exactly the limit is allowed.
+func TestFSM_ACLSetToken_validation(t *testing.T) {
+	tok := func(f func(*fsm.ACLToken)) *fsm.ACLSetToken {
+		c := setToken("t-new", "h-new")
+		f(&c.Token)
+		return c
+	}
+	rulesOf := func(n int) []byte { return []byte(`"` + strings.Repeat("r", n-2) + `"`) }
+	for _, tc := range []struct {
+		name string
+		cmd  *fsm.ACLSetToken
+		ok   bool
+	}{
+		{"bad id", tok(func(t *fsm.ACLToken) { t.ID = "no spaces" }), false},
+		{"secret hash at the limit", tok(func(t *fsm.ACLToken) { t.SecretHash = strings.Repeat("h", 128) }), true},
+		{"secret hash too long", tok(func(t *fsm.ACLToken) { t.SecretHash = strings.Repeat("h", 129) }), false},
+		{"description at the limit", tok(func(t *fsm.ACLToken) { t.Description = strings.Repeat("d", fsm.MaxTextLen) }), true},
+		{"description too long", tok(func(t *fsm.ACLToken) { t.Description = strings.Repeat("d", fsm.MaxTextLen+1) }), false},
+		{"rules at the limit", tok(func(t *fsm.ACLToken) { t.Rules = rulesOf(fsm.MaxRulesLen) }), true},
+		{"rules too long", tok(func(t *fsm.ACLToken) { t.Rules = rulesOf(fsm.MaxRulesLen + 1) }), false},
+		{"anonymous with a secret", tok(func(t *fsm.ACLToken) { t.ID, t.SecretHash = fsm.AnonymousTokenID, "h" }), false},
+		{"anonymous as management", tok(func(t *fsm.ACLToken) { t.ID, t.SecretHash, t.Management = fsm.AnonymousTokenID, "", true }), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t, bootstrapCmd())
+			if tc.ok {
+				h.ok(tc.cmd)
+				return
+			}
+			requireUnchanged(t, h, tc.cmd, fsm.ErrInvalid)
+		})
+	}
+}
+
+// A lease's refusal names who asked: the token, or no token.
+func TestFSM_leaseOwnerError_namesTheCaller(t *testing.T) {
+	h := newHarness(t, ownershipWorld()...)
+	for auth, want := range map[string]string{tokB: `token "` + tokB + `" may not use it`, "": "no token may not use it"} {
+		r := requireUnchanged(t, h, &fsm.AcquireLock{Name: "job", Lease: "la", Node: "n1", Now: t0, Auth: by(auth)}, fsm.ErrNotOwner)
+		if !strings.Contains(r.Err.Error(), want) {
+			t.Fatalf("refusal %q does not say %q", r.Err, want)
+		}
+	}
+}
