@@ -28,6 +28,8 @@ type journalEntry struct {
 }
 
 func (j *nodeJournal) record(index uint64, id string) {
+	// equivalent mutant: skipping a repeat of the last entry only saves
+	// room; NodeChanges lists each id once either way.
 	if n := len(j.entries); n > 0 && j.entries[n-1].index == index && j.entries[n-1].id == id {
 		return
 	}
@@ -85,7 +87,7 @@ func (f *FSM) NodeChanges(node string, since uint64) (ids []string, upTo uint64,
 	}
 	j.forget(since)
 	seen := map[string]bool{}
-	for i := len(j.entries) - 1; i >= 0 && j.entries[i].index > since; i-- {
+	for i := len(j.entries) - 1; i >= 0; i-- { // all after since: forget dropped the rest
 		if id := j.entries[i].id; !seen[id] {
 			seen[id] = true
 			ids = append(ids, id)

@@ -220,12 +220,21 @@ func TestFSM_NodeChanges(t *testing.T) {
 	if ids, upTo, ok := f.NodeChanges("a", from); !ok || !reflect.DeepEqual(ids, []string{"w1"}) || upTo != idx {
 		t.Fatalf("4,500 changes since %d: %v up to %d ok %v", from, ids, upTo, ok)
 	}
+	// Unread, the journal keeps JournalLimit changes; the next one drops
+	// the older half: complete after the last one dropped, not before.
 	from = idx
+	if ids, _, ok := f.NodeChanges("a", from); !ok || len(ids) != 0 { // read: the journal is empty
+		t.Fatalf("changes since the last read: %v %v", ids, ok)
+	}
 	for i := 0; i < fsm.JournalLimit+1; i++ {
 		apply(&fsm.UpdateCheck{Node: "a", CheckID: "c", Status: []string{fsm.StatusPassing, fsm.StatusCritical}[i%2]})
 	}
-	if _, _, ok := f.NodeChanges("a", from); ok {
+	lastDropped := from + fsm.JournalLimit/2
+	if _, _, ok := f.NodeChanges("a", lastDropped-1); ok {
 		t.Fatal("a journal cut short tells changes it dropped")
+	}
+	if _, _, ok := f.NodeChanges("a", lastDropped); !ok {
+		t.Fatalf("the journal cannot tell the changes after index %d, the last it dropped", lastDropped)
 	}
 	if ids, _, ok := f.NodeChanges("a", idx-10); !ok || !reflect.DeepEqual(ids, []string{"w1"}) {
 		t.Fatalf("recent changes: %v %v", ids, ok)
