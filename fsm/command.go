@@ -263,6 +263,7 @@ func Encode(c Command) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode %s: %w", c.Type(), err)
 	}
+	// equivalent mutant: a capacity only saves a copy
 	out := make([]byte, 0, len(body)+1)
 	out = append(out, byte(c.Type()))
 	return append(out, body...), nil

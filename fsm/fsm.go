@@ -274,6 +274,7 @@ func (f *FSM) ApplyBytes(index uint64, data []byte) *Result {
 	if f.halted != nil {
 		return &Result{Index: index, Err: f.halted}
 	}
+	// equivalent mutant: Raft entries start at index 1, so index <= 0 never comes
 	if index <= f.st.index && f.st.index > 0 {
 		// Applied already: Raft replays entries after a snapshot older than
 		// this registry (see Restore). Every replica applied the same entry.

@@ -66,8 +66,10 @@ func (f *FSM) ServiceInstances(name string) []ServiceEntry {
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i].Instance, out[j].Instance
 		if a.Node != b.Node {
+			// equivalent mutant: keys are unique, so no two compare equal (< or <=)
 			return a.Node < b.Node
 		}
+		// equivalent mutant: keys are unique, so no two compare equal (< or <=)
 		return a.ID < b.ID
 	})
 	return out
@@ -106,6 +108,7 @@ func (f *FSM) NodeInstances(node string) []*Instance {
 	for key := range f.st.byNode[node] {
 		out = append(out, f.st.instances[key].clone())
 	}
+	// equivalent mutant: ids are unique, so no two compare equal (< or <=)
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }

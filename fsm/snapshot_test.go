@@ -417,3 +417,20 @@ func TestReindex(t *testing.T) {
 		t.Fatalf("Reindex of a corrupt snapshot: %v", err)
 	}
 }
+
+// Two tokens with one secret in a snapshot are refused: a secret must name
+// one token. Tokens without a secret (the anonymous token) may be many.
+func TestFSM_Restore_tokensSharingASecret(t *testing.T) {
+	good := snapshotBytes(t, newHarness(t, bootstrapCmd(), setToken(tokA, "h-a"), setToken(tokB, "h-b")).f)
+	_, body := splitSnapshot(t, good)
+	shared := sign(bytes.Replace(body, []byte(`"h-b"`), []byte(`"h-a"`), 1))
+	if bytes.Equal(shared, good) {
+		t.Fatal("no secret replaced")
+	}
+	if err := fsm.CheckSnapshot(bytes.NewReader(shared)); !errors.Is(err, fsm.ErrCorruptSnapshot) {
+		t.Fatalf("CheckSnapshot of two tokens sharing a secret = %v, want ErrCorruptSnapshot", err)
+	}
+	if err := fsm.CheckSnapshot(bytes.NewReader(good)); err != nil {
+		t.Fatalf("CheckSnapshot of the good one: %v", err)
+	}
+}

@@ -2,6 +2,7 @@ package fsm_test
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"testing"
 
@@ -135,5 +136,38 @@ func TestFSM_RegisterNode_newAddressWakesItsServices(t *testing.T) {
 	}
 	if after := h.f.ServiceIndex("web"); after <= before {
 		t.Fatalf("service index %d -> %d after the node's address changed", before, after)
+	}
+}
+
+// A service's instances are listed by node, then id; a node's by id.
+func TestFSM_instanceListsAreOrdered(t *testing.T) {
+	h := newHarness(t, regNode("n1"), regNode("n2"),
+		regInst("n2", "a", "web"), regInst("n1", "b", "web"), regInst("n1", "a", "web"), regInst("n2", "c", "web"))
+	var got []string
+	for _, e := range h.f.ServiceInstances("web") {
+		got = append(got, e.Instance.Node+"/"+e.Instance.ID)
+	}
+	if fmt.Sprint(got) != "[n1/a n1/b n2/a n2/c]" {
+		t.Fatalf("ServiceInstances order %v", got)
+	}
+	got = nil
+	for _, in := range h.f.NodeInstances("n2") {
+		got = append(got, in.ID)
+	}
+	if fmt.Sprint(got) != "[a c]" {
+		t.Fatalf("NodeInstances order %v", got)
+	}
+}
+
+// Every table's index is the last entry that changed it, the first table
+// included.
+func TestFSM_TableIndex_everyTable(t *testing.T) {
+	h := newHarness(t, regNode("n1"))
+	if got := h.f.TableIndex(fsm.TableNodes); got != h.lastIndex() {
+		t.Fatalf("TableIndex(nodes) = %d, want %d", got, h.lastIndex())
+	}
+	h.ok(grant("l1"))
+	if got := h.f.TableIndex(fsm.TableLeases); got != h.lastIndex() {
+		t.Fatalf("TableIndex(leases) = %d, want %d", got, h.lastIndex())
 	}
 }
