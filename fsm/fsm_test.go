@@ -163,7 +163,7 @@ func TestFSM_ApplyBytes_undecodable(t *testing.T) {
 
 func TestFSM_TableIndex_unknownTable(t *testing.T) {
 	h := newHarness(t, richWorld()...)
-	for _, tb := range []fsm.Table{-1, fsm.TableElections + 1, 100} {
+	for _, tb := range []fsm.Table{-1, fsm.NumTables, fsm.NumTables + 1, 100} {
 		if got := h.f.TableIndex(tb); got != 0 {
 			t.Errorf("TableIndex(%d) = %d, want 0", tb, got)
 		}

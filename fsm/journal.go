@@ -28,8 +28,8 @@ type journalEntry struct {
 }
 
 func (j *nodeJournal) record(index uint64, id string) {
-	// equivalent mutant: skipping a repeat of the last entry only saves
-	// room; NodeChanges lists each id once either way.
+	// equivalent mutant: skipping a repeat of the last entry only saves room
+	// (NodeChanges lists each id once either way).
 	if n := len(j.entries); n > 0 && j.entries[n-1].index == index && j.entries[n-1].id == id {
 		return
 	}

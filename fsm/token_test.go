@@ -171,3 +171,33 @@ func TestFSM_TableIndex_everyTable(t *testing.T) {
 		t.Fatalf("TableIndex(leases) = %d, want %d", got, h.lastIndex())
 	}
 }
+
+// A service's tags stay listed while an instance carrying them is left.
+func TestFSM_Services_keepsTagsOfTheInstancesLeft(t *testing.T) {
+	tagged := func(id string) *fsm.RegisterInstance {
+		c := regInst("n1", id, "web")
+		c.Instance.Tags = []string{"v1"}
+		return c
+	}
+	h := newHarness(t, regNode("n1"), tagged("web-1"), tagged("web-2"))
+	h.ok(&fsm.DeregisterInstance{Node: "n1", ID: "web-1"})
+	if got := h.f.Services()["web"]; fmt.Sprint(got) != "[v1]" {
+		t.Fatalf("web's tags with web-2 left: %v, want [v1]", got)
+	}
+}
+
+// Instances bound to a lease go with it, also those left after another of
+// them was deregistered.
+func TestFSM_RevokeLease_removesTheInstancesLeftOnIt(t *testing.T) {
+	onLease := func(id string) *fsm.RegisterInstance {
+		c := regInst("n1", id, "web")
+		c.Instance.Lease = "l1"
+		return c
+	}
+	h := newHarness(t, regNode("n1"), grant("l1"), onLease("web-1"), onLease("web-2"))
+	h.ok(&fsm.DeregisterInstance{Node: "n1", ID: "web-1"})
+	h.ok(&fsm.RevokeLease{ID: "l1", Now: t0})
+	if _, ok := h.f.Instance("n1", "web-2"); ok {
+		t.Fatal("web-2 outlived its lease")
+	}
+}

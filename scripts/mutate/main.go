@@ -7,8 +7,8 @@
 // A mutant that lives because the change cannot be observed (a
 // short-circuit that only saves work, a timing constant whose exact value
 // no test may assert) is marked at its line, or on the line above, with a
-// comment "equivalent mutant: <why>" (above: a line holding only that
-// comment); it then counts as equivalent, not as lived.
+// comment "equivalent mutant: <why>" (above: in the comment lines right
+// above it); it then counts as equivalent, not as lived.
 //
 //	go run ./scripts/mutate -efficacy fsm=95,election=85 -coverage 90 fsm=/tmp/fsm.json election=/tmp/election.json
 package main
@@ -138,8 +138,7 @@ func summarise(pkg, file string, line func(string, int) string) (summary, error)
 			case "NOT COVERED":
 				s.notCovered++
 			case "LIVED":
-				above := strings.TrimSpace(line(f.Name, m.Line-1))
-				if strings.Contains(line(f.Name, m.Line), marker) || strings.HasPrefix(above, "//") && strings.Contains(above, marker) {
+				if marked(f.Name, m.Line, line) {
 					s.equivalent++
 					continue
 				}
@@ -156,6 +155,24 @@ func summarise(pkg, file string, line func(string, int) string) (summary, error)
 		s.coverage = 100 * float64(s.killed+s.lived+s.equivalent) / float64(n)
 	}
 	return s, nil
+}
+
+// marked reports whether the line holds the marker, or the comment lines
+// right above it do.
+func marked(file string, n int, line func(string, int) string) bool {
+	if strings.Contains(line(file, n), marker) {
+		return true
+	}
+	for i := n - 1; i > 0; i-- {
+		l := strings.TrimSpace(line(file, i))
+		if !strings.HasPrefix(l, "//") {
+			return false
+		}
+		if strings.Contains(l, marker) {
+			return true
+		}
+	}
+	return false
 }
 
 // report prints the table and the unexplained survivors; it returns false
