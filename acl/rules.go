@@ -215,6 +215,8 @@ func (r Rules) match(res Resource, name string) (Access, bool) {
 	}
 	best, found, bestLen := None, false, -1
 	for p, a := range grants {
+		// equivalent mutant: two prefixes of one name with the same length
+		// are the same key, so >= never meets a tie.
 		if len(p) > bestLen && strings.HasPrefix(name, p) {
 			best, found, bestLen = a, true, len(p)
 		}
