@@ -287,6 +287,9 @@ func (l *Loader) ClientConfig(want Role) *tls.Config {
 	c.Certificates = []tls.Certificate{m.cert}
 	c.VerifyConnection = func(cs tls.ConnectionState) error {
 		id, err := l.identityIn(m.pool, cs)
+		// equivalent mutant: a failed identity leaves id zero, whose role is
+		// never the one wanted; a peer of another role fails the server name
+		// check before this runs.
 		if err != nil {
 			return err
 		}
