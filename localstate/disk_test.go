@@ -240,7 +240,7 @@ func TestStore_diskFull(t *testing.T) {
 	big := svc("big", 2)
 	big.Instance.Meta = map[string]string{"blob": strings.Repeat("x", 64<<10)}
 	err = s.PutService(big)
-	requireOneLine(t, err, ErrDiskFull, path, "the disk at "+dir+" is full", "nothing was changed")
+	requireOneLine(t, err, ErrDiskFull, path, "(writing "+WALName+")", "the disk at "+dir+" is full", "nothing was changed")
 	if _, ok, err := s.Service("big"); ok || err != nil || s.Len() != 1 {
 		t.Fatalf("a refused write is visible: %v %v, %d stored", ok, err, s.Len())
 	}
@@ -309,5 +309,21 @@ func TestStore_readOnlyWhileOpen(t *testing.T) {
 	}
 	if _, err := s.DeleteService("before"); !errors.Is(err, ErrReadOnly) {
 		t.Fatalf("delete on a read-only disk: %v", err)
+	}
+}
+
+// The disk named in an error is the mount point holding the data dir, not
+// the data dir itself: what an operator frees or fixes.
+func TestMountPoint(t *testing.T) {
+	dir := disktest.Tmpfs(t, "1m")
+	sub := filepath.Join(dir, "a", "b")
+	if err := os.MkdirAll(sub, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if got := mountPoint(sub); got != dir {
+		t.Fatalf("mountPoint(%s) = %s, want %s", sub, got, dir)
+	}
+	if got := mountPoint(filepath.Join(sub, "missing")); got != filepath.Join(sub, "missing") {
+		t.Fatalf("mountPoint of a path that does not exist = %s, want the path itself", got)
 	}
 }

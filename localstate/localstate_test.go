@@ -580,3 +580,22 @@ func TestStore_lockIDSerialisesOneIDOnly(t *testing.T) {
 		t.Fatalf("%d id locks kept after every writer is done", n)
 	}
 }
+
+// A definition keeps an instance's tags (anti-entropy compares them), and
+// an empty list is the same as none.
+func TestDefinition_tags(t *testing.T) {
+	in := svc("web-1", 80).Instance
+	if d := Definition(in); len(d.Tags) != 1 || d.Tags[0] != "a" {
+		t.Fatalf("Definition dropped the tags: %v", d.Tags)
+	}
+	other := in
+	other.Tags = []string{"b"}
+	if SameDefinition(&in, &other) || DefinitionSum(&in) == DefinitionSum(&other) {
+		t.Fatal("a change of tags is not a change of definition")
+	}
+	none, empty := in, in
+	none.Tags, empty.Tags = nil, []string{}
+	if !SameDefinition(&none, &empty) || DefinitionSum(&none) != DefinitionSum(&empty) {
+		t.Fatal("no tags and an empty list differ")
+	}
+}

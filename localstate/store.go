@@ -190,6 +190,7 @@ func Open(path string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, s.openError("create its directory", err)
 	}
+	// equivalent mutant: how long to wait for another process's lock, a timing constant
 	db, err := boltopen.Open(path, boltopen.Options{Timeout: 5 * time.Second, Recovery: recovery(path)})
 	switch {
 	case errors.Is(err, boltopen.ErrDamaged):
@@ -288,6 +289,7 @@ func (s *Store) replayWAL(tx *bolt.Tx) error {
 			return s.openError("replay "+WALName, err)
 		}
 	}
+	// equivalent mutant: an extra step of the generation (>=) is harmless; none after a replay is not (TestStore_walGenerationOnlyMovesForward)
 	if raw == nil || len(ops) > 0 {
 		gen++
 		if err := meta.Put(keyWALGen, binary.BigEndian.AppendUint32(nil, gen)); err != nil {
@@ -316,6 +318,7 @@ func (s *Store) decode(bucket, key, raw []byte, v any) error {
 	bad := func(why string) error {
 		return s.damage(fmt.Sprintf("record %s/%q: %s", bucket, key, why), nil)
 	}
+	// equivalent mutant: a record of 4 bytes fails its checksum or its JSON decode just the same
 	if len(raw) < 4 {
 		return bad("too short")
 	}
@@ -466,6 +469,7 @@ func (s *Store) writer() {
 		case o := <-s.ops:
 			batch = append(batch, o)
 		case <-idle.C:
+			// equivalent mutant: retrying a failed idle checkpoint only keeps the log short; its records stay on disk in it
 			if s.checkpoint() != nil {
 				idle.Reset(walIdleCheckpoint)
 			}
@@ -477,6 +481,8 @@ func (s *Store) writer() {
 		if busy {
 			linger.Reset(walLinger)
 		gather:
+			// equivalent mutant: the cap bounds a frame's size; a smaller batch
+			// is as correct.
 			for len(batch) < 4096 {
 				select {
 				case o := <-s.ops:
@@ -488,6 +494,8 @@ func (s *Store) writer() {
 			linger.Stop()
 		}
 	more:
+		// equivalent mutant: the cap bounds a frame's size; a smaller batch is
+		// as correct.
 		for len(batch) < 4096 {
 			select {
 			case o := <-s.ops:
@@ -496,6 +504,7 @@ func (s *Store) writer() {
 				break more
 			}
 		}
+		// equivalent mutant: whether a writer waits for company changes timing, not what is written
 		busy = len(batch) > 1
 		err := s.Err()
 		if err == nil {
@@ -504,6 +513,7 @@ func (s *Store) writer() {
 		for _, o := range batch {
 			o.done <- err
 		}
+		// equivalent mutant: the exact size of the log at a checkpoint is a tuning constant
 		if err == nil && s.wal.off >= walCheckpointBytes {
 			s.checkpoint()
 		}

@@ -230,3 +230,159 @@ func TestStore_idleWritesAreCheckpointed(t *testing.T) {
 		t.Fatalf("after the checkpoint: %v %v", ok, err)
 	}
 }
+
+// Crashes in a row, with checkpoints between them: each restart replays
+// what the last one left and carries on in a new generation, and every
+// acknowledged write of every run is there at the end (a generation used
+// twice would replay frames of an older run, or take them for damage).
+func TestStore_crashesInARowKeepEveryWrite(t *testing.T) {
+	setWAL(t, 1<<10, time.Hour)
+	path := filepath.Join(t.TempDir(), FileName)
+	want := map[string]int{}
+	for run := range 4 {
+		s, err := Open(path)
+		if err != nil {
+			t.Fatalf("run %d: %v", run, err)
+		}
+		for i := range 7 + run*3 {
+			id := fmt.Sprintf("web-%d", i%9)
+			port := run*100 + i
+			if err := s.PutService(svc(id, port)); err != nil {
+				t.Fatal(err)
+			}
+			want[id] = port
+		}
+		cp := crashCopy(t, path)
+		s.Close()
+		path = cp
+	}
+	s := openT(t, path)
+	all, err := s.Services()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	for _, svc := range all {
+		got[svc.Instance.ID] = svc.Instance.Port
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("after four crashes: %v\nwant %v", got, want)
+	}
+}
+
+// The log's generation only moves forward, at a checkpoint and at a start
+// that replayed frames: a frame of an earlier generation, left further on
+// in the file, can never be current again.
+func TestStore_walGenerationOnlyMovesForward(t *testing.T) {
+	setWAL(t, 1<<30, time.Hour)
+	path := filepath.Join(t.TempDir(), FileName)
+	s := openT(t, path)
+	first := s.wal.gen
+	if err := s.PutService(svc("web-1", 80)); err != nil {
+		t.Fatal(err)
+	}
+	c := openT(t, crashCopy(t, path))
+	if c.wal.gen <= first {
+		t.Fatalf("a start that replayed frames of generation %d went on with %d", first, c.wal.gen)
+	}
+	replayed := c.wal.gen
+	if err := c.PutService(svc("web-2", 81)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil || c.wal.gen <= replayed { // Close checkpoints
+		t.Fatalf("checkpoint at close: %v, generation %d -> %d", err, replayed, c.wal.gen)
+	}
+}
+
+// A frame whose checksum holds but whose records do not decode (a writer
+// bug, not damage) is an error at every cut, never a panic or a record
+// made up.
+func TestWALOps_cutPayload(t *testing.T) {
+	frame := walFrame(7, []*op{
+		{bucket: bucketServices, key: []byte("web-1"), val: []byte("record")},
+		{bucket: bucketCandidacies, key: []byte("db\x00a")},
+	})
+	payload := frame[walHeader:]
+	ops, err := walOps(payload)
+	if err != nil || len(ops) != 2 || string(ops[0].val) != "record" || ops[1].val != nil {
+		t.Fatalf("walOps of a whole payload: %v %v", ops, err)
+	}
+	for n := 1; n < len(payload); n++ {
+		if n == 2+len(bucketServices)+2+len("web-1")+4+len("record") {
+			continue // the first record whole, and nothing after it
+		}
+		if ops, err := walOps(payload[:n]); err == nil {
+			t.Fatalf("walOps of the first %d bytes: %d records, no error", n, len(ops))
+		}
+	}
+	bad := bytes.Clone(payload)
+	bad[0] = 9 // neither put nor delete
+	if _, err := walOps(bad); err == nil {
+		t.Fatal("an unknown record kind decoded")
+	}
+}
+
+// A last frame cut at any length is dropped whole, and the frames before
+// it are kept.
+func TestStore_walLastFrameCutAnywhere(t *testing.T) {
+	setWAL(t, 1<<30, time.Hour)
+	path := filepath.Join(t.TempDir(), FileName)
+	s := openT(t, path)
+	for i := range 3 {
+		if err := s.PutService(svc(fmt.Sprintf("web-%d", i), 80+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cp := crashCopy(t, path)
+	cpWAL := filepath.Join(filepath.Dir(cp), WALName)
+	data, err := os.ReadFile(cpWAL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := os.ReadFile(cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	offs := walFrames(t, data)
+	for cut := offs[2]; cut < len(data); cut++ {
+		if err := os.WriteFile(cp, db, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(cpWAL, data[:cut], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, err := Open(cp)
+		if err != nil {
+			t.Fatalf("last frame cut after %d of its %d bytes: %v", cut-offs[2], len(data)-offs[2], err)
+		}
+		got := serviceIDs(t, c)
+		c.Close()
+		if fmt.Sprint(got) != "[web-0 web-1]" {
+			t.Fatalf("last frame cut after %d bytes: %v", cut-offs[2], got)
+		}
+	}
+}
+
+// What a write stores is readable at once, from the log, before any
+// checkpoint: listed in order, adopted marks, candidacies.
+func TestStore_readsBeforeTheCheckpoint(t *testing.T) {
+	setWAL(t, 1<<30, time.Hour)
+	s := openT(t, filepath.Join(t.TempDir(), FileName))
+	for _, id := range []string{"web-b", "web-c", "web-a"} {
+		if err := s.PutService(svc(id, 80)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := serviceIDs(t, s); fmt.Sprint(got) != "[web-a web-b web-c]" {
+		t.Fatalf("Services before a checkpoint: %v, want sorted", got)
+	}
+	if err := s.MarkAdopted(); err != nil || !s.Adopted() {
+		t.Fatalf("MarkAdopted: %v, adopted %v", err, s.Adopted())
+	}
+	if err := s.PutCandidacy(Candidacy{Election: "db", Candidate: "a"}); err != nil || len(s.Candidacies()) != 1 {
+		t.Fatalf("PutCandidacy: %v, %v", err, s.Candidacies())
+	}
+	if err := s.DeleteCandidacy("db", "a"); err != nil || len(s.Candidacies()) != 0 {
+		t.Fatalf("DeleteCandidacy: %v, %v", err, s.Candidacies())
+	}
+}
