@@ -599,3 +599,81 @@ func TestDefinition_tags(t *testing.T) {
 		t.Fatal("no tags and an empty list differ")
 	}
 }
+
+// flakyWriter fails its first writes of instances with err.
+type flakyWriter struct {
+	*fakeRegistry
+	mu       sync.Mutex
+	failures int
+	err      error
+}
+
+func (w *flakyWriter) Apply(ctx context.Context, cmd fsm.Command) (*fsm.Result, error) {
+	switch cmd.(type) {
+	case *fsm.RegisterInstance, *fsm.DeregisterInstance:
+		w.mu.Lock()
+		fail := w.failures > 0
+		if fail {
+			w.failures--
+		}
+		w.mu.Unlock()
+		if fail {
+			return nil, w.err
+		}
+	}
+	return w.fakeRegistry.Apply(ctx, cmd)
+}
+
+// A full comparison whose write is refused says so (a refusal puts nothing
+// in doubt), and the next one puts it right: a missing instance and one
+// the agent does not own alike.
+func TestAntiEntropy_Sync_reportsARefusedWrite(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(store *Store, reg *fakeRegistry)
+		check func(reg *fakeRegistry) bool
+	}{
+		{"missing", func(store *Store, _ *fakeRegistry) { store.PutService(svc("web-1", 80)) },
+			func(reg *fakeRegistry) bool { _, ok := reg.Instance("n1", "web-1"); return ok }},
+		{"stranger", func(_ *Store, reg *fakeRegistry) {
+			reg.Apply(context.Background(), &fsm.RegisterInstance{Instance: fsm.Instance{ID: "stranger", Name: "x", Node: "n1"}})
+		}, func(reg *fakeRegistry) bool { _, ok := reg.Instance("n1", "stranger"); return !ok }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			store, _ := Open("")
+			reg := newFakeRegistry()
+			tc.setup(store, reg)
+			w := &flakyWriter{fakeRegistry: reg, failures: 1, err: fmt.Errorf("%w: n1", fsm.ErrUnknownNode)}
+			ae := NewAntiEntropy(Config{Node: "n1"}, store, reg, w)
+			if err := ae.Sync(context.Background()); err == nil {
+				t.Fatal("a comparison whose write was refused reported nothing")
+			}
+			if err := ae.Sync(context.Background()); err != nil || !tc.check(reg) {
+				t.Fatalf("the next comparison: %v, put right %v", err, tc.check(reg))
+			}
+		})
+	}
+}
+
+// A change looked at alone whose write is refused is tried again at once
+// by a full comparison, not left for the backstop an interval later.
+func TestAntiEntropy_Run_retriesARefusedWrite(t *testing.T) {
+	store, _ := Open("")
+	reg := newFakeRegistry()
+	w := &flakyWriter{fakeRegistry: reg, err: fmt.Errorf("%w: n1", fsm.ErrUnknownNode)}
+	ae := NewAntiEntropy(Config{Node: "n1", MinInterval: 1, Interval: time.Hour}, store, reg, w)
+	store.PutService(svc("web-1", 80))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := ae.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { ae.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	w.mu.Lock()
+	w.failures = 1
+	w.mu.Unlock()
+	reg.Apply(ctx, &fsm.DeregisterInstance{Node: "n1", ID: "web-1"})
+	waitUntil(t, func() bool { _, ok := reg.Instance("n1", "web-1"); return ok })
+}
