@@ -148,7 +148,6 @@ func (l *Loader) current() *material {
 	}
 	now := time.Now().UnixNano()
 	next := l.nextCheck.Load()
-	// equivalent mutant: the exact nanosecond of the next check, and how often files are stat'ed, are timing, not what is served
 	if now < next || !l.nextCheck.CompareAndSwap(next, now+int64(l.interval)) {
 		return m
 	}
