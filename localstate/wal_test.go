@@ -134,10 +134,11 @@ func walFrames(t *testing.T, data []byte) []int {
 	}
 }
 
-// A frame cut by a crash (it was never acknowledged) is dropped; a damaged
-// frame with whole frames after it stops Open with one line naming the log
-// and the recovery, never a start without the writes after it.
-func TestStore_walTornAndDamagedFrames(t *testing.T) {
+// threeFrames opens a store that writes web-0, web-1 and web-2 in three
+// frames of its log, none checkpointed, and returns its path; the store
+// stays open.
+func threeFrames(t *testing.T) string {
+	t.Helper()
 	setWAL(t, 1<<30, time.Hour)
 	path := filepath.Join(t.TempDir(), FileName)
 	s := openT(t, path)
@@ -146,6 +147,14 @@ func TestStore_walTornAndDamagedFrames(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	return path
+}
+
+// A frame cut by a crash (it was never acknowledged) is dropped; a damaged
+// frame with whole frames after it stops Open with one line naming the log
+// and the recovery, never a start without the writes after it.
+func TestStore_walTornAndDamagedFrames(t *testing.T) {
+	path := threeFrames(t)
 	walPath := filepath.Join(filepath.Dir(path), WALName)
 	data, err := os.ReadFile(walPath)
 	if err != nil {
@@ -325,14 +334,7 @@ func TestWALOps_cutPayload(t *testing.T) {
 // A last frame cut at any length is dropped whole, and the frames before
 // it are kept.
 func TestStore_walLastFrameCutAnywhere(t *testing.T) {
-	setWAL(t, 1<<30, time.Hour)
-	path := filepath.Join(t.TempDir(), FileName)
-	s := openT(t, path)
-	for i := range 3 {
-		if err := s.PutService(svc(fmt.Sprintf("web-%d", i), 80+i)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	path := threeFrames(t)
 	cp := crashCopy(t, path)
 	cpWAL := filepath.Join(filepath.Dir(cp), WALName)
 	data, err := os.ReadFile(cpWAL)
