@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -129,10 +130,10 @@ func TestAgent_Run_damagedWhileRunning(t *testing.T) {
 	path := filepath.Join(dir, localstate.FileName)
 	marker := []byte(`"id":"web-7"`)
 	var data []byte
-	agenttest.WaitFor(t, 15*time.Second, "web-7 in local.db", func() bool {
+	agenttest.WaitFor(t, 15*time.Second, "web-7 in local.db and no longer in the log", func() bool {
 		var err error
 		data, err = os.ReadFile(path)
-		return err == nil && bytes.Contains(data, marker)
+		return err == nil && bytes.Contains(data, marker) && metric(t, n, "sidecar_local_state_log_records") == "0"
 	})
 	f, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
@@ -163,4 +164,22 @@ func TestAgent_Run_damagedWhileRunning(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("the agent runs on with a damaged local state")
 	}
+}
+
+// metric is a metric's value as the agent's /metrics serves it, "" when
+// it serves none.
+func metric(t *testing.T, a *agenttest.Agent, name string) string {
+	t.Helper()
+	resp, err := http.Get(a.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			return v
+		}
+	}
+	return ""
 }

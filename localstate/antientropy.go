@@ -129,7 +129,11 @@ func NewAntiEntropy(cfg Config, store *Store, reg Registry, w Writer) *AntiEntro
 		}, []string{"kind"}),
 	}
 	if cfg.Registerer != nil {
-		cfg.Registerer.MustRegister(ae.syncs, ae.changesSyncs, ae.writes)
+		cfg.Registerer.MustRegister(ae.syncs, ae.changesSyncs, ae.writes,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "sidecar_local_state_log_records",
+				Help: "Records of the local state in its write-ahead log (local.wal) not yet checkpointed into local.db.",
+			}, func() float64 { return float64(store.LogRecords()) }))
 	}
 	return ae
 }

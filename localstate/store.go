@@ -792,6 +792,14 @@ func (s *Store) Services() ([]Service, error) {
 	return out, nil
 }
 
+// LogRecords is how many records are in the write-ahead log and not yet
+// in local.db (the checkpoint's lag).
+func (s *Store) LogRecords() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.pending)
+}
+
 // sum returns the definition sum of a stored service.
 func (s *Store) sum(id string) (uint64, bool) {
 	s.mu.RLock()
