@@ -52,10 +52,12 @@ func (s *state) export() *snapshotData {
 	sort.Slice(d.Instances, func(i, j int) bool {
 		a, b := d.Instances[i], d.Instances[j]
 		if a.Node != b.Node {
-			// equivalent mutant: keys are unique; any fixed order serves, as long as every server writes the same
+			// equivalent mutant: keys are unique; any fixed order serves, as long
+			// as every server writes the same.
 			return a.Node < b.Node
 		}
-		// equivalent mutant: keys are unique; any fixed order serves, as long as every server writes the same
+		// equivalent mutant: keys are unique; any fixed order serves, as long
+		// as every server writes the same.
 		return a.ID < b.ID
 	})
 	for _, id := range sortedKeys(s.leases) {

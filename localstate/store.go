@@ -280,16 +280,12 @@ func (s *Store) replayWAL(tx *bolt.Tx) error {
 			return &storeError{kind: ErrDamaged, msg: fmt.Sprintf("local state %s is damaged (a record of bucket %q, which local.db lacks): %s",
 				s.wal.f.Name(), o.bucket, recovery(s.path))}
 		}
-		if o.val == nil {
-			err = b.Delete(o.key)
-		} else {
-			err = b.Put(o.key, o.val)
-		}
-		if err != nil {
+		if err := putRecord(b, o.key, o.val); err != nil {
 			return s.openError("replay "+WALName, err)
 		}
 	}
-	// equivalent mutant: an extra step of the generation (>=) is harmless; none after a replay is not (TestStore_walGenerationOnlyMovesForward)
+	// equivalent mutant: an extra step of the generation (>=) is harmless;
+	// none after a replay is not (TestStore_walGenerationOnlyMovesForward).
 	if raw == nil || len(ops) > 0 {
 		gen++
 		if err := meta.Put(keyWALGen, binary.BigEndian.AppendUint32(nil, gen)); err != nil {
@@ -298,6 +294,14 @@ func (s *Store) replayWAL(tx *bolt.Tx) error {
 	}
 	s.wal.gen = gen
 	return nil
+}
+
+// putRecord writes a record into local.db, or deletes it (val nil).
+func putRecord(b *bolt.Bucket, key, val []byte) error {
+	if val == nil {
+		return b.Delete(key)
+	}
+	return b.Put(key, val)
 }
 
 // encode is a record as stored: a CRC-32C of the JSON, then the JSON. bbolt
@@ -469,7 +473,8 @@ func (s *Store) writer() {
 		case o := <-s.ops:
 			batch = append(batch, o)
 		case <-idle.C:
-			// equivalent mutant: retrying a failed idle checkpoint only keeps the log short; its records stay on disk in it
+			// equivalent mutant: retrying a failed idle checkpoint only keeps the
+			// log short; its records stay on disk in it.
 			if s.checkpoint() != nil {
 				idle.Reset(walIdleCheckpoint)
 			}
@@ -560,14 +565,7 @@ func (s *Store) checkpoint() error {
 	next := s.wal.gen + 1
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		for k, v := range s.pending {
-			b := tx.Bucket([]byte(k.bucket))
-			var err error
-			if v == nil {
-				err = b.Delete([]byte(k.key))
-			} else {
-				err = b.Put([]byte(k.key), v)
-			}
-			if err != nil {
+			if err := putRecord(tx.Bucket([]byte(k.bucket)), []byte(k.key), v); err != nil {
 				return err
 			}
 		}

@@ -106,9 +106,14 @@ func walFrame(gen uint32, batch []*op) []byte {
 	binary.BigEndian.PutUint32(buf[0:], walMagic)
 	binary.BigEndian.PutUint32(buf[4:], gen)
 	binary.BigEndian.PutUint32(buf[8:], uint32(len(buf)-walHeader))
-	binary.BigEndian.PutUint32(buf[12:], crc32.Checksum(buf[4:12], castagnoli))
-	binary.BigEndian.PutUint32(buf[12:], crc32.Update(binary.BigEndian.Uint32(buf[12:]), castagnoli, buf[walHeader:]))
+	binary.BigEndian.PutUint32(buf[12:], walSum(buf[4:12], buf[walHeader:]))
 	return buf
+}
+
+// walSum is a frame's checksum: over its generation and length, then its
+// payload.
+func walSum(genLen, payload []byte) uint32 {
+	return crc32.Update(crc32.Checksum(genLen, castagnoli), castagnoli, payload)
 }
 
 // append writes a frame and waits for it to be on disk. A write error
@@ -182,8 +187,7 @@ func walParse(data []byte, gen uint32) ([]byte, bool) {
 	if n > walMaxFrame || int(n) > len(data)-walHeader {
 		return nil, false
 	}
-	sum := crc32.Update(crc32.Checksum(data[4:12], castagnoli), castagnoli, data[walHeader:walHeader+int(n)])
-	if sum != binary.BigEndian.Uint32(data[12:]) {
+	if walSum(data[4:12], data[walHeader:walHeader+int(n)]) != binary.BigEndian.Uint32(data[12:]) {
 		return nil, false
 	}
 	return data[walHeader : walHeader+int(n)], true
