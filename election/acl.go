@@ -34,14 +34,14 @@ func (s *Server) aclResolver() ACLResolver {
 // secretOf is the token an RPC request carries for the caller it acts for.
 func secretOf(r *http.Request) string { return r.Header.Get(acl.HeaderToken) }
 
-// forwardingContext carries the request's secret on to the leader: a
+// forwardingContext carries a request's secret on to the leader: a
 // follower does not judge the token (its copy of the tokens may lag), it
 // passes it on for the leader to.
-func forwardingContext(r *http.Request) context.Context {
-	if secret := secretOf(r); secret != "" {
-		return acl.NewContext(r.Context(), &acl.Caller{Secret: secret})
+func forwardingContext(ctx context.Context, secret string) context.Context {
+	if secret != "" {
+		return acl.NewContext(ctx, &acl.Caller{Secret: secret})
 	}
-	return r.Context()
+	return ctx
 }
 
 // authorizeACL is the leader's check of a write that came over RPC. With a
@@ -51,12 +51,12 @@ func forwardingContext(r *http.Request) context.Context {
 // own node (its node identity authorises it, SPEC: Security; with TLS the
 // first hop checked the node against the certificate) or allowed to the
 // anonymous token. It returns the caller to act as, nil without a resolver.
-func (s *Server) authorizeACL(r *http.Request, cmd fsm.Command) (*acl.Caller, error) {
+func (s *Server) authorizeACL(secret string, cmd fsm.Command) (*acl.Caller, error) {
 	res := s.aclResolver()
 	if res == nil {
 		return nil, nil
 	}
-	if secret := secretOf(r); secret != "" {
+	if secret != "" {
 		c, err := res.Resolve(secret)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrPermissionDenied, err)

@@ -15,6 +15,7 @@ type serverMetrics struct {
 	sessionExpirations prometheus.Counter
 	streamSnapshots    prometheus.Counter
 	diskFullRefusals   prometheus.Counter
+	batchEntries       prometheus.Histogram
 }
 
 func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
@@ -38,6 +39,11 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 			Name: "sidecar_stream_snapshots_encoded_total",
 			Help: "Registry snapshots encoded for clients' change streams (shared by the streams that ask together).",
 		}),
+		batchEntries: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "sidecar_rpc_apply_batch_entries",
+			Help:    "Writes per batch this server received over RPC (from clients and from followers passing them on).",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
+		}),
 		diskFullRefusals: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sidecar_raft_disk_full_refusals_total",
 			Help: "Writes this leader refused because its disk has no room for more of the Raft log.",
@@ -49,6 +55,7 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 		m.sessionExpirations,
 		m.streamSnapshots,
 		m.diskFullRefusals,
+		m.batchEntries,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sidecar_raft_disk_full",
 			Help: "1 while this server's disk has no room for more of the Raft log (writes are refused with 507).",

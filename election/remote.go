@@ -8,6 +8,7 @@ import (
 	"io"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -31,6 +32,10 @@ type Remote struct {
 	timeout time.Duration
 	// leader is the leader's address the last answer named (nil: none).
 	leader atomic.Pointer[string]
+	batch  batcher
+	// unbatched holds the servers that answered that they take no batches
+	// (an older version during an upgrade).
+	unbatched sync.Map
 }
 
 // NewRemote returns a Remote. local may be nil (a client); servers lists
@@ -80,18 +85,24 @@ func (r *Remote) target() (addr string, forwarded bool, err error) {
 // forgets the hint when the request was not answered (a leader gone).
 func (r *Remote) call(ctx context.Context, addr, path string, body io.Reader, fwd bool) (rpcReply, error) {
 	reply, err := r.rpc.callStream(ctx, addr, path, body, fwd)
+	r.noteLeader(reply.leader, err)
+	return reply, err
+}
+
+// noteLeader keeps the leader hint of an answer (leader, "" when none),
+// and forgets the hint when the request was not answered.
+func (r *Remote) noteLeader(leader string, err error) {
 	if r.local != nil {
-		return reply, err // a server knows the leader from Raft
+		return // a server knows the leader from Raft
 	}
 	switch {
-	case reply.leader != "":
-		if l := r.leader.Load(); l == nil || *l != reply.leader {
-			r.leader.Store(&reply.leader)
+	case leader != "":
+		if l := r.leader.Load(); l == nil || *l != leader {
+			r.leader.Store(&leader)
 		}
 	case err == nil || errors.Is(err, errNotSent) || errors.Is(err, ErrUnknownOutcome):
 		r.leader.Store(nil)
 	}
-	return reply, err
 }
 
 func retryable(err error) bool {
@@ -138,7 +149,7 @@ func (r *Remote) Apply(ctx context.Context, cmd fsm.Command) (*fsm.Result, error
 		if err != nil {
 			return err
 		}
-		reply, err := r.call(ctx, addr, rpcApply, bytes.NewReader(data), fwd)
+		reply, err := r.applyTo(ctx, addr, fwd, data)
 		if err != nil {
 			return err
 		}
@@ -146,6 +157,18 @@ func (r *Remote) Apply(ctx context.Context, cmd fsm.Command) (*fsm.Result, error
 		return err
 	})
 	return res, err
+}
+
+// applyTo sends one write to addr, in a batch unless addr takes none.
+func (r *Remote) applyTo(ctx context.Context, addr string, fwd bool, data []byte) (rpcReply, error) {
+	if _, old := r.unbatched.Load(addr); !old {
+		reply, err := r.applyBatched(ctx, addr, fwd, data)
+		if !errors.Is(err, errBatchUnsupported) {
+			return reply, err
+		}
+		r.unbatched.Store(addr, true)
+	}
+	return r.call(ctx, addr, rpcApply, bytes.NewReader(data), fwd)
 }
 
 // KeepAlive implements Backend.

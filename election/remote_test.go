@@ -20,6 +20,13 @@ import (
 // and bootstraps them together.
 func tcpCluster(t *testing.T, n int) []*election.Server {
 	t.Helper()
+	return tcpClusterWith(t, n, nil)
+}
+
+// tcpClusterWith is tcpCluster with each server's configuration changed by
+// edit (when set) before it starts.
+func tcpClusterWith(t *testing.T, n int, edit func(*election.ServerConfig)) []*election.Server {
+	t.Helper()
 	var servers []*election.Server
 	var conf raft.Configuration
 	for i := 0; i < n; i++ {
@@ -28,6 +35,9 @@ func tcpCluster(t *testing.T, n int) []*election.Server {
 		cfg.InMemory = true
 		cfg.RaftAddr = "127.0.0.1:0"
 		cfg.Logger = electiontest.Logger(t, cfg.Node)
+		if edit != nil {
+			edit(&cfg)
+		}
 		s, err := election.NewServer(cfg)
 		if err != nil {
 			t.Fatal(err)

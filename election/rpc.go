@@ -178,6 +178,24 @@ func (c *rpcClient) call(ctx context.Context, addr, path string, body []byte, fo
 
 // callStream is call with a body streamed from r (a restore's file).
 func (c *rpcClient) callStream(ctx context.Context, addr, path string, body io.Reader, forwarded bool) (rpcReply, error) {
+	r, resp, err := c.post(ctx, addr, path, body, forwarded)
+	if err != nil {
+		return r, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return r, fmt.Errorf("rpc %s to %s: %s: %s", path, addr, resp.Status, bytes.TrimSpace(b))
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return r, fmt.Errorf("%w: rpc %s reply: %v", ErrUnknownOutcome, path, err)
+	}
+	return r, nil
+}
+
+// post sends an RPC request and returns the response, whose body the
+// caller closes, with the answer's leader hint in the reply.
+func (c *rpcClient) post(ctx context.Context, addr, path string, body io.Reader, forwarded bool) (rpcReply, *http.Response, error) {
 	if _, ok := body.(io.Closer); ok {
 		// The transport closes a request's body once sent: the caller's
 		// file stays open, to be read again by a retry.
@@ -185,7 +203,7 @@ func (c *rpcClient) callStream(ctx context.Context, addr, path string, body io.R
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+path, body)
 	if err != nil {
-		return rpcReply{}, err
+		return rpcReply{}, nil, err
 	}
 	if forwarded {
 		req.Header.Set(hdrForwarded, "1")
@@ -199,20 +217,11 @@ func (c *rpcClient) callStream(ctx context.Context, addr, path string, body io.R
 	if err != nil {
 		var op *net.OpError
 		if errors.As(err, &op) && op.Op == "dial" {
-			return rpcReply{}, fmt.Errorf("%w: %v", errNotSent, err)
+			return rpcReply{}, nil, fmt.Errorf("%w: %v", errNotSent, err)
 		}
-		return rpcReply{}, fmt.Errorf("%w: rpc %s to %s: %v", ErrUnknownOutcome, path, addr, err)
+		return rpcReply{}, nil, fmt.Errorf("%w: rpc %s to %s: %v", ErrUnknownOutcome, path, addr, err)
 	}
-	defer resp.Body.Close()
-	r := rpcReply{leader: resp.Header.Get(hdrLeader)}
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return r, fmt.Errorf("rpc %s to %s: %s: %s", path, addr, resp.Status, bytes.TrimSpace(b))
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
-		return r, fmt.Errorf("%w: rpc %s reply: %v", ErrUnknownOutcome, path, err)
-	}
-	return r, nil
+	return rpcReply{leader: resp.Header.Get(hdrLeader)}, resp, nil
 }
 
 // rpcHandler serves the internal RPC of a server.
@@ -224,18 +233,9 @@ func (s *Server) rpcHandler() http.Handler {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		var reply rpcReply
-		if err := s.authorizeApply(r, data); err != nil {
-			reply = replyOf(nil, err)
-		} else if s.IsLeader() {
-			reply = replyOf(s.applyAuthorized(r, data))
-		} else if r.Header.Get(hdrForwarded) != "" {
-			reply = replyOf(nil, ErrNotLeader)
-		} else {
-			reply = replyOf(s.forwardApply(forwardingContext(r), data))
-		}
-		writeReply(w, reply)
+		writeReply(w, s.serveApply(r.Context(), secretOf(r), data, r.Header.Get(hdrForwarded) != ""))
 	})
+	mux.HandleFunc("POST "+rpcApplyBatch, s.serveApplyBatch)
 	mux.HandleFunc("POST "+rpcKeepAlive, func(w http.ResponseWriter, r *http.Request) {
 		id := r.URL.Query().Get("id")
 		var ttl time.Duration
@@ -254,7 +254,7 @@ func (s *Server) rpcHandler() http.Handler {
 		case r.Header.Get(hdrForwarded) != "":
 			err = ErrNotLeader
 		default:
-			ttl, err = s.forwardKeepAlive(forwardingContext(r), id)
+			ttl, err = s.forwardKeepAlive(forwardingContext(r.Context(), secretOf(r)), id)
 		}
 		reply := replyOf(nil, err)
 		reply.TTL = int64(ttl)
@@ -323,10 +323,25 @@ func (s *Server) leaderAddr() (string, error) {
 	return string(addr), nil
 }
 
+// serveApply answers one write that came over RPC, alone or in a batch:
+// checked against the sending peer's certificate here, at its first hop,
+// then applied by this leader or passed on to the leader once.
+func (s *Server) serveApply(ctx context.Context, secret string, data []byte, forwarded bool) rpcReply {
+	switch err := s.authorizeApply(ctx, data); {
+	case err != nil:
+		return replyOf(nil, err)
+	case s.IsLeader():
+		return replyOf(s.applyAuthorized(ctx, secret, data))
+	case forwarded:
+		return replyOf(nil, ErrNotLeader)
+	default:
+		return replyOf(s.forwardApply(forwardingContext(ctx, secret), data))
+	}
+}
+
 // applyAuthorized applies a write that came over RPC to this leader, once
 // the token it carries allows it (see authorizeACL).
-func (s *Server) applyAuthorized(r *http.Request, data []byte) (*fsm.Result, error) {
-	ctx := r.Context()
+func (s *Server) applyAuthorized(ctx context.Context, secret string, data []byte) (*fsm.Result, error) {
 	// Commit only what decodes: a committed entry that does not halts the
 	// registry of every replica (fsm.FSM.ApplyBytes). Writes made here
 	// were encoded from a command and need no such check.
@@ -335,7 +350,7 @@ func (s *Server) applyAuthorized(r *http.Request, data []byte) (*fsm.Result, err
 		return nil, fmt.Errorf("%w: %w", fsm.ErrInvalid, err)
 	}
 	if s.aclResolver() != nil {
-		caller, err := s.authorizeACL(r, cmd)
+		caller, err := s.authorizeACL(secret, cmd)
 		if err != nil {
 			return nil, err
 		}

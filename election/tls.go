@@ -134,11 +134,11 @@ func (s *Server) VerifyServer(ctx context.Context, node, addr string) error {
 // cannot register an instance, with an exec check, on another node, and
 // the entries only the leader makes (gossip status, lease expiry) come
 // from servers alone.
-func (s *Server) authorizeApply(r *http.Request, data []byte) error {
+func (s *Server) authorizeApply(ctx context.Context, data []byte) error {
 	if s.cfg.TLS == nil {
 		return nil
 	}
-	id, ok := PeerIdentity(r.Context())
+	id, ok := PeerIdentity(ctx)
 	if !ok {
 		return fmt.Errorf("%w: no peer certificate", ErrPermissionDenied)
 	}

@@ -1,0 +1,38 @@
+package election
+
+import (
+	"context"
+
+	"github.com/sidecarhq/sidecar/fsm"
+)
+
+// BatchEntry is one write of a hand-made batch: its command and the secret
+// it carries ("" for none).
+type BatchEntry struct {
+	Secret string
+	Cmd    fsm.Command
+}
+
+// SendBatch sends entries to addr as one batch over r's connections (its
+// certificate, if any), as a client would, and returns each entry's
+// result.
+func (r *Remote) SendBatch(ctx context.Context, addr string, entries []BatchEntry) ([]*fsm.Result, []error, error) {
+	batch := make([]*batchEntry, len(entries))
+	for i, e := range entries {
+		data, err := fsm.Encode(e.Cmd)
+		if err != nil {
+			return nil, nil, err
+		}
+		batch[i] = &batchEntry{data: data, secret: e.Secret}
+	}
+	replies, _, err := r.rpc.callBatch(ctx, addr, encodeBatch(batch), len(batch), false)
+	if err != nil {
+		return nil, nil, err
+	}
+	res := make([]*fsm.Result, len(replies))
+	errs := make([]error, len(replies))
+	for i, rep := range replies {
+		res[i], errs[i] = rep.result()
+	}
+	return res, errs, nil
+}
