@@ -340,3 +340,37 @@ func TestResolver_AuthorizeCommand(t *testing.T) {
 		})
 	}
 }
+
+// The resolver parses a token's rules once per version and keeps at most
+// 4,097 tokens' rules: a registry with more tokens (or a caller cycling
+// through many) costs re-parsing, never unbounded memory.
+func TestResolver_rulesCacheReusesAndIsBounded(t *testing.T) {
+	const bound = 4096
+	var tokens []*fsm.ACLToken
+	for i := range bound + 2 {
+		tokens = append(tokens, token(fmt.Sprintf("t-%d", i), fmt.Sprintf("s-%d", i), `{"service":{"web":"read"}}`))
+	}
+	r := NewResolver(newStore(tokens...), Deny)
+	if !r.authorizer(tokens[0]).Allowed(Service, "web", Read) {
+		t.Fatal("a token's rules not applied")
+	}
+	// Rules changed without a new version: the cached ones still apply.
+	tokens[0].Rules = []byte(`{"service":{"web":"deny"}}`)
+	if !r.authorizer(tokens[0]).Allowed(Service, "web", Read) {
+		t.Fatal("the same token version parsed again instead of reused")
+	}
+	tokens[0].ModifyIndex = 2
+	if r.authorizer(tokens[0]).Allowed(Service, "web", Read) {
+		t.Fatal("a token's new version kept its old rules")
+	}
+	for _, tk := range tokens[1 : bound+1] {
+		r.authorizer(tk)
+	}
+	if n := len(r.cache); n != bound+1 {
+		t.Fatalf("%d tokens' rules cached, want all %d seen", n, bound+1)
+	}
+	r.authorizer(tokens[bound+1])
+	if n := len(r.cache); n != 1 {
+		t.Fatalf("%d tokens' rules cached past the bound, want the cache emptied and 1", n)
+	}
+}
