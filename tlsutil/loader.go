@@ -148,6 +148,7 @@ func (l *Loader) current() *material {
 	}
 	now := time.Now().UnixNano()
 	next := l.nextCheck.Load()
+	// equivalent mutant: at now == next to the nanosecond, checking or not are both right
 	if now < next || !l.nextCheck.CompareAndSwap(next, now+int64(l.interval)) {
 		return m
 	}
@@ -160,8 +161,9 @@ func (l *Loader) current() *material {
 	if err != nil || st == m.stamps || st == l.bad {
 		return m
 	}
+	// A failed reload remembers the files' stamps (reloadLocked), so the
+	// same broken files are reported once.
 	if err := l.reloadLocked(); err != nil {
-		l.bad = st
 		l.log.Load().Error("TLS files changed but cannot be loaded; keeping the certificate in use", "err", err)
 	}
 	return l.cur.Load()
