@@ -671,9 +671,32 @@ func TestAntiEntropy_Run_retriesARefusedWrite(t *testing.T) {
 	done := make(chan struct{})
 	go func() { ae.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
+	// Two refusals: the journal names web-1 twice (registered by the sync
+	// above, then deregistered), so the pass of changes tries it twice.
 	w.mu.Lock()
-	w.failures = 1
+	w.failures = 2
 	w.mu.Unlock()
 	reg.Apply(ctx, &fsm.DeregisterInstance{Node: "n1", ID: "web-1"})
 	waitUntil(t, func() bool { _, ok := reg.Instance("n1", "web-1"); return ok })
+}
+
+// The timings an agent runs anti-entropy with when its configuration leaves
+// them out (README: a full comparison every 30 s, a change looked at after
+// at most 1 s, an unknown write's outcome waited for 30 s); set ones stay.
+func TestAntiEntropy_defaultTimings(t *testing.T) {
+	store, _ := Open("")
+	reg := newFakeRegistry()
+	for _, c := range []struct{ set, want Config }{
+		{Config{}, Config{Interval: 30 * time.Second, MinInterval: time.Second, UnknownGrace: 30 * time.Second}},
+		{Config{Interval: -1, MinInterval: -1, UnknownGrace: -1}, Config{Interval: 30 * time.Second, MinInterval: time.Second, UnknownGrace: 30 * time.Second}},
+		{Config{Interval: 5 * time.Second, MinInterval: 2 * time.Millisecond, UnknownGrace: time.Minute}, Config{Interval: 5 * time.Second, MinInterval: 2 * time.Millisecond, UnknownGrace: time.Minute}},
+	} {
+		c.set.Node = "n1"
+		got := NewAntiEntropy(c.set, store, reg, reg).cfg
+		if got.Interval != c.want.Interval || got.MinInterval != c.want.MinInterval || got.UnknownGrace != c.want.UnknownGrace {
+			t.Errorf("configured %v/%v/%v: runs with interval %v, min interval %v, unknown grace %v; want %v/%v/%v",
+				c.set.Interval, c.set.MinInterval, c.set.UnknownGrace, got.Interval, got.MinInterval, got.UnknownGrace,
+				c.want.Interval, c.want.MinInterval, c.want.UnknownGrace)
+		}
+	}
 }
