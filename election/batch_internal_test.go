@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -110,24 +111,12 @@ func TestRemote_serverWithoutBatchesGetsSingleWrites(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if want := []string{rpcApplyBatch, rpcApply, rpcApply}; !slicesEqual(paths, want) {
+	if want := []string{rpcApplyBatch, rpcApply, rpcApply}; !slices.Equal(paths, want) {
 		t.Fatalf("requests %v, want %v", paths, want)
 	}
 	if _, ok := r.unbatched.Load(addr); !ok {
 		t.Fatal("the server is not remembered as taking no batches")
 	}
-}
-
-func slicesEqual(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // A write whose caller gives up while it waits in line is never sent, and
