@@ -63,6 +63,7 @@ type batchEntry struct {
 func encodeBatch(entries []*batchEntry) []byte {
 	size := 4
 	for _, e := range entries {
+		// equivalent mutant: a capacity only saves copies
 		size += 4 + 2 + len(e.secret) + 4 + len(e.data)
 	}
 	b := make([]byte, 0, size)
@@ -269,6 +270,7 @@ type batchQueue struct {
 
 // kick tells the first caller in line to send, when it may (under mu).
 func (q *batchQueue) kick() {
+	// equivalent mutant: the caller told checks the limit again before it sends; this only spares a wake-up
 	if q.inFlight < batchInFlight && len(q.waiting) > 0 {
 		select {
 		case q.waiting[0].lead <- struct{}{}:
@@ -339,7 +341,7 @@ func (r *Remote) applyBatched(ctx context.Context, addr string, forwarded bool, 
 			b.mu.Lock()
 			q.inFlight--
 			q.kick()
-			if q.inFlight == 0 && len(q.waiting) == 0 {
+			if q.inFlight == 0 && len(q.waiting) == 0 && b.queues[key] == q {
 				delete(b.queues, key)
 			}
 			b.mu.Unlock()
@@ -373,6 +375,7 @@ func (r *Remote) sendBatch(addr string, forwarded bool, batch []*batchEntry) {
 		if e.deadline.After(deadline) {
 			deadline = e.deadline
 		}
+		// equivalent mutant: at exactly 1 ms left either way gives the server 1 ms
 		if left := e.deadline.Sub(now); left > time.Millisecond {
 			e.timeout = uint32(min(left.Milliseconds(), 1<<31))
 		} else {

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ func sampleBatch() []*batchEntry {
 		{secret: "s3cr3t", data: []byte(`{"type":"a"}`), timeout: 1500},
 		{data: []byte(`{}`)},
 		{secret: "x", data: bytes.Repeat([]byte{'d'}, 300), timeout: 1},
+		{secret: "empty data, last"},
 	}
 }
 
@@ -36,7 +38,7 @@ func TestBatch_roundTripAndEveryCutRefused(t *testing.T) {
 		t.Fatalf("%d entries back, want %d", len(out), len(in))
 	}
 	for i := range in {
-		if out[i].secret != in[i].secret || !bytes.Equal(out[i].data, in[i].data) || out[i].timeout != in[i].timeout {
+		if out[i].secret != in[i].secret || !bytes.Equal(out[i].data, in[i].data) || out[i].timeout != in[i].timeout || out[i].data == nil {
 			t.Errorf("entry %d: %q %q %d, want %q %q %d", i, out[i].secret, out[i].data, out[i].timeout, in[i].secret, in[i].data, in[i].timeout)
 		}
 	}
@@ -73,6 +75,41 @@ func FuzzDecodeBatch(f *testing.F) {
 			t.Fatalf("decoded and encoded again: %x, want %x", again, b)
 		}
 	})
+}
+
+// A batch takes from the head of the line up to batchMaxEntries writes and
+// batchMaxBytes of data; a bigger write goes alone.
+func TestBatchQueue_takeBounds(t *testing.T) {
+	line := func(sizes ...int) *batchQueue {
+		q := &batchQueue{}
+		for _, n := range sizes {
+			q.waiting = append(q.waiting, &batchEntry{data: make([]byte, n), lead: make(chan struct{}, 1)})
+		}
+		return q
+	}
+	takes := func(q *batchQueue) []int {
+		var out []int
+		for len(q.waiting) > 0 {
+			out = append(out, len(q.take()))
+		}
+		return out
+	}
+	half := batchMaxBytes / 2
+	many := make([]int, batchMaxEntries+44)
+	for _, c := range []struct {
+		what  string
+		sizes []int
+		want  []int
+	}{
+		{"exactly the byte bound", []int{half, half, 1}, []int{2, 1}},
+		{"one byte over it", []int{half, half + 1, 1}, []int{1, 2}},
+		{"a write over the bound alone", []int{batchMaxBytes + 1, 1, 1}, []int{1, 2}},
+		{"the entry bound", many, []int{batchMaxEntries, 44}},
+	} {
+		if got := takes(line(c.sizes...)); !slices.Equal(got, c.want) {
+			t.Errorf("%s: batches of %v, want %v", c.what, got, c.want)
+		}
+	}
 }
 
 // fakeServer answers the internal RPC as handler does; its Remote speaks
@@ -147,6 +184,8 @@ func TestRemote_abandonedQueuedWriteIsNeverSent(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(batchReply{Replies: replies})
 	})
+	unblock := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unblock) // see TestRemote_atMostBatchInFlightOut
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	encoded := func(name string) []byte {
@@ -196,11 +235,25 @@ func TestRemote_abandonedQueuedWriteIsNeverSent(t *testing.T) {
 		results <- result{"later", err}
 	}()
 	waitQueued(t, r, 1)
-	close(release)
+	unblock()
 	for range batchInFlight + 1 {
 		if res := <-results; res.err != nil {
 			t.Errorf("write %s: %v", res.name, res.err)
 		}
+	}
+	// Once everything is answered no line is left behind.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r.batch.mu.Lock()
+		left := len(r.batch.queues)
+		r.batch.mu.Unlock()
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d lines left after every write was answered", left)
+		}
+		time.Sleep(time.Millisecond)
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -229,5 +282,79 @@ func waitQueued(t *testing.T, r *Remote, n int) {
 			t.Fatalf("%d writes in line, want %d", got, n)
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// No more than batchInFlight batches are out to one server at once, also
+// after some of them were answered: the rest wait in line.
+func TestRemote_atMostBatchInFlightOut(t *testing.T) {
+	release := make(chan struct{})
+	var out, most atomic.Int64
+	r, addr := fakeServer(t, func(w http.ResponseWriter, req *http.Request) {
+		body, _ := io.ReadAll(req.Body)
+		entries, err := decodeBatch(body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		n := out.Add(1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		<-release
+		out.Add(-1)
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(batchReply{Replies: make([]rpcReply, len(entries))})
+	})
+	// Before the server closes (cleanups run last first), even when the
+	// test fails half-way: a handler still waiting would hold Close up.
+	unblock := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unblock)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	data, err := fsm.Encode(&fsm.RegisterNode{Name: "c1", Address: "10.0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 3*batchInFlight)
+	write := func() {
+		_, err := r.applyBatched(ctx, addr, false, data)
+		errs <- err
+	}
+	waitOut := func(n int64) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for out.Load() != n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d batches out, want %d", out.Load(), n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	for i := range batchInFlight {
+		go write() // alone in line each: a batch of its own
+		waitOut(int64(i + 1))
+	}
+	release <- struct{}{} // one answered: three out, none waiting
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	waitOut(batchInFlight - 1)
+	go write() // alone in line: out at once, the fourth
+	waitOut(batchInFlight)
+	for range 2*batchInFlight - 1 {
+		go write()
+	}
+	waitQueued(t, r, 2*batchInFlight-1)
+	if n := out.Load(); n != batchInFlight {
+		t.Fatalf("%d batches out, want %d", n, batchInFlight)
+	}
+	unblock()
+	for range 3*batchInFlight - 1 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m := most.Load(); m > batchInFlight {
+		t.Fatalf("%d batches were out at once, want at most %d", m, batchInFlight)
 	}
 }

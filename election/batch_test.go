@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -41,6 +42,10 @@ func TestRemote_concurrentWritesShareRequestsAndKeepTheirAnswers(t *testing.T) {
 		r := prometheus.NewRegistry()
 		regs[c.Node] = r
 		c.Registerer = r
+		// The agent's timings: 640 writes at once on a loaded machine
+		// must not cost the test's 25 ms leader lease.
+		d := election.DefaultServerConfig()
+		c.HeartbeatTimeout, c.ElectionTimeout, c.LeaderLeaseTimeout = d.HeartbeatTimeout, d.ElectionTimeout, d.LeaderLeaseTimeout
 	})
 	var leader, follower *election.Server
 	var followerReg *prometheus.Registry
@@ -176,10 +181,16 @@ func TestRemote_TLS_batchThroughAFollowerWritesForItsOwnNodeOnly(t *testing.T) {
 	defer c1.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// Through whichever server leads: two servers with the test's timings
+	// may trade leadership on a loaded machine (a node entry is written
+	// again harmlessly).
+	admin := election.NewRemote(s2, nil)
+	defer admin.Close()
 	for _, n := range []string{"c1", "c2"} {
-		if _, err := s1.Apply(ctx, &fsm.RegisterNode{Name: n, Address: "10.0.0.1"}); err != nil {
-			t.Fatal(err)
-		}
+		waitFor(t, 10*time.Second, "node "+n+" registered", func() bool {
+			_, err := admin.Apply(ctx, &fsm.RegisterNode{Name: n, Address: "10.0.0.1"})
+			return err == nil
+		})
 	}
 	inst := func(id, node string) fsm.Command {
 		return &fsm.RegisterInstance{Instance: fsm.Instance{ID: id, Name: "web", Node: node, Address: "10.0.0.1", Port: 80}}
@@ -213,5 +224,42 @@ func TestRemote_TLS_batchThroughAFollowerWritesForItsOwnNodeOnly(t *testing.T) {
 	waitFor(t, 10*time.Second, "s1 to apply", func() bool { return s1.FSM().Index() >= res[1].Index })
 	if _, ok := s1.FSM().Instance("c2", "pwn"); ok {
 		t.Fatal("a client certificate registered an instance on another node through a follower's batch")
+	}
+}
+
+// A batch that is too big or malformed is refused whole with a 4xx and
+// changes nothing.
+func TestRemote_malformedOrOversizedBatchIsRefused(t *testing.T) {
+	servers := tcpCluster(t, 1)
+	remote := election.NewRemote(nil, func() []string { return []string{string(servers[0].Addr())} })
+	defer remote.Close()
+	if _, err := remote.Apply(t.Context(), &fsm.RegisterNode{Name: "c1", Address: "10.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	index := servers[0].FSM().Index()
+	oneEntry := func(n int) []byte {
+		data := make([]byte, n)
+		body := []byte{0, 0, 0, 1, 0, 0, 0, 0, 0, 0, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
+		return append(body, data...)
+	}
+	for _, c := range []struct {
+		what string
+		body []byte
+		want int
+	}{
+		{"no entries", []byte{0, 0, 0, 0}, http.StatusBadRequest},
+		{"an entry cut short", []byte{0, 0, 0, 1, 0, 0}, http.StatusBadRequest},
+		{"one byte over the limit", oneEntry(election.MaxBatchBody + 1 - 14), http.StatusRequestEntityTooLarge},
+	} {
+		status, err := remote.PostBatch(t.Context(), string(servers[0].Addr()), c.body)
+		if err != nil {
+			t.Fatalf("%s: %v", c.what, err)
+		}
+		if status != c.want {
+			t.Errorf("%s: status %d, want %d", c.what, status, c.want)
+		}
+	}
+	if got := servers[0].FSM().Index(); got != index {
+		t.Fatalf("refused batches moved the index %d -> %d", index, got)
 	}
 }

@@ -1,6 +1,7 @@
 package election
 
 import (
+	"bytes"
 	"context"
 
 	"github.com/sidecarhq/sidecar/fsm"
@@ -35,4 +36,18 @@ func (r *Remote) SendBatch(ctx context.Context, addr string, entries []BatchEntr
 		res[i], errs[i] = rep.result()
 	}
 	return res, errs, nil
+}
+
+// MaxBatchBody is the most a server reads of one batch.
+const MaxBatchBody = maxBatchBody
+
+// PostBatch sends body as a batch to addr over r's connections and returns
+// the answer's status.
+func (r *Remote) PostBatch(ctx context.Context, addr string, body []byte) (int, error) {
+	_, resp, err := r.rpc.post(ctx, addr, rpcApplyBatch, bytes.NewReader(body), false)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
 }

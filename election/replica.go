@@ -64,12 +64,13 @@ func (r *Replica) FSM() *fsm.FSM { return r.fsm }
 func (r *Replica) Current() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	switch {
-	case r.server == "":
+	if r.server == "" {
 		return errors.New("no change stream connected")
-	case time.Since(r.lastHeard) > 3*streamHeartbeat:
+	}
+	if time.Since(r.lastHeard) > 3*streamHeartbeat {
 		return fmt.Errorf("change stream from %s silent for %v", r.server, time.Since(r.lastHeard).Round(time.Millisecond))
-	case r.behind:
+	}
+	if r.behind {
 		return fmt.Errorf("copy still catching up with %s", r.server)
 	}
 	return nil

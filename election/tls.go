@@ -150,10 +150,10 @@ func (s *Server) authorizeApply(ctx context.Context, data []byte) error {
 		return err
 	}
 	scope, node := commandScope(cmd)
-	switch {
-	case scope == scopeServers:
+	if scope == scopeServers {
 		return fmt.Errorf("%w: %s is written by servers only, the peer is %s", ErrPermissionDenied, cmd.Type(), id)
-	case scope == scopeNode && node != id.Node, scope == scopeNodeIfSet && node != "" && node != id.Node:
+	}
+	if scope == scopeNode && node != id.Node || scope == scopeNodeIfSet && node != "" && node != id.Node {
 		return fmt.Errorf("%w: %s for node %q from the certificate of %s", ErrPermissionDenied, cmd.Type(), node, id)
 	}
 	return nil
