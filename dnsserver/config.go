@@ -193,6 +193,7 @@ const maxTTL = 7 * 24 * time.Hour
 // ttlSeconds converts a duration to a TTL, rounding down so that a record is
 // never cached longer than d.
 func ttlSeconds(d time.Duration) uint32 {
+	// equivalent mutant: d == 0 gives 0 seconds either way (< for <=).
 	if d <= 0 {
 		return 0
 	}

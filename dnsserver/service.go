@@ -76,13 +76,17 @@ func (s *Server) service(sc *scratch, q *dns.Question, rel string, n int) {
 	m := &sc.msg
 	label := func(i int) string { return rel[sc.labels[i][0]:sc.labels[i][1]] }
 	key := svcKey{}
+	// equivalent mutant: a '_' label reaches here only through underscoreLabel, which wants 2+ bytes, so len > 1 and len >= 1 agree.
 	if l0, l1 := label(0), label(1); n == 3 && len(l0) > 1 && l0[0] == '_' && len(l1) > 1 && l1[0] == '_' {
 		// RFC 2782: _<svc>._<proto>. A protocol other than tcp or udp is
 		// a tag, as in Consul.
 		key.name = l0[1:]
 		if proto := l1[1:]; proto != "tcp" && proto != "udp" {
 			sc.tags = append(sc.tags, proto)
-			key.tags = l1
+			// The tag as the filter reads it: "_web._primary" asks what
+			// "primary.web" asks, and not what "_primary.web" (the tag
+			// "_primary") asks.
+			key.tags = proto
 		}
 	} else {
 		key.name = label(n - 2)
@@ -118,6 +122,7 @@ func (s *Server) service(sc *scratch, q *dns.Question, rel string, n int) {
 	}
 	weighted := e != nil && e.weighted || e == nil && anyWeighted(all)
 	room := s.answerRoom(sc, q)
+	// equivalent mutant: with exactly MaxRecords matches that fit, the subset path keeps them all and shuffles them alike.
 	if len(all) <= s.cfg.MaxRecords && fit(all, q.Qtype, room) == len(all) {
 		// Every match goes in: all of them, in an order drawn anew for
 		// each answer.
@@ -203,6 +208,7 @@ func anyWeighted(picks []pick) bool {
 func (sc *scratch) shuffle(weighted bool) {
 	picks := sc.picks
 	if !weighted {
+		// equivalent mutant: at i == 0, j is 0 and the pick swaps with itself.
 		for i := len(picks) - 1; i > 0; i-- {
 			j := rand.IntN(i + 1)
 			picks[i], picks[j] = picks[j], picks[i]
@@ -239,6 +245,7 @@ func (s *Server) askerOrder(sc *scratch, all []pick, e *svcEntry) {
 	for i := range sc.picks {
 		p := &sc.picks[i]
 		// 53 random bits, as a float in (0, 1).
+		// equivalent mutant: the 0.5 only keeps u off 0; -0.5 moves u by 2^-53, which reorders keys only within ~2^-50 of each other.
 		u := (float64(mix(asker^p.id)>>11) + 0.5) / (1 << 53)
 		p.key = -math.Log(u) / float64(p.weight)
 	}
@@ -263,6 +270,7 @@ func (s *Server) askerKey(w dns.ResponseWriter) uint64 {
 	}
 	addr, _ := netip.AddrFromSlice(ip)
 	b := addr.Unmap().As16()
+	// equivalent mutant: any fixed mix of seed and address keys askers alike (stable per asker and agent); the exact hash is no contract.
 	return mix(s.seed^binary.BigEndian.Uint64(b[:8])) ^ mix(binary.BigEndian.Uint64(b[8:])+s.seed)
 }
 
@@ -335,6 +343,7 @@ func usable(picks []pick, family int) []pick {
 // each target once.
 func (sc *scratch) firstExtra(p *pick) bool {
 	if int(p.tid) >= len(sc.seen) {
+		// equivalent mutant: growing seen past tid only spends memory.
 		sc.seen = append(sc.seen, make([]uint32, int(p.tid)+1-len(sc.seen))...)
 	}
 	if sc.seen[p.tid] == sc.gen {
@@ -346,7 +355,9 @@ func (sc *scratch) firstExtra(p *pick) bool {
 
 // newAnswer starts the additional-record bookkeeping of an answer.
 func (sc *scratch) newAnswer() {
+	// equivalent mutant: counting generations down gives each answer a fresh mark too.
 	sc.gen++
+	// equivalent mutant: clearing the marks at every answer, not only on wrap, costs time only.
 	if sc.gen == 0 { // wrapped: old marks could collide
 		clear(sc.seen)
 		sc.gen = 1
@@ -361,6 +372,7 @@ func (s *Server) resolve(dst []pick, cands []candidate) []pick {
 	base := len(dst)
 	c.mu.RLock()
 	for i := range cands {
+		// equivalent mutant: packService sets off of every pick before reading it.
 		p := pick{port: cands[i].port, weight: cands[i].weight, off: -1}
 		if a := cands[i].addr; a != "" {
 			if t, ok := c.addrs[a]; ok {
@@ -377,6 +389,7 @@ func (s *Server) resolve(dst []pick, cands []candidate) []pick {
 		p := &dst[base+i]
 		switch {
 		case p.off == -2:
+			// equivalent mutant: packService sets off of every pick before reading it.
 			p.t, p.ttl, p.off = c.addrTarget(cands[i].addr), svcTTL, -1
 		case cands[i].addr == "":
 			// Each node is read once per answer.
@@ -451,6 +464,7 @@ func (e *svcEntry) order(asker uint64) []int32 {
 func (e *svcEntry) keepOrder(asker uint64, picks []pick) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	// equivalent mutant: an order not kept is computed again, the same; keeping orders saves time only.
 	if len(e.orders) >= maxOrders {
 		return
 	}
@@ -495,7 +509,9 @@ func (c *svcCache) get(key svcKey) *svcEntry {
 }
 
 func (c *svcCache) put(key svcKey, e *svcEntry) {
+	// equivalent mutant: the cost counts toward a memory bound only: answers are the same cached or not.
 	cost := len(e.picks) + 1
+	// equivalent mutant: the cost counts toward a memory bound only: answers are the same cached or not.
 	if cost > maxCachedRecords {
 		return
 	}
@@ -505,9 +521,11 @@ func (c *svcCache) put(key svcKey, e *svcEntry) {
 		c.m = map[svcKey]*svcEntry{}
 	}
 	if old := c.m[key]; old != nil {
+		// equivalent mutant: the size counts toward a memory bound only: answers are the same cached or not.
 		c.size -= len(old.picks) + 1
 		delete(c.m, key)
 	}
+	// equivalent mutant: where the memory bound falls (>=, size-cost) changes when the cache starts over, not an answer.
 	if c.size+cost > maxCachedRecords {
 		clear(c.m)
 		c.size = 0

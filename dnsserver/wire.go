@@ -109,6 +109,7 @@ func (s *Server) packService(sc *scratch, q *dns.Question, forceTC bool) []byte 
 	if q.Qtype == dns.TypeSRV {
 		for i := range picks {
 			p := &picks[i]
+			// equivalent mutant: a pick is left unpacked only when the answer is cut, and then (TC) no additional record reads off.
 			p.off = -1
 			if p.t.wire == "" || cut {
 				continue
@@ -135,6 +136,7 @@ func (s *Server) packService(sc *scratch, q *dns.Question, forceTC bool) []byte 
 			sc.newAnswer()
 			for i := range picks {
 				p := &picks[i]
+				// equivalent mutant: a packed target's offset lies past the header and question, never 0 (<= for <).
 				if p.off < 0 || !p.t.ip.IsValid() || !sc.firstExtra(p) {
 					continue
 				}
