@@ -215,6 +215,12 @@ func TestServer_singleWriteToAFollowerIsForwarded(t *testing.T) {
 			follower = s
 		}
 	}
+	// A follower learns the leader from its first heartbeat; before that
+	// it answers "no leader", which a client retries.
+	waitUntil(t, 10*time.Second, "the follower to know the leader", func() bool {
+		_, addr := follower.Leader()
+		return addr == leader.Addr()
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c := newRPCClient()
