@@ -21,7 +21,13 @@ import (
 // caller from another address is served meanwhile, and the first address
 // is served again once it closes them.
 func TestLimits_connectionsPerClient(t *testing.T) {
-	a := agenttest.Start(t, func(c *agent.Config) { c.HTTPMaxConnsPerClient = 20 })
+	a := agenttest.Start(t, func(c *agent.Config) {
+		c.HTTPMaxConnsPerClient = 20
+		// The 20 held connections send nothing: the default 10 s for a
+		// request's headers would close them inside the polling below on
+		// a slow run, and the 21st would be served.
+		c.HTTPReadHeaderTimeout = time.Minute
+	})
 	var conns []net.Conn
 	defer func() {
 		for _, c := range conns {
