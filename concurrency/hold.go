@@ -76,6 +76,12 @@ func startHold(s *Session, token uint64, watch func(ctx context.Context, h *hold
 			// caller ended the hold first, so this changes nothing).
 			err = context.Cause(ctx)
 		}
+		if serr := s.Err(); serr != nil {
+			// The session ended first: its reason, not what the registry
+			// showed after it (Close revokes the lease before bind's
+			// goroutine has cancelled ctx).
+			err = serr
+		}
 		h.end(err)
 	}()
 	return h
