@@ -107,7 +107,9 @@ func TestLocal_Self_demotesBeforeLeaseExpires(t *testing.T) {
 	if !demoted.Before(tB) {
 		t.Fatal("B led before A stopped reporting leadership: two leaders")
 	}
-	if demoted.After(trustedUntil.Add(5 * time.Millisecond)) {
+	// Promptly, not to the millisecond: the loop above polls every 1 ms,
+	// and a loaded CI machine delays it (it saw 5.6 ms).
+	if demoted.After(trustedUntil.Add(50 * time.Millisecond)) {
 		t.Fatalf("A demoted %v after the last keepalive's send time + TTL - margin", demoted.Sub(trustedUntil))
 	}
 	if st := b.Self("db"); !st.Leader || st.Token <= 0 {
