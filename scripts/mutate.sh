@@ -7,7 +7,9 @@
 # Environment: GREMLINS (the binary; default $(go env GOPATH)/bin/gremlins),
 # MUTATE_OUT (keep the JSON results and logs there; default a temporary
 # directory), MUTATE_DIFF (a branch or commit: mutate only the lines changed
-# since it, gremlins --diff).
+# since it, gremlins --diff), MUTATE_WORKERS (gremlins --workers; default
+# one per CPU: election's tests wait more than they compute, so 3 on two
+# CPUs finishes it sooner).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,7 +20,7 @@ args=()
 for pkg in "$@"; do
 	start=$(date +%s)
 	if ! "$GREMLINS" unleash "./$pkg" --exclude-files '(electiontest|agenttest|discoverytest)/' \
-		-o "$out/$pkg.json" ${MUTATE_DIFF:+--diff "$MUTATE_DIFF"} >"$out/$pkg.log" 2>&1; then
+		-o "$out/$pkg.json" ${MUTATE_DIFF:+--diff "$MUTATE_DIFF"} ${MUTATE_WORKERS:+--workers "$MUTATE_WORKERS"} >"$out/$pkg.log" 2>&1; then
 		echo "mutate: gremlins failed on $pkg (its output: $out/$pkg.log)" >&2
 		exit 2
 	fi
