@@ -17,8 +17,8 @@ import (
 
 // BenchmarkCluster_writesThroughLeader: three servers in this process,
 // each with a data dir (local state and Raft log on disk, default Raft
-// settings), 64 writers registering through the Raft leader's HTTP API,
-// each cycling over 1,000 ids of its own. It measures the whole write path
+// settings), 1, 16 and 64 writers registering through the Raft leader's
+// HTTP API, each cycling over 1,000 ids of its own. It measures the whole write path
 // of one machine's CPU and disk (HTTP, local state, Raft log, replication,
 // apply), so a change to any of them shows here; run it beside the same
 // benchmark of another commit for a ratio (the disk's speed varies).
@@ -34,7 +34,7 @@ func BenchmarkCluster_writesThroughLeader(b *testing.B) {
 		}
 		return false
 	})
-	benchWrites(b, leader)
+	benchWriters(b, leader)
 }
 
 // BenchmarkCluster_writesThroughClient is the same through a client agent
@@ -43,7 +43,16 @@ func BenchmarkCluster_writesThroughClient(b *testing.B) {
 	nodes := benchCluster(b)
 	cl := agenttest.Join(b, nodes[0], "client-0", false, func(c *agent.Config) { c.DataDir = b.TempDir() })
 	cl.WaitReady(30 * time.Second)
-	benchWrites(b, cl)
+	benchWriters(b, cl)
+}
+
+// benchWriters runs benchWrites with 1, 16 and 64 writers: one writer
+// shows a write's fixed costs (each round of the pipeline carries one
+// write), 64 what batching makes of them.
+func benchWriters(b *testing.B, a *agenttest.Agent) {
+	for _, n := range []int{1, 16, 64} {
+		b.Run(fmt.Sprintf("writers=%d", n), func(b *testing.B) { benchWrites(b, a, n) })
+	}
 }
 
 func benchCluster(b *testing.B) []*agenttest.Agent {
@@ -53,10 +62,9 @@ func benchCluster(b *testing.B) []*agenttest.Agent {
 	})
 }
 
-// benchWrites runs b.N registrations through a's HTTP API: 64 writers,
-// each cycling over 1,000 ids of its own.
-func benchWrites(b *testing.B, a *agenttest.Agent) {
-	const writers = 64
+// benchWrites runs b.N registrations through a's HTTP API: writers
+// concurrent writers, each cycling over 1,000 ids of its own.
+func benchWrites(b *testing.B, a *agenttest.Agent, writers int) {
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: writers}}
 	defer hc.CloseIdleConnections()
 	var next atomic.Int64
