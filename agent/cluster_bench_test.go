@@ -1,9 +1,11 @@
 package agent_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/sidecarhq/sidecar/agent"
 	"github.com/sidecarhq/sidecar/agent/agenttest"
+	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/election"
 )
 
@@ -34,7 +37,7 @@ func BenchmarkCluster_writesThroughLeader(b *testing.B) {
 		}
 		return false
 	})
-	benchWriters(b, leader)
+	benchWriters(b, leader, nodes)
 }
 
 // BenchmarkCluster_writesThroughClient is the same through a client agent
@@ -43,15 +46,27 @@ func BenchmarkCluster_writesThroughClient(b *testing.B) {
 	nodes := benchCluster(b)
 	cl := agenttest.Join(b, nodes[0], "client-0", false, func(c *agent.Config) { c.DataDir = b.TempDir() })
 	cl.WaitReady(30 * time.Second)
-	benchWriters(b, cl)
+	benchWriters(b, cl, nodes)
 }
 
 // benchWriters runs benchWrites with 1, 16 and 64 writers: one writer
 // shows a write's fixed costs (each round of the pipeline carries one
-// write), 64 what batching makes of them.
-func benchWriters(b *testing.B, a *agenttest.Agent) {
+// write), 64 what batching makes of them. It also reports the barriers the
+// leader among servers appended per write (election/nudge.go).
+func benchWriters(b *testing.B, a *agenttest.Agent, servers []*agenttest.Agent) {
+	nudges := func() (n float64) {
+		for _, s := range servers {
+			v, _ := strconv.ParseFloat(metric(b, s, "sidecar_raft_commit_nudges_total"), 64)
+			n += v
+		}
+		return n
+	}
 	for _, n := range []int{1, 16, 64} {
-		b.Run(fmt.Sprintf("writers=%d", n), func(b *testing.B) { benchWrites(b, a, n) })
+		b.Run(fmt.Sprintf("writers=%d", n), func(b *testing.B) {
+			before := nudges()
+			benchWrites(b, a, n)
+			b.ReportMetric((nudges()-before)/float64(b.N), "nudges/write")
+		})
 	}
 }
 
@@ -95,4 +110,53 @@ func benchWrites(b *testing.B, a *agenttest.Agent, writers int) {
 	}
 	wg.Wait()
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "writes/s")
+}
+
+// BenchmarkCluster_lockPair: uncontended lock acquire + release pairs
+// through the Raft leader and through a follower of three servers with
+// default Raft settings. An agent answers once its own copy holds the
+// change, so through a follower a pair also measures how soon followers
+// learn that an entry committed.
+func BenchmarkCluster_lockPair(b *testing.B) {
+	nodes := benchCluster(b)
+	var leader, follower *agenttest.Agent
+	agenttest.WaitFor(b, 10*time.Second, "a leader", func() bool {
+		for _, n := range nodes {
+			if n.Server().IsLeader() {
+				leader = n
+			}
+		}
+		return leader != nil
+	})
+	for _, n := range nodes {
+		if n != leader {
+			follower = n
+			break
+		}
+	}
+	for _, v := range []struct {
+		name string
+		a    *agenttest.Agent
+	}{{"leader", leader}, {"follower", follower}} {
+		b.Run(v.name, func(b *testing.B) {
+			c, err := api.NewClient(v.a.URL)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			lease, err := c.GrantLease(ctx, time.Minute)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if r, err := c.Lock(ctx, "bench-lock", api.LockRequest{Lease: lease.ID}); err != nil || !r.Held {
+					b.Fatalf("lock: %+v %v", r, err)
+				}
+				if err := c.Unlock(ctx, "bench-lock", lease.ID); err != nil {
+					b.Fatalf("unlock: %v", err)
+				}
+			}
+		})
+	}
 }

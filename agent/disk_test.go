@@ -168,7 +168,7 @@ func TestAgent_Run_damagedWhileRunning(t *testing.T) {
 
 // metric is a metric's value as the agent's /metrics serves it, "" when
 // it serves none.
-func metric(t *testing.T, a *agenttest.Agent, name string) string {
+func metric(t testing.TB, a *agenttest.Agent, name string) string {
 	t.Helper()
 	resp, err := http.Get(a.URL + "/metrics")
 	if err != nil {

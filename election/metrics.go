@@ -16,6 +16,7 @@ type serverMetrics struct {
 	streamSnapshots    prometheus.Counter
 	diskFullRefusals   prometheus.Counter
 	batchEntries       prometheus.Histogram
+	commitNudges       prometheus.Counter
 }
 
 func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
@@ -44,6 +45,10 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 			Help:    "Writes per batch this server received over RPC (from clients and from followers passing them on).",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
 		}),
+		commitNudges: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sidecar_raft_commit_nudges_total",
+			Help: "Barriers this leader appended so that followers learn at once that a write that came over RPC committed (when no later write would tell them).",
+		}),
 		diskFullRefusals: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sidecar_raft_disk_full_refusals_total",
 			Help: "Writes this leader refused because its disk has no room for more of the Raft log.",
@@ -56,6 +61,7 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 		m.streamSnapshots,
 		m.diskFullRefusals,
 		m.batchEntries,
+		m.commitNudges,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sidecar_raft_disk_full",
 			Help: "1 while this server's disk has no room for more of the Raft log (writes are refused with 507).",

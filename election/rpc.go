@@ -356,7 +356,11 @@ func (s *Server) applyAuthorized(ctx context.Context, secret string, data []byte
 		}
 		ctx = acl.NewContext(ctx, caller)
 	}
-	return s.ApplyEncoded(ctx, data)
+	res, err := s.ApplyEncoded(ctx, data)
+	if err == nil {
+		s.nudgeFollowers(res.Index)
+	}
+	return res, err
 }
 
 func (s *Server) forwardApply(ctx context.Context, data []byte) (*fsm.Result, error) {

@@ -174,6 +174,7 @@ type Server struct {
 	gate *voteGate
 
 	notify    chan bool
+	nudge     chan struct{} // nudge.go
 	stop      chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -201,6 +202,7 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 		log:    cfg.Logger.With("component", "raft-server"),
 		fsm:    fsm.New(),
 		notify: make(chan bool, 16),
+		nudge:  make(chan struct{}, 1),
 		stop:   make(chan struct{}),
 		// Entries kept for clients that resume their stream: a few seconds
 		// of heavy writes, or hours of a quiet registry.
@@ -355,9 +357,10 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 		s.rpcSrv = &http.Server{Handler: s.rpcHandler(), ReadHeaderTimeout: 10 * time.Second, ConnContext: withPeerIdentity}
 		go s.rpcSrv.Serve(s.mux.rpc)
 	}
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go s.watchLeadership()
 	go s.adaptSnapshots()
+	go s.runNudges()
 	s.log.Info("raft server started", "node", cfg.Node, "addr", s.trans.LocalAddr(), "in_memory", cfg.InMemory,
 		"heartbeat_timeout", cfg.HeartbeatTimeout, "election_timeout", cfg.ElectionTimeout,
 		"snapshot_threshold", cfg.SnapshotThreshold)

@@ -1,0 +1,68 @@
+package election_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/sidecarhq/sidecar/election"
+)
+
+// TestLocal_followerCopyHoldsItsWritesWhenTheyAreAnswered: lease, lock and
+// unlock through a follower, with hashicorp/raft's commit timeout (its
+// only other way to tell followers of a commit when no write follows) set
+// to a minute. Each answer comes once the follower's own copy holds the
+// change, as through the leader: the leader's barrier carried the commit
+// index. Without it each call would wait out its deadline and the copy
+// would still lack the change.
+func TestLocal_followerCopyHoldsItsWritesWhenTheyAreAnswered(t *testing.T) {
+	t.Parallel()
+	servers := tcpClusterWith(t, 3, func(c *election.ServerConfig) { c.CommitTimeout = time.Minute })
+	var leader, follower *election.Server
+	for _, s := range servers {
+		if s.IsLeader() {
+			leader = s
+		} else {
+			follower = s
+		}
+	}
+	waitFor(t, 10*time.Second, "the follower to know the leader", func() bool {
+		_, addr := follower.Leader()
+		return addr == leader.Addr()
+	})
+	l := newLocal(t, "n1", election.NewRemote(follower, nil), follower.FSM())
+	call := func(what string, f func(ctx context.Context) error) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := f(ctx); err != nil {
+			t.Fatalf("%s through a follower: %v", what, err)
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("%s through a follower took its whole 5 s deadline", what)
+		}
+	}
+	var lease string
+	call("grant a lease", func(ctx context.Context) error {
+		var err error
+		lease, err = l.GrantLease(ctx, time.Minute)
+		return err
+	})
+	if _, ok := follower.FSM().Lease(lease); !ok {
+		t.Fatalf("the follower's copy lacks lease %s when its grant is answered", lease)
+	}
+	call("lock", func(ctx context.Context) error {
+		r, err := l.Lock(ctx, election.LockSpec{Name: "job", Lease: lease})
+		if err == nil && !r.Held {
+			t.Fatalf("lock not held: %+v", r)
+		}
+		return err
+	})
+	if m, _ := follower.FSM().Lock("job"); m == nil || m.Holder == nil || m.Holder.ID != lease {
+		t.Fatalf("the follower's copy shows lock job as %+v when its acquisition is answered", m)
+	}
+	call("unlock", func(ctx context.Context) error { return l.UnlockToken(ctx, "job", lease, 0) })
+	if m, _ := follower.FSM().Lock("job"); m != nil && m.Holder != nil {
+		t.Fatalf("the follower's copy still shows lock job held by %+v when its release is answered", m.Holder)
+	}
+}
