@@ -196,45 +196,6 @@ func TestServer_instanceFamilies(t *testing.T) {
 	}
 }
 
-// TestServer_weightedOrderWithoutWeightOne: weights are honoured when no
-// instance has the default weight: of two instances weighted 2 and 6 the
-// heavier comes first three times in four (over 4,000 answers the share
-// stays within ±5% of 75%, 7 standard deviations, but for odds below
-// 1e-12; uniform would be 50%).
-func TestServer_weightedOrderWithoutWeightOne(t *testing.T) {
-	r := newRegistry(t)
-	r.apply(node("node1", "10.0.0.1"))
-	light := instance("light", "canary", "node1", "10.5.0.1", 80)
-	heavy := instance("heavy", "canary", "node1", "10.5.0.3", 80)
-	light.Instance.Weight, heavy.Instance.Weight = 2, 6
-	r.apply(light, heavy)
-	for _, reg := range []struct {
-		name string
-		reg  dnsserver.Registry
-	}{{"fsm", r.f}, {"without Watcher", noWatch{r.f}}} {
-		t.Run(reg.name, func(t *testing.T) {
-			s, err := dnsserver.New(dnsserver.TestConfig(), reg.reg, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			const n = 4000
-			first := 0
-			for range n {
-				resp := askFrom(t, s, udpPeer, "canary.service.sidecar.", dns.TypeA)
-				if len(resp.Answer) != 2 {
-					t.Fatalf("%d answers, want 2", len(resp.Answer))
-				}
-				if resp.Answer[0].(*dns.A).A.String() == "10.5.0.3" {
-					first++
-				}
-			}
-			if share := float64(first) / n; share < 0.70 || share > 0.80 {
-				t.Errorf("heavier instance first in %.1f%% of answers, want 75%% ± 5%%", 100*share)
-			}
-		})
-	}
-}
-
 // TestServer_tagFormAndRFC2782FormDiffer: "_primary.web.service" filters
 // on the tag "_primary" (as written), "_web._primary.service" on the tag
 // "primary"; the answer to one must not depend on whether the other was

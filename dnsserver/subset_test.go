@@ -201,42 +201,45 @@ func TestServer_SRVWeights(t *testing.T) {
 	}
 }
 
-// TestServer_weightedOrder: over 10,000 A answers for two instances
-// weighted 1 and 3, the heavier comes first 75% of the time (± 3%; the
-// standard deviation is 0.43%).
+// TestServer_weightedOrder: over 10,000 A answers for two instances of
+// which one weighs three times the other, the heavier comes first 75% of
+// the time (± 3%; the standard deviation is 0.43%), also when neither has
+// the default weight 1.
 func TestServer_weightedOrder(t *testing.T) {
-	r := newRegistry(t)
-	r.apply(node("node1", "10.0.0.1"))
-	light := instance("light", "canary", "node1", "10.5.0.1", 80)
-	heavy := instance("heavy", "canary", "node1", "10.5.0.3", 80)
-	light.Instance.Weight, heavy.Instance.Weight = 1, 3
-	r.apply(light, heavy)
-	for _, reg := range []struct {
-		name string
-		reg  dnsserver.Registry
-	}{{"fsm", r.f}, {"without Watcher", noWatch{r.f}}} {
-		t.Run(reg.name, func(t *testing.T) {
-			s, err := dnsserver.New(dnsserver.TestConfig(), reg.reg, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			const n = 10000
-			first := 0
-			for range n {
-				resp := askFrom(t, s, udpPeer, "canary.service.sidecar.", dns.TypeA)
-				if len(resp.Answer) != 2 {
-					t.Fatalf("%d answers, want 2", len(resp.Answer))
+	for _, w := range []struct{ light, heavy int }{{1, 3}, {2, 6}} {
+		r := newRegistry(t)
+		r.apply(node("node1", "10.0.0.1"))
+		light := instance("light", "canary", "node1", "10.5.0.1", 80)
+		heavy := instance("heavy", "canary", "node1", "10.5.0.3", 80)
+		light.Instance.Weight, heavy.Instance.Weight = w.light, w.heavy
+		r.apply(light, heavy)
+		for _, reg := range []struct {
+			name string
+			reg  dnsserver.Registry
+		}{{"fsm", r.f}, {"without Watcher", noWatch{r.f}}} {
+			t.Run(fmt.Sprintf("%d:%d/%s", w.light, w.heavy, reg.name), func(t *testing.T) {
+				s, err := dnsserver.New(dnsserver.TestConfig(), reg.reg, nil)
+				if err != nil {
+					t.Fatal(err)
 				}
-				if resp.Answer[0].(*dns.A).A.String() == "10.5.0.3" {
-					first++
+				const n = 10000
+				first := 0
+				for range n {
+					resp := askFrom(t, s, udpPeer, "canary.service.sidecar.", dns.TypeA)
+					if len(resp.Answer) != 2 {
+						t.Fatalf("%d answers, want 2", len(resp.Answer))
+					}
+					if resp.Answer[0].(*dns.A).A.String() == "10.5.0.3" {
+						first++
+					}
 				}
-			}
-			share := float64(first) / n
-			t.Logf("heavier instance first in %d of %d answers (%.2f%%)", first, n, 100*share)
-			if share < 0.72 || share > 0.78 {
-				t.Errorf("heavier instance first in %.2f%% of answers, want 75%% ± 3%%", 100*share)
-			}
-		})
+				share := float64(first) / n
+				t.Logf("heavier instance first in %d of %d answers (%.2f%%)", first, n, 100*share)
+				if share < 0.72 || share > 0.78 {
+					t.Errorf("heavier instance first in %.2f%% of answers, want 75%% ± 3%%", 100*share)
+				}
+			})
+		}
 	}
 }
 
