@@ -63,10 +63,7 @@ func holderOfElection(reg *fsm.FSM, name string) string {
 // (retrying every 100 ms), though the registry still shows it leading.
 func TestLocal_Transfer_refusedLeadsAgainOnlyAfterAQuorumRead(t *testing.T) {
 	t.Parallel()
-	c := electiontest.NewCluster(t, 1, nil)
-	srv := c.Servers[0]
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	c, srv, ctx := oneServer(t)
 
 	b := newLocal(t, "node-b", c.Backend(), srv.FSM())
 	var quorumDown atomic.Bool
@@ -145,10 +142,7 @@ func TestLocal_Transfer_refusedLeadsAgainOnlyAfterAQuorumRead(t *testing.T) {
 // this sidecar's, and it may campaign and lead again afterwards.
 func TestLocal_Transfer_unknownOutcomeResignsTheOldLeader(t *testing.T) {
 	t.Parallel()
-	c := electiontest.NewCluster(t, 1, nil)
-	srv := c.Servers[0]
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	c, srv, ctx := oneServer(t)
 
 	var mu sync.Mutex
 	var resigns []time.Time // attempts to resign candidate a

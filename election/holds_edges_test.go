@@ -14,6 +14,16 @@ import (
 	"github.com/sidecarhq/sidecar/fsm"
 )
 
+// oneServer starts a one-server cluster and a context that bounds the
+// test using it.
+func oneServer(t *testing.T) (*electiontest.Cluster, *election.Server, context.Context) {
+	t.Helper()
+	c := electiontest.NewCluster(t, 1, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return c, c.Servers[0], ctx
+}
+
 // newLocalWith is newLocal with cfg's Registerer and Now.
 func newLocalWith(t *testing.T, node string, b election.Backend, reg *fsm.FSM, edit func(*election.LocalConfig)) *election.Local {
 	t.Helper()
@@ -77,10 +87,7 @@ func registerWeb(ctx context.Context, t *testing.T, backend election.Backend) fu
 // campaigning on an unknown lease, and the election gains no candidate.
 func TestLocal_followHealth_dropsACandidacyWhoseLeaseEnded(t *testing.T) {
 	t.Parallel()
-	c := electiontest.NewCluster(t, 1, nil)
-	srv := c.Servers[0]
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	c, srv, ctx := oneServer(t)
 	setCheck := registerWeb(ctx, t, c.Backend())
 	metrics := prometheus.NewRegistry()
 	a := newLocalWith(t, "node-a", c.Backend(), srv.FSM(), func(cfg *election.LocalConfig) { cfg.Registerer = metrics })
@@ -113,10 +120,7 @@ func TestLocal_followHealth_dropsACandidacyWhoseLeaseEnded(t *testing.T) {
 // registry still showing it leading).
 func TestLocal_WaitSelf_returnsOnChangeAndOnSelfDemotion(t *testing.T) {
 	t.Parallel()
-	c := electiontest.NewCluster(t, 1, nil)
-	srv := c.Servers[0]
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	c, srv, ctx := oneServer(t)
 	var offset atomic.Int64 // a's clock runs ahead by this much
 	cb := &cutBackend{Backend: c.Backend()}
 	a := newLocalWith(t, "node-a", cb, srv.FSM(), func(cfg *election.LocalConfig) {
@@ -194,11 +198,8 @@ func TestLocal_WaitSelf_returnsOnChangeAndOnSelfDemotion(t *testing.T) {
 // lock when that one releases it.
 func TestLocal_Lock_waitsOutALockDelay(t *testing.T) {
 	t.Parallel()
-	c := electiontest.NewCluster(t, 1, nil)
-	srv := c.Servers[0]
+	c, srv, ctx := oneServer(t)
 	backend := c.Backend()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
 	cb := &cutBackend{Backend: backend}
 	a := newLocal(t, "node-a", cb, srv.FSM())
 	b := newLocal(t, "node-b", backend, srv.FSM())

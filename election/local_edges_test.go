@@ -11,7 +11,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sidecarhq/sidecar/election"
-	"github.com/sidecarhq/sidecar/election/electiontest"
 	"github.com/sidecarhq/sidecar/fsm"
 )
 
@@ -38,10 +37,7 @@ func (c *callTimes) list() []time.Time {
 // after the first failure and twice as long after each next one.
 func TestLocal_Start_backsOffWhileNoLeader(t *testing.T) {
 	t.Parallel()
-	c := electiontest.NewCluster(t, 1, nil)
-	srv := c.Servers[0]
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	c, srv, ctx := oneServer(t)
 	var grants callTimes
 	hb := &hookBackend{Backend: c.Backend()}
 	hb.apply = func(_ context.Context, cmd fsm.Command) (*fsm.Result, error) {
@@ -75,10 +71,7 @@ func TestLocal_Start_backsOffWhileNoLeader(t *testing.T) {
 // session at once (closed, not lost).
 func TestLocal_RevokeLease_ownSessions(t *testing.T) {
 	t.Parallel()
-	c := electiontest.NewCluster(t, 1, nil)
-	srv := c.Servers[0]
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	c, srv, ctx := oneServer(t)
 	l := newLocal(t, "node-a", c.Backend(), srv.FSM())
 	if err := l.Start(ctx); err != nil {
 		t.Fatal(err)
@@ -124,10 +117,7 @@ func TestLocal_RevokeLease_ownSessions(t *testing.T) {
 // over in the expiry's entry), and the sidecar's metrics are unregistered.
 func TestLocal_Abandon_holdsEndByTTLOnly(t *testing.T) {
 	t.Parallel()
-	c := electiontest.NewCluster(t, 1, nil)
-	srv := c.Servers[0]
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	c, srv, ctx := oneServer(t)
 	setCheck := registerWeb(ctx, t, c.Backend())
 	setCheck(fsm.StatusPassing)
 	metrics := prometheus.NewRegistry()
