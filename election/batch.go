@@ -82,6 +82,7 @@ var errBatchFormat = errors.New("malformed batch")
 
 // decodeBatch reads a request body; the entries' data and secrets alias b.
 func decodeBatch(b []byte) ([]batchEntry, error) {
+	// equivalent mutant: 4 bytes hold a count and no entry, refused below
 	if len(b) < 4 {
 		return nil, fmt.Errorf("%w: %d bytes, no count", errBatchFormat, len(b))
 	}
@@ -92,6 +93,7 @@ func decodeBatch(b []byte) ([]batchEntry, error) {
 	b = b[4:]
 	entries := make([]batchEntry, n)
 	for i := range entries {
+		// equivalent mutant: 6 bytes hold an entry's header and not its data length, refused below
 		if len(b) < 6 {
 			return nil, fmt.Errorf("%w: entry %d cut short", errBatchFormat, i)
 		}
@@ -168,6 +170,7 @@ func (s *Server) serveApplyBatch(w http.ResponseWriter, r *http.Request) {
 		pass = append(pass, &entries[i])
 		at = append(at, i)
 	}
+	// equivalent mutant: forwarding no entries changes no reply; this spares the request
 	if len(pass) > 0 {
 		fwd, err := s.forwardApplyBatch(ctx, pass)
 		for k, i := range at {
@@ -331,6 +334,7 @@ func (r *Remote) applyBatched(ctx context.Context, addr string, forwarded bool, 
 			return e.reply, e.err
 		case <-e.lead:
 			b.mu.Lock()
+			// equivalent mutant: kick tells the head only while fewer than batchInFlight are out, and only the head takes
 			if e.sent || q.inFlight >= batchInFlight || len(q.waiting) == 0 || q.waiting[0] != e {
 				b.mu.Unlock()
 				continue

@@ -50,6 +50,18 @@ func TestBatch_roundTripAndEveryCutRefused(t *testing.T) {
 	if _, err := decodeBatch(append(body, 0)); !errors.Is(err, errBatchFormat) {
 		t.Fatalf("a byte after the last entry: %v, want refused", err)
 	}
+	// The limits themselves are allowed: maxBatchEntries entries, and an
+	// entry of maxEntryData bytes.
+	most := make([]*batchEntry, maxBatchEntries)
+	for i := range most {
+		most[i] = &batchEntry{data: []byte{byte(i)}}
+	}
+	if out, err := decodeBatch(encodeBatch(most)); err != nil || len(out) != maxBatchEntries {
+		t.Fatalf("a batch of %d entries: %d back, %v", maxBatchEntries, len(out), err)
+	}
+	if out, err := decodeBatch(encodeBatch([]*batchEntry{{data: make([]byte, maxEntryData)}})); err != nil || len(out[0].data) != maxEntryData {
+		t.Fatalf("an entry of %d bytes: %v", maxEntryData, err)
+	}
 	for _, count := range []uint32{0, maxBatchEntries + 1} {
 		b := append([]byte(nil), body...)
 		b[0], b[1], b[2], b[3] = byte(count>>24), byte(count>>16), byte(count>>8), byte(count)

@@ -250,6 +250,9 @@ func TestRemote_malformedOrOversizedBatchIsRefused(t *testing.T) {
 		{"no entries", []byte{0, 0, 0, 0}, http.StatusBadRequest},
 		{"an entry cut short", []byte{0, 0, 0, 1, 0, 0}, http.StatusBadRequest},
 		{"one byte over the limit", oneEntry(election.MaxBatchBody + 1 - 14), http.StatusRequestEntityTooLarge},
+		// As large as a batch may be, but its entry exceeds an entry's
+		// limit: read, then refused as malformed, not as too large.
+		{"malformed at the limit", oneEntry(election.MaxBatchBody - 14), http.StatusBadRequest},
 	} {
 		status, err := remote.PostBatch(t.Context(), string(servers[0].Addr()), c.body)
 		if err != nil {
