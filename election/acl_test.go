@@ -3,6 +3,7 @@ package election_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -191,6 +192,20 @@ func TestACL_ownershipOfLeasesAndCandidates(t *testing.T) {
 		_, err := other.Lock(ctxB, election.LockSpec{Name: "other", Lease: w.client.NodeSession().ID()})
 		return err
 	})
+
+	// A node session is kept alive by its node, which sends no token; a
+	// token other than management's may not (the refusal names it).
+	session := w.client.NodeSession().ID()
+	w.refused(t, "B's keepalive of the client's node session", fsm.ErrNotOwner, func() error {
+		_, err := w.remote.KeepAlive(ctxB, session)
+		if err != nil && !strings.Contains(err.Error(), `token "t-b"`) {
+			t.Errorf("the refusal does not name token t-b: %v", err)
+		}
+		return err
+	})
+	if _, err := w.remote.KeepAlive(context.Background(), session); err != nil {
+		t.Fatalf("the node session's keepalive without a token: %v", err)
+	}
 
 	// None of the refusals made this sidecar doubt A's lease.
 	if d, ok := w.client.LeaseRemaining(la); !ok || d <= 0 {

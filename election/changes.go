@@ -73,6 +73,7 @@ func (c *changeLog) since(index uint64) (out []change, notify <-chan struct{}, o
 	for i := len(c.entries) - 1; i >= 0 && c.entries[i].index > index; i-- {
 		out = append(out, c.entries[i])
 	}
+	// equivalent mutant: at i == j the middle entry swaps with itself
 	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
 		out[i], out[j] = out[j], out[i]
 	}
@@ -133,6 +134,7 @@ type crashSink struct {
 
 func (c *crashSink) Write(p []byte) (int, error) {
 	n, err := c.SnapshotSink.Write(p)
+	// equivalent mutant: where in a snapshot the crash point fires is arbitrary (and off outside the crash tests)
 	if c.n += n; c.n >= 4096 {
 		crashpoint.Hit("snapshot-write")
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"reflect"
 	"strings"
@@ -175,6 +176,53 @@ func TestChangeLog_dropsTheOldestQuarterWhenFull(t *testing.T) {
 		if e.index != uint64(i+3) || !bytes.Equal(e.data, []byte{byte(i + 3)}) {
 			t.Fatalf("entry %d: %+v, want index %d", i, e, i+3)
 		}
+	}
+	// A stream that holds entry 5 gets what follows it, not 5 again.
+	if out, _, _ := c.since(5); len(out) != 4 || out[0].index != 6 {
+		t.Fatalf("since(5): %d entries from %+v, want 4 from index 6", len(out), out)
+	}
+}
+
+// memSink is a raft.SnapshotSink in memory.
+type memSink struct{ bytes.Buffer }
+
+func (*memSink) ID() string    { return "mem" }
+func (*memSink) Cancel() error { return nil }
+func (*memSink) Close() error  { return nil }
+
+// TestRecordingFSM_streamsEachEntryOnceAndSnapshotsTheRegistry: an entry
+// Raft hands the registry again (a replay after an older snapshot) is not
+// streamed to clients twice, and the server's snapshot is the registry's.
+func TestRecordingFSM_streamsEachEntryOnceAndSnapshotsTheRegistry(t *testing.T) {
+	r := &recordingFSM{FSM: fsm.New(), log: newChangeLog(16)}
+	var logs []*raft.Log
+	for i, name := range []string{"n1", "n2", "n3"} {
+		data, err := fsm.Encode(&fsm.RegisterNode{Name: name, Address: "10.0.0.1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs = append(logs, &raft.Log{Index: uint64(i + 1), Term: 1, Type: raft.LogCommand, Data: data})
+	}
+	for _, l := range append(logs, logs[2]) {
+		r.Apply(l)
+	}
+	if out, _, _ := r.log.since(0); len(out) != 3 {
+		t.Fatalf("%d entries streamed for 3 applied (the last twice), want 3", len(out))
+	}
+	snap, err := r.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	back := fsm.New()
+	if err := back.Restore(io.NopCloser(&sink)); err != nil {
+		t.Fatal(err)
+	}
+	if back.Digest() != r.FSM.Digest() || back.Index() != 3 {
+		t.Fatalf("the snapshot restores index %d and another registry, want index 3 and the same", back.Index())
 	}
 }
 
