@@ -10,7 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sidecarhq/sidecar/acl"
+	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/election"
 	"github.com/sidecarhq/sidecar/election/electiontest"
 	"github.com/sidecarhq/sidecar/fsm"
@@ -293,4 +296,51 @@ func TestLocal_Transfer_onlyItsOwnerOrManagement(t *testing.T) {
 	if err != nil || res.Leader != "z" || holderOfElection(w.srv.FSM(), "db") != "z" {
 		t.Fatalf("management's transfer: %+v %v", res, err)
 	}
+}
+
+// TestLocal_lockAcquisitionsCountEachAcquisition: a lock taken, released
+// and taken again through one sidecar counts two acquisitions in
+// sidecar_lock_acquisitions_total; asking again while holding it counts
+// none.
+func TestLocal_lockAcquisitionsCountEachAcquisition(t *testing.T) {
+	t.Parallel()
+	c, srv, ctx := oneServer(t)
+	metrics := prometheus.NewRegistry()
+	l := newLocalWith(t, "node-a", c.Backend(), srv.FSM(), func(cfg *election.LocalConfig) { cfg.Registerer = metrics })
+	lease, err := l.GrantLease(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []string{"lock", "lock", "unlock", "lock"} {
+		var err error
+		if step == "lock" {
+			var r api.LockResult
+			if r, err = l.Lock(ctx, election.LockSpec{Name: "job", Lease: lease}); err == nil && !r.Held {
+				t.Fatalf("lock not held: %+v", r)
+			}
+		} else {
+			err = l.Unlock(ctx, "job", lease)
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+	}
+	if got := counterValue(t, metrics, "sidecar_lock_acquisitions_total"); got != 2 {
+		t.Fatalf("sidecar_lock_acquisitions_total = %v after lock, lock again, unlock, lock; want 2", got)
+	}
+}
+
+// counterValue is the value of reg's counter name (0 when absent).
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name && len(f.GetMetric()) == 1 {
+			return f.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return 0
 }
