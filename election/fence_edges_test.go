@@ -344,3 +344,35 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	return 0
 }
+
+// TestLocal_Transfer_oldLeaderLeavesItsElection: once a transfer away from
+// its candidate succeeded, a sidecar no longer counts that election as
+// one it takes part in: its sidecar_election_leader series for it goes
+// (1 before, none after).
+func TestLocal_Transfer_oldLeaderLeavesItsElection(t *testing.T) {
+	t.Parallel()
+	c, srv, ctx := oneServer(t)
+	metrics := prometheus.NewRegistry()
+	a := newLocalWith(t, "node-a", c.Backend(), srv.FSM(), func(cfg *election.LocalConfig) { cfg.Registerer = metrics })
+	b := newLocal(t, "node-b", c.Backend(), srv.FSM())
+	for _, l := range []*election.Local{a, b} {
+		if err := l.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r, err := a.Campaign(ctx, election.CampaignSpec{Election: "db", Candidate: "a"}); err != nil || !r.Leader {
+		t.Fatalf("a campaigns: %+v %v", r, err)
+	}
+	if _, err := b.Campaign(ctx, election.CampaignSpec{Election: "db", Candidate: "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if g := leaderGauges(t, metrics); g["db"] != 1 {
+		t.Fatalf("sidecar_election_leader before the transfer: %v, want db 1", g)
+	}
+	if res, err := a.Transfer(ctx, "db", "a", "b"); err != nil || res.Leader != "b" {
+		t.Fatalf("transfer to b: %+v %v", res, err)
+	}
+	if g := leaderGauges(t, metrics); len(g) != 0 {
+		t.Fatalf("sidecar_election_leader after the transfer away: %v, want no series", g)
+	}
+}
