@@ -205,6 +205,7 @@ func (g *voteGate) isClosed() bool {
 func (g *voteGate) refuse(term uint64, candidate []byte, pre bool) bool {
 	g.mu.Lock()
 	refuse := g.closed || term <= g.floor
+	// equivalent mutant: which refusals are logged (the first of each term) is log output only
 	logIt := refuse && term != g.loggedTerm
 	if logIt {
 		g.loggedTerm = term
@@ -241,6 +242,7 @@ func (g *voteGate) observe(index uint64, c raft.Configuration) {
 		return
 	}
 	if !voter {
+		// equivalent mutant: whether this is logged (once) is log output only
 		first := g.notVoterAt == 0
 		g.notVoterAt = max(g.notVoterAt, index)
 		g.mu.Unlock()
@@ -249,6 +251,7 @@ func (g *voteGate) observe(index uint64, c raft.Configuration) {
 		}
 		return
 	}
+	// equivalent mutant: an index holds one configuration, so the one that said not voter never says voter
 	promoted := g.notVoterAt > 0 && index > g.notVoterAt
 	g.mu.Unlock()
 	if promoted {
