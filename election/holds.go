@@ -67,6 +67,7 @@ func (l *Local) Campaign(ctx context.Context, spec CampaignSpec) (api.CampaignRe
 		watch := l.reg.Watch()
 		res := l.candidateStatus(spec.Election, spec.Candidate)
 		wait := deadline.Sub(l.now())
+		// equivalent mutant: a wait ending at exactly this nanosecond
 		if res.Leader || wait <= 0 {
 			return res, nil
 		}
@@ -170,6 +171,7 @@ func (l *Local) followHealth(ctx context.Context) {
 				delete(l.candidates, mv.key)
 			}
 			l.mu.Unlock()
+			// equivalent mutant: log output only
 			if err != nil && ctx.Err() == nil {
 				l.log.Warn("following service health failed", "election", mv.key.election, "err", err)
 			}
@@ -214,6 +216,7 @@ func (l *Local) candidateStatus(election, candidate string) api.CampaignResult {
 		return res
 	}
 	if s := l.leaseSession(m.Holder.Lease); s != nil {
+		// equivalent mutant: a lease ending at exactly this nanosecond
 		if left := s.ValidUntil().Sub(l.now()); left > 0 {
 			res.Leader, res.Token, res.ExpiresIn = true, m.Holder.Token, left.Round(time.Millisecond).String()
 		}
@@ -286,6 +289,7 @@ func (l *Local) Lock(ctx context.Context, spec LockSpec) (api.LockResult, error)
 	if err != nil {
 		return api.LockResult{}, l.nodeSessionErr(lease, err)
 	}
+	// equivalent mutant: with no wait nothing was queued, and the loop below answers the same at once
 	if res.Held || spec.Wait <= 0 {
 		return res, nil
 	}
@@ -308,10 +312,13 @@ func (l *Local) Lock(ctx context.Context, spec LockSpec) (api.LockResult, error)
 			}
 		}
 		wait := deadline.Sub(l.now())
+		// equivalent mutant: a wait ending at exactly this nanosecond
 		if wait <= 0 || ctx.Err() != nil {
 			return l.leaveLine(acl.FromContext(ctx), spec)
 		}
+		// equivalent mutant: with no delay d is negative and the wait stays
 		if m.Holder == nil && m.DelayUntil > 0 {
+			// equivalent mutant: at d == 0 or d == wait the wait is the same
 			if d := time.Unix(0, m.DelayUntil).Sub(l.now()); d > 0 && d < wait {
 				wait = d
 			}

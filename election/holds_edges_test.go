@@ -269,3 +269,52 @@ func TestLocal_Lock_waitsOutALockDelay(t *testing.T) {
 		t.Fatalf("b's Lock after c released: %+v %v, want held with a token above %d", ans.r, ans.err, m.Holder.Token)
 	}
 }
+
+// TestLocal_Resign_leavesTheElectionForGood: a candidate resigned through
+// its sidecar is forgotten there: the sidecar's election gauge for it goes.
+func TestLocal_Resign_leavesTheElectionForGood(t *testing.T) {
+	t.Parallel()
+	c, srv, ctx := oneServer(t)
+	metrics := prometheus.NewRegistry()
+	a := newLocalWith(t, "node-a", c.Backend(), srv.FSM(), func(cfg *election.LocalConfig) { cfg.Registerer = metrics })
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := a.Campaign(ctx, election.CampaignSpec{Election: "db", Candidate: "a"}); err != nil || !r.Leader {
+		t.Fatalf("a campaigns: %+v %v", r, err)
+	}
+	if err := a.Resign(ctx, "db", "a"); err != nil {
+		t.Fatal(err)
+	}
+	if g := leaderGauges(t, metrics); len(g) != 0 {
+		t.Fatalf("sidecar_election_leader after the resignation: %v, want no series", g)
+	}
+}
+
+// TestLocal_Lock_withoutWaitStaysOutOfLine: a lock asked for without a
+// wait while another holds it answers not held and leaves no waiter
+// behind, so it is not handed the lock later.
+func TestLocal_Lock_withoutWaitStaysOutOfLine(t *testing.T) {
+	t.Parallel()
+	c, srv, ctx := oneServer(t)
+	a := newLocal(t, "node-a", c.Backend(), srv.FSM())
+	b := newLocal(t, "node-b", c.Backend(), srv.FSM())
+	la, err := a.GrantLease(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb, err := b.GrantLease(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := a.Lock(ctx, election.LockSpec{Name: "job", Lease: la}); err != nil || !r.Held {
+		t.Fatalf("a locks: %+v %v", r, err)
+	}
+	r, err := b.Lock(ctx, election.LockSpec{Name: "job", Lease: lb})
+	if err != nil || r.Held || r.Holder == nil || r.Holder.Lease != la {
+		t.Fatalf("b's lock without wait: %+v %v, want not held, held by a's lease", r, err)
+	}
+	if m, _ := srv.FSM().Lock("job"); m.WaiterIndex(lb) >= 0 {
+		t.Fatalf("b's lease waits in line after a lock without wait: %+v", m)
+	}
+}
