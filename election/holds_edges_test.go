@@ -318,3 +318,66 @@ func TestLocal_Lock_withoutWaitStaysOutOfLine(t *testing.T) {
 		t.Fatalf("b's lease waits in line after a lock without wait: %+v", m)
 	}
 }
+
+// TestLocal_Lock_handedOverAsItsWaitEnds: a waiter whose wait ends just as
+// the lock is handed to it answers held (and holds it); one whose wait
+// ends with the lock still held elsewhere answers not held and leaves the
+// line.
+func TestLocal_Lock_handedOverAsItsWaitEnds(t *testing.T) {
+	t.Parallel()
+	c, srv, ctx := oneServer(t)
+	a := newLocal(t, "node-a", c.Backend(), srv.FSM())
+	la, err := a.GrantLease(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := a.Lock(ctx, election.LockSpec{Name: "job", Lease: la}); err != nil || !r.Held {
+		t.Fatalf("a locks: %+v %v", r, err)
+	}
+	var releaseFirst atomic.Bool
+	hb := &hookBackend{Backend: c.Backend()}
+	hb.apply = func(ctx context.Context, cmd fsm.Command) (*fsm.Result, error) {
+		if rl, ok := cmd.(*fsm.ReleaseLock); ok && rl.OnlyWaiting && releaseFirst.Load() {
+			// A lets go while B leaves the line: B is handed the lock first.
+			if err := a.Unlock(ctx, "job", la); err != nil {
+				return nil, err
+			}
+		}
+		return nil, errPass
+	}
+	b := newLocal(t, "node-b", hb, srv.FSM())
+	lb, err := b.GrantLease(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := b.Lock(ctx, election.LockSpec{Name: "job", Lease: lb, Wait: 50 * time.Millisecond})
+	if err != nil || r.Held {
+		t.Fatalf("b's wait on a held lock: %+v %v, want not held", r, err)
+	}
+	if m, _ := srv.FSM().Lock("job"); m.WaiterIndex(lb) >= 0 {
+		t.Fatalf("b still waits in line after its wait ended: %+v", m)
+	}
+	releaseFirst.Store(true)
+	r, err = b.Lock(ctx, election.LockSpec{Name: "job", Lease: lb, Wait: 50 * time.Millisecond})
+	if err != nil || !r.Held {
+		t.Fatalf("b handed the lock as its wait ended: %+v %v, want held", r, err)
+	}
+	if m, _ := srv.FSM().Lock("job"); m.Holder == nil || m.Holder.Lease != lb || m.Holder.Token != r.Token {
+		t.Fatalf("the registry's holder %+v, want b's lease with token %d", m.Holder, r.Token)
+	}
+}
+
+// TestNewLocal_defaults: a Local made without a logger or clock works (it
+// logs nowhere and reads the system clock).
+func TestNewLocal_defaults(t *testing.T) {
+	t.Parallel()
+	c, srv, ctx := oneServer(t)
+	l := election.NewLocal(election.LocalConfig{Node: "node-a"}, c.Backend(), srv.FSM())
+	defer l.Close(ctx)
+	if err := l.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := l.Lock(ctx, election.LockSpec{Name: "job"}); err != nil || !r.Held {
+		t.Fatalf("lock on the node session: %+v %v", r, err)
+	}
+}

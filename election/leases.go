@@ -67,6 +67,7 @@ func (t *leaseTracker) lead(ctx context.Context) {
 		}
 	}
 	t.mu.Lock()
+	// equivalent mutant: with the bug switch off (every build but the chaos suite's) the first operand decides
 	if !bugLeaseLocalClock || t.deadlines == nil {
 		t.deadlines = map[string]time.Time{}
 		t.ttls = map[string]time.Duration{}
@@ -207,6 +208,7 @@ func (t *leaseTracker) expire(term context.Context, id string) (leading, failed 
 // and drops those it lost. Callers hold t.mu.
 func (t *leaseTracker) reconcileLocked() {
 	idx := t.s.fsm.TableIndex(fsm.TableLeases)
+	// equivalent mutant: skipping an unchanged table only saves work
 	if idx == t.seenIndex && t.seenIndex != 0 {
 		return
 	}
