@@ -245,6 +245,7 @@ func (l *Local) renewNodeSession(ctx context.Context) {
 			if c == nil || cc.parked || cc.lease != s.ID() {
 				continue // resigned, parked or moved meanwhile
 			}
+			// equivalent mutant: log output only
 			if err := l.enter(ctx, k.election, k.candidate, &cc); err != nil && ctx.Err() == nil {
 				l.log.Warn("campaign again on the new node session failed", "election", k.election, "candidate", k.candidate, "err", err)
 			}
@@ -412,6 +413,7 @@ func (l *Local) LeaseRemaining(id string) (time.Duration, bool) {
 		return 0, false
 	}
 	d := s.ValidUntil().Sub(l.now())
+	// equivalent mutant: at d == 0 both answer 0
 	if d < 0 {
 		d = 0
 	}

@@ -231,3 +231,33 @@ func TestSession_failedKeepalivesRetryAndExpireTrust(t *testing.T) {
 		t.Fatalf("session ended with %v, want ErrSessionLost", s2.Err())
 	}
 }
+
+// TestLocal_KeepAlive_ofALeaseGrantedElsewhere: an app may keep alive,
+// through this sidecar, a lease granted through another; the sidecar then
+// knows how long it surely stays live. A keepalive of an unknown lease is
+// refused and leaves nothing known.
+func TestLocal_KeepAlive_ofALeaseGrantedElsewhere(t *testing.T) {
+	t.Parallel()
+	c, srv, ctx := oneServer(t)
+	a := newLocal(t, "node-a", c.Backend(), srv.FSM())
+	g, err := c.Backend().Apply(ctx, &fsm.GrantLease{TTL: int64(time.Minute), Node: "node-b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := a.LeaseRemaining(g.LeaseID); ok {
+		t.Fatal("the sidecar knows a lease it never saw a keepalive of")
+	}
+	ttl, err := a.KeepAlive(ctx, g.LeaseID)
+	if err != nil || ttl != time.Minute {
+		t.Fatalf("keepalive: ttl %v, %v", ttl, err)
+	}
+	if d, ok := a.LeaseRemaining(g.LeaseID); !ok || d <= 0 || d > time.Minute {
+		t.Fatalf("remaining after a keepalive: %v %v, want within the minute's TTL", d, ok)
+	}
+	if _, err := a.KeepAlive(ctx, "ffffffffffffffff"); !errors.Is(err, fsm.ErrUnknownLease) {
+		t.Fatalf("keepalive of an unknown lease: %v", err)
+	}
+	if d, ok := a.LeaseRemaining("ffffffffffffffff"); ok {
+		t.Fatalf("an unknown lease's keepalive left it known (%v)", d)
+	}
+}

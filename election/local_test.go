@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/election"
 	"github.com/sidecarhq/sidecar/election/electiontest"
@@ -304,7 +306,8 @@ func TestLocal_nodeSessionRenewedAfterLoss(t *testing.T) {
 	defer cancel()
 
 	cb := &cutBackend{Backend: c.Backend()}
-	a := newLocal(t, "node-a", cb, srv.FSM())
+	metrics := prometheus.NewRegistry()
+	a := newLocalWith(t, "node-a", cb, srv.FSM(), func(cfg *election.LocalConfig) { cfg.Registerer = metrics })
 	b := newLocal(t, "node-b", c.Backend(), srv.FSM())
 	for _, l := range []*election.Local{a, b} {
 		if err := l.Start(ctx); err != nil {
@@ -317,6 +320,14 @@ func TestLocal_nodeSessionRenewedAfterLoss(t *testing.T) {
 	first := a.Self("db").Token
 	if r, err := a.Lock(ctx, election.LockSpec{Name: "job"}); err != nil || !r.Held {
 		t.Fatalf("lock a: %+v %v", r, err)
+	}
+	// A lock on an app's own lease, which outlives the cut.
+	appLease, err := a.GrantLease(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := a.Lock(ctx, election.LockSpec{Name: "app-job", Lease: appLease}); err != nil || !r.Held {
+		t.Fatalf("lock app-job: %+v %v", r, err)
 	}
 	old := a.NodeSession().ID()
 
@@ -357,5 +368,14 @@ func TestLocal_nodeSessionRenewedAfterLoss(t *testing.T) {
 	r, err := a.Lock(ctx, election.LockSpec{Name: "job"})
 	if err != nil || !r.Held || r.Lease != a.NodeSession().ID() {
 		t.Fatalf("lock on the new node session: %+v %v", r, err)
+	}
+	// The app's lock was never lost: asking for it again is no new
+	// acquisition. Three in all: job twice (one per node session) and
+	// app-job once.
+	if r, err := a.Lock(ctx, election.LockSpec{Name: "app-job", Lease: appLease}); err != nil || !r.Held {
+		t.Fatalf("app-job after the renewal: %+v %v", r, err)
+	}
+	if got := counterValue(t, metrics, "sidecar_lock_acquisitions_total"); got != 3 {
+		t.Fatalf("sidecar_lock_acquisitions_total = %v, want 3 (job on each node session, app-job once)", got)
 	}
 }
