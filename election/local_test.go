@@ -221,6 +221,17 @@ func TestLocal_Close_releasesHolds(t *testing.T) {
 	if r, err := a.Campaign(ctx, election.CampaignSpec{Election: "web", Candidate: "a"}); err != nil || !r.Leader {
 		t.Fatal(r, err)
 	}
+	// What an app holds on a lease of its own lives on with that lease.
+	appLease, err := a.GrantLease(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := a.Lock(ctx, election.LockSpec{Name: "app-job", Lease: appLease}); err != nil || !r.Held {
+		t.Fatal(r, err)
+	}
+	if r, err := a.Campaign(ctx, election.CampaignSpec{Election: "app", Candidate: "app-1", Lease: appLease}); err != nil || !r.Leader {
+		t.Fatal(r, err)
+	}
 	if err := a.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -230,8 +241,14 @@ func TestLocal_Close_releasesHolds(t *testing.T) {
 	if m, _ := srv.FSM().Election("web"); m.Holder != nil {
 		t.Fatalf("election still led after Close: %+v", m.Holder)
 	}
-	if n := len(srv.FSM().Leases()); n != 0 {
-		t.Fatalf("%d leases left after Close", n)
+	if m, _ := srv.FSM().Lock("app-job"); m.Holder == nil || m.Holder.Lease != appLease {
+		t.Fatalf("the app's lock after Close: %+v, want still held on its lease", m.Holder)
+	}
+	if m, _ := srv.FSM().Election("app"); m.Holder == nil || m.Holder.ID != "app-1" {
+		t.Fatalf("the app's election after Close: %+v, want still led by app-1", m.Holder)
+	}
+	if ls := srv.FSM().Leases(); len(ls) != 1 {
+		t.Fatalf("%d leases left after Close, want the app's only", len(ls))
 	}
 }
 
