@@ -189,6 +189,7 @@ func dialProto(network, addr string, proto byte, timeout time.Duration, t TLS) (
 		return nil, err
 	}
 	if t != nil {
+		// equivalent mutant: the handshake's share of the dial timeout, off by the microseconds the dial took
 		if c, err = clientHandshake(c, network, addr, t, timeout-time.Since(start)); err != nil {
 			return nil, err
 		}

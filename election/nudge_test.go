@@ -5,7 +5,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sidecarhq/sidecar/election"
+	"github.com/sidecarhq/sidecar/election/electiontest"
 )
 
 // TestLocal_followerCopyHoldsItsWritesWhenTheyAreAnswered: lease, lock and
@@ -64,5 +67,42 @@ func TestLocal_followerCopyHoldsItsWritesWhenTheyAreAnswered(t *testing.T) {
 	call("unlock", func(ctx context.Context) error { return l.UnlockToken(ctx, "job", lease, 0) })
 	if m, _ := follower.FSM().Lock("job"); m != nil && m.Holder != nil {
 		t.Fatalf("the follower's copy still shows lock job held by %+v when its release is answered", m.Holder)
+	}
+}
+
+// TestServer_metrics_leaderAndDiskGauges: a one-server cluster on disk
+// reports itself leader (sidecar_raft_leader 1) with room on its disk
+// (sidecar_raft_disk_full 0).
+func TestServer_metrics_leaderAndDiskGauges(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	cfg := election.TestServerConfig()
+	cfg.Node, cfg.Bootstrap, cfg.DataDir, cfg.RaftAddr = "s0", true, t.TempDir(), "127.0.0.1:0"
+	cfg.Registerer = reg
+	cfg.Logger = electiontest.Logger(t, cfg.Node)
+	s, err := election.NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	waitFor(t, 10*time.Second, "leadership", s.IsLeader)
+	gauge := func(name string) float64 {
+		families, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range families {
+			if f.GetName() == name {
+				return f.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatalf("no metric %s", name)
+		return 0
+	}
+	if v := gauge("sidecar_raft_leader"); v != 1 {
+		t.Errorf("sidecar_raft_leader = %v on the leader, want 1", v)
+	}
+	if v := gauge("sidecar_raft_disk_full"); v != 0 {
+		t.Errorf("sidecar_raft_disk_full = %v with room on the disk, want 0", v)
 	}
 }
