@@ -210,12 +210,9 @@ type raftStream struct {
 	tls       TLS // nil: plain text
 }
 
-func (s *raftStream) Addr() net.Addr {
-	if s.advertise != nil {
-		return s.advertise
-	}
-	return s.subListener.Addr()
-}
+// Addr is the address other servers dial: NewServer always sets it (the
+// bind address, with the port bound, unless --advertise-addr names another).
+func (s *raftStream) Addr() net.Addr { return s.advertise }
 
 func (s *raftStream) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	return dialProto("tcp", string(addr), protoRaft, timeout, s.tls)

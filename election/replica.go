@@ -67,6 +67,7 @@ func (r *Replica) Current() error {
 	if r.server == "" {
 		return errors.New("no change stream connected")
 	}
+	// equivalent mutant: silence of exactly three heartbeats, to the nanosecond
 	if time.Since(r.lastHeard) > 3*streamHeartbeat {
 		return fmt.Errorf("change stream from %s silent for %v", r.server, time.Since(r.lastHeard).Round(time.Millisecond))
 	}
