@@ -327,3 +327,33 @@ func TestRemote_ConsistentReadOnAnIdleCluster(t *testing.T) {
 		t.Fatalf("consistent read of an up-to-date copy: %v", err)
 	}
 }
+
+// TestReplica_streamsFromThePreferredServerFirst: a client whose preferred
+// server (the leader, for agents) is known streams from it from the start,
+// not from the next server of its list.
+func TestReplica_streamsFromThePreferredServerFirst(t *testing.T) {
+	servers := tcpCluster(t, 3)
+	var leader, follower *election.Server
+	for _, s := range servers {
+		if s.IsLeader() {
+			leader = s
+		} else {
+			follower = s
+		}
+	}
+	if _, err := leader.Apply(t.Context(), &fsm.RegisterNode{Name: "n1", Address: "10.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	viaFollower, toFollower := countingProxy(t, string(follower.Addr()))
+	reg := fsm.New()
+	r := election.NewReplica(reg, func() []string { return []string{viaFollower} }, nil)
+	r.Prefer(func() string { return string(leader.Addr()) })
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, 10*time.Second, "the copy to catch up", func() bool { return r.Current() == nil && reg.Index() >= leader.FSM().Index() })
+	if n := toFollower.Load(); n != 0 {
+		t.Fatalf("%d bytes went to the follower of the list although the preferred server was known", n)
+	}
+}

@@ -80,6 +80,7 @@ func (r *Replica) Current() error {
 // Run follows change streams until ctx ends.
 func (r *Replica) Run(ctx context.Context) {
 	defer r.rpc.close()
+	// equivalent mutant: the retry backoff is a tuning constant
 	backoff := 50 * time.Millisecond
 	skipPrefer := false
 	for ctx.Err() == nil {
