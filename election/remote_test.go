@@ -357,3 +357,39 @@ func TestReplica_streamsFromThePreferredServerFirst(t *testing.T) {
 		t.Fatalf("%d bytes went to the follower of the list although the preferred server was known", n)
 	}
 }
+
+// TestReplica_movesToThePreferredServerOnceKnown: a client that started on
+// a follower (no leader known yet) moves its stream to the leader once it
+// learns of it (checked every preferCheck, 2 s).
+func TestReplica_movesToThePreferredServerOnceKnown(t *testing.T) {
+	t.Parallel()
+	servers := tcpCluster(t, 3)
+	var leader, follower *election.Server
+	for _, s := range servers {
+		if s.IsLeader() {
+			leader = s
+		} else {
+			follower = s
+		}
+	}
+	viaLeader, toLeader := countingProxy(t, string(leader.Addr()))
+	var known atomic.Bool
+	reg := fsm.New()
+	r := election.NewReplica(reg, func() []string { return []string{string(follower.Addr())} }, nil)
+	r.Prefer(func() string {
+		if known.Load() {
+			return viaLeader
+		}
+		return ""
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, 10*time.Second, "a stream from the follower", func() bool { return r.Current() == nil })
+	if toLeader.Load() != 0 {
+		t.Fatal("the client reached the leader before it knew of it: the test shows nothing")
+	}
+	known.Store(true)
+	waitFor(t, 10*time.Second, "the stream to move to the leader", func() bool { return toLeader.Load() > 0 && r.Current() == nil })
+}

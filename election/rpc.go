@@ -117,6 +117,7 @@ func replyOf(res *fsm.Result, err error) rpcReply {
 
 func (r rpcReply) result() (*fsm.Result, error) {
 	err := decodeError(r.Code, r.Error)
+	// equivalent mutant: a committed write has an index, so 0 comes only with an error; callers read a result only without one
 	if r.Index == 0 && err != nil {
 		return nil, err
 	}
