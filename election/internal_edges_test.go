@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"reflect"
 	"strings"
 	"sync"
@@ -301,5 +302,35 @@ func TestServer_singleWriteToAFollowerIsForwarded(t *testing.T) {
 	}
 	if _, ok := leader.FSM().Node("second-hop"); ok {
 		t.Fatal("a write forwarded twice was applied")
+	}
+}
+
+// TestNewServer_addressAndTimeoutDefaults: a server advertises its bind
+// address (with the port it bound) unless told another, and an apply
+// timeout of 0 means the default while another is kept.
+func TestNewServer_addressAndTimeoutDefaults(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		advertise, wantHost string
+		timeout, want       time.Duration
+	}{
+		{"", "127.0.0.1", 0, 5 * time.Second},
+		{"10.9.8.7:0", "10.9.8.7", 3 * time.Second, 3 * time.Second},
+	} {
+		cfg := TestServerConfig()
+		cfg.Node, cfg.InMemory, cfg.RaftAddr, cfg.AdvertiseAddr = "s0", true, "127.0.0.1:0", c.advertise
+		cfg.ApplyTimeout = c.timeout
+		s, err := NewServer(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		host, port, err := net.SplitHostPort(string(s.Addr()))
+		if err != nil || host != c.wantHost || port == "0" {
+			t.Errorf("advertise %q: address %q, want %s with the bound port", c.advertise, s.Addr(), c.wantHost)
+		}
+		if s.cfg.ApplyTimeout != c.want {
+			t.Errorf("apply timeout %v: %v, want %v", c.timeout, s.cfg.ApplyTimeout, c.want)
+		}
+		s.Close()
 	}
 }

@@ -24,8 +24,11 @@ func (s *Server) nudgeFollowers(index uint64) {
 	}
 }
 
-// runNudges appends the barriers nudgeFollowers asks for, one at a time:
-// asks that come while one is out share the next.
+// runNudges hands Raft the barriers nudgeFollowers asks for, one at a
+// time. It does not wait for a barrier to commit: the future of an entry
+// committed just as Raft shuts down may never be answered, and Close waits
+// for this loop. Its append is what tells the followers; and once it is
+// appended, the writes before it no longer ask for another.
 func (s *Server) runNudges() {
 	defer s.wg.Done()
 	for {
@@ -34,9 +37,10 @@ func (s *Server) runNudges() {
 			return
 		case <-s.nudge:
 			s.m.commitNudges.Inc()
-			// A failed barrier (leadership lost, shutdown) only means the
-			// followers learn from the next append, as without nudges.
-			_ = s.raft.Barrier(s.cfg.ApplyTimeout).Error()
+			// Barrier returns once the leader loop took it (a follower or a
+			// stopped Raft refuses it at once); a barrier refused only
+			// means the followers learn from the next append.
+			s.raft.Barrier(s.cfg.ApplyTimeout)
 		}
 	}
 }

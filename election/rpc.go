@@ -516,6 +516,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 			if err := writeFrame(bw, frameHeartbeat, s.fsm.Index(), nil); err != nil {
 				return
 			}
+			// equivalent mutant: a failed flush is found by the next write as well
 			if err := flush(); err != nil {
 				return
 			}

@@ -155,6 +155,13 @@ func TestServer_restoreThroughAFollowerAndPeerStatus(t *testing.T) {
 	if !known("kept") || known("dropped") {
 		t.Fatalf("after the restore: kept %v dropped %v, want the saved registry", known("kept"), known("dropped"))
 	}
+	// A snapshot the leader refuses is refused through the follower too.
+	if err := r.RestoreFrom(ctx, bytes.NewReader([]byte("not a snapshot"))); err == nil {
+		t.Fatal("a malformed snapshot restored through a follower reported success")
+	}
+	if !known("kept") {
+		t.Fatal("a refused restore changed the registry")
+	}
 
 	path := filepath.Join(t.TempDir(), "snap")
 	if err := os.WriteFile(path, snap.Bytes(), 0o600); err != nil {

