@@ -90,12 +90,21 @@ func TestServer_KeepAlive_notAcknowledgedWithoutQuorum(t *testing.T) {
 	if !leader.IsLeader() {
 		t.Skip("the leader stepped down before the keepalives could be sent")
 	}
+	// A consistent read needs the same confirmation: each of a few in a
+	// row (see below) fails.
+	errs := make(chan error, 3)
+	go func() {
+		var err error
+		for range 3 {
+			err = leader.ConsistentRead(ctx)
+		}
+		errs <- err
+	}()
 	// Neither an acknowledgement nor "unknown lease" (a successor may have
 	// granted it) may come from a leader it cannot confirm. A heartbeat
 	// answered just before the cut can still confirm a round already begun
 	// (as it would have on a working network), so each id gets a few tries
 	// in a row; without the confirmation all of them were answered at once.
-	errs := make(chan error, 2)
 	for _, id := range []string{res.LeaseID, "00000000ffffffff"} {
 		go func() {
 			var err error
@@ -105,9 +114,9 @@ func TestServer_KeepAlive_notAcknowledgedWithoutQuorum(t *testing.T) {
 			errs <- err
 		}()
 	}
-	for range 2 {
+	for range 3 {
 		if err := <-errs; !errors.Is(err, election.ErrNotLeader) && !errors.Is(err, election.ErrUnknownOutcome) {
-			t.Errorf("keepalive on a cut-off leader = %v, want not leader", err)
+			t.Errorf("keepalive or consistent read on a cut-off leader = %v, want not leader", err)
 		}
 	}
 }
