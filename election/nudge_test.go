@@ -106,3 +106,14 @@ func TestServer_metrics_leaderAndDiskGauges(t *testing.T) {
 		t.Errorf("sidecar_raft_disk_full = %v with room on the disk, want 0", v)
 	}
 }
+
+// TestSafetyMargin_coversDriftAndScheduling: a sidecar stops trusting a
+// hold at least 2% of the TTL (clock-rate drift) plus 5 ms (scheduling)
+// before the lease can expire, for short and long TTLs alike.
+func TestSafetyMargin_coversDriftAndScheduling(t *testing.T) {
+	for _, ttl := range []time.Duration{0, 100 * time.Millisecond, time.Second, 10 * time.Second, time.Hour} {
+		if m, least := election.SafetyMargin(ttl), ttl/50+5*time.Millisecond; m < least {
+			t.Errorf("SafetyMargin(%v) = %v, less than drift and scheduling (%v)", ttl, m, least)
+		}
+	}
+}

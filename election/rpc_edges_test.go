@@ -149,8 +149,14 @@ func TestServer_restoreThroughAFollowerAndPeerStatus(t *testing.T) {
 	register("dropped")
 	r := election.NewRemote(nil, func() []string { return []string{string(follower.Addr())} })
 	t.Cleanup(r.Close)
+	indexBefore := leader.FSM().Index()
 	if err := r.RestoreFrom(ctx, bytes.NewReader(snap.Bytes())); err != nil {
 		t.Fatalf("restore through a follower: %v", err)
+	}
+	// The registry's index moves on past what it was, so blocking
+	// queries and streams see the restore as a change.
+	if got := leader.FSM().Index(); got <= indexBefore {
+		t.Fatalf("index after the restore %d, want above %d", got, indexBefore)
 	}
 	if !known("kept") || known("dropped") {
 		t.Fatalf("after the restore: kept %v dropped %v, want the saved registry", known("kept"), known("dropped"))

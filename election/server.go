@@ -676,6 +676,7 @@ func (s *Server) Close() error {
 		}
 		s.rpc.close()
 		if s.leases != nil {
+			// equivalent mutant: how long Close waits for a leader check is a tuning bound
 			s.leases.stopLeaderChecks(2*s.cfg.LeaderLeaseTimeout + s.cfg.HeartbeatTimeout)
 		}
 		if err := s.raft.Shutdown().Error(); err != nil {
