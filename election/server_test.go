@@ -151,6 +151,17 @@ func TestServer_snapshotThresholdFollowsSize(t *testing.T) {
 		th, size := rc.SnapshotThreshold, uint64(s.FSM().Size())
 		return th > cfg.SnapshotThreshold && th <= size && th >= size-size/4 && rc.TrailingLogs >= th
 	})
+	// And back down when the registry shrinks by more than a quarter.
+	high := s.Raft().ReloadableConfig().SnapshotThreshold
+	for i := 0; i < 200; i++ {
+		if _, err := s.Apply(ctx, &fsm.DeregisterInstance{Node: "n1", ID: fmt.Sprintf("i-%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "the threshold to come down with the registry", func() bool {
+		th := s.Raft().ReloadableConfig().SnapshotThreshold
+		return th < high-high/4
+	})
 }
 
 // The leader counts the node sessions it expires apart from apps' own
