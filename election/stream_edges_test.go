@@ -9,6 +9,7 @@ import (
 	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/election"
 	"github.com/sidecarhq/sidecar/election/electiontest"
+	"github.com/sidecarhq/sidecar/fsm"
 )
 
 // lockedBy sets up a one-server cluster where node-a holds lock "job" on
@@ -146,4 +147,40 @@ func TestLocal_HoldLock_clientGoneWhileWaiting(t *testing.T) {
 	if _, ok := srv.FSM().Lease(waiter); ok {
 		t.Fatal("the hold's session outlived it")
 	}
+}
+
+// TestLocal_HoldCampaign_tiedToItsServiceHealth: a connection-bound
+// campaign tied to a service instance is refused while the instance does
+// not pass, and leads once it does.
+func TestLocal_HoldCampaign_tiedToItsServiceHealth(t *testing.T) {
+	t.Parallel()
+	c, srv, ctx := oneServer(t)
+	setCheck := registerWeb(ctx, t, c.Backend())
+	a := newLocal(t, "node-a", c.Backend(), srv.FSM())
+	spec := election.CampaignSpec{Election: "db", Candidate: "a", Service: "web-1"}
+	err := a.HoldCampaign(ctx, spec, 5*time.Second, func(r api.CampaignResult) error {
+		t.Errorf("a hold tied to a critical service reported %+v", r)
+		return nil
+	})
+	if !errors.Is(err, election.ErrServiceNotPassing) {
+		t.Fatalf("hold tied to a critical service: %v, want ErrServiceNotPassing", err)
+	}
+	setCheck(fsm.StatusPassing)
+	holdCtx, drop := context.WithCancel(ctx)
+	defer drop()
+	lines := make(chan api.CampaignResult, 4)
+	done := make(chan error, 1)
+	go func() {
+		done <- a.HoldCampaign(holdCtx, spec, 5*time.Second, func(r api.CampaignResult) error { lines <- r; return nil })
+	}()
+	select {
+	case r := <-lines:
+		if !r.Leader {
+			t.Fatalf("hold tied to a passing service: first line %+v, want leading", r)
+		}
+	case err := <-done:
+		t.Fatalf("hold tied to a passing service ended: %v", err)
+	}
+	drop()
+	<-done
 }
