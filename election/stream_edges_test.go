@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/sidecarhq/sidecar/api"
 	"github.com/sidecarhq/sidecar/election"
 	"github.com/sidecarhq/sidecar/election/electiontest"
@@ -156,7 +158,8 @@ func TestLocal_HoldCampaign_tiedToItsServiceHealth(t *testing.T) {
 	t.Parallel()
 	c, srv, ctx := oneServer(t)
 	setCheck := registerWeb(ctx, t, c.Backend())
-	a := newLocal(t, "node-a", c.Backend(), srv.FSM())
+	metrics := prometheus.NewRegistry()
+	a := newLocalWith(t, "node-a", c.Backend(), srv.FSM(), func(cfg *election.LocalConfig) { cfg.Registerer = metrics })
 	spec := election.CampaignSpec{Election: "db", Candidate: "a", Service: "web-1"}
 	err := a.HoldCampaign(ctx, spec, 5*time.Second, func(r api.CampaignResult) error {
 		t.Errorf("a hold tied to a critical service reported %+v", r)
@@ -181,6 +184,28 @@ func TestLocal_HoldCampaign_tiedToItsServiceHealth(t *testing.T) {
 	case err := <-done:
 		t.Fatalf("hold tied to a passing service ended: %v", err)
 	}
+	if g := leaderGauges(t, metrics); g["db"] != 1 {
+		t.Fatalf("sidecar_election_leader while the hold leads: %v, want db 1", g)
+	}
+	// The service turning critical ends the lead.
+	setCheck(fsm.StatusCritical)
+	deadline := time.After(10 * time.Second)
+wait:
+	for {
+		select {
+		case r := <-lines:
+			if !r.Leader {
+				break wait
+			}
+		case <-done:
+			break wait
+		case <-deadline:
+			t.Fatal("the hold still leads 10 s after its service turned critical")
+		}
+	}
 	drop()
 	<-done
+	if g := leaderGauges(t, metrics); len(g) != 0 {
+		t.Fatalf("sidecar_election_leader after the hold ended: %v, want no series", g)
+	}
 }
