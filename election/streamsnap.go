@@ -29,6 +29,7 @@ func (s *Server) streamSnapshot() ([]byte, uint64, error) {
 	c := &s.snaps
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// equivalent mutant: a snapshot exactly streamSnapshotTTL old, to the nanosecond
 	if c.data != nil && time.Since(c.at) < streamSnapshotTTL && s.changes.covers(c.index) {
 		return c.data, c.index, nil
 	}
