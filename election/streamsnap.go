@@ -45,6 +45,7 @@ func (s *Server) streamSnapshot() ([]byte, uint64, error) {
 	c.timer = time.AfterFunc(streamSnapshotTTL, func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
+		// equivalent mutant: when the cached snapshot's memory is let go, to the nanosecond
 		if time.Since(c.at) >= streamSnapshotTTL {
 			c.data = nil
 		}
