@@ -47,7 +47,7 @@ func newServerMetrics(reg prometheus.Registerer, s *Server) *serverMetrics {
 		}),
 		commitNudges: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sidecar_raft_commit_nudges_total",
-			Help: "Barriers this leader appended so that followers learn at once that a write that came over RPC committed (when no later write would tell them).",
+			Help: "Barriers this leader appended so that followers learn at once that a write committed (when no later write would tell them).",
 		}),
 		diskFullRefusals: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sidecar_raft_disk_full_refusals_total",

@@ -357,11 +357,7 @@ func (s *Server) applyAuthorized(ctx context.Context, secret string, data []byte
 		}
 		ctx = acl.NewContext(ctx, caller)
 	}
-	res, err := s.ApplyEncoded(ctx, data)
-	if err == nil {
-		s.nudgeFollowers(res.Index)
-	}
-	return res, err
+	return s.ApplyEncoded(ctx, data)
 }
 
 func (s *Server) forwardApply(ctx context.Context, data []byte) (*fsm.Result, error) {

@@ -453,6 +453,7 @@ func (s *Server) apply(ctx context.Context, data []byte, client bool) (*fsm.Resu
 	if res.Err != nil {
 		return res, res.Err
 	}
+	s.nudgeFollowers(res.Index)
 	return res, nil
 }
 
