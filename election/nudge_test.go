@@ -21,14 +21,7 @@ import (
 func TestLocal_followerCopyHoldsItsWritesWhenTheyAreAnswered(t *testing.T) {
 	t.Parallel()
 	servers := tcpClusterWith(t, 3, func(c *election.ServerConfig) { c.CommitTimeout = time.Minute })
-	var leader, follower *election.Server
-	for _, s := range servers {
-		if s.IsLeader() {
-			leader = s
-		} else {
-			follower = s
-		}
-	}
+	leader, follower := leaderAndFollower(servers)
 	waitFor(t, 10*time.Second, "the follower to know the leader", func() bool {
 		_, addr := follower.Leader()
 		return addr == leader.Addr()

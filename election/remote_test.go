@@ -333,14 +333,7 @@ func TestRemote_ConsistentReadOnAnIdleCluster(t *testing.T) {
 // not from the next server of its list.
 func TestReplica_streamsFromThePreferredServerFirst(t *testing.T) {
 	servers := tcpCluster(t, 3)
-	var leader, follower *election.Server
-	for _, s := range servers {
-		if s.IsLeader() {
-			leader = s
-		} else {
-			follower = s
-		}
-	}
+	leader, follower := leaderAndFollower(servers)
 	if _, err := leader.Apply(t.Context(), &fsm.RegisterNode{Name: "n1", Address: "10.0.0.1"}); err != nil {
 		t.Fatal(err)
 	}
@@ -364,14 +357,7 @@ func TestReplica_streamsFromThePreferredServerFirst(t *testing.T) {
 func TestReplica_movesToThePreferredServerOnceKnown(t *testing.T) {
 	t.Parallel()
 	servers := tcpCluster(t, 3)
-	var leader, follower *election.Server
-	for _, s := range servers {
-		if s.IsLeader() {
-			leader = s
-		} else {
-			follower = s
-		}
-	}
+	leader, follower := leaderAndFollower(servers)
 	viaLeader, toLeader := countingProxy(t, string(leader.Addr()))
 	var known atomic.Bool
 	reg := fsm.New()
@@ -392,4 +378,16 @@ func TestReplica_movesToThePreferredServerOnceKnown(t *testing.T) {
 	}
 	known.Store(true)
 	waitFor(t, 10*time.Second, "the stream to move to the leader", func() bool { return toLeader.Load() > 0 && r.Current() == nil })
+}
+
+// leaderAndFollower picks the leader of servers and one follower.
+func leaderAndFollower(servers []*election.Server) (leader, follower *election.Server) {
+	for _, s := range servers {
+		if s.IsLeader() {
+			leader = s
+		} else {
+			follower = s
+		}
+	}
+	return leader, follower
 }

@@ -114,14 +114,7 @@ func TestServer_restoreThroughAFollowerAndPeerStatus(t *testing.T) {
 		cfg.ElectionTimeout = 300 * time.Millisecond
 		cfg.LeaderLeaseTimeout = 150 * time.Millisecond
 	})
-	var leader, follower *election.Server
-	for _, s := range servers {
-		if s.IsLeader() {
-			leader = s
-		} else {
-			follower = s
-		}
-	}
+	leader, follower := leaderAndFollower(servers)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	register := func(name string) {
