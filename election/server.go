@@ -257,7 +257,7 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 	)
 	if cfg.InMemory {
 		mem := raft.NewInmemStore()
-		logs, stable, snaps = mem, mem, raft.NewInmemSnapshotStore()
+		logs, stable, snaps = mem, mem, newMemSnapshots()
 	} else {
 		if cfg.DataDir == "" {
 			return nil, errors.New("election: server needs a data dir unless in memory")
