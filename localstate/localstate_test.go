@@ -450,6 +450,14 @@ func TestAntiEntropy_runFollowsChanges(t *testing.T) {
 	if full() == fulls {
 		t.Fatal("no full comparison after the journal could not tell")
 	}
+	// That clean full comparison is where the changes are followed from
+	// again: the next change costs no full comparison.
+	fulls = full()
+	reg.Apply(ctx, &fsm.DeregisterInstance{Node: "n1", ID: "web-3"})
+	waitUntil(t, func() bool { _, ok := reg.Instance("n1", "web-3"); return ok })
+	if full() != fulls {
+		t.Fatalf("after a clean full comparison a single change cost %v more", full()-fulls)
+	}
 }
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
