@@ -467,31 +467,48 @@ func (s *Store) writer() {
 	// writes (4,500 -> 5,000-5,900 writes/s through the leader, in-process);
 	// a lone writer never waits.
 	busy := false
+	// carry: a write taken that would have made the frame longer than
+	// walMaxFrame; it starts the next one.
+	var carry *op
 	for {
 		var batch []*op
-		select {
-		case o := <-s.ops:
-			batch = append(batch, o)
-		case <-idle.C:
-			// equivalent mutant: retrying a failed idle checkpoint only keeps the
-			// log short; its records stay on disk in it.
-			if s.checkpoint() != nil {
-				idle.Reset(walIdleCheckpoint)
+		size := 0
+		add := func(o *op) {
+			if len(batch) > 0 && size+o.walSize() > walMaxFrame {
+				carry = o
+				return
 			}
-			continue
-		case <-s.closing:
-			s.checkpoint()
-			return
+			batch = append(batch, o)
+			size += o.walSize()
+		}
+		if o := carry; o != nil {
+			carry = nil
+			add(o)
+		} else {
+			select {
+			case o := <-s.ops:
+				add(o)
+			case <-idle.C:
+				// equivalent mutant: retrying a failed idle checkpoint only keeps the
+				// log short; its records stay on disk in it.
+				if s.checkpoint() != nil {
+					idle.Reset(walIdleCheckpoint)
+				}
+				continue
+			case <-s.closing:
+				s.checkpoint()
+				return
+			}
 		}
 		if busy {
 			linger.Reset(walLinger)
 		gather:
 			// equivalent mutant: the cap bounds a frame's size; a smaller batch
 			// is as correct.
-			for len(batch) < 4096 {
+			for len(batch) < 4096 && carry == nil {
 				select {
 				case o := <-s.ops:
-					batch = append(batch, o)
+					add(o)
 				case <-linger.C:
 					break gather
 				}
@@ -501,10 +518,10 @@ func (s *Store) writer() {
 	more:
 		// equivalent mutant: the cap bounds a frame's size; a smaller batch is
 		// as correct.
-		for len(batch) < 4096 {
+		for len(batch) < 4096 && carry == nil {
 			select {
 			case o := <-s.ops:
-				batch = append(batch, o)
+				add(o)
 			default:
 				break more
 			}
@@ -591,6 +608,9 @@ func (s *Store) persist(bucket, key, val []byte) error {
 		return nil
 	}
 	o := &op{bucket: bucket, key: key, val: val, done: make(chan error, 1)}
+	if o.walSize() > walMaxFrame {
+		return fmt.Errorf("local state: record %q of %d bytes is longer than the log's limit of %d", key, o.walSize(), walMaxFrame)
+	}
 	select {
 	case s.ops <- o:
 	case <-s.closing:
@@ -784,7 +804,9 @@ func (s *Store) Services() ([]Service, error) {
 		}
 		out = append(out, svc)
 	}
+	// equivalent mutant: bolt hands its keys over sorted, so sorting with no log records only costs work
 	if len(inLog) > 0 {
+		// equivalent mutant: IDs are keys, never equal, so < and <= order them alike
 		sort.Slice(out, func(i, j int) bool { return out[i].Instance.ID < out[j].Instance.ID })
 	}
 	return out, nil

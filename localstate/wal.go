@@ -31,10 +31,13 @@ const WALName = "local.wal"
 const (
 	walMagic  = 0x53434c57 // "SCLW"
 	walHeader = 16         // magic, generation, payload length, CRC-32C
-	// walMaxFrame bounds a frame's length, so that a damaged length field
-	// is not taken for a frame reaching far past the file.
-	walMaxFrame = 256 << 20
 )
+
+// walMaxFrame bounds a frame's payload, so that a damaged length field is
+// not taken for a frame reaching far past the file. The writer never makes
+// a longer one: replay would take it for a torn tail and drop acknowledged
+// writes. A variable for the tests.
+var walMaxFrame = 256 << 20
 
 // walCheckpointBytes: past it the writer checkpoints (a replay at start
 // reads at most about this much). A variable for the tests.
@@ -83,12 +86,16 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
+// walSize is the length of o's record in a frame: kind, bucket length,
+// bucket, key length, key, value length, value.
+func (o *op) walSize() int { return 1 + 1 + len(o.bucket) + 2 + len(o.key) + 4 + len(o.val) }
+
 // frame encodes a batch as one frame of generation gen.
 func walFrame(gen uint32, batch []*op) []byte {
 	n := walHeader
 	for _, o := range batch {
 		// equivalent mutant: a capacity only saves a copy
-		n += 1 + 1 + len(o.bucket) + 2 + len(o.key) + 4 + len(o.val)
+		n += o.walSize()
 	}
 	buf := make([]byte, walHeader, n)
 	for _, o := range batch {
@@ -184,7 +191,7 @@ func walParse(data []byte, gen uint32) ([]byte, bool) {
 		return nil, false
 	}
 	n := binary.BigEndian.Uint32(data[8:])
-	if n > walMaxFrame || int(n) > len(data)-walHeader {
+	if int(n) > walMaxFrame || int(n) > len(data)-walHeader {
 		return nil, false
 	}
 	if walSum(data[4:12], data[walHeader:walHeader+int(n)]) != binary.BigEndian.Uint32(data[12:]) {

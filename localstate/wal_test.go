@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -386,5 +387,68 @@ func TestStore_readsBeforeTheCheckpoint(t *testing.T) {
 	}
 	if err := s.DeleteCandidacy("db", "a"); err != nil || len(s.Candidacies()) != 0 {
 		t.Fatalf("DeleteCandidacy: %v, %v", err, s.Candidacies())
+	}
+}
+
+// setMaxFrame lowers the frame limit for one test.
+func setMaxFrame(t *testing.T, n int) {
+	old := walMaxFrame
+	walMaxFrame = n
+	t.Cleanup(func() { walMaxFrame = old })
+}
+
+// A frame whose payload is exactly the limit is whole; one byte more is
+// not a frame (a damaged length field).
+func TestWALParse_frameLimit(t *testing.T) {
+	setMaxFrame(t, 4<<10)
+	overhead := (&op{bucket: bucketServices, key: []byte("k")}).walSize()
+	for _, tc := range []struct {
+		payload int
+		whole   bool
+	}{{walMaxFrame, true}, {walMaxFrame + 1, false}} {
+		frame := walFrame(3, []*op{{bucket: bucketServices, key: []byte("k"), val: bytes.Repeat([]byte("v"), tc.payload-overhead)}})
+		if n := len(frame) - walHeader; n != tc.payload {
+			t.Fatalf("made a payload of %d bytes, want %d", n, tc.payload)
+		}
+		if _, ok := walParse(frame, 3); ok != tc.whole {
+			t.Fatalf("a frame with a payload of %d bytes (limit %d): whole %v, want %v", tc.payload, walMaxFrame, ok, tc.whole)
+		}
+	}
+}
+
+// Concurrent writes that together are longer than a frame may be are
+// split over several frames, so a crash keeps them all; a single record
+// longer than that is refused and changes nothing.
+func TestStore_writesLongerThanAFrameSurviveACrash(t *testing.T) {
+	setWAL(t, 1<<30, time.Hour)
+	setMaxFrame(t, 64<<10)
+	path := filepath.Join(t.TempDir(), FileName)
+	s := openT(t, path)
+	big := func(id string, n int) Service {
+		v := svc(id, 80)
+		v.Instance.Meta = map[string]string{"blob": string(bytes.Repeat([]byte("x"), n))}
+		return v
+	}
+	var want []string
+	errs := make(chan error, 64)
+	for i := range 64 {
+		id := fmt.Sprintf("web-%02d", i)
+		want = append(want, id)
+		go func() { errs <- s.PutService(big(id, 8<<10)) }()
+	}
+	for range 64 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.PutService(big("huge", 70<<10)); err == nil || !strings.Contains(err.Error(), "longer than the log's limit") {
+		t.Fatalf("a record longer than a frame: %v", err)
+	}
+	if _, ok, _ := s.Service("huge"); ok {
+		t.Fatal("a refused record is stored")
+	}
+	c := openT(t, crashCopy(t, path))
+	if got := serviceIDs(t, c); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("after the crash: %v\nwant %v", got, want)
 	}
 }
