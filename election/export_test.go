@@ -51,3 +51,13 @@ func (r *Remote) PostBatch(ctx context.Context, addr string, body []byte) (int, 
 	resp.Body.Close()
 	return resp.StatusCode, nil
 }
+
+// PostRestore sends body to addr as a restore, without the check a
+// Remote makes of a snapshot before it sends one, and returns the answer.
+func (r *Remote) PostRestore(ctx context.Context, addr string, body []byte) error {
+	reply, err := r.rpc.callStream(ctx, addr, rpcRestore, bytes.NewReader(body), false)
+	if err != nil {
+		return err
+	}
+	return decodeError(reply.Code, reply.Error)
+}

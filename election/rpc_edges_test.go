@@ -158,6 +158,11 @@ func TestServer_restoreThroughAFollowerAndPeerStatus(t *testing.T) {
 	if err := r.RestoreFrom(ctx, bytes.NewReader([]byte("not a snapshot"))); err == nil {
 		t.Fatal("a malformed snapshot restored through a follower reported success")
 	}
+	// Sent to the follower unchecked, it is the leader that refuses it,
+	// and the follower passes the refusal on.
+	if err := r.PostRestore(ctx, string(follower.Addr()), []byte("not a snapshot")); err == nil {
+		t.Fatal("a malformed snapshot forwarded by a follower reported success")
+	}
 	if !known("kept") {
 		t.Fatal("a refused restore changed the registry")
 	}
