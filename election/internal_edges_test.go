@@ -334,3 +334,35 @@ func TestNewServer_addressAndTimeoutDefaults(t *testing.T) {
 		s.Close()
 	}
 }
+
+// A change stream sends a new follower its snapshot, and later entries, as
+// soon as it writes them: with heartbeats a minute apart, only those sends
+// can bring the copy up to date (the copy's own watchdog reconnects every
+// 1.5 s meanwhile, and each new stream starts with a snapshot or entries).
+func TestServeStream_sendsSnapshotAndEntriesAtOnce(t *testing.T) {
+	t.Parallel()
+	cfg := TestServerConfig()
+	cfg.Node, cfg.InMemory, cfg.RaftAddr, cfg.Bootstrap = "s0", true, "127.0.0.1:0", true
+	cfg.streamHeartbeat = time.Minute
+	s, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	waitUntil(t, 10*time.Second, "leadership", s.IsLeader)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := s.Apply(ctx, &fsm.RegisterNode{Name: "before", Address: "10.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	copyOf := fsm.New()
+	r := NewReplica(copyOf, func() []string { return []string{string(s.Addr())} }, nil)
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitUntil(t, 10*time.Second, "the snapshot in the copy", func() bool { _, ok := copyOf.Node("before"); return ok })
+	if _, err := s.Apply(ctx, &fsm.RegisterNode{Name: "after", Address: "10.0.0.2"}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "the next entry in the copy", func() bool { _, ok := copyOf.Node("after"); return ok })
+}

@@ -471,7 +471,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 		}
 		return rc.Flush()
 	}
-	ticker := time.NewTicker(streamHeartbeat)
+	ticker := time.NewTicker(s.cfg.streamHeartbeat)
 	defer ticker.Stop()
 	for {
 		entries, notify, ok := s.changes.since(from)
@@ -481,7 +481,9 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 				s.log.Warn("stream snapshot failed", "err", err)
 				return
 			}
-			if err := writeFrame(bw, frameSnapshot, idx, snap); err != nil {
+			// Sent at once: with no entry after it, it would otherwise
+			// wait in the buffer for the next heartbeat.
+			if err := writeFrame(bw, frameSnapshot, idx, snap); err != nil || flush() != nil {
 				return
 			}
 			from = idx
@@ -497,6 +499,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 			}
 			from = e.index
 		}
+		// equivalent mutant: flushing an empty buffer sends nothing
 		if len(entries) > 0 {
 			if err := flush(); err != nil {
 				return

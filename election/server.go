@@ -105,6 +105,11 @@ type ServerConfig struct {
 	Registerer prometheus.Registerer
 	// Now is the clock of lease deadlines; tests may replace it.
 	Now func() time.Time
+
+	// streamHeartbeat: how often an idle change stream says it is alive;
+	// 0: streamHeartbeat. The tests lengthen it to show what is sent
+	// without waiting for one.
+	streamHeartbeat time.Duration
 }
 
 // DefaultServerConfig returns the production settings.
@@ -192,6 +197,9 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.streamHeartbeat <= 0 {
+		cfg.streamHeartbeat = streamHeartbeat
 	}
 	if cfg.ApplyTimeout <= 0 {
 		cfg.ApplyTimeout = 5 * time.Second
