@@ -366,3 +366,29 @@ func TestServeStream_sendsSnapshotAndEntriesAtOnce(t *testing.T) {
 	}
 	waitUntil(t, 10*time.Second, "the next entry in the copy", func() bool { _, ok := copyOf.Node("after"); return ok })
 }
+
+type failingCloser struct{ err error }
+
+func (c failingCloser) Close() error { return c.err }
+
+// Close reports the first failure of what it closes (a log file that
+// could not be closed) and still closes the rest.
+func TestServer_Close_reportsACloseFailure(t *testing.T) {
+	t.Parallel()
+	cfg := TestServerConfig()
+	cfg.Node, cfg.InMemory, cfg.RaftAddr = "s0", true, "127.0.0.1:0"
+	s, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := errors.New("close: input/output error")
+	s.closer = append(s.closer, failingCloser{bad})
+	if err := s.Close(); !errors.Is(err, bad) {
+		t.Fatalf("Close: %v, want %v", err, bad)
+	}
+	// The listener, closed after the failing closer, is closed too.
+	if conn, err := net.DialTimeout("tcp", string(s.Addr()), time.Second); err == nil {
+		conn.Close()
+		t.Fatal("the server's port still accepts connections after Close")
+	}
+}

@@ -606,6 +606,7 @@ func (s *Server) RestoreSnapshot(ctx context.Context, r io.Reader) error {
 	defer out.Close()
 	bw := bufio.NewWriter(out)
 	// ReindexTo checks the snapshot in full before a byte of it is used.
+	// equivalent mutant: at-1 is past every entry before the restore too (the gap); at+1 is Raft's own index for it
 	if err := fsm.ReindexTo(bw, in, at+1); err != nil {
 		return err
 	}
