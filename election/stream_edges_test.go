@@ -3,6 +3,7 @@ package election_test
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -207,5 +208,54 @@ wait:
 	<-done
 	if g := leaderGauges(t, metrics); len(g) != 0 {
 		t.Fatalf("sidecar_election_leader after the hold ended: %v, want no series", g)
+	}
+}
+
+// A connection-bound lock whose own take after a lock delay is refused
+// ends with that error, so its client learns it holds nothing; it does not
+// wait on as if still in line.
+func TestLocal_HoldLock_refusedTakeAfterALockDelayEndsTheHold(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, cb, _, token := lockedBy(ctx, t, 300*time.Millisecond)
+	refused := errors.New("write refused")
+	var takes atomic.Int32
+	hb := &hookBackend{Backend: c.Backend(), apply: func(_ context.Context, cmd fsm.Command) (*fsm.Result, error) {
+		if _, ok := cmd.(*fsm.AcquireLock); ok && takes.Add(1) > 1 {
+			return nil, refused
+		}
+		return nil, errPass
+	}}
+	b := newLocal(t, "node-b", hb, c.Servers[0].FSM())
+	lines := make(chan api.LockResult, 16)
+	done := make(chan error, 1)
+	go func() {
+		done <- b.HoldLock(ctx, election.LockSpec{Name: "job"}, 5*time.Second, func(r api.LockResult) error {
+			lines <- r
+			return nil
+		})
+	}()
+	select {
+	case r := <-lines:
+		if r.Held || r.Holder == nil || r.Holder.Token != token {
+			t.Fatalf("first line %+v, want not held naming the holder's token %d", r, token)
+		}
+	case <-ctx.Done():
+		t.Fatal("no first line")
+	}
+	cb.cut.Store(true) // the holder's lease expires: the delay runs, then b takes the lock itself
+	select {
+	case err := <-done:
+		if !errors.Is(err, refused) {
+			t.Fatalf("hold ended with %v, want the refusal", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the hold went on after its take was refused")
+	}
+	for len(lines) > 0 {
+		if r := <-lines; r.Held {
+			t.Fatalf("a refused hold reported %+v", r)
+		}
 	}
 }
