@@ -392,3 +392,28 @@ func TestServer_Close_reportsACloseFailure(t *testing.T) {
 		t.Fatal("the server's port still accepts connections after Close")
 	}
 }
+
+// The snapshot encoded for change streams is let go once it is older
+// than its TTL, so a large registry's encoding does not stay in memory;
+// the next stream encodes a new one.
+func TestStreamSnapshot_letGoAfterItsTTL(t *testing.T) {
+	t.Parallel()
+	cfg := TestServerConfig()
+	cfg.Node, cfg.InMemory, cfg.Bootstrap = "s0", true, true
+	cfg.streamSnapshotTTL = 50 * time.Millisecond
+	s, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	held := func() bool {
+		s.snaps.mu.Lock()
+		defer s.snaps.mu.Unlock()
+		return s.snaps.data != nil
+	}
+	// That it is shared while fresh: TestStream_manyClientsShareOneSnapshot.
+	if _, _, err := s.streamSnapshot(); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "the snapshot let go", func() bool { return !held() })
+}

@@ -110,6 +110,9 @@ type ServerConfig struct {
 	// 0: streamHeartbeat. The tests lengthen it to show what is sent
 	// without waiting for one.
 	streamHeartbeat time.Duration
+	// streamSnapshotTTL: how long an encoded snapshot serves new change
+	// streams; 0: streamSnapshotTTL.
+	streamSnapshotTTL time.Duration
 }
 
 // DefaultServerConfig returns the production settings.
@@ -200,6 +203,9 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 	}
 	if cfg.streamHeartbeat <= 0 {
 		cfg.streamHeartbeat = streamHeartbeat
+	}
+	if cfg.streamSnapshotTTL <= 0 {
+		cfg.streamSnapshotTTL = streamSnapshotTTL
 	}
 	if cfg.ApplyTimeout <= 0 {
 		cfg.ApplyTimeout = 5 * time.Second

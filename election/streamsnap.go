@@ -26,11 +26,11 @@ type streamSnapshots struct {
 // is stale: older than streamSnapshotTTL, or older than the entries the
 // change log still has (a stream resumes from the snapshot's index).
 func (s *Server) streamSnapshot() ([]byte, uint64, error) {
-	c := &s.snaps
+	c, ttl := &s.snaps, s.cfg.streamSnapshotTTL
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	// equivalent mutant: a snapshot exactly streamSnapshotTTL old, to the nanosecond
-	if c.data != nil && time.Since(c.at) < streamSnapshotTTL && s.changes.covers(c.index) {
+	if c.data != nil && time.Since(c.at) < ttl && s.changes.covers(c.index) {
 		return c.data, c.index, nil
 	}
 	data, idx, err := s.fsm.SnapshotBytes()
@@ -42,11 +42,11 @@ func (s *Server) streamSnapshot() ([]byte, uint64, error) {
 	if c.timer != nil {
 		c.timer.Stop()
 	}
-	c.timer = time.AfterFunc(streamSnapshotTTL, func() {
+	c.timer = time.AfterFunc(ttl, func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		// equivalent mutant: when the cached snapshot's memory is let go, to the nanosecond
-		if time.Since(c.at) >= streamSnapshotTTL {
+		if time.Since(c.at) >= ttl {
 			c.data = nil
 		}
 	})
