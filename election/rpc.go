@@ -482,9 +482,9 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request) {
 				s.log.Warn("stream snapshot failed", "err", err)
 				return
 			}
-			// Sent at once: with no entry after it, it would otherwise
-			// wait in the buffer for the next heartbeat.
-			if err := writeFrame(bw, frameSnapshot, idx, snap); err != nil || flush() != nil {
+			// A snapshot that fits the buffer goes out with the entries
+			// after it or with the next heartbeat.
+			if err := writeFrame(bw, frameSnapshot, idx, snap); err != nil {
 				return
 			}
 			from = idx
