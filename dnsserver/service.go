@@ -94,6 +94,7 @@ func (s *Server) service(sc *scratch, q *dns.Question, rel string, n int) {
 			sc.tags = append(sc.tags, label(i))
 		}
 		if n > 2 {
+			// equivalent mutant: key is only the answer cache's key; off by one here, the two spellings of a tagged query keep two entries with the same answers
 			key.tags = rel[:sc.labels[n-2][0]-1]
 		}
 	}
