@@ -474,6 +474,7 @@ func (s *Store) writer() {
 		var batch []*op
 		size := 0
 		add := func(o *op) {
+			// equivalent mutant: persist refuses a record over the limit, so a first record always fits; splitting frames sooner or more often costs fsyncs, not writes
 			if len(batch) > 0 && size+o.walSize() > walMaxFrame {
 				carry = o
 				return

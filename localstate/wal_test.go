@@ -441,8 +441,24 @@ func TestStore_writesLongerThanAFrameSurviveACrash(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := s.PutService(big("huge", 70<<10)); err == nil || !strings.Contains(err.Error(), "longer than the log's limit") {
-		t.Fatalf("a record longer than a frame: %v", err)
+	// A record of exactly the limit is kept; one byte more is refused.
+	sized := func(id string, walSize int) Service {
+		t.Helper()
+		v := big(id, 0)
+		def := v
+		def.Instance = Definition(def.Instance)
+		val, err := encode(&def)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return big(id, walSize-(&op{bucket: bucketServices, key: []byte(id), val: val}).walSize())
+	}
+	if err := s.PutService(sized("exact", walMaxFrame)); err != nil {
+		t.Fatalf("a record of exactly the frame limit: %v", err)
+	}
+	want = append([]string{"exact"}, want...) // listed in ID order
+	if err := s.PutService(sized("huge", walMaxFrame+1)); err == nil || !strings.Contains(err.Error(), "longer than the log's limit") {
+		t.Fatalf("a record one byte longer than a frame: %v", err)
 	}
 	if _, ok, _ := s.Service("huge"); ok {
 		t.Fatal("a refused record is stored")
