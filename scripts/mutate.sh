@@ -17,10 +17,21 @@ GREMLINS=${GREMLINS:-$(go env GOPATH)/bin/gremlins}
 out=${MUTATE_OUT:-$(mktemp -d)}
 mkdir -p "$out"
 args=()
+out=$(cd "$out" && pwd)
+root=$(pwd)
 for pkg in "$@"; do
 	start=$(date +%s)
-	if ! "$GREMLINS" unleash "./$pkg" --exclude-files '(electiontest|agenttest|discoverytest)/' \
-		-o "$out/$pkg.json" ${MUTATE_DIFF:+--diff "$MUTATE_DIFF"} ${MUTATE_WORKERS:+--workers "$MUTATE_WORKERS"} >"$out/$pkg.log" 2>&1; then
+	# gremlins v0.6.0 matches the paths git diff prints (from the
+	# repository's root) against paths relative to the package, so with a
+	# diff it runs from the package's directory (given as an absolute
+	# path) and git prints paths relative to it (diff.relative).
+	dir=$root
+	if [ -n "${MUTATE_DIFF:-}" ]; then
+		dir=$root/$pkg
+		export GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=diff.relative GIT_CONFIG_VALUE_0=true
+	fi
+	if ! (cd "$dir" && "$GREMLINS" unleash "$root/$pkg" --exclude-files '(electiontest|agenttest|discoverytest)/' \
+		-o "$out/$pkg.json" ${MUTATE_DIFF:+--diff "$MUTATE_DIFF"} ${MUTATE_WORKERS:+--workers "$MUTATE_WORKERS"}) >"$out/$pkg.log" 2>&1; then
 		echo "mutate: gremlins failed on $pkg (its output: $out/$pkg.log)" >&2
 		exit 2
 	fi
