@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"reflect"
@@ -75,18 +76,31 @@ func sameInstances(got, want map[string]api.Instance) bool {
 	return true
 }
 
-// freeAddrs picks n free loopback addresses, so that a restarted agent
-// listens where it did before (its Raft address is in the configuration).
+// freeAddrs returns n loopback addresses whose port is free for TCP and
+// UDP now, so that a restarted agent listens where it did before (its Raft
+// address is in the configuration). They are taken below Linux's ephemeral
+// range (32768 and up): between a stop and the restart, a port of that
+// range may be handed to any outgoing connection or ":0" listener of the
+// tests running beside (an "address already in use" once in CI).
 func freeAddrs(t *testing.T, n int) []string {
 	t.Helper()
 	var out []string
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(out) < n; tries++ {
+		if tries == 1000 {
+			t.Fatalf("no free port found in 1000 tries")
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
+		l, err := net.Listen("tcp", addr)
 		if err != nil {
-			t.Fatal(err)
+			continue
 		}
 		defer l.Close()
-		out = append(out, l.Addr().String())
+		u, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			continue
+		}
+		defer u.Close()
+		out = append(out, addr)
 	}
 	return out
 }
