@@ -326,6 +326,21 @@ func TestRemote_ConsistentReadOnAnIdleCluster(t *testing.T) {
 	if err := remote.ConsistentRead(ctx, servers[0].FSM()); err != nil {
 		t.Fatalf("consistent read of an up-to-date copy: %v", err)
 	}
+	// A copy behind the servers is not read from: the call waits for it
+	// and ends with the caller's deadline.
+	behind, cancelBehind := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancelBehind()
+	if err := remote.ConsistentRead(behind, fsm.New()); err == nil {
+		t.Fatal("a consistent read of an empty copy answered")
+	}
+	// With no server to confirm the read index, the read fails.
+	unreachable := election.NewRemote(nil, func() []string { return []string{deadAddr(t)} })
+	defer unreachable.Close()
+	noServer, cancelNoServer := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancelNoServer()
+	if err := unreachable.ConsistentRead(noServer, servers[0].FSM()); err == nil {
+		t.Fatal("a consistent read with no server reachable answered")
+	}
 }
 
 // TestReplica_streamsFromThePreferredServerFirst: a client whose preferred
