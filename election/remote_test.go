@@ -406,3 +406,26 @@ func leaderAndFollower(servers []*election.Server) (leader, follower *election.S
 	}
 	return leader, follower
 }
+
+// A consistent read through a follower takes its read index from the
+// leader: an up-to-date copy answers, a copy behind the leader waits.
+func TestRemote_ConsistentReadThroughAFollower(t *testing.T) {
+	t.Parallel()
+	servers := tcpCluster(t, 3)
+	leader, follower := leaderAndFollower(servers)
+	if _, err := leader.Apply(t.Context(), &fsm.RegisterNode{Name: "n1", Address: "10.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	remote := election.NewRemote(nil, func() []string { return []string{string(follower.Addr())} })
+	defer remote.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := remote.ConsistentRead(ctx, leader.FSM()); err != nil {
+		t.Fatalf("consistent read of the leader's copy through a follower: %v", err)
+	}
+	behind, cancelBehind := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancelBehind()
+	if err := remote.ConsistentRead(behind, fsm.New()); err == nil {
+		t.Fatal("a consistent read of an empty copy through a follower answered")
+	}
+}
