@@ -1,13 +1,17 @@
 package election
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -423,4 +427,50 @@ func TestStreamSnapshot_letGoAfterItsTTL(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitUntil(t, 10*time.Second, "the snapshot let go", func() bool { return !held() })
+}
+
+// One change stream carries entry after entry: it does not end once it
+// has sent what was new.
+func TestServeStream_staysOpenAcrossEntries(t *testing.T) {
+	t.Parallel()
+	cfg := TestServerConfig()
+	cfg.Node, cfg.InMemory, cfg.RaftAddr, cfg.Bootstrap = "s0", true, "127.0.0.1:0", true
+	s, err := NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	waitUntil(t, 10*time.Second, "leadership", s.IsLeader)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := s.Apply(ctx, &fsm.RegisterNode{Name: "first", Address: "10.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	c := newRPCClient()
+	defer c.close()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+string(s.Addr())+rpcStream+"?index="+strconv.FormatUint(s.FSM().Index(), 10), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	for i := range 3 {
+		res, err := s.Apply(ctx, &fsm.RegisterNode{Name: fmt.Sprint("n", i), Address: "10.0.0.1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for seen := uint64(0); seen < res.Index; {
+			typ, index, _, err := readFrame(br)
+			if err != nil {
+				t.Fatalf("the stream ended before entry %d (write %d): %v", res.Index, i+1, err)
+			}
+			if typ == frameEntry {
+				seen = index
+			}
+		}
+	}
 }
