@@ -339,21 +339,32 @@ func TestNewServer_addressAndTimeoutDefaults(t *testing.T) {
 	}
 }
 
-// A change stream sends each entry as soon as it is applied: with
-// heartbeats a minute apart, only that send can bring a copy that resumes
-// from its own index up to date (the copy's watchdog reconnects every
-// 1.5 s meanwhile, and each new stream resumes with entries, no snapshot).
-func TestServeStream_sendsEntriesAtOnce(t *testing.T) {
-	t.Parallel()
+// streamingLeader starts a one-server cluster on loopback TCP (so that
+// change streams reach it), with its configuration changed by edit when
+// set, and returns it once it leads.
+func streamingLeader(t *testing.T, edit func(*ServerConfig)) *Server {
+	t.Helper()
 	cfg := TestServerConfig()
 	cfg.Node, cfg.InMemory, cfg.RaftAddr, cfg.Bootstrap = "s0", true, "127.0.0.1:0", true
-	cfg.streamHeartbeat = time.Minute
+	if edit != nil {
+		edit(&cfg)
+	}
 	s, err := NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
 	waitUntil(t, 10*time.Second, "leadership", s.IsLeader)
+	return s
+}
+
+// A change stream sends each entry as soon as it is applied: with
+// heartbeats a minute apart, only that send can bring a copy that resumes
+// from its own index up to date (the copy's watchdog reconnects every
+// 1.5 s meanwhile, and each new stream resumes with entries, no snapshot).
+func TestServeStream_sendsEntriesAtOnce(t *testing.T) {
+	t.Parallel()
+	s := streamingLeader(t, func(cfg *ServerConfig) { cfg.streamHeartbeat = time.Minute })
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if _, err := s.Apply(ctx, &fsm.RegisterNode{Name: "before", Address: "10.0.0.1"}); err != nil {
@@ -433,14 +444,7 @@ func TestStreamSnapshot_letGoAfterItsTTL(t *testing.T) {
 // has sent what was new.
 func TestServeStream_staysOpenAcrossEntries(t *testing.T) {
 	t.Parallel()
-	cfg := TestServerConfig()
-	cfg.Node, cfg.InMemory, cfg.RaftAddr, cfg.Bootstrap = "s0", true, "127.0.0.1:0", true
-	s, err := NewServer(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	waitUntil(t, 10*time.Second, "leadership", s.IsLeader)
+	s := streamingLeader(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if _, err := s.Apply(ctx, &fsm.RegisterNode{Name: "first", Address: "10.0.0.1"}); err != nil {
