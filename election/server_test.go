@@ -91,12 +91,17 @@ func TestServer_KeepAlive_notAcknowledgedWithoutQuorum(t *testing.T) {
 		t.Skip("the leader stepped down before the keepalives could be sent")
 	}
 	// A consistent read needs the same confirmation: each of a few in a
-	// row (see below) fails.
+	// row (see below) fails, and none is answered once the confirmation
+	// has failed (Raft fails it by stepping down, so a read answered by a
+	// server no longer leading is one its cut-off leader let through).
 	errs := make(chan error, 3)
 	go func() {
 		var err error
 		for range 3 {
 			err = leader.ConsistentRead(ctx)
+			if err == nil && !leader.IsLeader() {
+				t.Error("a consistent read was answered although its leader could not confirm it still led")
+			}
 		}
 		errs <- err
 	}()
