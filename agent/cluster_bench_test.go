@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -83,6 +84,7 @@ func benchWrites(b *testing.B, a *agenttest.Agent, writers int) {
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: writers}}
 	defer hc.CloseIdleConnections()
 	var next atomic.Int64
+	lat := make([][]time.Duration, writers)
 	b.ResetTimer()
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -91,6 +93,7 @@ func benchWrites(b *testing.B, a *agenttest.Agent, writers int) {
 		go func() {
 			defer wg.Done()
 			for i := 0; next.Add(1) <= int64(b.N); i++ {
+				began := time.Now()
 				id := w*1000 + i%1000
 				body := fmt.Sprintf(`{"id":"inst-%d","name":"svc-%d","address":"10.0.%d.%d","port":%d}`, id, id%100, id>>8&255, id&255, 1024+i)
 				req, _ := http.NewRequest(http.MethodPut, a.URL+"/v1/services", strings.NewReader(body))
@@ -105,11 +108,20 @@ func benchWrites(b *testing.B, a *agenttest.Agent, writers int) {
 					b.Errorf("register: %d", resp.StatusCode)
 					return
 				}
+				lat[w] = append(lat[w], time.Since(began))
 			}
 		}()
 	}
 	wg.Wait()
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "writes/s")
+	all := slices.Concat(lat...)
+	if len(all) > 0 {
+		slices.Sort(all)
+		// The tail is what a caller with a deadline meets: a stall of the
+		// write path shows here long before it moves the rate.
+		b.ReportMetric(float64(all[len(all)*99/100].Microseconds())/1000, "p99-ms")
+		b.ReportMetric(float64(all[len(all)-1].Microseconds())/1000, "max-ms")
+	}
 }
 
 // BenchmarkCluster_lockPair: uncontended lock acquire + release pairs

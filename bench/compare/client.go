@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,6 +39,7 @@ func throughput(n int, warmup, dur time.Duration, op func(w, i int) func(ctx con
 	start := time.Now()
 	from, to := start.Add(warmup), start.Add(warmup+dur)
 	var count, fails atomic.Int64
+	var kinds errorKinds
 	var wg sync.WaitGroup
 	for w := 0; w < n; w++ {
 		wg.Add(1)
@@ -49,6 +51,7 @@ func throughput(n int, warmup, dur time.Duration, op func(w, i int) func(ctx con
 					err := f(ctx)
 					if err != nil {
 						fails.Add(1)
+						kinds.add(err)
 					}
 					return err
 				})
@@ -59,6 +62,7 @@ func throughput(n int, warmup, dur time.Duration, op func(w, i int) func(ctx con
 		}()
 	}
 	wg.Wait()
+	kinds.log()
 	return float64(count.Load()) / dur.Seconds(), fails.Load()
 }
 
@@ -129,4 +133,45 @@ func (g *gapWriter) finish() (gap time.Duration, complete bool) {
 		}
 	}
 	return gap, len(g.acks) > 0
+}
+
+// errorKinds counts failed attempts by their message, digits masked, so
+// that a trial's failures say what they were.
+type errorKinds struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (k *errorKinds) add(err error) {
+	msg := []byte(err.Error())
+	if len(msg) > 120 {
+		msg = msg[:120]
+	}
+	for i, c := range msg {
+		if c >= '0' && c <= '9' {
+			msg[i] = '#'
+		}
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.n == nil {
+		k.n = map[string]int{}
+	}
+	k.n[string(msg)]++
+}
+
+// log prints the three most frequent kinds.
+func (k *errorKinds) log() {
+	type kind struct {
+		msg string
+		n   int
+	}
+	var all []kind
+	for m, n := range k.n {
+		all = append(all, kind{m, n})
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].n > all[j].n })
+	for _, e := range all[:min(3, len(all))] {
+		logf("  failed attempts: %d × %s", e.n, e.msg)
+	}
 }
