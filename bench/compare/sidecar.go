@@ -128,7 +128,12 @@ func (c *sidecarCluster) newNode(name string, server bool) (*scNode, error) {
 		return nil, err
 	}
 	n.args = []string{"agent", "--name", name, "--bind-addr", n.gossip, "--advertise-addr", "127.0.0.1",
-		"--http-addr", n.http, "--dns-addr", n.dns, "--log-level", "warn"}
+		"--http-addr", n.http, "--dns-addr", n.dns, "--log-level", "warn",
+		// Every writer of the driver is one client address (127.0.0.1) to
+		// its agent: the default bound per address (5,000 writes/s) would
+		// cap the rows through one agent with 429s, and etcd has no such
+		// bound by default.
+		"--http-write-rate", "0"}
 	if t := c.opts.tls; t != nil {
 		cert, key, err := t.cert(c.sup, c.bin, name, server)
 		if err != nil {
