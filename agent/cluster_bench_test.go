@@ -45,7 +45,9 @@ func BenchmarkCluster_writesThroughLeader(b *testing.B) {
 // (its own local state on disk, its writes sent to the servers over RPC).
 func BenchmarkCluster_writesThroughClient(b *testing.B) {
 	nodes := benchCluster(b)
-	cl := agenttest.Join(b, nodes[0], "client-0", false, func(c *agent.Config) { c.DataDir = b.TempDir() })
+	cl := agenttest.Join(b, nodes[0], "client-0", false, func(c *agent.Config) {
+		c.DataDir, c.HTTPWriteRate = b.TempDir(), -1
+	})
 	cl.WaitReady(30 * time.Second)
 	benchWriters(b, cl, nodes)
 }
@@ -75,6 +77,7 @@ func benchCluster(b *testing.B) []*agenttest.Agent {
 	return agenttest.Cluster(b, 3, func(c *agent.Config) {
 		rc := election.DefaultServerConfig()
 		c.Raft = &rc
+		c.HTTPWriteRate = -1 // every writer is 127.0.0.1: one client address
 	})
 }
 

@@ -140,6 +140,9 @@ type Store struct {
 	// pending holds the records in the log that local.db does not hold yet
 	// (nil: deleted); reads look here first. Written by the writer only.
 	pending map[recordKey][]byte
+	// dirty: the records written since a background checkpoint took its
+	// copy of pending (nil when none runs). Writer only.
+	dirty map[recordKey]struct{}
 
 	ops       chan *op
 	closeOnce sync.Once
@@ -472,6 +475,8 @@ func (s *Store) writer() {
 	// carry: a write taken that would have made the frame longer than
 	// walMaxFrame; it starts the next one.
 	var carry *op
+	// bg: the result of the background checkpoint running, nil if none.
+	var bg <-chan error
 	for {
 		var batch []*op
 		size := 0
@@ -491,7 +496,16 @@ func (s *Store) writer() {
 			select {
 			case o := <-s.ops:
 				add(o)
+			case err := <-bg:
+				bg = nil
+				s.backgroundCheckpointEnded(err)
+				idle.Reset(walIdleCheckpoint) // what a failure left is written later
+				continue
 			case <-idle.C:
+				if bg != nil {
+					idle.Reset(walIdleCheckpoint)
+					continue
+				}
 				// equivalent mutant: retrying a failed idle checkpoint only keeps the
 				// log short; its records stay on disk in it.
 				if s.checkpoint() != nil {
@@ -499,6 +513,9 @@ func (s *Store) writer() {
 				}
 				continue
 			case <-s.closing:
+				if bg != nil {
+					s.backgroundCheckpointEnded(<-bg)
+				}
 				s.checkpoint()
 				return
 			}
@@ -539,8 +556,8 @@ func (s *Store) writer() {
 			o.done <- err
 		}
 		// equivalent mutant: the exact size of the log at a checkpoint is a tuning constant
-		if err == nil && s.wal.off >= walCheckpointBytes {
-			s.checkpoint()
+		if err == nil && bg == nil && s.wal.off >= walCheckpointBytes {
+			bg = s.startCheckpoint()
 		}
 		idle.Reset(walIdleCheckpoint)
 	}
@@ -567,7 +584,11 @@ func (s *Store) commit(batch []*op) error {
 	}
 	s.mu.Lock()
 	for _, o := range batch {
-		s.pending[recordKey{string(o.bucket), string(o.key)}] = o.val
+		k := recordKey{string(o.bucket), string(o.key)}
+		s.pending[k] = o.val
+		if s.dirty != nil {
+			s.dirty[k] = struct{}{}
+		}
 	}
 	s.mu.Unlock()
 	return nil
@@ -577,24 +598,22 @@ func (s *Store) commit(batch []*op) error {
 // generation on in the same transaction; the log then starts over. A
 // failure leaves the records in the log (on disk, acknowledged) and is
 // tried again later, unless it leaves local.db in doubt: then the store
-// takes no more writes.
+// takes no more writes. Writer only, with no background checkpoint running.
 func (s *Store) checkpoint() error {
 	if s.Err() != nil || len(s.pending) == 0 {
 		return nil
 	}
+	return s.finishCheckpoint(sortedKeys(s.pending))
+}
+
+// finishCheckpoint writes the pending records of keys (all of them, or
+// those written since a background checkpoint wrote the rest) and moves the
+// log's generation on; the log then starts over.
+func (s *Store) finishCheckpoint(keys []recordKey) error {
 	next := s.wal.gen + 1
-	// In key order: bbolt splits a node only at commit, so one taking keys
-	// in random order shifts all of its keys on every insert. 22,000 new
-	// records held up every write for half a second that way; sorted, each
-	// lands at the end of its node.
-	keys := slices.SortedFunc(maps.Keys(s.pending), func(a, b recordKey) int {
-		return cmp.Or(strings.Compare(a.bucket, b.bucket), strings.Compare(a.key, b.key))
-	})
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		for _, k := range keys {
-			if err := putRecord(tx.Bucket([]byte(k.bucket)), []byte(k.key), s.pending[k]); err != nil {
-				return err
-			}
+		if err := putRecords(tx, keys, s.pending); err != nil {
+			return err
 		}
 		return tx.Bucket(bucketMeta).Put(keyWALGen, binary.BigEndian.AppendUint32(nil, next))
 	})
@@ -608,6 +627,76 @@ func (s *Store) checkpoint() error {
 	s.mu.Lock()
 	clear(s.pending)
 	s.mu.Unlock()
+	return nil
+}
+
+// startCheckpoint writes a copy of the pending records into local.db in
+// the background while the writer goes on appending frames; the generation
+// stays, so a crash replays the whole log over them, which ends at the
+// same records. Its result arrives on the returned channel;
+// finishCheckpoint then writes only what was written since: a short pause
+// of the writer instead of one as long as the whole checkpoint (20,000 new
+// records: 74 ms on this project's machine, every write waiting).
+func (s *Store) startCheckpoint() <-chan error {
+	keys := sortedKeys(s.pending)
+	recs := maps.Clone(s.pending)
+	s.dirty = map[recordKey]struct{}{}
+	done := make(chan error, 1)
+	go func() {
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			if err := putRecords(tx, keys, recs); err != nil {
+				return err
+			}
+			return backgroundCheckpointFault()
+		})
+		afterBackgroundCheckpoint()
+		done <- err
+	}()
+	return done
+}
+
+// backgroundCheckpointEnded takes a background checkpoint's result: on
+// success the rest is written at once; on failure nothing changed and a
+// later checkpoint writes everything.
+func (s *Store) backgroundCheckpointEnded(err error) {
+	dirty := s.dirty
+	s.dirty = nil
+	if err != nil {
+		if serr, inDoubt := s.writeError(s.path, err); inDoubt {
+			s.fail(serr)
+		}
+		return
+	}
+	if s.Err() != nil {
+		return
+	}
+	s.finishCheckpoint(sortedKeys(dirty))
+}
+
+// Test seams: backgroundCheckpointFault fails a background checkpoint's
+// transaction (rolled back); afterBackgroundCheckpoint runs once it ended.
+var (
+	backgroundCheckpointFault = func() error { return nil }
+	afterBackgroundCheckpoint = func() {}
+)
+
+// sortedKeys returns m's keys in the order bbolt stores them. In that
+// order each insert lands at the end of its node: bbolt splits nodes only
+// at commit, so one taking keys in random order shifts all of its keys on
+// every insert (20,000 new records: 278 ms, against 74 ms sorted).
+func sortedKeys[V any](m map[recordKey]V) []recordKey {
+	return slices.SortedFunc(maps.Keys(m), func(a, b recordKey) int {
+		return cmp.Or(strings.Compare(a.bucket, b.bucket), strings.Compare(a.key, b.key))
+	})
+}
+
+// putRecords writes recs[k] for each of keys (nil: deletes it).
+func putRecords(tx *bolt.Tx, keys []recordKey, recs map[recordKey][]byte) error {
+	for _, k := range keys {
+		if err := putRecord(tx.Bucket([]byte(k.bucket)), []byte(k.key), recs[k]); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

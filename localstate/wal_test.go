@@ -3,10 +3,12 @@ package localstate
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -466,5 +468,138 @@ func TestStore_writesLongerThanAFrameSurviveACrash(t *testing.T) {
 	c := openT(t, crashCopy(t, path))
 	if got := serviceIDs(t, c); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("after the crash: %v\nwant %v", got, want)
+	}
+}
+
+// pauseBackgroundCheckpoint makes the next background checkpoint wait,
+// once its transaction ended, until the returned release is called; ended
+// is closed when it got there. fault, if set, fails its transaction.
+func pauseBackgroundCheckpoint(t *testing.T, fault error) (ended <-chan struct{}, release func()) {
+	t.Helper()
+	endedC, releaseC := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	oldFault, oldAfter := backgroundCheckpointFault, afterBackgroundCheckpoint
+	backgroundCheckpointFault = func() error { return fault }
+	afterBackgroundCheckpoint = func() {
+		first := false
+		once.Do(func() { first = true })
+		if first {
+			close(endedC)
+			<-releaseC
+		}
+	}
+	var releaseOnce sync.Once
+	release = func() { releaseOnce.Do(func() { close(releaseC) }) }
+	t.Cleanup(func() {
+		release()
+		backgroundCheckpointFault, afterBackgroundCheckpoint = oldFault, oldAfter
+	})
+	return endedC, release
+}
+
+// writeUntil writes web-NN registrations until ended is closed, and
+// returns how many it wrote.
+func writeUntil(t *testing.T, s *Store, ended <-chan struct{}) int {
+	t.Helper()
+	for i := 0; ; i++ {
+		select {
+		case <-ended:
+			return i
+		default:
+		}
+		if i == 10000 {
+			t.Fatal("no background checkpoint began in 10,000 writes")
+		}
+		if err := s.PutService(svc(fmt.Sprintf("web-%02d", i), 80)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A checkpoint writes local.db beside the writer: registrations are
+// written and acknowledged while it runs, and a crash at any point of it
+// keeps every acknowledged write, the later of two writes of an instance
+// and a deletion included.
+func TestStore_backgroundCheckpointKeepsEveryWrite(t *testing.T) {
+	setWAL(t, 2<<10, time.Hour)
+	ended, release := pauseBackgroundCheckpoint(t, nil)
+	path := filepath.Join(t.TempDir(), FileName)
+	s := openT(t, path)
+	n := writeUntil(t, s, ended)
+
+	// The checkpoint's transaction is done and it waits: writes go on.
+	wrote := make(chan error, 1)
+	go func() {
+		err := s.PutService(svc("web-00", 9999)) // a change of one it took in
+		if err == nil {
+			_, err = s.DeleteService("web-01")
+		}
+		if err == nil {
+			err = s.PutService(svc("late", 81))
+		}
+		wrote <- err
+	}()
+	select {
+	case err := <-wrote:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("writes waited for the checkpoint")
+	}
+	check := func(c *Store, when string) {
+		t.Helper()
+		if got := len(serviceIDs(t, c)); got != n {
+			t.Fatalf("%s: %d services, want %d", when, got, n)
+		}
+		if got, ok, err := c.Service("web-00"); err != nil || !ok || got.Instance.Port != 9999 {
+			t.Fatalf("%s: web-00 %+v %v %v, want its later write (port 9999)", when, got.Instance, ok, err)
+		}
+		if _, ok, err := c.Service("web-01"); ok || err != nil {
+			t.Fatalf("%s: web-01 deleted but there (%v)", when, err)
+		}
+		if _, ok, err := c.Service("late"); !ok || err != nil {
+			t.Fatalf("%s: the write after the checkpoint began is lost (%v)", when, err)
+		}
+	}
+	check(s, "while the checkpoint waits")
+	check(openT(t, crashCopy(t, path)), "after a crash in the middle of the checkpoint")
+
+	// Once it ended, the writes made meanwhile are in local.db too.
+	release()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		db, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(db, []byte(`"id":"late"`)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a write made during the checkpoint never reached local.db")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	check(openT(t, crashCopy(t, path)), "after a crash once the checkpoint ended")
+}
+
+// A background checkpoint that fails changes nothing: the log keeps every
+// record, and the checkpoint at Close takes them all in.
+func TestStore_failedBackgroundCheckpointKeepsTheLog(t *testing.T) {
+	setWAL(t, 2<<10, time.Hour)
+	ended, release := pauseBackgroundCheckpoint(t, errors.New("injected"))
+	path := filepath.Join(t.TempDir(), FileName)
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := writeUntil(t, s, ended)
+	release()
+	if err := s.Close(); err != nil { // waits for the failed checkpoint
+		t.Fatal(err)
+	}
+	if got := len(serviceIDs(t, openT(t, path))); got != n {
+		t.Fatalf("after a failed checkpoint and a clean stop: %d services, want %d", got, n)
 	}
 }
