@@ -644,10 +644,10 @@ func (s *Store) startCheckpoint() <-chan error {
 	done := make(chan error, 1)
 	go func() {
 		err := s.db.Update(func(tx *bolt.Tx) error {
-			if err := putRecords(tx, keys, recs); err != nil {
+			if err := backgroundCheckpointFault(); err != nil {
 				return err
 			}
-			return backgroundCheckpointFault()
+			return putRecords(tx, keys, recs)
 		})
 		afterBackgroundCheckpoint()
 		done <- err
