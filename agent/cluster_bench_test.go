@@ -128,10 +128,10 @@ func benchWrites(b *testing.B, a *agenttest.Agent, writers int) {
 }
 
 // BenchmarkCluster_lockPair: uncontended lock acquire + release pairs
-// through the Raft leader and through a follower of three servers with
-// default Raft settings. An agent answers once its own copy holds the
-// change, so through a follower a pair also measures how soon followers
-// learn that an entry committed.
+// through the Raft leader, a follower of three servers with default Raft
+// settings, and a client agent (as `make bench`'s lock row). An agent
+// answers once its own copy holds the change, so through a follower a
+// pair also measures how soon followers learn that an entry committed.
 func BenchmarkCluster_lockPair(b *testing.B) {
 	nodes := benchCluster(b)
 	var leader, follower *agenttest.Agent
@@ -149,10 +149,12 @@ func BenchmarkCluster_lockPair(b *testing.B) {
 			break
 		}
 	}
+	client := agenttest.Join(b, nodes[0], "client-0", false, func(c *agent.Config) { c.DataDir = b.TempDir() })
+	client.WaitReady(30 * time.Second)
 	for _, v := range []struct {
 		name string
 		a    *agenttest.Agent
-	}{{"leader", leader}, {"follower", follower}} {
+	}{{"leader", leader}, {"follower", follower}, {"client", client}} {
 		b.Run(v.name, func(b *testing.B) {
 			c, err := api.NewClient(v.a.URL)
 			if err != nil {
