@@ -224,20 +224,7 @@ func TestStore_idleWritesAreCheckpointed(t *testing.T) {
 	if err := s.PutService(svc("web-1", 80)); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if bytes.Contains(data, []byte(`"id":"web-1"`)) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("an idle write not in local.db after 10s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitInLocalDB(t, path, "web-1", "an idle write not in local.db after 10s")
 	if _, ok, err := s.Service("web-1"); !ok || err != nil {
 		t.Fatalf("after the checkpoint: %v %v", ok, err)
 	}
@@ -471,6 +458,26 @@ func TestStore_writesLongerThanAFrameSurviveACrash(t *testing.T) {
 	}
 }
 
+// waitInLocalDB polls the file at path (local.db, as on disk) until it
+// holds instance id's record, or fails with failMsg after 10 s.
+func waitInLocalDB(t *testing.T, path, id, failMsg string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(data, []byte(`"id":"`+id+`"`)) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(failMsg)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // pauseBackgroundCheckpoint makes the next background checkpoint wait,
 // once its transaction ended, until the returned release is called; ended
 // is closed when it got there. fault, if set, fails its transaction.
@@ -567,20 +574,7 @@ func TestStore_backgroundCheckpointKeepsEveryWrite(t *testing.T) {
 
 	// Once it ended, the writes made meanwhile are in local.db too.
 	release()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		db, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if bytes.Contains(db, []byte(`"id":"late"`)) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("a write made during the checkpoint never reached local.db")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitInLocalDB(t, path, "late", "a write made during the checkpoint never reached local.db")
 	check(openT(t, crashCopy(t, path)), "after a crash once the checkpoint ended")
 }
 
