@@ -24,13 +24,21 @@ func newLocal(t *testing.T, node string, b election.Backend, reg *fsm.FSM) *elec
 
 func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
+	if !pollUntil(timeout, cond) {
+		t.Fatalf("timed out after %v waiting for %s", timeout, what)
+	}
+}
+
+// pollUntil polls cond until it holds (true) or timeout passes (false).
+func pollUntil(timeout time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+			return false
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+	return true
 }
 
 // holderLog records, from one replica's registry, every holder a lock had,
@@ -211,8 +219,14 @@ func TestCluster_LeaderChange_leasesLocksTokens(t *testing.T) {
 		if c.Servers[i] == old {
 			continue
 		}
-		hs := hl.list()
-		if len(hs) == 0 || hs[len(hs)-1].Lease != sessB.ID() {
+		// B's grant was answered from B's own replica; the others (and
+		// the watchers that record them) may apply it a little later.
+		var hs []fsm.Holder
+		ok := pollUntil(5*time.Second, func() bool {
+			hs = hl.list()
+			return len(hs) > 0 && hs[len(hs)-1].Lease == sessB.ID()
+		})
+		if !ok {
 			t.Fatalf("replica %d: holders %+v, want ending with B", i, hs)
 		}
 		for j := 1; j < len(hs); j++ {
