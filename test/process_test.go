@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/sidecarhq/sidecar/api"
+	"github.com/sidecarhq/sidecar/internal/hangwatch"
 )
 
 var binary string
@@ -37,6 +38,7 @@ func TestMain(m *testing.M) {
 
 // run builds the binary unless SIDECAR_BIN names one.
 func run(m *testing.M) (int, error) {
+	hangwatch.Start()
 	binary = os.Getenv("SIDECAR_BIN")
 	if binary == "" {
 		dir, err := os.MkdirTemp("", "sidecar-bin")

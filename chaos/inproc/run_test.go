@@ -9,9 +9,12 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/sidecarhq/sidecar/internal/hangwatch"
 )
 
 func TestMain(m *testing.M) {
+	hangwatch.Start()
 	goleak.VerifyTestMain(m)
 }
 

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/sidecarhq/sidecar/discovery"
+	"github.com/sidecarhq/sidecar/internal/hangwatch"
 )
 
 // Patience bounds every wait of this package: far above what the
@@ -38,6 +39,7 @@ const LeakPatience = 15 * time.Second
 // VerifyTestMain is goleak.VerifyTestMain with LeakPatience: call it from
 // TestMain of any package whose tests run a discovery.Gossip.
 func VerifyTestMain(m *testing.M, opts ...goleak.Option) {
+	hangwatch.Start()
 	code := m.Run()
 	if code == 0 {
 		if err := findLeaks(opts...); err != nil {
