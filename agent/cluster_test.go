@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -146,7 +147,9 @@ func TestCluster_clients(t *testing.T) {
 	}
 	// A snapshot saved on one client restores through another (forwarded
 	// to the leader), and a corrupt one is refused.
-	_, snap := httpDo(t, "GET", a.URL+"/v1/snapshot", "")
+	// A's own copy may not hold its registration yet (it was answered
+	// once the leader committed it): ?consistent waits until it does.
+	_, snap := httpDo(t, "GET", a.URL+"/v1/snapshot?consistent", "")
 	// A restore installs a snapshot on every server: on a busy machine the
 	// leader may lose its lease meanwhile and answer 503, outcome unknown;
 	// restoring the same snapshot again is what an operator would do.
@@ -223,4 +226,24 @@ func TestCluster_clients(t *testing.T) {
 		d := digests()
 		return len(d) == 1 && !d[converged]
 	})
+}
+
+// A snapshot saved through an agent is its own copy, like every read; with
+// ?consistent it is saved only once the copy holds what the leader
+// committed, so an agent cut off from every server refuses it.
+func TestCluster_consistentSnapshotAsksTheLeader(t *testing.T) {
+	servers := agenttest.Cluster(t, 1, nil)
+	c := agenttest.Join(t, servers[0], "client-c", false, nil)
+	c.WaitReady(30 * time.Second)
+	if code, body := httpDo(t, "GET", c.URL+"/v1/snapshot?consistent", ""); code != 200 || !bytes.HasPrefix(body, []byte("sidecar-snapshot")) {
+		t.Fatalf("consistent snapshot with a leader: %d %.200s", code, body)
+	}
+	servers[0].Kill()
+	if code, body := httpDo(t, "GET", c.URL+"/v1/snapshot", ""); code != 200 || !bytes.HasPrefix(body, []byte("sidecar-snapshot")) {
+		t.Fatalf("snapshot of the client's own copy: %d %.200s", code, body)
+	}
+	code, body := httpDo(t, "GET", c.URL+"/v1/snapshot?consistent", "")
+	if code != 503 || !strings.Contains(string(body), `"error"`) {
+		t.Fatalf("consistent snapshot without a leader: %d %.200s, want 503 with an error", code, body)
+	}
 }

@@ -662,7 +662,16 @@ func (s *Server) self(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// saveSnapshot writes this agent's copy of the registry, like every read;
+// with ?consistent, once the copy holds every write the leader committed
+// when it was asked (a write just answered through another agent, or
+// through this one before its copy caught up).
 func (s *Server) saveSnapshot(w http.ResponseWriter, r *http.Request) error {
+	if _, ok := r.URL.Query()["consistent"]; ok {
+		if err := s.agent.ConsistentRead(r.Context()); err != nil {
+			return err
+		}
+	}
 	w.Header().Set("Content-Type", "application/octet-stream")
 	return s.agent.SaveSnapshot(w)
 }
