@@ -13,6 +13,9 @@ import (
 // back at the pace of the real writes, as they are without the bug.
 var ackedEarly = make(chan struct{}, 16)
 
+// ackedEarlyLag is how long an answered registration waits in the queue.
+const ackedEarlyLag = 5 * time.Millisecond
+
 // registerAckedEarly is the bug of switch chaosbug_ackbeforecommit
 // (bugs_off.go): the registration is answered at once, as if it were on
 // disk and committed, and only then kept in the local state and written
@@ -27,6 +30,11 @@ func (a *Agent) registerAckedEarly(ctx context.Context, in fsm.Instance) (*fsm.R
 	}
 	go func() {
 		defer func() { <-ackedEarly }()
+		// The queue writes a little behind: without it, on a loaded
+		// machine whose writers come slowly, every answered registration
+		// could reach the local state's fsync before the crash and the
+		// bug would go unseen (once in a CI run under load).
+		time.Sleep(ackedEarlyLag)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if _, err := a.register(ctx, in, localstate.SourceAPI); err != nil {
