@@ -300,6 +300,7 @@ func New(cfg Config, log *slog.Logger) (a *Agent, err error) {
 			a.replica.UseTLS(cfg.TLS)
 		}
 		a.replica.Prefer(a.leaderAddr)
+		a.remote.FedBy(a.replica.Server)
 	}
 
 	a.local = election.NewLocal(election.LocalConfig{

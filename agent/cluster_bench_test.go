@@ -57,20 +57,23 @@ func BenchmarkCluster_writesThroughClient(b *testing.B) {
 // write), 64 what batching makes of them. It also reports the barriers the
 // leader among servers appended per write (election/nudge.go).
 func benchWriters(b *testing.B, a *agenttest.Agent, servers []*agenttest.Agent) {
-	nudges := func() (n float64) {
-		for _, s := range servers {
-			v, _ := strconv.ParseFloat(metric(b, s, "sidecar_raft_commit_nudges_total"), 64)
-			n += v
-		}
-		return n
-	}
 	for _, n := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("writers=%d", n), func(b *testing.B) {
-			before := nudges()
+			before := nudges(b, servers)
 			benchWrites(b, a, n)
-			b.ReportMetric((nudges()-before)/float64(b.N), "nudges/write")
+			b.ReportMetric((nudges(b, servers)-before)/float64(b.N), "nudges/write")
 		})
 	}
+}
+
+// nudges counts the barriers the servers appended to tell followers of a
+// commit (election/nudge.go).
+func nudges(b *testing.B, servers []*agenttest.Agent) (n float64) {
+	for _, s := range servers {
+		v, _ := strconv.ParseFloat(metric(b, s, "sidecar_raft_commit_nudges_total"), 64)
+		n += v
+	}
+	return n
 }
 
 func benchCluster(b *testing.B) []*agenttest.Agent {
@@ -165,6 +168,7 @@ func BenchmarkCluster_lockPair(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			before := nudges(b, nodes)
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				if r, err := c.Lock(ctx, "bench-lock", api.LockRequest{Lease: lease.ID}); err != nil || !r.Held {
@@ -174,6 +178,8 @@ func BenchmarkCluster_lockPair(b *testing.B) {
 					b.Fatalf("unlock: %v", err)
 				}
 			}
+			b.StopTimer()
+			b.ReportMetric((nudges(b, nodes)-before)/float64(b.N), "nudges/pair")
 		})
 	}
 }

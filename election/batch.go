@@ -146,6 +146,9 @@ func (s *Server) serveApplyBatch(w http.ResponseWriter, r *http.Request) {
 	ctx := r.Context()
 	replies := make([]rpcReply, len(entries))
 	forwarded := r.Header.Get(hdrForwarded) != ""
+	if !forwarded && r.Header.Get(hdrFed) != "" {
+		ctx = withLeaderFed(ctx)
+	}
 	if s.IsLeader() || forwarded {
 		var wg sync.WaitGroup
 		for i := range entries {
@@ -203,7 +206,7 @@ func (s *Server) forwardApplyBatch(ctx context.Context, entries []*batchEntry) (
 	if err != nil {
 		return nil, err
 	}
-	replies, _, err := s.rpc.callBatch(ctx, addr, encodeBatch(entries), len(entries), true)
+	replies, _, err := s.rpc.callBatch(ctx, addr, encodeBatch(entries), len(entries), true, false)
 	if errors.Is(err, errBatchUnsupported) {
 		// A leader that does not know batches yet (a rolling upgrade):
 		// the entries go one by one.
@@ -227,9 +230,13 @@ func (s *Server) forwardApplyBatch(ctx context.Context, entries []*batchEntry) (
 var errBatchUnsupported = errors.New("election: server does not take batches")
 
 // callBatch sends a batch of n entries and returns their replies and the
-// answer's leader hint.
-func (c *rpcClient) callBatch(ctx context.Context, addr string, body []byte, n int, forwarded bool) ([]rpcReply, string, error) {
-	reply, resp, err := c.post(ctx, addr, rpcApplyBatch, bytes.NewReader(body), forwarded)
+// answer's leader hint; fed: the sender's copy streams from addr.
+func (c *rpcClient) callBatch(ctx context.Context, addr string, body []byte, n int, forwarded, fed bool) ([]rpcReply, string, error) {
+	var hdr http.Header
+	if fed {
+		hdr = http.Header{hdrFed: {"1"}}
+	}
+	reply, resp, err := c.postWith(ctx, addr, rpcApplyBatch, bytes.NewReader(body), forwarded, hdr)
 	if err != nil {
 		return nil, reply.leader, err
 	}
@@ -388,7 +395,8 @@ func (r *Remote) sendBatch(addr string, forwarded bool, batch []*batchEntry) {
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	replies, leader, err := r.rpc.callBatch(ctx, addr, encodeBatch(batch), len(batch), forwarded)
+	fed := r.fedBy != nil && r.fedBy() == addr
+	replies, leader, err := r.rpc.callBatch(ctx, addr, encodeBatch(batch), len(batch), forwarded, fed)
 	r.noteLeader(leader, err)
 	for i, e := range batch {
 		if err != nil {

@@ -3,6 +3,7 @@ package election
 import (
 	"bytes"
 	"context"
+	"time"
 
 	"github.com/sidecarhq/sidecar/fsm"
 )
@@ -26,7 +27,7 @@ func (r *Remote) SendBatch(ctx context.Context, addr string, entries []BatchEntr
 		}
 		batch[i] = &batchEntry{data: data, secret: e.Secret}
 	}
-	replies, _, err := r.rpc.callBatch(ctx, addr, encodeBatch(batch), len(batch), false)
+	replies, _, err := r.rpc.callBatch(ctx, addr, encodeBatch(batch), len(batch), false, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -61,3 +62,6 @@ func (r *Remote) PostRestore(ctx context.Context, addr string, body []byte) erro
 	}
 	return decodeError(reply.Code, reply.Error)
 }
+
+// SetNudgeHold sets how long a leader-fed writer's nudge is held back.
+func SetNudgeHold(c *ServerConfig, d time.Duration) { c.nudgeHold = d }

@@ -1,5 +1,10 @@
 package election
 
+import (
+	"context"
+	"time"
+)
+
 // A follower learns that an entry committed only from the leader's next
 // append, and hashicorp/raft sends one when new entries come or, without
 // any, after CommitTimeout to twice that (20-40 ms). An agent answers a
@@ -13,13 +18,55 @@ package election
 // and its append carries the commit index to every follower at once.
 // Under load a later write does that anyway and no barrier is added.
 
-// nudgeFollowers asks for a barrier unless an entry after index exists.
-func (s *Server) nudgeFollowers(index uint64) {
+//
+// A write whose writer reads from the leader's own registry (an app on the
+// leader's agent, or a client agent whose copy streams from the leader)
+// does not need the barrier itself, and a barrier right behind it is in
+// the way of that writer's next write (one more log flush on every server
+// before the next append). Its nudge is held back for nudgeLater; a write
+// appended meanwhile carries the commit index instead, so a sequential
+// writer (a lock taken then released) adds no barrier at all. Watchers on
+// followers still learn of the write within nudgeLater.
+
+// nudgeLater is how long a nudge for a leader-fed writer is held back: a
+// little more than the round trip of a sequential writer's next write.
+const nudgeLater = time.Millisecond
+
+// leaderFedKey marks a write whose writer reads from this leader's
+// registry (see withLeaderFed).
+type leaderFedKey struct{}
+
+// withLeaderFed marks ctx's write as one whose writer reads from the
+// leader's own registry: its nudge may wait.
+func withLeaderFed(ctx context.Context) context.Context {
+	return context.WithValue(ctx, leaderFedKey{}, true)
+}
+
+func leaderFed(ctx context.Context) bool {
+	v, _ := ctx.Value(leaderFedKey{}).(bool)
+	return v
+}
+
+// nudgeFollowers asks for a barrier unless an entry after index exists: at
+// once, or when later (a leader-fed writer), after nudgeLater.
+func (s *Server) nudgeFollowers(index uint64, later bool) {
 	if s.raft.LastIndex() > index {
 		return
 	}
+	ch := s.nudge
+	if later {
+		// The held-back nudge looks at the newest index asked for when
+		// it ends, not at the one that started it.
+		for {
+			asked := s.nudgeAsked.Load()
+			if asked >= index || s.nudgeAsked.CompareAndSwap(asked, index) {
+				break
+			}
+		}
+		ch = s.nudgeLater
+	}
 	select {
-	case s.nudge <- struct{}{}:
+	case ch <- struct{}{}:
 	default: // one is asked for already: it covers this index too
 	}
 }
@@ -31,16 +78,40 @@ func (s *Server) nudgeFollowers(index uint64) {
 // appended, the writes before it no longer ask for another.
 func (s *Server) runNudges() {
 	defer s.wg.Done()
+	held := time.NewTimer(time.Hour)
+	held.Stop()
+	holding := false
+	barrier := func() {
+		s.m.commitNudges.Inc()
+		// Barrier returns once the leader loop took it (a follower or a
+		// stopped Raft refuses it at once); a barrier refused only
+		// means the followers learn from the next append.
+		s.raft.Barrier(s.cfg.ApplyTimeout)
+	}
 	for {
 		select {
 		case <-s.stop:
+			held.Stop()
 			return
 		case <-s.nudge:
-			s.m.commitNudges.Inc()
-			// Barrier returns once the leader loop took it (a follower or a
-			// stopped Raft refuses it at once); a barrier refused only
-			// means the followers learn from the next append.
-			s.raft.Barrier(s.cfg.ApplyTimeout)
+			// This barrier covers a held-back nudge too.
+			if holding && !held.Stop() {
+				<-held.C
+			}
+			holding = false
+			barrier()
+		case <-s.nudgeLater:
+			if !holding {
+				holding = true
+				held.Reset(s.cfg.nudgeLater())
+			}
+		case <-held.C:
+			holding = false
+			// A write appended meanwhile told the followers (and is
+			// nudged itself once applied).
+			if s.raft.LastIndex() <= s.nudgeAsked.Load() {
+				barrier()
+			}
 		}
 	}
 }

@@ -2,6 +2,7 @@ package election_test
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -9,6 +10,7 @@ import (
 
 	"github.com/sidecarhq/sidecar/election"
 	"github.com/sidecarhq/sidecar/election/electiontest"
+	"github.com/sidecarhq/sidecar/fsm"
 )
 
 // TestLocal_followerCopyHoldsItsWritesWhenTheyAreAnswered: lease, lock and
@@ -60,6 +62,94 @@ func TestLocal_followerCopyHoldsItsWritesWhenTheyAreAnswered(t *testing.T) {
 	call("unlock", func(ctx context.Context) error { return l.UnlockToken(ctx, "job", lease, 0) })
 	if m, _ := follower.FSM().Lock("job"); m != nil && m.Holder != nil {
 		t.Fatalf("the follower's copy still shows lock job held by %+v when its release is answered", m.Holder)
+	}
+}
+
+// A write whose writer reads the leader's own registry (an app on the
+// leader's agent) holds its nudge back, but the nudge still comes: with
+// hashicorp/raft's commit timeout at a minute, the followers' copies hold
+// the write within seconds. Without the held nudge they would lack it for
+// that minute.
+func TestServer_leaderFedWriteStillReachesTheFollowers(t *testing.T) {
+	t.Parallel()
+	servers := tcpClusterWith(t, 3, func(c *election.ServerConfig) { c.CommitTimeout = time.Minute })
+	leader, _ := leaderAndFollower(servers)
+	l := newLocal(t, "n1", election.NewRemote(leader, nil), leader.FSM())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	lease, err := l.GrantLease(ctx, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := l.Lock(ctx, election.LockSpec{Name: "job", Lease: lease})
+	if err != nil || !r.Held {
+		t.Fatalf("lock through the leader: %+v %v", r, err)
+	}
+	for _, s := range servers {
+		waitFor(t, 5*time.Second, "lock job in every server's copy", func() bool {
+			m, _ := s.FSM().Lock("job")
+			return m != nil && m.Holder != nil
+		})
+	}
+}
+
+// Writes whose writers read the leader's registry add no barrier at once:
+// the leader's own agent's, and a client's whose copy streams from the
+// leader (it says so on its batches). A client fed by another server gets
+// its barrier at once, and that barrier tells the followers of every
+// write before it.
+func TestRemote_leaderFedWritesHoldTheirNudge(t *testing.T) {
+	t.Parallel()
+	regs := map[string]*prometheus.Registry{}
+	servers := tcpClusterWith(t, 3, func(c *election.ServerConfig) {
+		c.CommitTimeout = time.Minute
+		election.SetNudgeHold(c, time.Minute)
+		regs[c.Node] = prometheus.NewRegistry()
+		c.Registerer = regs[c.Node]
+	})
+	leader, follower := leaderAndFollower(servers)
+	var leaderReg *prometheus.Registry
+	for _, s := range servers {
+		if s == leader {
+			leaderReg = regs[s.Status().Node]
+		}
+	}
+	nudges := func() float64 { return counterValue(t, leaderReg, "sidecar_raft_commit_nudges_total") }
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	register := func(r *election.Remote, node string) {
+		t.Helper()
+		if _, err := r.Apply(ctx, &fsm.RegisterNode{Name: node, Address: "10.0.0.1"}); err != nil {
+			t.Fatalf("register %s: %v", node, err)
+		}
+	}
+	leaderAddr := string(leader.Addr())
+	onLeader := election.NewRemote(leader, nil)
+	fedClient := election.NewRemote(nil, func() []string { return []string{leaderAddr} })
+	fedClient.FedBy(func() string { return leaderAddr })
+	t.Cleanup(fedClient.Close)
+	before := nudges()
+	for i := range 3 {
+		register(onLeader, "on-leader-"+strconv.Itoa(i))
+		register(fedClient, "fed-client-"+strconv.Itoa(i))
+	}
+	if n := nudges() - before; n != 0 {
+		t.Fatalf("%v barriers for writes whose writers read the leader's registry, want none yet", n)
+	}
+	otherClient := election.NewRemote(nil, func() []string { return []string{leaderAddr} })
+	otherClient.FedBy(func() string { return string(follower.Addr()) })
+	t.Cleanup(otherClient.Close)
+	register(otherClient, "other-client")
+	waitFor(t, 5*time.Second, "a barrier for the client fed by a follower", func() bool { return nudges()-before >= 1 })
+	for _, s := range servers {
+		waitFor(t, 5*time.Second, "every write in every server's copy", func() bool {
+			for _, n := range []string{"on-leader-2", "fed-client-2", "other-client"} {
+				if _, ok := s.FSM().Node(n); !ok {
+					return false
+				}
+			}
+			return true
+		})
 	}
 }
 

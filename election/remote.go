@@ -36,7 +36,16 @@ type Remote struct {
 	// unbatched holds the servers that answered that they take no batches
 	// (an older version during an upgrade).
 	unbatched sync.Map
+	// fedBy names the server whose change stream feeds this client's copy
+	// (nil: unknown).
+	fedBy func() string
 }
+
+// FedBy tells the Remote which server feeds the client's copy, so that a
+// write sent to that server says so: when it leads, the write's commit
+// reaches the copy with the write itself and its nudge to the followers
+// may wait (nudge.go). Call it before the first request.
+func (r *Remote) FedBy(f func() string) { r.fedBy = f }
 
 // NewRemote returns a Remote. local may be nil (a client); servers lists
 // the RPC addresses of servers, for a client.
@@ -143,7 +152,8 @@ func (r *Remote) Apply(ctx context.Context, cmd fsm.Command) (*fsm.Result, error
 	err = r.do(ctx, func(ctx context.Context) error {
 		var err error
 		if r.local != nil && r.local.IsLeader() {
-			res, err = r.local.ApplyEncoded(ctx, data)
+			// This agent reads the leader's own registry.
+			res, err = r.local.ApplyEncoded(withLeaderFed(ctx), data)
 			return err
 		}
 		addr, fwd, err := r.target()

@@ -59,6 +59,14 @@ func (r *Replica) Prefer(f func() string) { r.prefer = f }
 // FSM is the local copy.
 func (r *Replica) FSM() *fsm.FSM { return r.fsm }
 
+// Server is the server whose change stream feeds the copy now; "" while
+// none does.
+func (r *Replica) Server() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.server
+}
+
 // Current returns nil while the copy is fed by a live stream and holds
 // everything the server had at its last heartbeat.
 func (r *Replica) Current() error {

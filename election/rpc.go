@@ -38,6 +38,9 @@ const (
 	// as the answering server knows it, so that a client sends its next
 	// request there instead of through a follower that forwards it.
 	hdrLeader = "X-Sidecar-Raft-Leader"
+	// hdrFed marks a client's batch sent to the server whose change stream
+	// feeds the client's copy (nudge.go).
+	hdrFed = "X-Sidecar-Fed-By-You"
 )
 
 // errorCodes carries the sentinel of an error across the wire.
@@ -197,6 +200,11 @@ func (c *rpcClient) callStream(ctx context.Context, addr, path string, body io.R
 // post sends an RPC request and returns the response, whose body the
 // caller closes, with the answer's leader hint in the reply.
 func (c *rpcClient) post(ctx context.Context, addr, path string, body io.Reader, forwarded bool) (rpcReply, *http.Response, error) {
+	return c.postWith(ctx, addr, path, body, forwarded, nil)
+}
+
+// postWith is post with more request headers.
+func (c *rpcClient) postWith(ctx context.Context, addr, path string, body io.Reader, forwarded bool, hdr http.Header) (rpcReply, *http.Response, error) {
 	if _, ok := body.(io.Closer); ok {
 		// The transport closes a request's body once sent: the caller's
 		// file stays open, to be read again by a retry.
@@ -208,6 +216,9 @@ func (c *rpcClient) post(ctx context.Context, addr, path string, body io.Reader,
 	}
 	if forwarded {
 		req.Header.Set(hdrForwarded, "1")
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
 	}
 	// The caller's token goes with whatever is sent on its behalf, so that
 	// the leader checks it again (SPEC: Security).

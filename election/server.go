@@ -113,6 +113,16 @@ type ServerConfig struct {
 	// streamSnapshotTTL: how long an encoded snapshot serves new change
 	// streams; 0: streamSnapshotTTL.
 	streamSnapshotTTL time.Duration
+	// nudgeHold: how long a leader-fed writer's nudge is held back; 0:
+	// nudgeLater. The tests lengthen it to see which writes are held.
+	nudgeHold time.Duration
+}
+
+func (c *ServerConfig) nudgeLater() time.Duration {
+	if c.nudgeHold > 0 {
+		return c.nudgeHold
+	}
+	return nudgeLater
 }
 
 // DefaultServerConfig returns the production settings.
@@ -181,12 +191,14 @@ type Server struct {
 	// unless it started fresh with GateFresh (fresh.go).
 	gate *voteGate
 
-	notify    chan bool
-	nudge     chan struct{} // nudge.go
-	stop      chan struct{}
-	wg        sync.WaitGroup
-	closeOnce sync.Once
-	closeErr  error
+	notify     chan bool
+	nudge      chan struct{} // nudge.go
+	nudgeLater chan struct{}
+	nudgeAsked atomic.Uint64 // the newest index a held-back nudge is for
+	stop       chan struct{}
+	wg         sync.WaitGroup
+	closeOnce  sync.Once
+	closeErr   error
 }
 
 // NewServer opens the stores, starts Raft and, when asked and no state
@@ -212,12 +224,13 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 	}
 	cfg.TLS = orNil(cfg.TLS)
 	s = &Server{
-		cfg:    cfg,
-		log:    cfg.Logger.With("component", "raft-server"),
-		fsm:    fsm.New(),
-		notify: make(chan bool, 16),
-		nudge:  make(chan struct{}, 1),
-		stop:   make(chan struct{}),
+		cfg:        cfg,
+		log:        cfg.Logger.With("component", "raft-server"),
+		fsm:        fsm.New(),
+		notify:     make(chan bool, 16),
+		nudge:      make(chan struct{}, 1),
+		nudgeLater: make(chan struct{}, 1),
+		stop:       make(chan struct{}),
 		// Entries kept for clients that resume their stream: a few seconds
 		// of heavy writes, or hours of a quiet registry.
 		changes: newChangeLog(16384),
@@ -467,7 +480,7 @@ func (s *Server) apply(ctx context.Context, data []byte, client bool) (*fsm.Resu
 	if res.Err != nil {
 		return res, res.Err
 	}
-	s.nudgeFollowers(res.Index)
+	s.nudgeFollowers(res.Index, leaderFed(ctx))
 	return res, nil
 }
 
