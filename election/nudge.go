@@ -17,7 +17,6 @@ import (
 // log, the leader appends a barrier: it changes nothing in the registry,
 // and its append carries the commit index to every follower at once.
 // Under load a later write does that anyway and no barrier is added.
-
 //
 // A write whose writer reads from the leader's own registry (an app on the
 // leader's agent, or a client agent whose copy streams from the leader)
@@ -95,9 +94,8 @@ func (s *Server) runNudges() {
 			return
 		case <-s.nudge:
 			// This barrier covers a held-back nudge too.
-			if holding && !held.Stop() {
-				<-held.C
-			}
+			// A stopped timer sends nothing after Stop (Go 1.23 timers).
+			held.Stop()
 			holding = false
 			barrier()
 		case <-s.nudgeLater:
