@@ -58,6 +58,7 @@ func (s *Server) nudgeFollowers(index uint64, later bool) {
 		// it ends, not at the one that started it.
 		for {
 			asked := s.nudgeAsked.Load()
+			// equivalent mutant: at asked == index the swap stores the same index
 			if asked >= index || s.nudgeAsked.CompareAndSwap(asked, index) {
 				break
 			}

@@ -7,6 +7,7 @@ package election
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -118,12 +119,7 @@ type ServerConfig struct {
 	nudgeHold time.Duration
 }
 
-func (c *ServerConfig) nudgeLater() time.Duration {
-	if c.nudgeHold > 0 {
-		return c.nudgeHold
-	}
-	return nudgeLater
-}
+func (c *ServerConfig) nudgeLater() time.Duration { return cmp.Or(c.nudgeHold, nudgeLater) }
 
 // DefaultServerConfig returns the production settings.
 func DefaultServerConfig() ServerConfig {
