@@ -21,8 +21,8 @@ import (
 const margin = 20 * time.Second
 
 // Start arms the watchdog for a TestMain. It parses the test flags (as a
-// TestMain that reads them must) and does nothing without a -test.timeout
-// longer than margin. The returned func disarms it.
+// TestMain that reads them must) and does nothing unless -test.timeout is
+// over twice margin. The returned func disarms it.
 func Start() (stop func()) {
 	if !flag.Parsed() {
 		flag.Parse()
