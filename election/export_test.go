@@ -65,3 +65,11 @@ func (r *Remote) PostRestore(ctx context.Context, addr string, body []byte) erro
 
 // SetNudgeHold sets how long a leader-fed writer's nudge is held back.
 func SetNudgeHold(c *ServerConfig, d time.Duration) { c.nudgeHold = d }
+
+// LeaseTrackerReady is closed once this term's lease tracker leads (its
+// term-start barrier applied, its nudge asked for).
+func (s *Server) LeaseTrackerReady() <-chan struct{} {
+	s.leases.mu.Lock()
+	defer s.leases.mu.Unlock()
+	return s.leases.ready
+}

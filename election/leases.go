@@ -57,6 +57,11 @@ func (t *leaseTracker) lead(ctx context.Context) {
 	for {
 		err := t.s.raft.Barrier(t.s.cfg.ApplyTimeout).Error()
 		if err == nil {
+			// This barrier committed what earlier terms left in the
+			// log; a barrier asks for no nudge of its own, and without
+			// one the followers' copies would learn of those entries
+			// only at the commit timeout (nudge.go).
+			t.s.nudgeNow()
 			break
 		}
 		t.s.log.Warn("lease tracker barrier failed", "err", err)

@@ -13,19 +13,20 @@ import (
 // pause waited out that timer: an uncontended lock pair through a follower
 // took 66 ms against 3.4 ms through the leader, and handovers through
 // followers lagged the same way (also those the leader's own lease expiry
-// makes). So when a write is, once applied, still the newest entry of the
-// log, the leader appends a barrier: it changes nothing in the registry,
-// and its append carries the commit index to every follower at once.
-// Under load a later write does that anyway and no barrier is added.
+// makes). So when the last write in flight ends, the leader appends a
+// barrier: it changes nothing in the registry, and its append carries the
+// commit index to every follower at once. Under load the writes still in
+// flight do that anyway and no barrier is added.
 //
 // A write whose writer reads from the leader's own registry (an app on the
 // leader's agent, or a client agent whose copy streams from the leader)
 // does not need the barrier itself, and a barrier right behind it is in
 // the way of that writer's next write (one more log flush on every server
-// before the next append). Its nudge is held back for nudgeLater; a write
-// appended meanwhile carries the commit index instead, so a sequential
-// writer (a lock taken then released) adds no barrier at all. Watchers on
-// followers still learn of the write within nudgeLater.
+// before the next append). Its nudge is held back for nudgeLater and
+// dropped if a write is in flight by then (that write asks when it ends),
+// so a sequential writer (a lock taken then released) adds no barrier
+// while it keeps writing. Watchers on followers still learn of the write
+// within nudgeLater.
 
 // nudgeLater is how long a nudge for a leader-fed writer is held back: a
 // little more than the round trip of a sequential writer's next write.
@@ -46,36 +47,46 @@ func leaderFed(ctx context.Context) bool {
 	return v
 }
 
-// nudgeFollowers asks for a barrier unless an entry after index exists: at
-// once, or when later (a leader-fed writer), after nudgeLater.
-func (s *Server) nudgeFollowers(index uint64, later bool) {
-	if s.raft.LastIndex() > index {
+// beginWrite counts a write on its way into the log; endWrite asks for its
+// nudge.
+func (s *Server) beginWrite() { s.writing.Add(1) }
+
+// endWrite ends a write that beginWrite counted; later: its writer reads
+// the leader's registry. Only the last write in flight asks for a nudge:
+// every write still in flight asks when it ends, and its append or its
+// nudge's comes after this write committed. (An entry that merely follows
+// in the log does not do: it may have been sent before this write
+// committed, and a barrier asks for no nudge of its own.) A failed write
+// asks too, for the writes that left the asking to it.
+func (s *Server) endWrite(later bool) {
+	if !later {
+		s.nudgeUrgent.Store(true)
+	}
+	if s.writing.Add(-1) > 0 {
 		return
 	}
-	ch := s.nudge
-	if later {
-		// The held-back nudge looks at the newest index asked for when
-		// it ends, not at the one that started it.
-		for {
-			asked := s.nudgeAsked.Load()
-			// equivalent mutant: at asked == index the swap stores the same index
-			if asked >= index || s.nudgeAsked.CompareAndSwap(asked, index) {
-				break
-			}
-		}
-		ch = s.nudgeLater
+	if s.nudgeUrgent.Swap(false) {
+		s.nudgeNow()
+		return
 	}
 	select {
-	case ch <- struct{}{}:
-	default: // one is asked for already: it covers this index too
+	case s.nudgeLater <- struct{}{}:
+	default: // one is held already: it comes after this write too
 	}
 }
 
-// runNudges hands Raft the barriers nudgeFollowers asks for, one at a
+// nudgeNow asks for a barrier at once.
+func (s *Server) nudgeNow() {
+	select {
+	case s.nudge <- struct{}{}:
+	default: // one is asked for already: it comes after this point too
+	}
+}
+
+// runNudges hands Raft the barriers endWrite and nudgeNow ask for, one at a
 // time. It does not wait for a barrier to commit: the future of an entry
 // committed just as Raft shuts down may never be answered, and Close waits
-// for this loop. Its append is what tells the followers; and once it is
-// appended, the writes before it no longer ask for another.
+// for this loop. Its append is what tells the followers.
 func (s *Server) runNudges() {
 	defer s.wg.Done()
 	held := time.NewTimer(time.Hour)
@@ -94,8 +105,8 @@ func (s *Server) runNudges() {
 			held.Stop()
 			return
 		case <-s.nudge:
-			// This barrier covers a held-back nudge too.
-			// A stopped timer sends nothing after Stop (Go 1.23 timers).
+			// This barrier covers a held-back nudge too (and a stopped
+			// timer sends nothing after Stop: Go 1.23 timers).
 			held.Stop()
 			holding = false
 			barrier()
@@ -106,9 +117,8 @@ func (s *Server) runNudges() {
 			}
 		case <-held.C:
 			holding = false
-			// A write appended meanwhile told the followers (and is
-			// nudged itself once applied).
-			if s.raft.LastIndex() <= s.nudgeAsked.Load() {
+			// A write in flight asks for its own nudge when it ends.
+			if s.writing.Load() == 0 {
 				barrier()
 			}
 		}

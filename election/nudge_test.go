@@ -117,6 +117,14 @@ func TestRemote_leaderFedWritesHoldTheirNudge(t *testing.T) {
 	nudges := func() float64 { return counterValue(t, leaderReg, "sidecar_raft_commit_nudges_total") }
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	// The one barrier a term starts with (leases.go) comes before the
+	// writes counted here.
+	select {
+	case <-leader.LeaseTrackerReady():
+	case <-ctx.Done():
+		t.Fatal("the leader's lease tracker never led")
+	}
+	waitFor(t, 5*time.Second, "the term's first barrier", func() bool { return nudges() >= 1 })
 	register := func(r *election.Remote, node string) {
 		t.Helper()
 		if _, err := r.Apply(ctx, &fsm.RegisterNode{Name: node, Address: "10.0.0.1"}); err != nil {

@@ -187,14 +187,15 @@ type Server struct {
 	// unless it started fresh with GateFresh (fresh.go).
 	gate *voteGate
 
-	notify     chan bool
-	nudge      chan struct{} // nudge.go
-	nudgeLater chan struct{}
-	nudgeAsked atomic.Uint64 // the newest index a held-back nudge is for
-	stop       chan struct{}
-	wg         sync.WaitGroup
-	closeOnce  sync.Once
-	closeErr   error
+	notify      chan bool
+	nudge       chan struct{} // nudge.go
+	nudgeLater  chan struct{}
+	writing     atomic.Int64 // writes on their way into the log (nudge.go)
+	nudgeUrgent atomic.Bool  // a write whose writer is not leader-fed left its nudge to another
+	stop        chan struct{}
+	wg          sync.WaitGroup
+	closeOnce   sync.Once
+	closeErr    error
 }
 
 // NewServer opens the stores, starts Raft and, when asked and no state
@@ -464,8 +465,11 @@ func (s *Server) apply(ctx context.Context, data []byte, client bool) (*fsm.Resu
 		}
 	}
 	start := time.Now()
+	s.beginWrite()
 	f := s.raft.Apply(data, s.timeout(ctx))
-	if err := f.Error(); err != nil {
+	err := f.Error()
+	s.endWrite(leaderFed(ctx))
+	if err != nil {
 		return nil, mapRaftError(err)
 	}
 	s.m.applyDuration.Observe(time.Since(start).Seconds())
@@ -476,7 +480,6 @@ func (s *Server) apply(ctx context.Context, data []byte, client bool) (*fsm.Resu
 	if res.Err != nil {
 		return res, res.Err
 	}
-	s.nudgeFollowers(res.Index, leaderFed(ctx))
 	return res, nil
 }
 
