@@ -68,11 +68,11 @@ func Report(w io.Writer, dump []byte, after time.Duration) {
 	var summary []string
 	paused := 0
 	for _, g := range bytes.Split(dump, []byte("\n\n")) {
-		test, at, ok := testGoroutine(string(g))
+		test, at, waiting, ok := testGoroutine(string(g))
 		if !ok {
 			continue
 		}
-		if isPaused(string(g)) {
+		if waiting {
 			paused++ // not started: a parallel test waits its turn
 			continue
 		}
@@ -88,11 +88,12 @@ func Report(w io.Writer, dump []byte, after time.Duration) {
 
 // testGoroutine reports whether a goroutine's stack runs a test (a frame
 // whose function is Test*, called by testing.tRunner), naming the test and
-// the innermost frame outside the standard library.
-func testGoroutine(g string) (test, at string, ok bool) {
+// the innermost frame outside the standard library; waiting: the test has
+// not started, its first frame outside the runtime is t.Parallel.
+func testGoroutine(g string) (test, at string, waiting, ok bool) {
 	lines := strings.Split(strings.TrimSpace(g), "\n")
 	if len(lines) < 3 || !strings.HasPrefix(lines[0], "goroutine ") {
-		return "", "", false
+		return "", "", false, false
 	}
 	var frames []string // function lines; the file line follows each
 	for i := 1; i+1 < len(lines); i += 2 {
@@ -109,7 +110,7 @@ func testGoroutine(g string) (test, at string, ok bool) {
 			name = name[j+1:]
 		}
 		if !strings.HasPrefix(name, "Test") {
-			return "", "", false
+			return "", "", false, false
 		}
 		at = frames[0]
 		for _, f := range frames[:i] {
@@ -118,9 +119,15 @@ func testGoroutine(g string) (test, at string, ok bool) {
 				break
 			}
 		}
-		return name, at, true
+		for _, f := range frames[:i] {
+			if !strings.HasPrefix(f, "runtime.") {
+				waiting = strings.HasPrefix(f, "testing.(*T).Parallel(")
+				break
+			}
+		}
+		return name, at, waiting, true
 	}
-	return "", "", false
+	return "", "", false, false
 }
 
 // funcName is the function of a frame line, without its arguments.
@@ -138,18 +145,6 @@ func funcName(frame string) string {
 		return frame[:i]
 	}
 	return frame
-}
-
-// isPaused reports whether a test goroutine waits in t.Parallel for its
-// turn: the first frame outside the runtime is testing's Parallel.
-func isPaused(g string) bool {
-	for _, line := range strings.Split(g, "\n")[1:] {
-		if strings.HasPrefix(line, "\t") || strings.HasPrefix(line, "runtime.") {
-			continue
-		}
-		return strings.HasPrefix(line, "testing.(*T).Parallel(")
-	}
-	return false
 }
 
 // isStd reports whether a function is the standard library's: its import
