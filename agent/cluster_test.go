@@ -145,6 +145,19 @@ func TestCluster_clients(t *testing.T) {
 	if st.Role != "client" || st.Node != "client-b" || st.Leader == "" || len(st.Peers) != 3 {
 		t.Fatalf("client status: %s", body)
 	}
+	// It names the server its copy streams from, and moves that stream to
+	// the leader (it joined through servers[1], which may not lead).
+	agenttest.WaitFor(t, 15*time.Second, "client B to stream from the leader", func() bool {
+		_, body := httpDo(t, "GET", b.URL+"/v1/status", "")
+		var st api.Status
+		return json.Unmarshal(body, &st) == nil && st.Leader != "" && st.StreamServer == st.Leader
+	})
+	for _, s := range servers {
+		_, body := httpDo(t, "GET", s.URL+"/v1/status", "")
+		if strings.Contains(string(body), "stream_server") {
+			t.Fatalf("a server reports a stream server: %s", body)
+		}
+	}
 	// A snapshot saved on one client restores through another (forwarded
 	// to the leader), and a corrupt one is refused.
 	// A's own copy may not hold its registration yet (it was answered

@@ -39,10 +39,25 @@ func (a *Agent) Status() api.Status {
 	}
 	st.Node, st.Role, st.AppliedIndex = a.cfg.Name, "client", a.reg.Index()
 	st.RegistryIndex, st.Digest = a.reg.Index(), a.reg.Digest()
+	st.StreamServer = a.serverName(a.replica.Server())
 	if st.Peers == nil {
 		st.Peers = []string{}
 	}
 	return st
+}
+
+// serverName is the gossip name of the server at Raft address addr; the
+// address itself when gossip does not know it.
+func (a *Agent) serverName(addr string) string {
+	if addr == "" {
+		return ""
+	}
+	for _, m := range a.gossip.Members() {
+		if m.Meta.IsServer() && m.Meta.RaftAddr == addr {
+			return m.Name
+		}
+	}
+	return addr
 }
 
 // Members lists the gossip members.

@@ -45,6 +45,10 @@ type Status struct {
 	// when every node has converged (the fault-injection suite does).
 	RegistryIndex uint64 `json:"registry_index"`
 	Digest        string `json:"digest"`
+	// StreamServer is, on a client agent, the server whose change stream
+	// feeds its copy (the leader once the client knows it); empty on
+	// servers and while no stream is connected.
+	StreamServer string `json:"stream_server,omitempty"`
 }
 
 // Member is one entry of GET /v1/members.

@@ -18,8 +18,13 @@ import (
 )
 
 // preferCheck is how often a replica checks that it streams from the
-// preferred server.
-const preferCheck = 2 * time.Second
+// preferred server; preferFirst is the first check on a new stream, so
+// that a client that connected before it knew the leader (at start, or
+// right after an election) moves within a moment, not seconds later.
+const (
+	preferCheck = 2 * time.Second
+	preferFirst = 200 * time.Millisecond
+)
 
 // Replica keeps a client's in-memory copy of the registry, fed by a change
 // stream from any server: a snapshot, then every entry from its index on.
@@ -108,7 +113,7 @@ func (r *Replica) Run(ctx context.Context) {
 				addr, preferred = p, true
 			}
 		}
-		err := r.follow(ctx, addr)
+		err := r.follow(ctx, addr, skipPrefer)
 		// A preferred server that failed us is skipped once, so that a
 		// stale idea of the leader cannot keep the copy from any stream.
 		skipPrefer = preferred && !errors.Is(err, errMoveToPreferred)
@@ -130,7 +135,11 @@ func (r *Replica) Run(ctx context.Context) {
 // errMoveToPreferred ends a stream to reconnect to the preferred server.
 var errMoveToPreferred = errors.New("election: moving to the preferred server")
 
-func (r *Replica) follow(ctx context.Context, addr string) (err error) {
+// follow streams from addr until the stream fails or moves to the
+// preferred server; afterPreferFailed (the preferred server just failed
+// us) waits a full preferCheck before asking again, so that a stale idea
+// of the leader is not retried at once.
+func (r *Replica) follow(ctx context.Context, addr string, afterPreferFailed bool) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	from := r.fsm.Index()
@@ -163,7 +172,11 @@ func (r *Replica) follow(ctx context.Context, addr string) (err error) {
 		// Move to the preferred server (the leader) once it is known and
 		// this one is not it: the resume from our index costs nothing.
 		go func() {
-			t := time.NewTicker(preferCheck)
+			// equivalent mutant: the first check's delay is a tuning constant
+			t := time.NewTimer(preferFirst)
+			if afterPreferFailed {
+				t.Reset(preferCheck)
+			}
 			defer t.Stop()
 			for {
 				select {
@@ -176,6 +189,7 @@ func (r *Replica) follow(ctx context.Context, addr string) (err error) {
 						cancel()
 						return
 					}
+					t.Reset(preferCheck)
 				}
 			}
 		}()

@@ -96,7 +96,8 @@ func (b *bench) diagThroughput(what string, agents []*scNode, n int, check bool)
 }
 
 // profile (BENCH_SECTIONS=profile) records the sidecar leader and an etcd
-// member with perf while 64 writers load each system through every server.
+// member with perf while 64 writers load each system through every server,
+// and the first client agent while 64 writers go through the clients.
 func (b *bench) profile() {
 	leader, err := b.sc.leader()
 	if err != nil {
@@ -117,6 +118,13 @@ func (b *bench) profile() {
 		<-p.done
 	}
 	b.diagThroughput("leader", []*scNode{leader}, 64, false)
+	if len(b.sc.clients) > 0 {
+		p = perf("sidecar-client", b.sc.clients[0].p.pid())
+		b.diagThroughput("clients (client-0 profiled)", b.sc.clients, 64, false)
+		if p != nil {
+			<-p.done
+		}
+	}
 	var buf strings.Builder
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	leader.c.Metrics(ctx, &buf)

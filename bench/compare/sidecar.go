@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -128,7 +129,7 @@ func (c *sidecarCluster) newNode(name string, server bool) (*scNode, error) {
 		return nil, err
 	}
 	n.args = []string{"agent", "--name", name, "--bind-addr", n.gossip, "--advertise-addr", "127.0.0.1",
-		"--http-addr", n.http, "--dns-addr", n.dns, "--log-level", "warn",
+		"--http-addr", n.http, "--dns-addr", n.dns, "--log-level", cmp.Or(os.Getenv("BENCH_LOG_LEVEL"), "warn"),
 		// Every writer of the driver is one client address (127.0.0.1) to
 		// its agent: the default bound per address (5,000 writes/s) would
 		// cap the rows through one agent with 429s, and etcd has no such
@@ -260,8 +261,8 @@ func waitReady(n *scNode, timeout time.Duration) error {
 	}
 }
 
-// waitHealthy waits until every node is ready and the servers agree on a
-// leader with all of them as peers.
+// waitHealthy waits until every node is ready, the servers agree on a
+// leader with all of them as peers, and every client streams from it.
 func (c *sidecarCluster) waitHealthy(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	var last error
@@ -292,6 +293,19 @@ func (c *sidecarCluster) healthy() error {
 			return fmt.Errorf("%s: leader %q (others %q), peers %v", n.name, st.Leader, lead, st.Peers)
 		}
 		lead = st.Leader
+	}
+	// A client whose change stream comes from a follower sees its own
+	// writes one hop later than one fed by the leader, which it moves to
+	// within moments of knowing it: a row measured before that would
+	// measure the move.
+	for _, n := range c.clients {
+		st, err := n.status()
+		if err != nil {
+			return err
+		}
+		if st.StreamServer != lead {
+			return fmt.Errorf("%s: change stream from %q, the leader is %q", n.name, st.StreamServer, lead)
+		}
 	}
 	return nil
 }
@@ -530,4 +544,24 @@ func (c *sidecarCluster) writers(n int, agents ...*scNode) ([]*api.Client, error
 		cs = append(cs, cl)
 	}
 	return cs, nil
+}
+
+// streamSources says, for each client agent, which server its change
+// stream comes from (its GET /v1/status names it).
+func (c *sidecarCluster) streamSources() string {
+	leader, _ := c.leader()
+	var out []string
+	for _, cl := range c.clients {
+		src := "unknown"
+		if st, err := cl.status(); err == nil && st.StreamServer != "" {
+			src = st.StreamServer
+			if leader != nil && src == leader.name {
+				src += " (the leader)"
+			} else {
+				src += " (a follower)"
+			}
+		}
+		out = append(out, cl.name+" streams from "+src)
+	}
+	return strings.Join(out, ", ")
 }
