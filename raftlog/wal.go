@@ -74,6 +74,28 @@ type Store struct {
 	first, last uint64 // 0, 0 when empty
 
 	stable stable
+
+	// Deferred syncs (see DeferSyncWhile). durable is the last index whose
+	// entry, and every one before it, is on disk. pmu guards pending (the
+	// segments written since their last sync), pendingTo (the last index
+	// they hold), durableCh (closed and replaced whenever durable moves or
+	// syncing fails) and syncErr. smu is held across every sync of pending
+	// segments and by whatever closes or cuts a segment, so that a sync
+	// never meets a closed file and durable never passes a cut.
+	deferSync atomic.Pointer[func() bool]
+	durable   atomic.Uint64
+	smu       sync.Mutex
+	pmu       sync.Mutex
+	pending   []*segment
+	pendingTo uint64
+	durableCh chan struct{}
+	syncErr   error
+	kick      chan struct{}
+	stop      chan struct{}
+	syncDone  chan struct{}
+	// testBeforeSync, set by tests before the first deferred append, runs
+	// before each background sync: it holds the sync back.
+	testBeforeSync func(stop <-chan struct{})
 }
 
 type segment struct {
@@ -120,7 +142,8 @@ func Open(dir string, opts Options) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create raft log dir: %w", err)
 	}
-	s := &Store{dir: dir, opts: opts, log: opts.Logger}
+	s := &Store{dir: dir, opts: opts, log: opts.Logger, durableCh: make(chan struct{}), kick: make(chan struct{}, 1),
+		stop: make(chan struct{}), syncDone: make(chan struct{})}
 	// One process per log: two appending to the same segments would
 	// interleave their entries.
 	lock, err := os.OpenFile(filepath.Join(dir, "LOCK"), os.O_RDWR|os.O_CREATE, 0o600)
@@ -140,7 +163,19 @@ func Open(dir string, opts Options) (*Store, error) {
 		s.closeFiles()
 		return nil, err
 	}
+	// A process that led may have stopped with appends not yet synced;
+	// they are in the files (the kernel keeps them), but not yet on disk,
+	// and this server must not vote or acknowledge on entries a power
+	// loss could still take away.
+	for _, seg := range s.segs {
+		if err := syscall.Fdatasync(int(seg.f.Fd())); err != nil {
+			s.closeFiles()
+			return nil, fmt.Errorf("fdatasync %s: %w", seg.path, err)
+		}
+	}
+	s.durable.Store(s.last)
 	s.ensureRoom()
+	go s.syncer()
 	return s, nil
 }
 
@@ -384,7 +419,8 @@ func (s *Store) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log{l})
 
 // StoreLogs implements raft.LogStore: the batch is one write and one
 // fdatasync. Entries must follow the last one (or start anywhere in an
-// empty log).
+// empty log). While DeferSyncWhile's condition holds, a batch without a
+// configuration entry returns once written, and its fdatasync follows.
 func (s *Store) StoreLogs(logs []*raft.Log) error {
 	if len(logs) == 0 {
 		return nil
@@ -393,6 +429,9 @@ func (s *Store) StoreLogs(logs []*raft.Log) error {
 	defer s.wmu.Unlock()
 	if s.failed != nil {
 		return s.failed
+	}
+	if err := s.syncFailure(); err != nil {
+		return err
 	}
 	// Only writers change last, and they hold wmu.
 	next := logs[0].Index
@@ -420,11 +459,23 @@ func (s *Store) StoreLogs(logs []*raft.Log) error {
 	for i := range offs {
 		offs[i] += seg.size
 	}
+	deferred := s.mayDefer(logs)
 	if _, err := seg.f.WriteAt(buf, seg.size); err != nil {
 		return s.writeFailed(seg, fmt.Errorf("append raft log entries %d-%d to %s: %w", next, next+uint64(len(logs))-1, seg.path, bare(err)))
 	}
-	if err := syscall.Fdatasync(int(seg.f.Fd())); err != nil {
-		return s.writeFailed(seg, fmt.Errorf("fdatasync %s: %w", seg.path, err))
+	if !deferred {
+		// Everything written before this batch is synced with it: an
+		// acknowledgement (a follower's) covers the whole log.
+		s.smu.Lock()
+		defer s.smu.Unlock()
+		if err := s.syncPending(); err != nil {
+			s.failed = fmt.Errorf("raft log failed, no more writes: %w", err)
+			s.failSyncs(s.failed)
+			return s.fatal(s.failed)
+		}
+		if err := syscall.Fdatasync(int(seg.f.Fd())); err != nil {
+			return s.writeFailed(seg, fmt.Errorf("fdatasync %s: %w", seg.path, err))
+		}
 	}
 	s.mu.Lock()
 	seg.offs = append(seg.offs, offs...)
@@ -434,6 +485,20 @@ func (s *Store) StoreLogs(logs []*raft.Log) error {
 	}
 	s.last = logs[len(logs)-1].Index
 	s.mu.Unlock()
+	if deferred {
+		s.pmu.Lock()
+		if !slices.Contains(s.pending, seg) {
+			s.pending = append(s.pending, seg)
+		}
+		s.pendingTo = s.last
+		s.pmu.Unlock()
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	} else {
+		s.setDurable(s.last)
+	}
 	crashpoint.Hit("raft-log-appended")
 	if seg.alloc-seg.size < s.opts.SegmentSize/2 || s.low.Load() {
 		s.ensureRoom()
@@ -581,6 +646,7 @@ func (s *Store) writeFailed(seg *segment, err error) error {
 		}
 	}
 	s.failed = fmt.Errorf("raft log failed, no more writes: %w", err)
+	s.failSyncs(s.failed)
 	return s.fatal(s.failed)
 }
 
@@ -609,6 +675,11 @@ func (s *Store) DeleteRange(min, max uint64) error {
 	if s.failed != nil {
 		return s.failed
 	}
+	if err := s.syncFailure(); err != nil {
+		return err
+	}
+	s.smu.Lock()
+	defer s.smu.Unlock()
 	if s.last == 0 || max < s.first || min > s.last {
 		return nil
 	}
@@ -618,6 +689,7 @@ func (s *Store) DeleteRange(min, max uint64) error {
 		s.mu.Lock()
 		s.segs, s.first, s.last = nil, 0, 0
 		s.mu.Unlock()
+		s.forgetPending(old, 0)
 		return s.removeSegments(old)
 	case max >= s.last:
 		return s.truncateFrom(min)
@@ -633,13 +705,14 @@ func (s *Store) DeleteRange(min, max uint64) error {
 		s.segs = s.segs[keep:]
 		s.first = max + 1
 		s.mu.Unlock()
+		s.forgetPending(old, s.last)
 		return s.removeSegments(old)
 	default:
 		return fmt.Errorf("raft log: cannot delete %d-%d from the middle of %d-%d", min, max, s.first, s.last)
 	}
 }
 
-// truncateFrom removes entries index and after.
+// truncateFrom removes entries index and after. Callers hold wmu and smu.
 func (s *Store) truncateFrom(index uint64) error {
 	i := sort.Search(len(s.segs), func(i int) bool { return s.segs[i].base > index }) - 1
 	seg := s.segs[i]
@@ -655,6 +728,7 @@ func (s *Store) truncateFrom(index uint64) error {
 		s.first, s.last = 0, 0
 	}
 	s.mu.Unlock()
+	s.forgetPending(later, s.last)
 	// Later segments go first, newest first: a crash part way leaves a
 	// log that is contiguous (with entries a new leader will overwrite
 	// again), never one with a gap, which would read as damage.
@@ -695,16 +769,32 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// Close closes the segment files.
+// Close syncs what deferred appends wrote and closes the segment files.
 func (s *Store) Close() error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	if s.failed == nil {
 		s.failed = errClosed
 	}
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
+	<-s.syncDone
+	s.smu.Lock()
+	defer s.smu.Unlock()
+	var first error
+	if s.syncFailure() == nil {
+		first = s.syncPending()
+	}
+	s.failSyncs(errClosed)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.closeFiles()
+	if err := s.closeFiles(); first == nil {
+		first = err
+	}
+	return first
 }
 
 func (s *Store) closeFiles() error {
@@ -727,4 +817,146 @@ func (s *Store) closeFiles() error {
 		s.lock = nil
 	}
 	return first
+}
+
+// DeferSyncWhile lets appends return before their fdatasync while f
+// reports true. A Raft leader uses it: hashicorp/raft sends entries to the
+// followers only once the leader's append returns, so with the sync first
+// the leader's disk and the followers' took turns; now they flush at the
+// same time. Deferred appends are readable at once and synced by a
+// background writer; Durable and WaitDurable say how far the disk holds
+// the log, and the leader must neither apply an entry nor tell followers
+// it committed before it is durable here (see election). A batch with a
+// configuration entry (or any entry but a command, no-op or barrier) is
+// synced before it returns, always, so membership changes keep Raft's
+// own rule: on a majority's disks before the next one starts. An append
+// that is not deferred syncs every deferred one before it.
+func (s *Store) DeferSyncWhile(f func() bool) { s.deferSync.Store(&f) }
+
+func (s *Store) mayDefer(logs []*raft.Log) bool {
+	f := s.deferSync.Load()
+	if f == nil {
+		return false
+	}
+	for _, l := range logs {
+		switch l.Type {
+		case raft.LogCommand, raft.LogNoop, raft.LogBarrier:
+		default:
+			return false
+		}
+	}
+	return (*f)()
+}
+
+// Durable is the last index whose entry, with every one before it, is on
+// disk.
+func (s *Store) Durable() uint64 { return s.durable.Load() }
+
+// WaitDurable waits until the entry at index is on disk. It fails if the
+// disk failed a sync (the store then refuses every write and has reported
+// the failure as fatal) or the store closed.
+func (s *Store) WaitDurable(index uint64) error {
+	for {
+		if s.durable.Load() >= index {
+			return nil
+		}
+		s.pmu.Lock()
+		ch, err := s.durableCh, s.syncErr
+		s.pmu.Unlock()
+		if s.durable.Load() >= index {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		<-ch
+	}
+}
+
+func (s *Store) setDurable(index uint64) {
+	s.pmu.Lock()
+	s.durable.Store(index)
+	close(s.durableCh)
+	s.durableCh = make(chan struct{})
+	s.pmu.Unlock()
+}
+
+func (s *Store) syncFailure() error {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	return s.syncErr
+}
+
+// failSyncs records why deferred appends can no longer reach the disk and
+// wakes every waiter.
+func (s *Store) failSyncs(err error) {
+	s.pmu.Lock()
+	defer s.pmu.Unlock()
+	if s.syncErr == nil {
+		s.syncErr = err
+		close(s.durableCh)
+		s.durableCh = make(chan struct{})
+	}
+}
+
+// syncPending syncs the segments deferred appends wrote to. Callers hold
+// smu.
+func (s *Store) syncPending() error {
+	s.pmu.Lock()
+	segs, to := s.pending, s.pendingTo
+	s.pending = nil
+	s.pmu.Unlock()
+	for _, seg := range segs {
+		if err := syscall.Fdatasync(int(seg.f.Fd())); err != nil {
+			return fmt.Errorf("fdatasync %s: %w", seg.path, err)
+		}
+	}
+	if len(segs) > 0 && to > s.durable.Load() {
+		s.setDurable(to)
+	}
+	return nil
+}
+
+// syncer syncs deferred appends as they come: every append waiting when
+// one sync starts shares the next.
+func (s *Store) syncer() {
+	defer close(s.syncDone)
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-s.kick:
+		}
+		if s.testBeforeSync != nil {
+			s.testBeforeSync(s.stop)
+			select {
+			case <-s.stop: // Close syncs what is left
+				return
+			default:
+			}
+		}
+		s.smu.Lock()
+		err := s.syncPending()
+		s.smu.Unlock()
+		if err != nil {
+			// After a failed fsync the kernel may have dropped the pages:
+			// nothing written since the last good sync can be trusted.
+			err = fmt.Errorf("raft log failed, no more writes: %w", err)
+			s.failSyncs(err)
+			s.fatal(err)
+			return
+		}
+	}
+}
+
+// forgetPending drops cut or removed segments from the pending syncs and
+// lowers durable and pendingTo to last. Callers hold wmu and smu.
+func (s *Store) forgetPending(gone []*segment, last uint64) {
+	s.pmu.Lock()
+	s.pending = slices.DeleteFunc(s.pending, func(p *segment) bool { return slices.Contains(gone, p) })
+	s.pendingTo = min(s.pendingTo, last)
+	s.pmu.Unlock()
+	if d := s.durable.Load(); d > last {
+		s.setDurable(last)
+	}
 }
