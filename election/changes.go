@@ -85,9 +85,23 @@ func (c *changeLog) since(index uint64) (out []change, notify <-chan struct{}, o
 type recordingFSM struct {
 	*fsm.FSM
 	log *changeLog
+	// durable, when set, waits until the entry at an index is on this
+	// server's disk: a leader's log write overlaps its replication (see
+	// raftlog.Store.DeferSyncWhile), and Raft may count the leader's copy
+	// toward a commit before it is synced. Nothing is applied (and so
+	// nothing answered or streamed) before it is.
+	durable func(index uint64) error
 }
 
 func (r *recordingFSM) Apply(l *raft.Log) interface{} {
+	if r.durable != nil {
+		if err := r.durable(l.Index); err != nil {
+			// The log could not be synced (the server is stopping):
+			// applying the entry would show what a power loss may undo.
+			r.FSM.Halt(l.Index, err)
+			return &fsm.Result{Index: l.Index, Err: r.FSM.Err()}
+		}
+	}
 	// An entry the registry applied already (replayed after an older
 	// snapshot, see fsm.FSM.RestoreNewer) is not streamed twice.
 	fresh := l.Index > r.FSM.Index()

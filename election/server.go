@@ -59,6 +59,10 @@ type ServerConfig struct {
 	// LogSegmentSize is the size of each Raft log segment file, allocated
 	// ahead (and one spare); 0: 64 MiB.
 	LogSegmentSize int64
+	// SyncBeforeReplicating makes the leader sync its log before Raft sends
+	// the entries to the followers, as hashicorp/raft does with any store;
+	// by default the two overlap (see durable.go). For comparisons.
+	SyncBeforeReplicating bool
 	// StoreFatal is told when the Raft log fails in a way the server cannot
 	// recover from (a damaged entry, a failed write or fsync): the agent
 	// stops. Nil: the store only refuses further writes.
@@ -275,6 +279,7 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 	}
 
 	var (
+		wal    *raftlog.Store
 		logs   raft.LogStore
 		stable raft.StableStore
 		snaps  raft.SnapshotStore
@@ -293,7 +298,8 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 		if err := raftlog.MigrateBolt(filepath.Join(cfg.DataDir, "raft.db"), walDir, s.log); err != nil {
 			return nil, err
 		}
-		wal, err := raftlog.Open(walDir, raftlog.Options{Logger: s.log, Fatal: cfg.StoreFatal, SegmentSize: cfg.LogSegmentSize})
+		var err error
+		wal, err = raftlog.Open(walDir, raftlog.Options{Logger: s.log, Fatal: cfg.StoreFatal, SegmentSize: cfg.LogSegmentSize})
 		if err != nil {
 			return nil, fmt.Errorf("open raft log: %w", err)
 		}
@@ -364,15 +370,28 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 		}
 	}
 
-	f, trans, err := s.gateFresh(&recordingFSM{FSM: s.fsm, log: s.changes}, logs, stable, snaps)
+	rf := &recordingFSM{FSM: s.fsm, log: s.changes}
+	if wal != nil {
+		rf.durable = wal.WaitDurable
+	}
+	f, trans, err := s.gateFresh(rf, logs, stable, snaps)
 	if err != nil {
 		return nil, err
+	}
+	if wal != nil {
+		trans = newCommitClampTransport(trans, wal.Durable)
 	}
 	r, err := newRaft(rc, f, logs, stable, snaps, trans)
 	if err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
 	s.raft = r
+	if wal != nil && !cfg.SyncBeforeReplicating {
+		// Raft calls the store from its own goroutine, which also sets its
+		// state: a follower's append (its acknowledgement) is never
+		// deferred.
+		wal.DeferSyncWhile(func() bool { return r.State() == raft.Leader })
+	}
 	s.leases = newLeaseTracker(s)
 	s.m = newServerMetrics(cfg.Registerer, s)
 	s.freshStarted()

@@ -281,8 +281,7 @@ func (f *FSM) ApplyBytes(index uint64, data []byte) *Result {
 		return &Result{Index: index}
 	}
 	if err != nil {
-		f.halted = fmt.Errorf("%w at entry %d (the last applied is %d): %w", ErrHalted, index, f.st.index, err)
-		close(f.haltCh)
+		f.haltLocked(index, err)
 		return &Result{Index: index, Err: f.halted}
 	}
 	f.st.index = index
@@ -295,6 +294,22 @@ func (f *FSM) ApplyBytes(index uint64, data []byte) *Result {
 		f.wake(f.st.touched, false)
 	}
 	return res
+}
+
+// Halt halts the registry before the entry at index, as an entry that
+// does not decode does (see ApplyBytes): for a server that cannot vouch
+// for that entry (its own log failed to reach the disk).
+func (f *FSM) Halt(index uint64, why error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.halted == nil {
+		f.haltLocked(index, why)
+	}
+}
+
+func (f *FSM) haltLocked(index uint64, why error) {
+	f.halted = fmt.Errorf("%w at entry %d (the last applied is %d): %w", ErrHalted, index, f.st.index, why)
+	close(f.haltCh)
 }
 
 // Halted is closed when the registry halts (see ApplyBytes).

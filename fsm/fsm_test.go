@@ -354,3 +354,40 @@ func allCommands() []fsm.Command {
 }
 
 func nopCloser(b []byte) io.ReadCloser { return io.NopCloser(bytes.NewReader(b)) }
+
+// Halt stops the registry before an entry its server cannot vouch for: it
+// applies nothing more, says why (the first reason, however often it is
+// told), and refuses snapshots.
+func TestFSM_haltStopsBeforeTheEntry(t *testing.T) {
+	f := fsm.New()
+	if res := f.ApplyBytes(1, mustEncode(t, &fsm.RegisterNode{Name: "n1", Address: "10.0.0.1"})); res.Err != nil {
+		t.Fatal(res.Err)
+	}
+	disk := errors.New("fdatasync failed")
+	f.Halt(2, disk)
+	f.Halt(3, errors.New("later"))
+	res := f.ApplyBytes(2, mustEncode(t, &fsm.RegisterNode{Name: "n2", Address: "10.0.0.2"}))
+	if !errors.Is(res.Err, fsm.ErrHalted) || !errors.Is(res.Err, disk) || !strings.Contains(res.Err.Error(), "entry 2") {
+		t.Fatalf("apply after Halt: %v", res.Err)
+	}
+	if f.Index() != 1 || !errors.Is(f.Err(), disk) {
+		t.Fatalf("index %d, err %v", f.Index(), f.Err())
+	}
+	if _, err := f.Snapshot(); err == nil {
+		t.Fatal("a halted registry took a snapshot")
+	}
+	select {
+	case <-f.Halted():
+	default:
+		t.Fatal("Halted not closed")
+	}
+}
+
+func mustEncode(t *testing.T, c fsm.Command) []byte {
+	t.Helper()
+	b, err := fsm.Encode(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
