@@ -29,7 +29,8 @@ import (
 // point, and every registration that was answered 200 must be there.
 //
 //   - raft-log-appended: a one-server cluster (its own quorum) dies with a
-//     batch of entries fsynced and not yet applied;
+//     batch of entries appended and not yet applied (a leader's sync of
+//     them may still be under way: raftlog defers it);
 //   - snapshot-write: the same, with a snapshot every 16 entries, dies half
 //     way through writing one;
 //   - localstate-written: a client agent of a 3-server cluster dies with a

@@ -6,7 +6,8 @@
 //
 // Points:
 //
-//	raft-log-appended   a batch of Raft entries is on disk, not yet applied
+//	raft-log-appended   a batch of Raft entries is appended (a leader's sync
+//	                    may be under way), not yet applied
 //	snapshot-write      a snapshot is half written
 //	snapshot-install    a follower is half way through installing a snapshot
 //	localstate-written  a registration is in the local state, not yet in Raft
