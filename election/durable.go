@@ -42,6 +42,7 @@ func newCommitClampTransport(t raft.Transport, durable func() uint64) raft.Trans
 }
 
 func (t *commitClampTransport) clamp(req *raft.AppendEntriesRequest) {
+	// equivalent mutant: clamping an index equal to durable changes nothing
 	if d := t.durable(); req.LeaderCommitIndex > d {
 		req.LeaderCommitIndex = d
 	}

