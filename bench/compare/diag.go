@@ -96,8 +96,9 @@ func (b *bench) diagThroughput(what string, agents []*scNode, n int, check bool)
 }
 
 // profile (BENCH_SECTIONS=profile) records the sidecar leader and an etcd
-// member with perf while 64 writers load each system through every server,
-// and the first client agent while 64 writers go through the clients.
+// member with perf while BENCH_PROFILE_WRITERS (64) writers load each
+// system through every server, and the first client agent while as many
+// go through the clients.
 func (b *bench) profile() {
 	leader, err := b.sc.leader()
 	if err != nil {
@@ -112,15 +113,16 @@ func (b *bench) profile() {
 		}
 		return p
 	}
+	n := envInt("BENCH_PROFILE_WRITERS", 64)
 	p := perf("sidecar", leader.p.pid())
-	b.diagThroughput("all servers (profiled)", b.sc.servers, 64, false)
+	b.diagThroughput("all servers (profiled)", b.sc.servers, n, false)
 	if p != nil {
 		<-p.done
 	}
-	b.diagThroughput("leader", []*scNode{leader}, 64, false)
+	b.diagThroughput("leader", []*scNode{leader}, n, false)
 	if len(b.sc.clients) > 0 {
 		p = perf("sidecar-client", b.sc.clients[0].p.pid())
-		b.diagThroughput("clients (client-0 profiled)", b.sc.clients, 64, false)
+		b.diagThroughput("clients (client-0 profiled)", b.sc.clients, n, false)
 		if p != nil {
 			<-p.done
 		}
@@ -140,20 +142,20 @@ func (b *bench) profile() {
 		return
 	}
 	p = perf("etcd", etLeader.p.pid())
-	w, err := b.et.writers(64)
+	w, err := b.et.writers(n)
 	if err != nil {
 		b.fail("profile", err)
 		return
 	}
 	defer w.close()
 	cpu := cpuShares(b.pids())
-	rate, _ := throughput(64, 500*time.Millisecond, b.cfg.seconds, func(wi, i int) func(ctx context.Context) error {
+	rate, _ := throughput(n, 500*time.Millisecond, b.cfg.seconds, func(wi, i int) func(ctx context.Context) error {
 		return func(ctx context.Context) error {
-			_, err := w.clis[wi].Put(ctx, fmt.Sprintf("/p/%d/%d", wi, i%64), "x")
+			_, err := w.clis[wi].Put(ctx, fmt.Sprintf("/p/%d/%d", wi, i%diagKeys), "x")
 			return err
 		}
 	})
-	logf("etcd put 64 (profiled): %.0f/s; CPUs used: %s", rate, cpu())
+	logf("etcd put %d (profiled): %.0f/s; CPUs used: %s", n, rate, cpu())
 	if p != nil {
 		<-p.done
 	}
