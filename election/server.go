@@ -63,6 +63,9 @@ type ServerConfig struct {
 	// the entries to the followers, as hashicorp/raft does with any store;
 	// by default the two overlap (see durable.go). For comparisons.
 	SyncBeforeReplicating bool
+	// LogBeforeSync, when set, runs before each background sync of the
+	// leader's log (raftlog.Options.BeforeSync): tests hold syncs with it.
+	LogBeforeSync func(stop <-chan struct{})
 	// StoreFatal is told when the Raft log fails in a way the server cannot
 	// recover from (a damaged entry, a failed write or fsync): the agent
 	// stops. Nil: the store only refuses further writes.
@@ -299,7 +302,7 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 			return nil, err
 		}
 		var err error
-		wal, err = raftlog.Open(walDir, raftlog.Options{Logger: s.log, Fatal: cfg.StoreFatal, SegmentSize: cfg.LogSegmentSize})
+		wal, err = raftlog.Open(walDir, raftlog.Options{Logger: s.log, Fatal: cfg.StoreFatal, SegmentSize: cfg.LogSegmentSize, BeforeSync: cfg.LogBeforeSync})
 		if err != nil {
 			return nil, fmt.Errorf("open raft log: %w", err)
 		}

@@ -9,26 +9,21 @@ import (
 	"github.com/hashicorp/raft"
 )
 
-// holdSyncs keeps the background sync from starting until the returned
-// func is called (at the latest when the test ends).
-func holdSyncs(t *testing.T, s *Store) (release func()) {
+// holdSyncs returns options whose background syncs wait until release is
+// called (at the latest when the test ends).
+func holdSyncs(t *testing.T, opts Options) (_ Options, release func()) {
 	t.Helper()
 	gate := make(chan struct{})
-	s.testBeforeSync = func(stop <-chan struct{}) {
+	opts.BeforeSync = func(stop <-chan struct{}) {
 		select {
 		case <-gate:
 		case <-stop:
 		}
 	}
-	released := false
-	release = func() {
-		if !released {
-			released = true
-			close(gate)
-		}
-	}
+	var once sync.Once
+	release = func() { once.Do(func() { close(gate) }) }
 	t.Cleanup(release)
-	return release
+	return opts, release
 }
 
 func deferAlways(s *Store) { s.DeferSyncWhile(func() bool { return true }) }
@@ -38,12 +33,12 @@ func deferAlways(s *Store) { s.DeferSyncWhile(func() bool { return true }) }
 // moves only when the sync is done.
 func TestStoreLogs_deferredAppendIsReadableAtOnceAndDurableAfterItsSync(t *testing.T) {
 	dir := t.TempDir()
-	s := open(t, dir, Options{SegmentSize: 1 << 20})
+	opts, release := holdSyncs(t, Options{SegmentSize: 1 << 20})
+	s := open(t, dir, opts)
 	store(t, s, 1, 3)
 	if d := s.Durable(); d != 3 {
 		t.Fatalf("durable %d after synced appends of 1-3", d)
 	}
-	release := holdSyncs(t, s)
 	deferAlways(s)
 	store(t, s, 4, 20)
 	check(t, s, 1, 20)
@@ -65,8 +60,8 @@ func TestStoreLogs_deferredAppendIsReadableAtOnceAndDurableAfterItsSync(t *testi
 // server no longer leads), appends are synced before they return, and
 // with them every deferred one before.
 func TestStoreLogs_appendThatIsNotDeferredSyncsTheDeferredOnes(t *testing.T) {
-	s := open(t, t.TempDir(), Options{SegmentSize: 1 << 20})
-	holdSyncs(t, s)
+	opts, _ := holdSyncs(t, Options{SegmentSize: 1 << 20})
+	s := open(t, t.TempDir(), opts)
 	var leads bool
 	s.DeferSyncWhile(func() bool { return leads })
 	leads = true
@@ -85,8 +80,8 @@ func TestStoreLogs_appendThatIsNotDeferredSyncsTheDeferredOnes(t *testing.T) {
 // membership change once one is committed, so it must be on the leader's
 // disk when the leader counts itself.
 func TestStoreLogs_configurationEntriesAreNeverDeferred(t *testing.T) {
-	s := open(t, t.TempDir(), Options{SegmentSize: 1 << 20})
-	holdSyncs(t, s)
+	opts, _ := holdSyncs(t, Options{SegmentSize: 1 << 20})
+	s := open(t, t.TempDir(), opts)
 	deferAlways(s)
 	store(t, s, 1, 2)
 	for _, typ := range []raft.LogType{raft.LogNoop, raft.LogBarrier} {
@@ -115,7 +110,8 @@ func TestStoreLogs_configurationEntriesAreNeverDeferred(t *testing.T) {
 // Entries a new leader overwrites leave durable behind: a sync that covered
 // them must not count for the entries written at their indexes again.
 func TestDeleteRange_cutEntriesAreNotDurable(t *testing.T) {
-	s := open(t, t.TempDir(), Options{SegmentSize: 1 << 20})
+	opts, release := holdSyncs(t, Options{SegmentSize: 1 << 20})
+	s := open(t, t.TempDir(), opts)
 	store(t, s, 1, 8)
 	if err := s.DeleteRange(6, 8); err != nil {
 		t.Fatal(err)
@@ -123,7 +119,6 @@ func TestDeleteRange_cutEntriesAreNotDurable(t *testing.T) {
 	if d := s.Durable(); d != 5 {
 		t.Fatalf("durable %d after cutting 6-8, want 5", d)
 	}
-	release := holdSyncs(t, s)
 	deferAlways(s)
 	store(t, s, 6, 9)
 	if err := s.DeleteRange(8, 9); err != nil {
@@ -149,9 +144,9 @@ func TestDeleteRange_cutEntriesAreNotDurable(t *testing.T) {
 // before the entries it could not sync, and no write is taken after it.
 func TestStoreLogs_failedBackgroundSyncIsFatal(t *testing.T) {
 	fatal := make(chan error, 4)
-	s := open(t, t.TempDir(), Options{SegmentSize: 1 << 20, Fatal: func(err error) { fatal <- err }})
+	opts, release := holdSyncs(t, Options{SegmentSize: 1 << 20, Fatal: func(err error) { fatal <- err }})
+	s := open(t, t.TempDir(), opts)
 	store(t, s, 1, 2)
-	release := holdSyncs(t, s)
 	deferAlways(s)
 	store(t, s, 3, 5)
 	s.segs[0].f.Close() // the sync now fails as an I/O error would
@@ -176,8 +171,8 @@ func TestStoreLogs_failedBackgroundSyncIsFatal(t *testing.T) {
 // Close ends every wait; what deferred appends wrote is synced first.
 func TestStore_closeEndsWaitsAndSyncsDeferredAppends(t *testing.T) {
 	dir := t.TempDir()
-	s := open(t, dir, Options{SegmentSize: 1 << 20})
-	holdSyncs(t, s)
+	opts, _ := holdSyncs(t, Options{SegmentSize: 1 << 20})
+	s := open(t, dir, opts)
 	deferAlways(s)
 	store(t, s, 1, 4)
 	if err := s.Close(); err != nil {

@@ -43,6 +43,10 @@ type Options struct {
 	// persisted. The store refuses every later write either way.
 	Fatal  func(error)
 	Logger *slog.Logger
+	// BeforeSync, when set, runs before each background sync of deferred
+	// appends (see DeferSyncWhile); tests hold syncs back with it. It must
+	// return once stop is closed (Close waits for it).
+	BeforeSync func(stop <-chan struct{})
 }
 
 const (
@@ -93,9 +97,6 @@ type Store struct {
 	kick      chan struct{}
 	stop      chan struct{}
 	syncDone  chan struct{}
-	// testBeforeSync, set by tests before the first deferred append, runs
-	// before each background sync: it holds the sync back.
-	testBeforeSync func(stop <-chan struct{})
 }
 
 type segment struct {
@@ -927,8 +928,8 @@ func (s *Store) syncer() {
 			return
 		case <-s.kick:
 		}
-		if s.testBeforeSync != nil {
-			s.testBeforeSync(s.stop)
+		if s.opts.BeforeSync != nil {
+			s.opts.BeforeSync(s.stop)
 			select {
 			case <-s.stop: // Close syncs what is left
 				return
