@@ -93,6 +93,9 @@ func (s *Server) runNudges() {
 	held.Stop()
 	holding := false
 	barrier := func() {
+		if s.alone() {
+			return // no follower to tell
+		}
 		s.m.commitNudges.Inc()
 		// Barrier returns once the leader loop took it (a follower or a
 		// stopped Raft refuses it at once); a barrier refused only
@@ -123,4 +126,15 @@ func (s *Server) runNudges() {
 			}
 		}
 	}
+}
+
+// alone reports whether this server is the only one in the latest Raft
+// configuration: a commit then has no follower to reach, and a barrier
+// would only cost a log write.
+func (s *Server) alone() bool {
+	f := s.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	return len(f.Configuration().Servers) <= 1
 }

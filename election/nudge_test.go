@@ -213,3 +213,45 @@ func TestSafetyMargin_coversDriftAndScheduling(t *testing.T) {
 		}
 	}
 }
+
+// A one-server cluster has no follower to tell of a commit: no barrier
+// follows its writes, however they come (a dev agent's writes were two
+// log entries each).
+func TestServer_oneServerAppendsNoNudges(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	servers := tcpClusterWith(t, 1, func(c *election.ServerConfig) { c.Registerer = reg })
+	s := servers[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	select {
+	case <-s.LeaseTrackerReady():
+	case <-ctx.Done():
+		t.Fatal("the lease tracker never led")
+	}
+	addr := string(s.Addr())
+	local := election.NewRemote(s, nil)
+	remote := election.NewRemote(nil, func() []string { return []string{addr} })
+	remote.FedBy(func() string { return "elsewhere:1" }) // a writer that asks for its nudge at once
+	t.Cleanup(remote.Close)
+	var last uint64
+	for i := range 3 {
+		for _, r := range []*election.Remote{local, remote} {
+			res, err := r.Apply(ctx, &fsm.RegisterNode{Name: "n" + strconv.Itoa(i), Address: "10.0.0.1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			last = res.Index
+		}
+	}
+	deadline := time.Now().Add(100 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		if n := counterValue(t, reg, "sidecar_raft_commit_nudges_total"); n != 0 {
+			t.Fatalf("%v barriers on a one-server cluster", n)
+		}
+		if li := s.Raft().LastIndex(); li != last {
+			t.Fatalf("log at %d after the last write at %d: something followed it", li, last)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
