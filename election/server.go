@@ -59,10 +59,6 @@ type ServerConfig struct {
 	// LogSegmentSize is the size of each Raft log segment file, allocated
 	// ahead (and one spare); 0: 64 MiB.
 	LogSegmentSize int64
-	// SyncBeforeReplicating makes the leader sync its log before Raft sends
-	// the entries to the followers, as hashicorp/raft does with any store;
-	// by default the two overlap (see durable.go). For comparisons.
-	SyncBeforeReplicating bool
 	// LogBeforeSync, when set, runs before each background sync of the
 	// leader's log (raftlog.Options.BeforeSync): tests hold syncs with it.
 	LogBeforeSync func(stop <-chan struct{})
@@ -389,7 +385,8 @@ func NewServer(cfg ServerConfig) (s *Server, err error) {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
 	s.raft = r
-	if wal != nil && !cfg.SyncBeforeReplicating {
+	if wal != nil {
+		// The leader's log write overlaps its replication (durable.go).
 		// Raft calls the store from its own goroutine, which also sets its
 		// state: a follower's append (its acknowledgement) is never
 		// deferred.
