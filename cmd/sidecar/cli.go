@@ -282,6 +282,9 @@ func cmdStatus(ctx context.Context, s *streams, args []string) error {
 	fmt.Fprintf(tw, "applied index\t%d\n", st.AppliedIndex)
 	fmt.Fprintf(tw, "registry index\t%d\n", st.RegistryIndex)
 	fmt.Fprintf(tw, "registry digest\t%s\n", st.Digest)
+	if st.StreamServer != "" {
+		fmt.Fprintf(tw, "stream server\t%s\n", st.StreamServer)
+	}
 	fmt.Fprintf(tw, "peers\t%s\n", strings.Join(st.Peers, ", "))
 	return tw.Flush()
 }

@@ -78,7 +78,7 @@ func TestCLI_readCommands(t *testing.T) {
 	fa = newFakeAgent(t, map[string]http.HandlerFunc{
 		"GET /v1/members": jsonReply(200, `[{"name":"b","addr":"10.0.0.2","port":7946,"role":"client","status":"alive"},
 			{"name":"a","addr":"::1","port":7946,"role":"server","status":"failed"}]`),
-		"GET /v1/status":            jsonReply(200, `{"node":"a","role":"server","leader":"","term":4,"commit_index":9,"applied_index":9,"peers":["a"]}`),
+		"GET /v1/status":            jsonReply(200, `{"node":"a","role":"client","leader":"","term":4,"commit_index":9,"applied_index":9,"peers":["a"],"stream_server":"s1"}`),
 		"GET /v1/services":          jsonReply(200, `{"web":["v1","prod"],"db":[]}`),
 		"GET /v1/services/web":      jsonReply(200, `[{"id":"web-2","name":"web","node":"b","address":"10.0.0.2","port":80,"tags":["v1"],"status":"critical"},{"id":"web-1","name":"web","node":"a","address":"10.0.0.1","port":80,"tags":["v1","prod"],"status":"passing"}]`),
 		"GET /v1/services/nothing":  jsonReply(200, `null`),
@@ -102,7 +102,7 @@ func TestCLI_readCommands(t *testing.T) {
 	}{
 		{args: []string{"members"}, want: []string{"NAME", "ADDRESS", "a", "[::1]:7946", "server", "failed", "b", "10.0.0.2:7946", "alive"}},
 		{args: []string{"members", "--json"}, want: []string{`"name": "b"`, `"name": "a"`}},
-		{args: []string{"status"}, want: []string{"node", "a", "leader", "(none)", "term", "4", "peers", "a"}},
+		{args: []string{"status"}, want: []string{"node", "a", "leader", "(none)", "term", "4", "stream server", "s1", "peers", "a"}},
 		{args: []string{"status", "--json"}, want: []string{`"commit_index": 9`}},
 		{args: []string{"services"}, want: []string{"NAME", "TAGS", "db", "web", "v1,prod"}},
 		{args: []string{"services", "--json"}, want: []string{`"web": [`}},
