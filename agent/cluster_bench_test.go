@@ -76,6 +76,28 @@ func nudges(b *testing.B, servers []*agenttest.Agent) (n float64) {
 	return n
 }
 
+// BenchmarkCluster_registrationsWithTTLCheck is BenchmarkCluster_writesThroughLeader
+// with a TTL check in every registration, as make bench's registration
+// row: the difference is what a check costs on the write path.
+func BenchmarkCluster_registrationsWithTTLCheck(b *testing.B) {
+	nodes := benchCluster(b)
+	var leader *agenttest.Agent
+	agenttest.WaitFor(b, 10*time.Second, "a leader", func() bool {
+		for _, n := range nodes {
+			if n.Server().IsLeader() {
+				leader = n
+				return true
+			}
+		}
+		return false
+	})
+	for _, n := range []int{1, 16} {
+		b.Run(fmt.Sprintf("writers=%d", n), func(b *testing.B) {
+			benchRegistrations(b, leader, n, `[{"type":"ttl","ttl":"10s"}]`)
+		})
+	}
+}
+
 func benchCluster(b *testing.B) []*agenttest.Agent {
 	return agenttest.Cluster(b, 3, func(c *agent.Config) {
 		rc := election.DefaultServerConfig()
@@ -87,6 +109,12 @@ func benchCluster(b *testing.B) []*agenttest.Agent {
 // benchWrites runs b.N registrations through a's HTTP API: writers
 // concurrent writers, each cycling over 1,000 ids of its own.
 func benchWrites(b *testing.B, a *agenttest.Agent, writers int) {
+	benchRegistrations(b, a, writers, "")
+}
+
+// benchRegistrations is benchWrites with checks (a JSON array, "" for
+// none) in every registration.
+func benchRegistrations(b *testing.B, a *agenttest.Agent, writers int, checks string) {
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: writers}}
 	defer hc.CloseIdleConnections()
 	var next atomic.Int64
@@ -102,6 +130,9 @@ func benchWrites(b *testing.B, a *agenttest.Agent, writers int) {
 				began := time.Now()
 				id := w*1000 + i%1000
 				body := fmt.Sprintf(`{"id":"inst-%d","name":"svc-%d","address":"10.0.%d.%d","port":%d}`, id, id%100, id>>8&255, id&255, 1024+i)
+				if checks != "" {
+					body = body[:len(body)-1] + `,"checks":` + checks + `}`
+				}
 				req, _ := http.NewRequest(http.MethodPut, a.URL+"/v1/services", strings.NewReader(body))
 				resp, err := hc.Do(req)
 				if err != nil {
