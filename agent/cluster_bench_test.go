@@ -28,16 +28,7 @@ import (
 // benchmark of another commit for a ratio (the disk's speed varies).
 func BenchmarkCluster_writesThroughLeader(b *testing.B) {
 	nodes := benchCluster(b)
-	var leader *agenttest.Agent
-	agenttest.WaitFor(b, 10*time.Second, "a leader", func() bool {
-		for _, n := range nodes {
-			if n.Server().IsLeader() {
-				leader = n
-				return true
-			}
-		}
-		return false
-	})
+	leader := benchLeader(b, nodes)
 	benchWriters(b, leader, nodes)
 }
 
@@ -81,7 +72,16 @@ func nudges(b *testing.B, servers []*agenttest.Agent) (n float64) {
 // row: the difference is what a check costs on the write path.
 func BenchmarkCluster_registrationsWithTTLCheck(b *testing.B) {
 	nodes := benchCluster(b)
-	var leader *agenttest.Agent
+	leader := benchLeader(b, nodes)
+	for _, n := range []int{1, 16} {
+		b.Run(fmt.Sprintf("writers=%d", n), func(b *testing.B) {
+			benchRegistrations(b, leader, n, `[{"type":"ttl","ttl":"10s"}]`)
+		})
+	}
+}
+
+// benchLeader waits for one of nodes to lead and returns it.
+func benchLeader(b *testing.B, nodes []*agenttest.Agent) (leader *agenttest.Agent) {
 	agenttest.WaitFor(b, 10*time.Second, "a leader", func() bool {
 		for _, n := range nodes {
 			if n.Server().IsLeader() {
@@ -91,11 +91,7 @@ func BenchmarkCluster_registrationsWithTTLCheck(b *testing.B) {
 		}
 		return false
 	})
-	for _, n := range []int{1, 16} {
-		b.Run(fmt.Sprintf("writers=%d", n), func(b *testing.B) {
-			benchRegistrations(b, leader, n, `[{"type":"ttl","ttl":"10s"}]`)
-		})
-	}
+	return leader
 }
 
 func benchCluster(b *testing.B) []*agenttest.Agent {
@@ -168,15 +164,8 @@ func benchRegistrations(b *testing.B, a *agenttest.Agent, writers int, checks st
 // pair also measures how soon followers learn that an entry committed.
 func BenchmarkCluster_lockPair(b *testing.B) {
 	nodes := benchCluster(b)
-	var leader, follower *agenttest.Agent
-	agenttest.WaitFor(b, 10*time.Second, "a leader", func() bool {
-		for _, n := range nodes {
-			if n.Server().IsLeader() {
-				leader = n
-			}
-		}
-		return leader != nil
-	})
+	leader := benchLeader(b, nodes)
+	var follower *agenttest.Agent
 	for _, n := range nodes {
 		if n != leader {
 			follower = n
