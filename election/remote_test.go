@@ -395,6 +395,44 @@ func TestReplica_movesToThePreferredServerOnceKnown(t *testing.T) {
 	waitFor(t, 10*time.Second, "the stream to move to the leader", func() bool { return toLeader.Load() > 0 && r.Current() == nil })
 }
 
+
+// TestReplica_staysCurrentWhileItMoves: moving the stream to the leader is
+// planned, so the copy stays current (and the agent ready) throughout; an
+// agent's /readyz must not flap each time its stream changes servers.
+func TestReplica_staysCurrentWhileItMoves(t *testing.T) {
+	t.Parallel()
+	servers := tcpCluster(t, 3)
+	leader, follower := leaderAndFollower(servers)
+	viaLeader, toLeader := countingProxy(t, string(leader.Addr()))
+	var known atomic.Bool
+	reg := fsm.New()
+	r := election.NewReplica(reg, func() []string { return []string{string(follower.Addr())} }, nil)
+	r.Prefer(func() string {
+		if known.Load() {
+			return viaLeader
+		}
+		return ""
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { defer close(done); r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, 10*time.Second, "a stream from the follower", func() bool { return r.Current() == nil })
+	known.Store(true)
+	deadline := time.Now().Add(10 * time.Second)
+	for r.Server() != viaLeader || toLeader.Load() == 0 {
+		if err := r.Current(); err != nil {
+			t.Fatalf("the copy stopped being current while its stream moved to the leader: %v", err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the stream did not move to the leader within 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := r.Current(); err != nil {
+		t.Fatalf("the copy is not current on the leader's stream: %v", err)
+	}
+}
 // leaderAndFollower picks the leader of servers and one follower.
 func leaderAndFollower(servers []*election.Server) (leader, follower *election.Server) {
 	for _, s := range servers {

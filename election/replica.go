@@ -95,7 +95,7 @@ func (r *Replica) Run(ctx context.Context) {
 	defer r.rpc.close()
 	// equivalent mutant: the retry backoff is a tuning constant
 	backoff := 50 * time.Millisecond
-	skipPrefer := false
+	skipPrefer, moving := false, false
 	for ctx.Err() == nil {
 		list := r.servers()
 		if len(list) == 0 {
@@ -113,15 +113,24 @@ func (r *Replica) Run(ctx context.Context) {
 				addr, preferred = p, true
 			}
 		}
-		err := r.follow(ctx, addr, skipPrefer)
+		err := r.follow(ctx, addr, skipPrefer, moving)
 		// A preferred server that failed us is skipped once, so that a
 		// stale idea of the leader cannot keep the copy from any stream.
-		skipPrefer = preferred && !errors.Is(err, errMoveToPreferred)
-		r.mu.Lock()
-		r.server = ""
-		r.mu.Unlock()
+		moving = errors.Is(err, errMoveToPreferred)
+		skipPrefer = preferred && !moving
+		// A planned move keeps the server named: the copy is as current
+		// as the stream just closed left it, so it stays so (and the agent
+		// ready) while the next stream connects, which it does at once.
+		if !moving || ctx.Err() != nil {
+			r.mu.Lock()
+			r.server = ""
+			r.mu.Unlock()
+		}
 		if ctx.Err() != nil {
 			return
+		}
+		if moving {
+			continue
 		}
 		r.log.Debug("change stream ended; resuming elsewhere", "server", addr, "index", r.fsm.Index(), "err", err)
 		select {
@@ -138,8 +147,9 @@ var errMoveToPreferred = errors.New("election: moving to the preferred server")
 // follow streams from addr until the stream fails or moves to the
 // preferred server; afterPreferFailed (the preferred server just failed
 // us) waits a full preferCheck before asking again, so that a stale idea
-// of the leader is not retried at once.
-func (r *Replica) follow(ctx context.Context, addr string, afterPreferFailed bool) (err error) {
+// of the leader is not retried at once. moving (the last stream closed to
+// move here) keeps the copy's freshness as that stream left it.
+func (r *Replica) follow(ctx context.Context, addr string, afterPreferFailed, moving bool) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	from := r.fsm.Index()
@@ -156,7 +166,10 @@ func (r *Replica) follow(ctx context.Context, addr string, afterPreferFailed boo
 		return fmt.Errorf("stream from %s: %s", addr, resp.Status)
 	}
 	r.mu.Lock()
-	r.server, r.lastHeard, r.behind = addr, time.Now(), true
+	r.server = addr
+	if !moving {
+		r.lastHeard, r.behind = time.Now(), true
+	}
 	r.mu.Unlock()
 	// A stream that goes silent is cut, so a dead server is left quickly.
 	// equivalent mutant: the watchdog's period is a tuning constant (a shorter one only reconnects more)
