@@ -32,7 +32,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: compare run|etcd-hold [flags]")
+		fmt.Fprintln(os.Stderr, "usage: compare run|etcd-hold|noop-http [flags]")
 		os.Exit(2)
 	}
 	// gRPC reports every reconnect to a killed etcd member on stderr.
@@ -42,8 +42,10 @@ func main() {
 		os.Exit(run(os.Args[2:]))
 	case "etcd-hold":
 		os.Exit(etcdHold(os.Args[2:]))
+	case "noop-http":
+		os.Exit(noopHTTP(os.Args[2:]))
 	default:
-		fmt.Fprintln(os.Stderr, "usage: compare run|etcd-hold [flags]")
+		fmt.Fprintln(os.Stderr, "usage: compare run|etcd-hold|noop-http [flags]")
 		os.Exit(2)
 	}
 }
@@ -496,6 +498,9 @@ func (b *bench) run() int {
 	if need("diag") {
 		b.scEmpty = false
 		b.diag()
+	}
+	if need("floor") {
+		b.httpFloor()
 	}
 	if need("profile") {
 		b.scEmpty = false
