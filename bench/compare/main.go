@@ -194,7 +194,9 @@ func (b *bench) run() int {
 	rLock50 := b.add(&row{sec: "lock", what: "uncontended lock acquire+release: p50", goal: "≤ etcd", met: ratioAtMost(1)})
 	rLock99 := b.add(&row{sec: "lock", what: "uncontended lock acquire+release: p99", goal: "≤ etcd", met: ratioAtMost(1)})
 	rReg16 := b.add(&row{sec: "throughput", what: "registration throughput, 16 clients (sidecar register+TTL check; etcd lease grant + put)", unit: unitRate, goal: "≥ 3× etcd", met: ratioAtLeast(3)})
+	rReg16L := b.add(&row{sec: "throughput", what: "  same, 16 clients through the Raft leader's HTTP", unit: unitRate, goal: "≥ 2× etcd", met: ratioAtLeast(2)})
 	rReg64 := b.add(&row{sec: "throughput", what: "registration throughput, 64 clients", unit: unitRate})
+	rReg64L := b.add(&row{sec: "throughput", what: "  same, 64 clients through the Raft leader's HTTP", unit: unitRate, goal: "≥ 2× etcd", met: ratioAtLeast(2)})
 	rPut16 := b.add(&row{sec: "throughput", what: "write throughput, 16 clients spread over the servers (sidecar register; etcd put)", unit: unitRate})
 	rPut16L := b.add(&row{sec: "throughput", what: "  same, 16 clients through the Raft leader's HTTP", unit: unitRate, goal: "≥ etcd", met: ratioAtLeast(1)})
 	rPut16C := b.add(&row{sec: "throughput", what: "  same, 16 clients through the client agents", unit: unitRate, goal: "≥ etcd", met: ratioAtLeast(1)})
@@ -450,7 +452,9 @@ func (b *bench) run() int {
 			last    bool
 		}{
 			{16, true, "the servers", servers, rReg16, true, false},
+			{16, true, "the leader", leader, rReg16L, false, false},
 			{64, true, "the servers", servers, rReg64, true, false},
+			{64, true, "the leader", leader, rReg64L, false, false},
 			{16, false, "the servers", servers, rPut16, true, false},
 			{16, false, "the leader", leader, rPut16L, false, false},
 			{16, false, "the clients", clients, rPut16C, false, false},
