@@ -395,7 +395,6 @@ func TestReplica_movesToThePreferredServerOnceKnown(t *testing.T) {
 	waitFor(t, 10*time.Second, "the stream to move to the leader", func() bool { return toLeader.Load() > 0 && r.Current() == nil })
 }
 
-
 // TestReplica_staysCurrentWhileItMoves: moving the stream to the leader is
 // planned, so the copy stays current (and the agent ready) throughout; an
 // agent's /readyz must not flap each time its stream changes servers.
@@ -433,6 +432,7 @@ func TestReplica_staysCurrentWhileItMoves(t *testing.T) {
 		t.Fatalf("the copy is not current on the leader's stream: %v", err)
 	}
 }
+
 // leaderAndFollower picks the leader of servers and one follower.
 func leaderAndFollower(servers []*election.Server) (leader, follower *election.Server) {
 	for _, s := range servers {
