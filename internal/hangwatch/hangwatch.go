@@ -79,11 +79,63 @@ func Report(w io.Writer, dump []byte, after time.Duration) {
 		fmt.Fprintf(w, "%s\n\n", g)
 		summary = append(summary, fmt.Sprintf("hangwatch:   %s blocked in %s", test, at))
 	}
-	fmt.Fprintf(w, "hangwatch: still running after %v (the stacks of their goroutines are above; %d more wait in t.Parallel):\n", after, paused)
 	if len(summary) == 0 {
-		summary = append(summary, "hangwatch:   no goroutine is in a test function (a hang in TestMain or in cleanup)")
+		summary = reportOutsideTests(w, dump)
 	}
+	fmt.Fprintf(w, "hangwatch: still running after %v (the stacks of their goroutines are above; %d more wait in t.Parallel):\n", after, paused)
 	fmt.Fprintln(w, strings.Join(summary, "\n"))
+}
+
+// reportOutsideTests covers a hang where no test function runs: in a
+// cleanup (t.Cleanup, run by testing.tRunner after the test returned) or in
+// TestMain. It writes every goroutine with a frame outside the standard
+// library (what a cleanup waits for is usually one of them, a server's
+// loop say) and returns a line for each that the test runner itself
+// runs, naming where it is blocked.
+func reportOutsideTests(w io.Writer, dump []byte) []string {
+	var summary []string
+	for _, g := range bytes.Split(dump, []byte("\n\n")) {
+		id, frames := goroutineFrames(string(g))
+		at := ""
+		runner := false
+		for _, f := range frames {
+			fn := funcName(f)
+			if at == "" && !isStd(fn) {
+				at = f
+			}
+			if fn == "testing.tRunner" || fn == "testing.(*M).Run" {
+				runner = true
+			}
+		}
+		if at == "" {
+			continue
+		}
+		fmt.Fprintf(w, "%s\n\n", g)
+		if runner {
+			summary = append(summary, fmt.Sprintf("hangwatch:   %s (no test function: a cleanup or TestMain) blocked in %s", id, at))
+		}
+	}
+	if len(summary) == 0 {
+		summary = append(summary, "hangwatch:   no goroutine is in a test function, a cleanup or TestMain")
+	}
+	return summary
+}
+
+// goroutineFrames splits one goroutine of a dump into its header's
+// "goroutine N" and its frames (each a function line and its file line).
+func goroutineFrames(g string) (id string, frames []string) {
+	lines := strings.Split(strings.TrimSpace(g), "\n")
+	if len(lines) < 3 || !strings.HasPrefix(lines[0], "goroutine ") {
+		return "", nil
+	}
+	id = lines[0]
+	if i := strings.Index(id, " ["); i > 0 {
+		id = id[:i]
+	}
+	for i := 1; i+1 < len(lines); i += 2 {
+		frames = append(frames, strings.TrimSpace(lines[i])+" "+strings.TrimSpace(lines[i+1]))
+	}
+	return id, frames
 }
 
 // testGoroutine reports whether a goroutine's stack runs a test (a frame
@@ -91,14 +143,7 @@ func Report(w io.Writer, dump []byte, after time.Duration) {
 // the innermost frame outside the standard library; waiting: the test has
 // not started, its first frame outside the runtime is t.Parallel.
 func testGoroutine(g string) (test, at string, waiting, ok bool) {
-	lines := strings.Split(strings.TrimSpace(g), "\n")
-	if len(lines) < 3 || !strings.HasPrefix(lines[0], "goroutine ") {
-		return "", "", false, false
-	}
-	var frames []string // function lines; the file line follows each
-	for i := 1; i+1 < len(lines); i += 2 {
-		frames = append(frames, strings.TrimSpace(lines[i])+" "+strings.TrimSpace(lines[i+1]))
-	}
+	_, frames := goroutineFrames(g)
 	for i, f := range frames {
 		if !strings.HasPrefix(f, "testing.tRunner(") || i == 0 {
 			continue

@@ -71,6 +71,59 @@ func TestReport_noTestGoroutine(t *testing.T) {
 	}
 }
 
+// A hang in a cleanup (no test function runs any more) names the
+// cleanup's goroutine and where it waits, and prints the other goroutines
+// of the code under test, which it is likely waiting for; goroutines of
+// the standard library alone are left out.
+func TestReport_hangInACleanup(t *testing.T) {
+	dump := []byte(`goroutine 9 [chan receive]:
+github.com/x/raft.(*Raft).Shutdown(0xc0)
+	/m/raft/api.go:10 +0x1
+github.com/x/y_test.cluster.func1()
+	/x/y_test.go:20 +0x1
+testing.(*common).Cleanup.func1()
+	/go/src/testing/testing.go:1 +0x1
+testing.(*common).runCleanup(0xc0, 0x0)
+	/go/src/testing/testing.go:2 +0x1
+testing.tRunner.func2()
+	/go/src/testing/testing.go:3 +0x1
+testing.tRunner(0xc0, 0xc1)
+	/go/src/testing/testing.go:4 +0x1
+created by testing.(*T).Run in goroutine 1
+	/go/src/testing/testing.go:5 +0x1
+
+goroutine 12 [select]:
+github.com/x/raft.(*Raft).runFSM(0xc0)
+	/m/raft/fsm.go:30 +0x1
+created by github.com/x/raft.NewRaft in goroutine 9
+	/m/raft/api.go:5 +0x1
+
+goroutine 13 [IO wait]:
+internal/poll.runtime_pollWait(0x0, 0x72)
+	/go/src/runtime/netpoll.go:1 +0x1
+net/http.(*persistConn).readLoop(0xc0)
+	/go/src/net/http/transport.go:1 +0x1
+created by net/http.(*Transport).dialConn in goroutine 1
+	/go/src/net/http/transport.go:2 +0x1
+`)
+	var out bytes.Buffer
+	Report(&out, dump, time.Second)
+	got := out.String()
+	lines := strings.Split(strings.TrimSpace(got), "\n")
+	if last := lines[len(lines)-1]; !strings.Contains(last, "goroutine 9 (no test function: a cleanup or TestMain) blocked in github.com/x/raft.(*Raft).Shutdown(0xc0)") {
+		t.Fatalf("last line %q does not name the cleanup's goroutine:\n%s", last, got)
+	}
+	if !strings.Contains(got, "runFSM") {
+		t.Fatalf("the code under test's other goroutine is missing:\n%s", got)
+	}
+	if strings.Contains(got, "readLoop") {
+		t.Fatalf("a standard-library goroutine was printed:\n%s", got)
+	}
+	if strings.Count(got, "hangwatch:   ") != 1 {
+		t.Fatalf("want one summary line, for the cleanup:\n%s", got)
+	}
+}
+
 func blockHere(release chan struct{}) { <-release }
 
 func notATest(wg *sync.WaitGroup, idle chan struct{}) {
