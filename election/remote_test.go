@@ -366,17 +366,15 @@ func TestReplica_streamsFromThePreferredServerFirst(t *testing.T) {
 	}
 }
 
-// TestReplica_movesToThePreferredServerOnceKnown: a client that started on
-// a follower (no leader known yet) moves its stream to the leader once it
-// learns of it (checked every preferCheck, 2 s).
-func TestReplica_movesToThePreferredServerOnceKnown(t *testing.T) {
-	t.Parallel()
+// replicaOnAFollower starts a replica streaming from a follower of a
+// three-server cluster that learns of the leader (through a counting proxy,
+// viaLeader) only once known is set. The replica stops with the test.
+func replicaOnAFollower(t *testing.T) (r *election.Replica, viaLeader string, toLeader *atomic.Int64, known *atomic.Bool) {
 	servers := tcpCluster(t, 3)
 	leader, follower := leaderAndFollower(servers)
-	viaLeader, toLeader := countingProxy(t, string(leader.Addr()))
-	var known atomic.Bool
-	reg := fsm.New()
-	r := election.NewReplica(reg, func() []string { return []string{string(follower.Addr())} }, nil)
+	viaLeader, toLeader = countingProxy(t, string(leader.Addr()))
+	known = new(atomic.Bool)
+	r = election.NewReplica(fsm.New(), func() []string { return []string{string(follower.Addr())} }, nil)
 	r.Prefer(func() string {
 		if known.Load() {
 			return viaLeader
@@ -386,11 +384,20 @@ func TestReplica_movesToThePreferredServerOnceKnown(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan struct{})
 	go func() { defer close(done); r.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	t.Cleanup(func() { cancel(); <-done })
 	waitFor(t, 10*time.Second, "a stream from the follower", func() bool { return r.Current() == nil })
 	if toLeader.Load() != 0 {
 		t.Fatal("the client reached the leader before it knew of it: the test shows nothing")
 	}
+	return r, viaLeader, toLeader, known
+}
+
+// TestReplica_movesToThePreferredServerOnceKnown: a client that started on
+// a follower (no leader known yet) moves its stream to the leader once it
+// learns of it (checked every preferCheck, 2 s).
+func TestReplica_movesToThePreferredServerOnceKnown(t *testing.T) {
+	t.Parallel()
+	r, _, toLeader, known := replicaOnAFollower(t)
 	known.Store(true)
 	waitFor(t, 10*time.Second, "the stream to move to the leader", func() bool { return toLeader.Load() > 0 && r.Current() == nil })
 }
@@ -400,23 +407,7 @@ func TestReplica_movesToThePreferredServerOnceKnown(t *testing.T) {
 // agent's /readyz must not flap each time its stream changes servers.
 func TestReplica_staysCurrentWhileItMoves(t *testing.T) {
 	t.Parallel()
-	servers := tcpCluster(t, 3)
-	leader, follower := leaderAndFollower(servers)
-	viaLeader, toLeader := countingProxy(t, string(leader.Addr()))
-	var known atomic.Bool
-	reg := fsm.New()
-	r := election.NewReplica(reg, func() []string { return []string{string(follower.Addr())} }, nil)
-	r.Prefer(func() string {
-		if known.Load() {
-			return viaLeader
-		}
-		return ""
-	})
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { defer close(done); r.Run(ctx) }()
-	defer func() { cancel(); <-done }()
-	waitFor(t, 10*time.Second, "a stream from the follower", func() bool { return r.Current() == nil })
+	r, viaLeader, toLeader, known := replicaOnAFollower(t)
 	known.Store(true)
 	deadline := time.Now().Add(10 * time.Second)
 	for r.Server() != viaLeader || toLeader.Load() == 0 {
