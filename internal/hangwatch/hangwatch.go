@@ -97,17 +97,20 @@ func reportOutsideTests(w io.Writer, dump []byte) []string {
 	for _, g := range bytes.Split(dump, []byte("\n\n")) {
 		id, frames := goroutineFrames(string(g))
 		at := ""
-		runner := false
+		runner, self := false, false
 		for _, f := range frames {
 			fn := funcName(f)
 			if at == "" && !isStd(fn) {
 				at = f
 			}
-			if fn == "testing.tRunner" || fn == "testing.(*M).Run" {
-				runner = true
+			switch {
+			case fn == "testing.tRunner", fn == "testing.(*M).Run", fn == "main.main":
+				runner = true // a test's cleanup, or the main goroutine: TestMain
+			case strings.HasSuffix(fn, "/internal/hangwatch.stacks"):
+				self = true // the watchdog taking this dump
 			}
 		}
-		if at == "" {
+		if at == "" || self {
 			continue
 		}
 		fmt.Fprintf(w, "%s\n\n", g)

@@ -71,10 +71,11 @@ func TestReport_noTestGoroutine(t *testing.T) {
 	}
 }
 
-// A hang in a cleanup (no test function runs any more) names the
-// cleanup's goroutine and where it waits, and prints the other goroutines
-// of the code under test, which it is likely waiting for; goroutines of
-// the standard library alone are left out.
+// A hang in a cleanup (no test function runs any more) or in TestMain
+// names the goroutine that hangs and where it waits, and prints the other
+// goroutines of the code under test, which it is likely waiting for;
+// goroutines of the standard library alone, and the watchdog's own, are
+// left out.
 func TestReport_hangInACleanup(t *testing.T) {
 	dump := []byte(`goroutine 9 [chan receive]:
 github.com/x/raft.(*Raft).Shutdown(0xc0)
@@ -98,6 +99,20 @@ github.com/x/raft.(*Raft).runFSM(0xc0)
 created by github.com/x/raft.NewRaft in goroutine 9
 	/m/raft/api.go:5 +0x1
 
+goroutine 1 [semacquire]:
+go.uber.org/goleak.VerifyTestMain({0x0, 0x0})
+	/m/goleak/testmain.go:1 +0x1
+github.com/x/y_test.TestMain(0xc0)
+	/x/main_test.go:3 +0x1
+main.main()
+	_testmain.go:9 +0x1
+
+goroutine 20 [running]:
+github.com/sidecarhq/sidecar/internal/hangwatch.stacks()
+	/x/internal/hangwatch/hangwatch.go:1 +0x1
+github.com/sidecarhq/sidecar/internal/hangwatch.Start.func1()
+	/x/internal/hangwatch/hangwatch.go:2 +0x1
+
 goroutine 13 [IO wait]:
 internal/poll.runtime_pollWait(0x0, 0x72)
 	/go/src/runtime/netpoll.go:1 +0x1
@@ -110,8 +125,9 @@ created by net/http.(*Transport).dialConn in goroutine 1
 	Report(&out, dump, time.Second)
 	got := out.String()
 	lines := strings.Split(strings.TrimSpace(got), "\n")
-	if last := lines[len(lines)-1]; !strings.Contains(last, "goroutine 9 (no test function: a cleanup or TestMain) blocked in github.com/x/raft.(*Raft).Shutdown(0xc0)") {
-		t.Fatalf("last line %q does not name the cleanup's goroutine:\n%s", last, got)
+	last := strings.Join(lines[len(lines)-2:], "\n")
+	if !strings.Contains(last, "goroutine 9 (no test function: a cleanup or TestMain) blocked in github.com/x/raft.(*Raft).Shutdown(0xc0)") {
+		t.Fatalf("the last lines do not name the cleanup's goroutine:\n%s", got)
 	}
 	if !strings.Contains(got, "runFSM") {
 		t.Fatalf("the code under test's other goroutine is missing:\n%s", got)
@@ -119,8 +135,14 @@ created by net/http.(*Transport).dialConn in goroutine 1
 	if strings.Contains(got, "readLoop") {
 		t.Fatalf("a standard-library goroutine was printed:\n%s", got)
 	}
-	if strings.Count(got, "hangwatch:   ") != 1 {
-		t.Fatalf("want one summary line, for the cleanup:\n%s", got)
+	if !strings.Contains(last, "goroutine 1 (no test function: a cleanup or TestMain) blocked in go.uber.org/goleak.VerifyTestMain(") {
+		t.Fatalf("the main goroutine, in TestMain, is not named:\n%s", got)
+	}
+	if strings.Contains(got, "Start.func1") {
+		t.Fatalf("the watchdog's own goroutine was printed:\n%s", got)
+	}
+	if strings.Count(got, "hangwatch:   ") != 2 {
+		t.Fatalf("want two summary lines, the cleanup's and TestMain's:\n%s", got)
 	}
 }
 
