@@ -154,7 +154,7 @@ func TestServerConfig() ServerConfig {
 	c := DefaultServerConfig()
 	c.HeartbeatTimeout = 50 * time.Millisecond
 	c.ElectionTimeout = 50 * time.Millisecond
-	c.LeaderLeaseTimeout = 25 * time.Millisecond
+	c.LeaderLeaseTimeout = 50 * time.Millisecond
 	c.CommitTimeout = 5 * time.Millisecond
 	c.SnapshotInterval = 100 * time.Millisecond
 	c.ApplyTimeout = 2 * time.Second // equivalent mutant: a test timing
