@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"time"
@@ -244,7 +245,7 @@ func (g *Gossip) askAll(ctx context.Context, op string, key []byte) (KeyringRepo
 	body, _ := json.Marshal(req) // strings only: cannot fail
 	msg := append([]byte{msgKeyringRequest}, body...)
 
-	nodes := g.ml.Members()
+	nodes := g.aliveNodes()
 	results := make(map[string]*MemberKeyring, len(nodes))
 	answered := make(map[string]bool, len(nodes))
 	for _, n := range nodes {
@@ -399,14 +400,39 @@ func (g *Gossip) keyringLoop() {
 	}
 }
 
-// aliveNode returns memberlist's node called name, nil if not alive.
+// aliveNode returns the alive member called name as a memberlist send
+// target, nil if there is none.
 func (g *Gossip) aliveNode(name string) *memberlist.Node {
-	for _, n := range g.ml.Members() {
-		if n.Name == name {
-			return n
-		}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if ms, ok := g.members[name]; ok && ms.m.Status == StatusAlive {
+		return sendTarget(ms.m)
 	}
 	return nil
+}
+
+// aliveNodes returns every alive member, this node included, as memberlist
+// send targets. They are built from this node's own member table, not
+// taken from memberlist.Members: that hands out memberlist's own records,
+// which it rewrites under its lock when an alive message arrives (a
+// refuted suspicion, a meta update), so reading one's address after the
+// call raced with that.
+func (g *Gossip) aliveNodes() []*memberlist.Node {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make([]*memberlist.Node, 0, len(g.members))
+	for _, ms := range g.members {
+		if ms.m.Status == StatusAlive {
+			out = append(out, sendTarget(ms.m))
+		}
+	}
+	return out
+}
+
+// sendTarget is what memberlist's SendReliable reads of a node: its name
+// and gossip address.
+func sendTarget(m Member) *memberlist.Node {
+	return &memberlist.Node{Name: m.Name, Addr: net.ParseIP(m.Addr), Port: uint16(m.Port)}
 }
 
 // handleKeyringRequest queues a peer's request for keyringLoop; it runs in

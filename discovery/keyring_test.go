@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -434,4 +435,49 @@ func TestGossip_keysMetric(t *testing.T) {
 	if v := gauge(encReg); v != 2 {
 		t.Errorf("after an install: %v keys, want 2", v)
 	}
+}
+
+// Keyring operations while the members keep changing their metadata: each
+// change is an alive message that memberlist applies by rewriting its node
+// record (address included). A keyring send that read memberlist's own
+// records raced with that (seen under -race on a busy machine); it sends to
+// copies now.
+func TestGossip_keyringOpsWhileMembersUpdate(t *testing.T) {
+	t.Parallel()
+	nodes := cluster(t, 3, withKey(testKey(1, 32)))
+	allSee(t, patience, nodes, StatusAlive, "n0", "n1", "n2")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, g := range nodes[1:] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			meta := g.LocalMember().Meta
+			for i := 0; i < 300; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				meta.Tags = map[string]string{"n": strconv.Itoa(i)}
+				if err := g.UpdateMeta(ctx, meta); err != nil {
+					t.Errorf("update meta: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	for i := 0; i < 200; i++ {
+		rep, err := nodes[0].ListKeys(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f := rep.Failed(); len(f) > 0 {
+			t.Fatalf("list keys failed on %+v", f)
+		}
+	}
+	close(done)
+	wg.Wait()
 }
