@@ -43,7 +43,7 @@ func TestRemote_concurrentWritesShareRequestsAndKeepTheirAnswers(t *testing.T) {
 		regs[c.Node] = r
 		c.Registerer = r
 		// The agent's timings: 640 writes at once on a loaded machine
-		// must not cost the test's 25 ms leader lease.
+		// must not cost the tests' short leader lease.
 		d := election.DefaultServerConfig()
 		c.HeartbeatTimeout, c.ElectionTimeout, c.LeaderLeaseTimeout = d.HeartbeatTimeout, d.ElectionTimeout, d.LeaderLeaseTimeout
 	})

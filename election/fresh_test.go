@@ -145,7 +145,7 @@ func (c *gateCluster) waitLeader() *Server {
 
 // onLeader runs a configuration change on the leader, again on the next
 // leader when the leader it was given stepped down meanwhile (a loaded
-// -race run misses a 25 ms leader lease now and then), and returns the
+// -race run misses the tests' short leader lease now and then), and returns the
 // leader that took it.
 func (c *gateCluster) onLeader(what string, change func(l *Server) error) *Server {
 	c.t.Helper()

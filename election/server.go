@@ -154,6 +154,8 @@ func TestServerConfig() ServerConfig {
 	c := DefaultServerConfig()
 	c.HeartbeatTimeout = 50 * time.Millisecond
 	c.ElectionTimeout = 50 * time.Millisecond
+	// As long as the heartbeat timeout: at half of it, leaders of a
+	// loaded -race run stepped down while backfilling their followers.
 	c.LeaderLeaseTimeout = 50 * time.Millisecond
 	c.CommitTimeout = 5 * time.Millisecond
 	c.SnapshotInterval = 100 * time.Millisecond

@@ -46,7 +46,7 @@ func TestStream_manyClientsShareOneSnapshot(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		cfg := election.TestServerConfig()
 		// A thousand streams fetching a snapshot at once keep the leader's
-		// cores busy: with the tests' 25 ms leader lease it lost
+		// cores busy: with the tests' short leader lease it lost
 		// leadership at every restore on a loaded machine, and the test
 		// measures the streams, not elections.
 		cfg.HeartbeatTimeout, cfg.ElectionTimeout, cfg.LeaderLeaseTimeout = 500*time.Millisecond, 500*time.Millisecond, 250*time.Millisecond
