@@ -391,3 +391,29 @@ func mustEncode(t *testing.T, c fsm.Command) []byte {
 	}
 	return b
 }
+
+// Size counts every record a snapshot encodes: one per node, instance,
+// lease, lock, election and ACL token. The servers size their snapshot
+// threshold by it.
+func TestFSM_Size_countsEveryRecord(t *testing.T) {
+	h := newHarness(t)
+	if n := h.f.Size(); n != 0 {
+		t.Fatalf("Size of an empty registry = %d", n)
+	}
+	for i, step := range []struct {
+		what string
+		cmd  fsm.Command
+	}{
+		{"a node", regNode("n1")},
+		{"an instance", regInst("n1", "web-1", "web")},
+		{"a lease", grant("l1")},
+		{"a lock", acquire("job", "l1", t0)},
+		{"an election", &fsm.Campaign{Election: "db", Candidate: "c1", Lease: "l1", Node: "n1", Now: t0}},
+		{"an ACL token", bootstrapCmd()},
+	} {
+		h.ok(step.cmd)
+		if n := h.f.Size(); n != i+1 {
+			t.Fatalf("Size after %s = %d, want %d", step.what, n, i+1)
+		}
+	}
+}

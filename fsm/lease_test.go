@@ -57,8 +57,10 @@ func TestFSM_ApplyBytes_grantLease(t *testing.T) {
 				}
 			},
 		},
-		{name: "shortest ttl", cmd: &fsm.GrantLease{ID: "l1", TTL: int64(fsm.MinLeaseTTL)}, tables: []fsm.Table{fsm.TableLeases}},
-		{name: "longest ttl", cmd: &fsm.GrantLease{ID: "l1", TTL: int64(fsm.MaxLeaseTTL)}, tables: []fsm.Table{fsm.TableLeases}},
+		// The TTL limits README documents, 1s and 24h, as literals: a change
+		// of the constants must show here.
+		{name: "shortest ttl", cmd: &fsm.GrantLease{ID: "l1", TTL: sec}, tables: []fsm.Table{fsm.TableLeases}},
+		{name: "longest ttl", cmd: &fsm.GrantLease{ID: "l1", TTL: 24 * 3600 * sec}, tables: []fsm.Table{fsm.TableLeases}},
 		{name: "duplicate id", setup: []fsm.Command{grant("l1")}, cmd: grant("l1"), err: fsm.ErrLeaseExists},
 		{
 			name:  "derived id already taken",
@@ -66,9 +68,9 @@ func TestFSM_ApplyBytes_grantLease(t *testing.T) {
 			cmd:   &fsm.GrantLease{TTL: 10 * sec},
 			err:   fsm.ErrLeaseExists,
 		},
-		{name: "ttl too short", cmd: &fsm.GrantLease{ID: "l1", TTL: int64(fsm.MinLeaseTTL) - 1}, err: fsm.ErrInvalid},
+		{name: "ttl too short", cmd: &fsm.GrantLease{ID: "l1", TTL: sec - 1}, err: fsm.ErrInvalid},
 		{name: "ttl zero", cmd: &fsm.GrantLease{ID: "l1"}, err: fsm.ErrInvalid},
-		{name: "ttl too long", cmd: &fsm.GrantLease{ID: "l1", TTL: int64(fsm.MaxLeaseTTL) + 1}, err: fsm.ErrInvalid},
+		{name: "ttl too long", cmd: &fsm.GrantLease{ID: "l1", TTL: 24*3600*sec + 1}, err: fsm.ErrInvalid},
 		{name: "bad id", cmd: &fsm.GrantLease{ID: "l#1", TTL: 10 * sec}, err: fsm.ErrInvalid},
 		{name: "bad node", cmd: &fsm.GrantLease{ID: "l1", TTL: 10 * sec, Node: "n.1"}, err: fsm.ErrInvalid},
 	})
