@@ -2,6 +2,7 @@ package fsm_test
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"testing"
 
@@ -312,5 +313,21 @@ func TestFSM_leaseOwnerError_namesTheCaller(t *testing.T) {
 		if !strings.Contains(r.Err.Error(), want) {
 			t.Fatalf("refusal %q does not say %q", r.Err, want)
 		}
+	}
+}
+
+// ACLTokens lists the tokens by ID, whatever order they were created in
+// (GET /v1/acl/tokens shows this order).
+func TestFSM_ACLTokens_listedByID(t *testing.T) {
+	h := newHarness(t)
+	for _, id := range []string{"t-d", "t-b", "t-e", "t-a", "t-c"} {
+		h.ok(setToken(id, "h-"+id))
+	}
+	var got []string
+	for _, tok := range h.f.ACLTokens() {
+		got = append(got, tok.ID)
+	}
+	if want := []string{"t-a", "t-b", "t-c", "t-d", "t-e"}; !slices.Equal(got, want) {
+		t.Fatalf("ACLTokens lists %v, want %v", got, want)
 	}
 }
