@@ -321,17 +321,8 @@ func (s *state) checkMutex(m *Mutex, lock bool) error {
 // every table change. Tokens keep growing: entries after the restore have
 // greater indexes.
 func Reindex(data []byte, index uint64) ([]byte, error) {
-	st, err := readSnapshot(bytes.NewReader(data))
-	if err != nil {
-		return nil, err
-	}
-	d := st.export()
-	d.Index = index
-	for i := range d.Tables {
-		d.Tables[i] = index
-	}
 	var buf bytes.Buffer
-	if err := writeSnapshot(&buf, d); err != nil {
+	if err := ReindexTo(&buf, bytes.NewReader(data), index); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil
