@@ -450,6 +450,7 @@ func TestGossip_keyringOpsWhileMembersUpdate(t *testing.T) {
 	defer cancel()
 	done := make(chan struct{})
 	var wg sync.WaitGroup
+	defer func() { close(done); wg.Wait() }() // before cancel: no update fails on it
 	for _, g := range nodes[1:] {
 		wg.Add(1)
 		go func() {
@@ -487,6 +488,4 @@ func TestGossip_keyringOpsWhileMembersUpdate(t *testing.T) {
 	if answered == 0 {
 		t.Fatal("no keyring list was answered by every member")
 	}
-	close(done)
-	wg.Wait()
 }
