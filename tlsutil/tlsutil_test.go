@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"io"
 	"io/fs"
@@ -554,5 +555,30 @@ func TestCA_Issue_extraNames(t *testing.T) {
 		if _, _, err := ca.Issue(CertRequest{Role: RoleClient, Node: "web-1", ExtraDNS: []string{bad}}); err == nil {
 			t.Errorf("extra name %q accepted", bad)
 		}
+	}
+}
+
+// A CA key in SEC 1 form ("EC PRIVATE KEY", what `openssl ecparam -genkey`
+// writes) is read as well as PKCS#8; a damaged one is refused by name.
+func TestParseCA_sec1Key(t *testing.T) {
+	ca, err := NewCA(1, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalECPrivateKey(ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec1 := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})
+	parsed, err := ParseCA(ca.CertPEM(), sec1)
+	if err != nil {
+		t.Fatalf("ParseCA with a SEC 1 key: %v", err)
+	}
+	if !parsed.Key.Equal(ca.Key) {
+		t.Fatal("ParseCA read another key from the SEC 1 PEM")
+	}
+	damaged := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der[:len(der)/2]})
+	if _, err := ParseCA(ca.CertPEM(), damaged); err == nil || !strings.Contains(err.Error(), "parse private key") {
+		t.Fatalf("ParseCA with a damaged SEC 1 key: %v, want a parse error", err)
 	}
 }
