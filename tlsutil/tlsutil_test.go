@@ -559,7 +559,8 @@ func TestCA_Issue_extraNames(t *testing.T) {
 }
 
 // A CA key in SEC 1 form ("EC PRIVATE KEY", what `openssl ecparam -genkey`
-// writes) is read as well as PKCS#8; a damaged one is refused by name.
+// writes) is read as well as PKCS#8; a damaged one is refused with a parse
+// error.
 func TestParseCA_sec1Key(t *testing.T) {
 	ca, err := NewCA(1, time.Now())
 	if err != nil {
